@@ -1,0 +1,119 @@
+"""The ``deploykit`` command: subcommands that build a config and call a stage's ``run``.
+
+No logic lives here. Flags are generated from the stage's config dataclass, so a flag, its
+YAML key and its help text can never drift apart. Heavy imports (torch, transformers) happen
+inside the stage, so ``deploykit serve --help`` stays fast and torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+from typing import Any, Callable
+
+from deploykit import __version__
+from deploykit.config import EvalConfig, TrainConfig, from_dict, load_yaml
+from deploykit.errors import DeployKitError
+
+log = logging.getLogger("deploykit")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, with_config_file: bool = True) -> None:
+    """Add one flag per field of a config dataclass (defaults suppressed, so the file can fill them)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = meta.get("help", "")
+        if meta.get("positional"):
+            parser.add_argument(f.name, nargs="?" if with_config_file else None,
+                                default=argparse.SUPPRESS, help=help_text)
+            continue
+        hint = hints[f.name]
+        if hint is bool:
+            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=f"{help_text} (default: {default})")
+            continue
+        base = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+        kind = base[0] if base[0] in (int, float, str) else str
+        parser.add_argument(_flag(f.name), type=kind, choices=meta.get("choices"),
+                            default=argparse.SUPPRESS, metavar=f.name.upper() if not meta.get("choices") else None,
+                            help=f"{help_text} (default: {default})")
+    if with_config_file:
+        parser.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
+                            help="Flat YAML file with the same keys as the flags (underscores); "
+                                 "flags override it.")
+
+
+def build_config(cls: type, args: argparse.Namespace) -> Any:
+    """Defaults < YAML file (--config) < flags."""
+    values = vars(args).copy()
+    values.pop("command", None)
+    values.pop("func", None)
+    values.pop("verbose", None)
+    config_file = values.pop("config", None)
+    merged = load_yaml(config_file) if config_file else {}
+    merged.update(values)
+    return from_dict(cls, merged, source=config_file or "the command line")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from deploykit import train
+
+    train.run(build_config(TrainConfig, args))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from deploykit import evaluation
+
+    evaluation.run(build_config(EvalConfig, args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used by tests to check README commands)."""
+    parser = argparse.ArgumentParser(
+        prog="deploykit",
+        description="Fine-tune a text classifier, export it to verified ONNX and serve it.")
+    parser.add_argument("--version", action="version", version=f"deploykit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    commands: list[tuple[str, str, type, Callable]] = [
+        ("train", "Fine-tune a pretrained encoder and keep the best checkpoint "
+                  "(also under torchrun for multi-process data parallel).", TrainConfig, _train),
+        ("evaluate", "Score a checkpoint on a split: metrics, per-class report, "
+                     "length buckets, error cases, plots.", EvalConfig, _evaluate),
+    ]
+    for name, help_text, cls, func in commands:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_config_arguments(p, cls)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``deploykit`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        args.func(args)
+    except DeployKitError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Typed, validated configuration: one dataclass per stage, flat YAML in and out.
+
+A config is built in three layers: the dataclass defaults, then a flat YAML file whose keys
+are the command's long flag names with underscores (``max_train_samples: 4000``), then the
+command-line flags. Unknown keys are an error, and every validation message names the option
+to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from deploykit.errors import ConfigError
+
+C = TypeVar("C")
+
+BUILTIN_DATA = ("tweets",)
+BUILTIN_MODELS = ("minilm",)
+STRATEGIES = ("full", "ffn", "layerwise", "head")
+METRICS = ("macro_f1", "accuracy", "weighted_f1", "loss")
+
+
+def opt(default: Any, help: str, *, choices: tuple | None = None, positional: bool = False) -> Any:
+    """A dataclass field that carries its command-line help (used by ``cli``)."""
+    meta = {"help": help, "choices": choices, "positional": positional}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _require(condition: bool, option: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"invalid --{option.replace('_', '-')}: {message}")
+
+
+@dataclass
+class DataConfig:
+    """Where the labelled text comes from and how it is split and tokenized."""
+
+    data: str = opt("tweets", "Data source: a CSV/JSON/JSONL/Parquet file, a folder saved with "
+                    "datasets.save_to_disk, or the built-in name 'tweets'.")
+    text_column: str = opt("text", "Name of the column that holds the text.")
+    label_column: str = opt("label", "Name of the column that holds the label "
+                            "(the built-in 'tweets' data uses its own 'sentiment' column).")
+    val_ratio: float = opt(0.1, "Fraction of rows held out for validation when the source has "
+                           "no validation split.")
+    test_ratio: float = opt(0.1, "Fraction of rows held out for the test split when the source "
+                            "has no test split.")
+    seed: int = opt(42, "Random seed for the split, the shuffling, dropout and initialization.")
+    max_train_samples: int | None = opt(None, "Subsample the training split to this many rows "
+                                        "(after splitting; validation and test stay whole).")
+    max_length: int = opt(128, "Truncate every text to this many tokens.")
+
+    def __post_init__(self) -> None:
+        _require(0 < self.val_ratio < 1, "val_ratio", f"{self.val_ratio} is not between 0 and 1")
+        _require(0 < self.test_ratio < 1, "test_ratio", f"{self.test_ratio} is not between 0 and 1")
+        _require(self.val_ratio + self.test_ratio < 1, "val_ratio",
+                 "val_ratio + test_ratio must leave rows for training")
+        _require(self.max_train_samples is None or self.max_train_samples > 0,
+                 "max_train_samples", "must be a positive number of rows")
+        _require(8 <= self.max_length <= 8192, "max_length", f"{self.max_length} is not in [8, 8192]")
+
+
+@dataclass
+class TrainConfig(DataConfig):
+    """Fine-tuning hyper-parameters. The defaults are tuned for the built-in MiniLM and tweets."""
+
+    model: str = opt("minilm", "Pretrained model: a local Hugging Face folder or the built-in "
+                     "name 'minilm' (the packaged MiniLM-L6).")
+    out: str = opt("runs/train", "Run folder to write (checkpoint/, last/, metrics.jsonl).")
+    strategy: str = opt("full", "What to train: full (every weight), ffn (feed-forward sublayers "
+                        "+ head), layerwise (gradual unfreezing from the top), head (task head "
+                        "only).", choices=STRATEGIES)
+    epochs: float = opt(2.0, "Number of passes over the training split.")
+    max_steps: int | None = opt(None, "Stop after this many optimizer steps (overrides --epochs).")
+    batch_size: int = opt(32, "Rows per micro-batch (per process under torchrun).")
+    eval_batch_size: int = opt(128, "Rows per batch during evaluation.")
+    lr: float = opt(1.5e-4, "Peak learning rate of AdamW (after warm-up).")
+    weight_decay: float = opt(0.01, "AdamW weight decay (never applied to biases and LayerNorm).")
+    layer_lr_decay: float = opt(1.0, "Multiply each lower transformer block's learning rate by "
+                                "this factor (1.0 = off; 0.8-0.95 is typical).")
+    warmup_ratio: float = opt(0.1, "Fraction of the optimizer steps spent warming up the "
+                              "learning rate linearly from 0.")
+    grad_accum: int = opt(1, "Accumulate gradients over this many micro-batches per step.")
+    max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this value (0 = off).")
+    bf16: bool = opt(False, "Run forward and backward under bfloat16 autocast.")
+    eval_every: int | None = opt(None, "Evaluate on the validation split every N optimizer "
+                                 "steps (and always at each epoch end).")
+    save_every: int | None = opt(None, "Write the resume state RUN/last/ every N optimizer steps "
+                                 "(and always at each evaluation).")
+    log_every: int = opt(10, "Write a training-loss line to metrics.jsonl every N steps.")
+    unfreeze_every: int | None = opt(None, "layerwise: unfreeze one more block every N optimizer "
+                                     "steps (default: one epoch's steps).")
+    metric: str = opt("macro_f1", "Validation metric that picks the best checkpoint.",
+                      choices=METRICS)
+    patience: int | None = opt(None, "Stop after this many evaluations without improvement.")
+    class_weights: str = opt("none", "Weight the loss by inverse class frequency (auto) or not.",
+                             choices=("none", "auto"))
+    group_by_length: bool = opt(False, "Put rows of similar length in the same batch "
+                                "(less padding, faster).")
+    resume: bool = opt(False, "Continue the run in --out from its RUN/last/ state.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.strategy in STRATEGIES, "strategy", f"choose one of {', '.join(STRATEGIES)}")
+        _require(self.metric in METRICS, "metric", f"choose one of {', '.join(METRICS)}")
+        _require(self.class_weights in ("none", "auto"), "class_weights", "choose none or auto")
+        _require(self.epochs > 0, "epochs", "must be positive")
+        _require(self.max_steps is None or self.max_steps > 0, "max_steps", "must be positive")
+        _require(self.batch_size > 0, "batch_size", "must be positive")
+        _require(self.eval_batch_size > 0, "eval_batch_size", "must be positive")
+        _require(self.lr > 0, "lr", "must be positive")
+        _require(0 < self.layer_lr_decay <= 1, "layer_lr_decay", "must be in (0, 1]")
+        _require(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
+        _require(self.grad_accum > 0, "grad_accum", "must be positive")
+        _require(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0 turns clipping off)")
+        for name in ("eval_every", "save_every", "unfreeze_every", "patience"):
+            value = getattr(self, name)
+            _require(value is None or value > 0, name, "must be a positive number")
+        _require(self.log_every > 0, "log_every", "must be positive")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of a checkpoint on a split of a data set."""
+
+    checkpoint: str = opt("", "Checkpoint folder written by 'deploykit train'.", positional=True)
+    data: str | None = opt(None, "Data source (default: the checkpoint's own, split again with "
+                           "its stored seed and ratios).")
+    text_column: str | None = opt(None, "Text column (default: the checkpoint's).")
+    label_column: str | None = opt(None, "Label column (default: the checkpoint's).")
+    split: str = opt("test", "Which rows to score: test (held-out), validation, or all rows "
+                     "of --data (for a file that is a test set already).",
+                     choices=("test", "validation", "all"))
+    out: str = opt("eval", "Folder for metrics.json, report.md, errors.jsonl and plots.")
+    batch_size: int = opt(128, "Rows per batch.")
+    max_errors: int = opt(200, "Keep this many error cases in errors.jsonl.")
+
+    def __post_init__(self) -> None:
+        _require(bool(self.checkpoint), "checkpoint", "give the checkpoint folder to evaluate")
+        _require(self.split in ("test", "validation", "all"), "split",
+                 "choose test, validation or all")
+        _require(self.batch_size > 0, "batch_size", "must be positive")
+
+
+# --- YAML in and out -------------------------------------------------------------------------
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(cls: type, name: str, value: Any) -> Any:
+    """Convert a YAML or flag value to the field's declared type, or raise naming the key."""
+    if value is None:
+        return None
+    hint = _field_types(cls)[name]
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    options = [o for o in options if o is not type(None)]
+    target = options[0]
+    try:
+        if target is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes"):
+                return True
+            if str(value).lower() in ("false", "0", "no"):
+                return False
+            raise ValueError(value)
+        if target is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return target(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"invalid value {value!r} for '{name}': expected {target.__name__}") from None
+
+
+def from_dict(cls: type[C], values: dict[str, Any], source: str = "config") -> C:
+    """Build a config of type ``cls`` from a flat mapping, refusing unknown keys.
+
+    Args:
+        cls: The config dataclass.
+        values: Flat mapping of field name to value.
+        source: Where the values came from, for error messages.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: On an unknown key or a value of the wrong type or range.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {source}; valid keys are: "
+                          f"{', '.join(sorted(names))}")
+    return cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a flat YAML config file.
+
+    Raises:
+        ConfigError: If the file is missing, not YAML, or not a flat mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(values, dict) or any(isinstance(v, (dict, list)) for v in values.values()):
+        raise ConfigError(f"config file {path} must be a flat mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in values.items()}
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as a flat, YAML-safe dict."""
+    return dataclasses.asdict(cfg)
+
+
+def save_yaml(cfg: Any, path: str | Path) -> None:
+    """Write a config as flat YAML (the same keys ``load_yaml`` reads)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
