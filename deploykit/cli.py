@@ -15,7 +15,8 @@ import typing
 from typing import Any, Callable
 
 from deploykit import __version__
-from deploykit.config import EvalConfig, TrainConfig, from_dict, load_yaml
+from deploykit.config import (BuildConfig, EvalConfig, PredictConfig, ServeConfig, TrainConfig,
+                              from_dict, load_yaml)
 from deploykit.errors import DeployKitError
 
 log = logging.getLogger("deploykit")
@@ -76,6 +77,24 @@ def _evaluate(args: argparse.Namespace) -> None:
     evaluation.run(build_config(EvalConfig, args))
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from deploykit.serve import launch
+
+    launch.run(build_config(ServeConfig, args))
+
+
+def _build(args: argparse.Namespace) -> None:
+    from deploykit.serve import build
+
+    print(build.run(build_config(BuildConfig, args)))
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from deploykit import predict
+
+    predict.run(build_config(PredictConfig, args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used by tests to check README commands)."""
     parser = argparse.ArgumentParser(
@@ -90,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
                   "(also under torchrun for multi-process data parallel).", TrainConfig, _train),
         ("evaluate", "Score a checkpoint on a split: metrics, per-class report, "
                      "length buckets, error cases, plots.", EvalConfig, _evaluate),
+        ("serve", "Serve an artifact: BentoML service with /classify, the KServe v2 / Triton "
+                  "protocol, health and Prometheus metrics.", ServeConfig, _serve),
+        ("build", "Pack an artifact, the service and deploykit into a bento (bentoml build).",
+         BuildConfig, _build),
+        ("predict", "Score a CSV/JSON/JSONL/Parquet file with an artifact (torch-free), "
+                    "one JSON line per row.", PredictConfig, _predict),
     ]
     for name, help_text, cls, func in commands:
         p = sub.add_parser(name, help=help_text, description=help_text)
