@@ -21,7 +21,7 @@ TEXTS = [f"text number {i} " + "word " * (i % 13) for i in range(40)]
 
 @pytest.fixture(scope="module")
 def runtime(serve_artifact):
-    return Runtime(serve_artifact, max_batch_size=8, max_batch_tokens=128)
+    return Runtime(serve_artifact, "fp32", max_batch_size=8, max_batch_tokens=128)
 
 
 class Recorder:
