@@ -233,16 +233,10 @@ def test_health_and_metrics_routes_and_still_serving(server):
 
 
 def test_served_labels_match_the_pytorch_checkpoint(server, serve_artifact):
-    import torch
     import tritonclient.http as httpclient
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from test_runtime import torch_reference
 
-    checkpoint = serve_artifact.parent / "checkpoint"
-    model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
-    tok = AutoTokenizer.from_pretrained(checkpoint)
-    with torch.no_grad():
-        logits = model(**tok(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")).logits
-    expected = [model.config.id2label[i] for i in logits.argmax(-1).tolist()]
+    _, expected = torch_reference(serve_artifact.parent / "checkpoint", TEXTS)
     assert [r["label"] for r in post_json(server + "/classify", {"texts": TEXTS})[1]] == expected
     client = httpclient.InferenceServerClient(server.removeprefix("http://"))
     text = httpclient.InferInput("TEXT", [len(TEXTS)], "BYTES")
