@@ -36,12 +36,16 @@ _PAD_TOKENS = ("[PAD]", "<pad>")
 _ORT_INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (what ``files`` in the manifest records)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+_sha256 = sha256_file  # the name deploykit.export.manifest imports
 
 
 def _safe_member(root: Path, name: str) -> Path:
@@ -126,7 +130,7 @@ def verify_artifact(path: str | Path) -> dict[str, Any]:
         if size != entry.get("bytes"):
             raise IntegrityError(f"artifact file {target} has {size} bytes, the manifest says "
                                  f"{entry.get('bytes')}: it is truncated or was changed; re-export")
-        digest = _sha256(target)
+        digest = sha256_file(target)
         if digest != entry.get("sha256"):
             raise IntegrityError(f"artifact file {target} does not match its sha256 in the manifest "
                                  f"(got {digest[:12]}..., expected {str(entry.get('sha256'))[:12]}...): "
