@@ -161,9 +161,13 @@ def select_variant(manifest: dict[str, Any], variant: str | None = None) -> str:
         raise BadInputError(f"variant {name!r} is not in this artifact; choose one of "
                             f"{', '.join(variants)} (--variant / DEPLOYKIT_VARIANT)")
     if not variants[name].get("servable", True):
-        parity = variants[name].get("parity", {})
-        raise BadInputError(f"variant {name!r} is marked not servable (parity: {parity}); serve "
-                            "another variant with --variant / DEPLOYKIT_VARIANT, or re-export")
+        failures = variants[name].get("parity", {}).get("failures") or []
+        why = "; ".join(f"{f.get('check')} {f.get('value')!s:.6} vs limit {f.get('limit')}"
+                        for f in failures if isinstance(f, dict)) or "failed its parity gate"
+        servable = [v for v, spec in variants.items() if spec.get("servable", True)]
+        raise BadInputError(f"variant {name!r} is marked not servable ({why}); serve one of "
+                            f"{', '.join(servable) or 'none'} with --variant / DEPLOYKIT_VARIANT, "
+                            "or re-export")
     return name
 
 
