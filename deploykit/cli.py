@@ -15,7 +15,7 @@ import typing
 from typing import Any, Callable
 
 from deploykit import __version__
-from deploykit.config import EvalConfig, TrainConfig, from_dict, load_yaml
+from deploykit.config import EvalConfig, TrainConfig, TritonConfig, from_dict, load_yaml
 from deploykit.errors import DeployKitError
 
 log = logging.getLogger("deploykit")
@@ -76,6 +76,12 @@ def _evaluate(args: argparse.Namespace) -> None:
     evaluation.run(build_config(EvalConfig, args))
 
 
+def _triton(args: argparse.Namespace) -> None:
+    from deploykit.serve import triton_repo
+
+    triton_repo.run(build_config(TritonConfig, args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used by tests to check README commands)."""
     parser = argparse.ArgumentParser(
@@ -90,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                   "(also under torchrun for multi-process data parallel).", TrainConfig, _train),
         ("evaluate", "Score a checkpoint on a split: metrics, per-class report, "
                      "length buckets, error cases, plots.", EvalConfig, _evaluate),
+        ("triton", "Write a Triton Inference Server model repository (ONNX model, tokenizer, "
+                   "postprocess, ensemble, Python-backend model) from an artifact.",
+         TritonConfig, _triton),
     ]
     for name, help_text, cls, func in commands:
         p = sub.add_parser(name, help=help_text, description=help_text)

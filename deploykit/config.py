@@ -228,3 +228,47 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def save_yaml(cfg: Any, path: str | Path) -> None:
     """Write a config as flat YAML (the same keys ``load_yaml`` reads)."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+TRITON_KINDS = ("cpu", "gpu")
+TRITON_GRAPH_LEVELS = ("all", "extended", "basic", "disabled")
+
+
+@dataclass
+class TritonConfig:
+    """Writing a Triton Inference Server model repository from an exported artifact."""
+
+    artifact: str = opt("", "Artifact folder written by 'deploykit export'.", positional=True)
+    out: str = opt("triton_repo", "Model repository folder to write.")
+    name: str | None = opt(None, "Model name in the repository (default: the manifest's name).")
+    kind: str = opt("cpu", "Where the ONNX model runs: cpu ships the manifest's default variant, "
+                    "gpu ships the fp32 'opt' variant (dynamic INT8 is a CPU format).",
+                    choices=TRITON_KINDS)
+    instances: int = opt(1, "Model instances per device (instance_group count).")
+    max_batch_size: int = opt(64, "Largest batch Triton's dynamic batcher forms (max_batch_size).")
+    max_queue_delay_us: int = opt(1000, "How long the dynamic batcher waits to fill a batch, "
+                                  "in microseconds.")
+    threads: int = opt(0, "ONNX Runtime intra-op threads per instance (0 = one per core; "
+                       "set cores / instances when --instances > 1).")
+    graph_level: str = opt("extended", "ONNX Runtime graph optimizations Triton applies at load "
+                           "(the artifact is already fused offline).", choices=TRITON_GRAPH_LEVELS)
+    overwrite: bool = opt(False, "Replace --out if it exists and is not empty.")
+
+    def __post_init__(self) -> None:
+        _require(bool(self.artifact), "artifact", "give the artifact folder to package")
+        _require(self.kind in TRITON_KINDS, "kind", "choose cpu or gpu")
+        _require(self.graph_level in TRITON_GRAPH_LEVELS, "graph_level",
+                 f"choose one of {', '.join(TRITON_GRAPH_LEVELS)}")
+        _require(self.instances > 0, "instances", "must be a positive number of instances")
+        _require(self.max_batch_size > 0, "max_batch_size", "must be positive")
+        _require(self.max_queue_delay_us >= 0, "max_queue_delay_us", "must be >= 0")
+        _require(self.threads >= 0, "threads", "must be >= 0 (0 lets ONNX Runtime pick)")
+        _require(self.name is None or _is_model_name(self.name), "name",
+                 f"{self.name!r} is not a valid model name: use letters, digits, '_', '-' and '.', "
+                 "starting with a letter or digit")
+
+
+def _is_model_name(name: str) -> bool:
+    import re
+
+    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None
