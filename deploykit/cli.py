@@ -15,7 +15,8 @@ import typing
 from typing import Any, Callable
 
 from deploykit import __version__
-from deploykit.config import EvalConfig, TrainConfig, TritonConfig, from_dict, load_yaml
+from deploykit.config import (EvalConfig, ExportConfig, TrainConfig, TritonConfig, VerifyConfig,
+                              from_dict, load_yaml)
 from deploykit.errors import DeployKitError
 
 log = logging.getLogger("deploykit")
@@ -76,6 +77,18 @@ def _evaluate(args: argparse.Namespace) -> None:
     evaluation.run(build_config(EvalConfig, args))
 
 
+def _export(args: argparse.Namespace) -> None:
+    from deploykit import export
+
+    export.run(build_config(ExportConfig, args))
+
+
+def _verify(args: argparse.Namespace) -> None:
+    from deploykit import export
+
+    export.verify(build_config(VerifyConfig, args))
+
+
 def _triton(args: argparse.Namespace) -> None:
     from deploykit.serve import triton_repo
 
@@ -96,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                   "(also under torchrun for multi-process data parallel).", TrainConfig, _train),
         ("evaluate", "Score a checkpoint on a split: metrics, per-class report, "
                      "length buckets, error cases, plots.", EvalConfig, _evaluate),
+        ("export", "Export a checkpoint to an ONNX artifact (fp32, fused, INT8) verified for "
+                   "parity against PyTorch on held-out rows.", ExportConfig, _export),
+        ("verify", "Re-check an artifact: every file's sha256, then parity of every variant "
+                   "against its checkpoint.", VerifyConfig, _verify),
         ("triton", "Write a Triton Inference Server model repository (ONNX model, tokenizer, "
                    "postprocess, ensemble, Python-backend model) from an artifact.",
          TritonConfig, _triton),
