@@ -349,6 +349,8 @@ class TritonConfig:
     kind: str = opt("cpu", "Where the ONNX model runs: cpu ships the manifest's default variant, "
                     "gpu ships the fp32 'opt' variant (dynamic INT8 is a CPU format).",
                     choices=TRITON_KINDS)
+    variant: str | None = opt(None, "Ship this variant of the artifact instead of the one "
+                              "--kind picks (e.g. opt on CPU).")
     instances: int = opt(1, "Model instances per device (instance_group count).")
     max_batch_size: int = opt(64, "Largest batch Triton's dynamic batcher forms (max_batch_size).")
     max_queue_delay_us: int = opt(1000, "How long the dynamic batcher waits to fill a batch, "

@@ -68,10 +68,31 @@ def io_of(tensors) -> dict[str, tuple[str, list[int]]]:
 
 
 @pytest.fixture(scope="module")
-def repo(serve_artifact, tmp_path_factory) -> Path:
+def artifact(tmp_path_factory) -> Path:
+    """A tiny BERT through the real 'deploykit export': fp32, fused opt and int8 (the default)."""
+    from export_fixtures import export_artifact, heldout_csv
+
+    root = tmp_path_factory.mktemp("triton-artifact")
+    return export_artifact(root, "bert", heldout_csv(root / "heldout.csv"))[1]
+
+
+@pytest.fixture(scope="module")
+def manifest(artifact) -> dict:
+    return json.loads((artifact / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def repo(artifact, tmp_path_factory) -> Path:
+    """The repository the real server serves: the fused fp32 'opt' variant on CPU.
+
+    Not the int8 default: dynamic INT8 derives activation scales from the whole batch, so its
+    scores depend on padding and batch-mates and could not be compared tightly with the
+    runtime's; the int8 repository's files are checked in test_cpu_kind_ships_the_default_variant.
+    """
     out = tmp_path_factory.mktemp("triton") / "repo"
-    return triton_repo.run(TritonConfig(artifact=str(serve_artifact), out=str(out), max_batch_size=8,
-                                        max_queue_delay_us=500, instances=2, threads=1))
+    return triton_repo.run(TritonConfig(artifact=str(artifact), out=str(out), variant="opt",
+                                        max_batch_size=8, max_queue_delay_us=500, instances=2,
+                                        threads=1))
 
 
 # --- the written repository -------------------------------------------------------------------
@@ -86,19 +107,17 @@ def test_repository_holds_exactly_the_five_models_and_a_readme(repo):
         f"{NAME}_tokenizer/1/tokenizer.json",
         f"{NAME}_postprocess/config.pbtxt", f"{NAME}_postprocess/1/model.py",
         f"{NAME}_python/config.pbtxt", f"{NAME}_python/1/model.py",
-        # The artifact copy holds the shipped variant only (the not-servable int8 is left out).
-        f"{NAME}_python/1/artifact/manifest.json", f"{NAME}_python/1/artifact/model.onnx",
+        # The artifact copy holds the shipped variant only.
+        f"{NAME}_python/1/artifact/manifest.json", f"{NAME}_python/1/artifact/model.opt.onnx",
         f"{NAME}_python/1/artifact/tokenizer.json", f"{NAME}_python/1/artifact/config.json",
     ])
 
 
-def test_onnx_config_matches_the_graph_and_the_options(repo, serve_artifact):
+def test_onnx_config_matches_the_graph_and_the_options(repo, artifact, manifest):
     config = model_config(repo / f"{NAME}_onnx" / "config.pbtxt")
     model_file = repo / f"{NAME}_onnx" / "1" / "model.onnx"
-    manifest = json.loads((serve_artifact / "manifest.json").read_text())
-    # The shipped file is the manifest's default variant, byte for byte.
-    assert model_file.read_bytes() == (serve_artifact / "model.onnx").read_bytes()
-    assert manifest["default_variant"] == "fp32"
+    # The shipped file is the variant asked for, byte for byte.
+    assert model_file.read_bytes() == (artifact / "model.opt.onnx").read_bytes()
 
     graph_in, graph_out = graph_io(model_file)
     assert config.name == f"{NAME}_onnx" and config.platform == "onnxruntime_onnx"
@@ -114,10 +133,10 @@ def test_onnx_config_matches_the_graph_and_the_options(repo, serve_artifact):
     assert params == {"intra_op_thread_count": "1", "inter_op_thread_count": "1"}
 
 
-def test_ensemble_wires_tokenizer_onnx_and_postprocess_consistently(repo, serve_artifact):
+def test_ensemble_wires_tokenizer_onnx_and_postprocess_consistently(repo, manifest):
     configs = {m: model_config(repo / m / "config.pbtxt") for m in MODELS}
     onnx_cfg, tok, post = (configs[f"{NAME}_{s}"] for s in ("onnx", "tokenizer", "postprocess"))
-    labels = json.loads((serve_artifact / "manifest.json").read_text())["labels"]
+    labels = manifest["labels"]
     text_io = {"TEXT": ("TYPE_STRING", [1])}
     result_io = {"LABEL": ("TYPE_STRING", [1]), "SCORES": ("TYPE_FP32", [len(labels)])}
 
@@ -146,22 +165,32 @@ def test_ensemble_wires_tokenizer_onnx_and_postprocess_consistently(repo, serve_
     assert {"LABEL", "SCORES"} <= available
 
     assert json.loads(post.parameters["labels"].string_value) == labels
-    assert tok.parameters["max_length"].string_value == "32"
+    assert tok.parameters["max_length"].string_value == str(manifest["max_length"])
 
 
 def test_python_model_ships_a_verifiable_single_variant_artifact(repo):
     from deploykit.runtime import verify_artifact
 
-    manifest = verify_artifact(repo / f"{NAME}_python" / "1" / "artifact")
-    assert list(manifest["variants"]) == ["fp32"] and manifest["default_variant"] == "fp32"
-    assert "model.int8.onnx" not in manifest["files"]
+    copy = verify_artifact(repo / f"{NAME}_python" / "1" / "artifact")
+    assert list(copy["variants"]) == ["opt"] and copy["default_variant"] == "opt"
+    assert sorted(copy["files"]) == ["config.json", "model.opt.onnx", "tokenizer.json"]
     config = model_config(repo / f"{NAME}_python" / "config.pbtxt")
-    assert config.parameters["variant"].string_value == "fp32"
+    assert config.parameters["variant"].string_value == "opt"
     assert config.parameters["providers"].string_value == "CPUExecutionProvider"
 
 
-def test_gpu_kind_ships_fp32_on_gpu_instances(serve_artifact, tmp_path):
-    out = triton_repo.run(TritonConfig(artifact=str(serve_artifact), out=str(tmp_path / "gpu"),
+def test_cpu_kind_ships_the_default_variant(artifact, manifest, tmp_path):
+    out = triton_repo.run(TritonConfig(artifact=str(artifact), out=str(tmp_path / "cpu")))
+    assert manifest["default_variant"] == "int8"
+    assert (out / f"{NAME}_onnx/1/model.onnx").read_bytes() == (artifact / "model.int8.onnx").read_bytes()
+    graph_in, _ = graph_io(out / f"{NAME}_onnx/1/model.onnx")
+    assert io_of(model_config(out / f"{NAME}_onnx/config.pbtxt").input) == {n: (t, [-1]) for n, t in graph_in.items()}
+    assert sorted(p.name for p in (out / f"{NAME}_python/1/artifact").iterdir()) == [
+        "config.json", "manifest.json", "model.int8.onnx", "tokenizer.json"]
+
+
+def test_gpu_kind_ships_the_fused_fp32_variant_on_gpu_instances(artifact, tmp_path):
+    out = triton_repo.run(TritonConfig(artifact=str(artifact), out=str(tmp_path / "gpu"),
                                        kind="gpu", name="sentiment", graph_level="all"))
     config = model_config(out / "sentiment_onnx" / "config.pbtxt")
     assert groups(config) == [(1, "KIND_GPU")]
@@ -170,10 +199,11 @@ def test_gpu_kind_ships_fp32_on_gpu_instances(serve_artifact, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["README.md", "sentiment", "sentiment_onnx", "sentiment_postprocess", "sentiment_python",
          "sentiment_tokenizer"])
-    # The artifact has no 'opt' variant, so the fp32 one is shipped (never the CPU-only int8).
-    assert (out / "sentiment_onnx/1/model.onnx").read_bytes() == (serve_artifact / "model.onnx").read_bytes()
+    # The fused fp32 variant, never the CPU-only int8 default.
+    assert (out / "sentiment_onnx/1/model.onnx").read_bytes() == (artifact / "model.opt.onnx").read_bytes()
     python_cfg = model_config(out / "sentiment_python" / "config.pbtxt")
     assert python_cfg.parameters["providers"].string_value.startswith("CUDAExecutionProvider")
+    assert "onnxruntime-gpu" in (out / "README.md").read_text()
     # The tokenizer and postprocess models stay on CPU instances.
     assert groups(model_config(out / "sentiment_tokenizer" / "config.pbtxt")) == [(1, "KIND_CPU")]
 
@@ -190,6 +220,11 @@ def test_choose_variant_rules():
 
     with pytest.raises(BadInputError, match="--kind gpu"):
         triton_repo.choose_variant({"variants": {"int8": {"file": "m"}}}, "gpu")
+    assert triton_repo.choose_variant(manifest, "cpu", "fp32") == "fp32"
+    with pytest.raises(BadInputError, match="CPU format"):
+        triton_repo.choose_variant(manifest, "gpu", "int8")
+    with pytest.raises(BadInputError, match="not servable"):
+        triton_repo.choose_variant(manifest, "cpu", "opt")
 
 
 def test_templates_ship_in_the_package_and_the_writer_is_torch_free():
@@ -213,21 +248,21 @@ def deploykit(*args: str) -> subprocess.CompletedProcess:
                           text=True, cwd=ROOT, timeout=120)
 
 
-def test_cli_writes_refuses_to_clobber_and_rejects_a_tampered_artifact(serve_artifact, tmp_path):
+def test_cli_writes_refuses_to_clobber_and_rejects_a_tampered_artifact(artifact, tmp_path):
     out = tmp_path / "repo"
-    done = deploykit("triton", str(serve_artifact), "--out", str(out), "--name", "tweets")
+    done = deploykit("triton", str(artifact), "--out", str(out), "--name", "tweets")
     assert done.returncode == 0, done.stderr
     assert (out / "tweets" / "config.pbtxt").is_file()
 
-    again = deploykit("triton", str(serve_artifact), "--out", str(out))
+    again = deploykit("triton", str(artifact), "--out", str(out))
     assert again.returncode == 2 and "--overwrite" in again.stderr
     assert (out / "tweets").is_dir()  # untouched
 
-    bad_name = deploykit("triton", str(serve_artifact), "--out", str(tmp_path / "x"), "--name", "a/b")
+    bad_name = deploykit("triton", str(artifact), "--out", str(tmp_path / "x"), "--name", "a/b")
     assert bad_name.returncode == 2 and "--name" in bad_name.stderr
 
     tampered = tmp_path / "tampered"
-    shutil.copytree(serve_artifact, tampered)
+    shutil.copytree(artifact, tampered)
     with open(tampered / "tokenizer.json", "a") as fh:
         fh.write(" ")
     failed = deploykit("triton", str(tampered), "--out", str(tmp_path / "never"))
@@ -331,10 +366,10 @@ def server(repo, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def expected(serve_artifact):
+def expected(artifact):
     from deploykit.runtime import Runtime
 
-    runtime = Runtime(serve_artifact)
+    runtime = Runtime(artifact, "opt")
     results = runtime.predict(TEXTS)
     return ([r["label"] for r in results],
             np.array([[r["scores"][label] for label in runtime.labels] for r in results]))

@@ -99,15 +99,23 @@ def graph_signature(model_file: Path, num_labels: int) -> tuple[list[Tensor], li
     return inputs, outputs
 
 
-def choose_variant(manifest: dict[str, Any], kind: str) -> str:
+def choose_variant(manifest: dict[str, Any], kind: str, variant: str | None = None) -> str:
     """The variant a repository for ``kind`` ships.
 
-    cpu: the manifest's default variant. gpu: the fused fp32 ``opt`` variant (dynamic INT8 runs
-    its integer matmuls on the CPU only), else plain ``fp32``.
+    ``variant`` if given; else for cpu the manifest's default variant, for gpu the fused fp32
+    ``opt`` variant (dynamic INT8 runs its integer matmuls on the CPU only), else ``fp32``.
 
     Raises:
-        BadInputError: If no servable variant fits ``kind``.
+        BadInputError: If ``variant`` is unknown or not servable, is INT8 on gpu, or no
+            servable variant fits ``kind``.
     """
+    if variant:
+        chosen = select_variant(manifest, variant)
+        precision = str(manifest["variants"][chosen].get("precision", chosen))
+        if kind == "gpu" and "int8" in (chosen + precision):
+            raise BadInputError(f"variant {chosen!r} is INT8, a CPU format; use --kind cpu, or "
+                                "ship opt or fp32 with --kind gpu")
+        return chosen
     if kind == "cpu":
         return select_variant(manifest)
     variants = manifest["variants"]
@@ -216,10 +224,16 @@ def _copy_artifact(src: Path, dst: Path, manifest: dict[str, Any], variant: str)
     (dst / MANIFEST).write_text(json.dumps(copy, indent=2) + "\n", encoding="utf-8")
 
 
+def _providers(kind: str) -> str:
+    return "CUDAExecutionProvider,CPUExecutionProvider" if kind == "gpu" else "CPUExecutionProvider"
+
+
 def _readme(name: str, cfg: TritonConfig, variant: str, labels: list[str]) -> str:
     template = string.Template((TEMPLATES / "README.md").read_text(encoding="utf-8"))
     return template.substitute(name=name, variant=variant, kind=cfg.kind, labels=", ".join(labels),
-                               max_batch_size=cfg.max_batch_size, num_labels=len(labels))
+                               max_batch_size=cfg.max_batch_size, num_labels=len(labels),
+                               providers=_providers(cfg.kind),
+                               onnxruntime="onnxruntime-gpu" if cfg.kind == "gpu" else "onnxruntime")
 
 
 def write_repository(cfg: TritonConfig) -> Path:
@@ -248,7 +262,7 @@ def write_repository(cfg: TritonConfig) -> Path:
     manifest = verify_artifact(src)
     name = cfg.name or manifest["name"]
     labels = list(manifest["labels"])
-    variant = choose_variant(manifest, cfg.kind)
+    variant = choose_variant(manifest, cfg.kind, cfg.variant)
     model_file = src / manifest["variants"][variant]["file"]
     inputs, outputs = graph_signature(model_file, len(labels))
     graph_names = [t.name for t in inputs]
@@ -280,12 +294,10 @@ def write_repository(cfg: TritonConfig) -> Path:
                      "postprocess")
         _write_model(tmp / name, ensemble_config(name, cfg, inputs, len(labels), output))
 
-        providers = ("CUDAExecutionProvider,CPUExecutionProvider" if cfg.kind == "gpu"
-                     else "CPUExecutionProvider")
         version = _write_model(
             tmp / f"{name}_python",
             python_config(f"{name}_python", cfg, text_in, text_out,
-                          {"variant": variant, "threads": cfg.threads, "providers": providers}),
+                          {"variant": variant, "threads": cfg.threads, "providers": _providers(cfg.kind)}),
             "python")
         _copy_artifact(src, version / "artifact", manifest, variant)
 
