@@ -433,6 +433,17 @@ def test_readme_client_snippet_runs_against_the_server(server, expected):
 
 
 @pytest.mark.slow
+def test_readme_curl_command_runs_against_the_server(server, expected):
+    block = re.search(r"```bash\n(curl .*?)```", server["readme"], re.S).group(1)
+    port = server["url"].rsplit(":", 1)[1]
+    done = subprocess.run(["bash", "-c", block.replace("127.0.0.1:8000", f"127.0.0.1:{port}")],
+                          capture_output=True, text=True, timeout=60, check=True)
+    outputs = {o["name"]: o for o in json.loads(done.stdout)["outputs"]}
+    assert outputs["LABEL"]["data"] == expected[0][:1] and outputs["LABEL"]["shape"] == [1, 1]
+    assert_scores_match(np.array([outputs["SCORES"]["data"]], dtype=np.float32), expected[1][:1])
+
+
+@pytest.mark.slow
 def test_concurrent_requests_of_different_lengths_are_batched_correctly(server, expected):
     """Requests of different text lengths, sent at once, each get their own rows back."""
     from concurrent.futures import ThreadPoolExecutor
