@@ -370,12 +370,13 @@ class TritonConfig:
         _require(self.max_batch_size > 0, "max_batch_size", "must be positive")
         _require(self.max_queue_delay_us >= 0, "max_queue_delay_us", "must be >= 0")
         _require(self.threads >= 0, "threads", "must be >= 0 (0 lets ONNX Runtime pick)")
-        _require(self.name is None or _is_model_name(self.name), "name",
+        _require(self.name is None or is_model_name(self.name), "name",
                  f"{self.name!r} is not a valid model name: use letters, digits, '_', '-' and '.', "
                  "starting with a letter or digit")
 
 
-def _is_model_name(name: str) -> bool:
+def is_model_name(name: str) -> bool:
+    """Whether ``name`` is usable as a Triton model (and folder) name."""
     import re
 
     return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None

@@ -241,6 +241,20 @@ def test_templates_ship_in_the_package_and_the_writer_is_torch_free():
     assert done.stdout.strip() == "[]"
 
 
+def test_a_manifest_name_that_is_no_model_name_needs_name(artifact, tmp_path):
+    from deploykit.errors import BadInputError
+
+    renamed = tmp_path / "renamed"
+    shutil.copytree(artifact, renamed)
+    manifest = json.loads((renamed / "manifest.json").read_text())
+    (renamed / "manifest.json").write_text(json.dumps(dict(manifest, name="my model")))
+    with pytest.raises(BadInputError, match="--name"):
+        triton_repo.run(TritonConfig(artifact=str(renamed), out=str(tmp_path / "a")))
+    assert not (tmp_path / "a").exists()
+    out = triton_repo.run(TritonConfig(artifact=str(renamed), out=str(tmp_path / "b"), name="mine"))
+    assert (out / "mine_python" / "config.pbtxt").is_file()
+
+
 # --- the command line ----------------------------------------------------------------------
 
 def deploykit(*args: str) -> subprocess.CompletedProcess:
@@ -260,6 +274,10 @@ def test_cli_writes_refuses_to_clobber_and_rejects_a_tampered_artifact(artifact,
 
     bad_name = deploykit("triton", str(artifact), "--out", str(tmp_path / "x"), "--name", "a/b")
     assert bad_name.returncode == 2 and "--name" in bad_name.stderr
+
+    itself = deploykit("triton", str(artifact), "--out", str(artifact), "--overwrite")
+    assert itself.returncode == 2 and "artifact folder itself" in itself.stderr
+    assert (artifact / "manifest.json").is_file()
 
     tampered = tmp_path / "tampered"
     shutil.copytree(artifact, tampered)

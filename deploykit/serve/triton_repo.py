@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.checkpoint import atomic_folder
-from deploykit.config import TritonConfig
+from deploykit.config import TritonConfig, is_model_name
 from deploykit.errors import BadInputError
 from deploykit.runtime import MANIFEST, TOKENIZER, select_variant, verify_artifact
 
@@ -209,12 +209,21 @@ def _write_model(folder: Path, config: str, code: str | None = None) -> Path:
     return version
 
 
+def _belongs_to(rel: str, model_file: str) -> bool:
+    """Whether ``rel`` is the variant file or its external data (model.onnx.data, model.onnx_data)."""
+    return rel == model_file or rel.startswith(model_file + ".") or rel.startswith(model_file + "_")
+
+
+def _external_data(manifest: dict[str, Any], variant: str) -> list[str]:
+    model_file = manifest["variants"][variant]["file"]
+    return [rel for rel in manifest["files"] if rel != model_file and _belongs_to(rel, model_file)]
+
+
 def _copy_artifact(src: Path, dst: Path, manifest: dict[str, Any], variant: str) -> None:
     """Copy the artifact with only ``variant``; the copy's manifest lists exactly its files."""
     dropped = {v["file"] for k, v in manifest["variants"].items() if k != variant}
-    # External-data files of a dropped variant start with its file name (model.onnx.data).
     files = {rel: entry for rel, entry in manifest["files"].items()
-             if not any(rel == d or rel.startswith(d + ".") or rel.startswith(d + "_") for d in dropped)}
+             if not any(_belongs_to(rel, d) for d in dropped)}
     for rel in files:
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -256,11 +265,17 @@ def write_repository(cfg: TritonConfig) -> Path:
     """
     src = Path(cfg.artifact)
     out = Path(cfg.out)
+    if out.resolve() == src.resolve():
+        raise BadInputError(f"--out {out} is the artifact folder itself; write the repository "
+                            "somewhere else")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg.overwrite:
         raise BadInputError(f"--out {out} exists and is not empty; choose another folder or pass "
                             "--overwrite to replace it")
     manifest = verify_artifact(src)
     name = cfg.name or manifest["name"]
+    if not is_model_name(name):
+        raise BadInputError(f"the manifest's name {name!r} is not a valid Triton model name; "
+                            "pass --name with letters, digits, '_', '-' and '.'")
     labels = list(manifest["labels"])
     variant = choose_variant(manifest, cfg.kind, cfg.variant)
     model_file = src / manifest["variants"][variant]["file"]
@@ -278,6 +293,10 @@ def write_repository(cfg: TritonConfig) -> Path:
     with atomic_folder(out) as tmp:
         version = _write_model(tmp / f"{name}_onnx", onnx_config(f"{name}_onnx", cfg, inputs, outputs))
         shutil.copyfile(model_file, version / "model.onnx")
+        # Weights stored beside a large graph (ONNX external data) keep their own file names,
+        # which the graph refers to.
+        for rel in _external_data(manifest, variant):
+            shutil.copyfile(src / rel, version / Path(rel).name)
 
         # The tokenizer's outputs are the graph's inputs, each [n, max_length].
         version = _write_model(
