@@ -194,3 +194,99 @@ def test_fused_attention_is_scaled_dot_product_attention(bert, tmp_path):
     weights /= weights.sum(-1, keepdims=True)
     expected = (weights @ v).transpose(0, 2, 1, 3).reshape(batch, seq, hidden)
     np.testing.assert_allclose(fused, expected, atol=1e-5)
+
+
+# --- parity gates and verify -----------------------------------------------------------------
+
+def _rehash(artifact: Path) -> None:
+    """Rewrite the manifest's hashes after a deliberate change (a tamper that sha256 cannot catch)."""
+    from deploykit.export import manifest as mf
+
+    doc = json.loads((artifact / "manifest.json").read_text())
+    doc["files"] = mf.file_table(artifact)
+    for variant in doc["variants"].values():
+        variant.update(doc["files"][variant["file"]])
+    mf.write(artifact, doc)
+
+
+def _copy(artifact: Path, dst: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(artifact, dst))
+
+
+def _verify(artifact: Path, checkpoint: Path, heldout: Path) -> int:
+    from deploykit.cli import main
+
+    return main(["verify", str(artifact), "--checkpoint", str(checkpoint), "--data", str(heldout),
+                 "--split", "all"])
+
+
+def test_int8_gate_flags_label_flips_and_f1_loss(bert, heldout):
+    """The INT8 bounds' mechanics on a reference whose labels we flip on purpose."""
+    from deploykit import checkpoint as ckpt
+    from deploykit.config import ExportConfig
+    from deploykit.export import parity
+
+    _, checkpoint, artifact, manifest = bert
+    cfg = ExportConfig(checkpoint=str(checkpoint), data=str(heldout), split="all")
+    held = parity.load_held_out(cfg, ckpt.train_config(checkpoint), manifest["labels"])
+    model, tokenizer = ckpt.load_model(checkpoint)
+    reference = parity.reference_logits(model, tokenizer, held.texts, 128)
+    # Make PyTorch confidently right on every row, so the real INT8 graph disagrees with it
+    # wherever the (random) model's own prediction is wrong.
+    fake = np.full_like(reference, -5.0)
+    fake[np.arange(len(held.labels)), held.labels] = 5.0
+    ref_metrics = parity.classification_metrics(fake, held.labels, 3)
+    result = parity.check_variant("int8", "int8", artifact / "model.int8.onnx", artifact / "tokenizer.json",
+                                  manifest["inputs"], held, fake, ref_metrics, 128, cfg)
+    checks = {f["check"]: f for f in result.failures}
+    assert not result.passed and set(checks) == {"label_agreement", "macro_f1_drop"}
+    assert checks["label_agreement"]["missed_by"] == pytest.approx(0.99 - result.label_agreement)
+    assert checks["macro_f1_drop"]["value"] == pytest.approx(1.0 - result.metrics["macro_f1"])
+    assert "FAIL label_agreement" in parity.table([result], ref_metrics)
+
+
+def test_verify_passes_on_the_export(bert, heldout):
+    _, checkpoint, artifact, _ = bert
+    assert _verify(artifact, checkpoint, heldout) == 0
+
+
+def test_verify_catches_a_changed_file(bert, heldout, tmp_path, caplog):
+    _, checkpoint, artifact, _ = bert
+    copy = _copy(artifact, tmp_path / "art")
+    data = bytearray((copy / "model.opt.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "model.opt.onnx").write_bytes(bytes(data))
+    assert _verify(copy, checkpoint, heldout) == 4
+    assert "model.opt.onnx" in caplog.text and "sha256" in caplog.text
+
+
+def test_verify_catches_weights_perturbed_after_export(bert, heldout, tmp_path, caplog):
+    import onnx
+    from onnx import numpy_helper
+
+    _, checkpoint, artifact, _ = bert
+    copy = _copy(artifact, tmp_path / "art")
+    model = onnx.load(str(copy / "model.onnx"))
+    perturbed = [init for init in model.graph.initializer if "classifier" in init.name]
+    assert perturbed
+    for init in perturbed:
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.01 + 0.01, init.name))
+    onnx.save(model, str(copy / "model.onnx"))
+    _rehash(copy)  # a tamper that also fixed up the hashes: only parity can catch it
+    assert _verify(copy, checkpoint, heldout) == 3
+    assert "FAIL max_abs_diff" in caplog.text and "fp32" in caplog.text
+
+
+def test_verify_catches_a_mismatched_tokenizer(bert, heldout, tmp_path, caplog):
+    _, checkpoint, artifact, _ = bert
+    copy = _copy(artifact, tmp_path / "art")
+    doc = json.loads((copy / "tokenizer.json").read_text())
+    vocab = doc["model"]["vocab"]
+    # Shift every ordinary word piece's id: same text, other ids (a different vocabulary).
+    doc["model"]["vocab"] = {t: (i + 1000) % len(vocab) if i >= 1000 else i for t, i in vocab.items()}
+    (copy / "tokenizer.json").write_text(json.dumps(doc))
+    _rehash(copy)
+    assert _verify(copy, checkpoint, heldout) == 3
+    assert "missed their parity bounds" in caplog.text

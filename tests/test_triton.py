@@ -462,12 +462,13 @@ def test_readme_curl_command_runs_against_the_server(server, expected):
 
 
 @pytest.mark.slow
-def test_concurrent_requests_of_different_lengths_are_batched_correctly(server, expected):
+@pytest.mark.parametrize("model", [f"{NAME}_python", NAME])
+def test_concurrent_requests_of_different_lengths_are_batched_correctly(server, expected, model):
     """Requests of different text lengths, sent at once, each get their own rows back."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda i: _infer(server["url"], NAME, [TEXTS[i]], True),
+        results = list(pool.map(lambda i: _infer(server["url"], model, [TEXTS[i]], True),
                                 range(len(TEXTS))))
     assert [r[0][0] for r in results] == expected[0]
     assert_scores_match(np.vstack([r[1] for r in results]), expected[1])
