@@ -472,3 +472,22 @@ def test_concurrent_requests_of_different_lengths_are_batched_correctly(server, 
                                 range(len(TEXTS))))
     assert [r[0][0] for r in results] == expected[0]
     assert_scores_match(np.vstack([r[1] for r in results]), expected[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [f"{NAME}_python", NAME])
+def test_text_that_is_not_utf8_gets_a_clear_error_and_the_server_keeps_serving(server, expected, model):
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(server["url"])
+    try:
+        batch = np.array([[b"\xff\xfe not utf-8"]], dtype=np.object_)
+        text = httpclient.InferInput("TEXT", [1, 1], "BYTES")
+        text.set_data_from_numpy(batch)
+        with pytest.raises(InferenceServerException, match="UTF-8"):
+            client.infer(model, [text])
+    finally:
+        client.close()
+    labels, _ = _infer(server["url"], model, TEXTS[:1], True)
+    assert labels == expected[0][:1]
