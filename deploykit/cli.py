@@ -15,7 +15,8 @@ import typing
 from typing import Any, Callable
 
 from deploykit import __version__
-from deploykit.config import EvalConfig, TrainConfig, from_dict, load_yaml
+from deploykit.config import (BuildConfig, EvalConfig, ExportConfig, PredictConfig, ServeConfig,
+                              TrainConfig, TritonConfig, VerifyConfig, from_dict, load_yaml)
 from deploykit.errors import DeployKitError
 
 log = logging.getLogger("deploykit")
@@ -88,6 +89,42 @@ def _evaluate(args: argparse.Namespace) -> None:
           f"macro-F1 {metrics['macro_f1']:.4f}, weighted-F1 {metrics['weighted_f1']:.4f} -> {out}/report.md")
 
 
+def _export(args: argparse.Namespace) -> None:
+    from deploykit import export
+
+    export.run(build_config(ExportConfig, args))
+
+
+def _verify(args: argparse.Namespace) -> None:
+    from deploykit import export
+
+    export.verify(build_config(VerifyConfig, args))
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from deploykit.serve import launch
+
+    launch.run(build_config(ServeConfig, args))
+
+
+def _build(args: argparse.Namespace) -> None:
+    from deploykit.serve import build
+
+    print(build.run(build_config(BuildConfig, args)))
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from deploykit import predict
+
+    predict.run(build_config(PredictConfig, args))
+
+
+def _triton(args: argparse.Namespace) -> None:
+    from deploykit.serve import triton_repo
+
+    triton_repo.run(build_config(TritonConfig, args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used by tests to check README commands)."""
     parser = argparse.ArgumentParser(
@@ -102,6 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
                   "(also under torchrun for multi-process data parallel).", TrainConfig, _train),
         ("evaluate", "Score a checkpoint on a split: metrics, per-class report, "
                      "length buckets, error cases, plots.", EvalConfig, _evaluate),
+        ("export", "Export a checkpoint to an ONNX artifact (fp32, fused, INT8) verified for "
+                   "parity against PyTorch on held-out rows.", ExportConfig, _export),
+        ("verify", "Re-check an artifact: every file's sha256, then parity of every variant "
+                   "against its checkpoint.", VerifyConfig, _verify),
+        ("serve", "Serve an artifact: BentoML service with /classify, the KServe v2 / Triton "
+                  "protocol, health and Prometheus metrics.", ServeConfig, _serve),
+        ("build", "Pack an artifact, the service and deploykit into a bento (bentoml build).",
+         BuildConfig, _build),
+        ("predict", "Score a CSV/JSON/JSONL/Parquet file with an artifact (torch-free), "
+                    "one JSON line per row.", PredictConfig, _predict),
+        ("triton", "Write a Triton Inference Server model repository (ONNX model, tokenizer, "
+                   "postprocess, ensemble, Python-backend model) from an artifact.",
+         TritonConfig, _triton),
     ]
     for name, help_text, cls, func in commands:
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -228,3 +228,244 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def save_yaml(cfg: Any, path: str | Path) -> None:
     """Write a config as flat YAML (the same keys ``load_yaml`` reads)."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# --- serving (deploykit serve / build / predict; the service reads the same fields from
+# DEPLOYKIT_* environment variables, see deploykit/serve/settings.py) --------------------------
+
+BATCHERS = ("deploykit", "bentoml")
+
+
+@dataclass
+class ServiceConfig:
+    """Settings of the inference service; each field is also the env var DEPLOYKIT_<FIELD>."""
+
+    variant: str | None = opt(None, "Model variant to serve (default: the manifest's default_variant).")
+    max_batch_size: int = opt(64, "Most texts in one model call.")
+    max_batch_tokens: int = opt(16384, "Token budget of one model call (texts x padded length).")
+    max_latency_ms: float | None = opt(None, "deploykit batcher: longest wait for other requests "
+                                       "to share a batch, only while under load (default 5). "
+                                       "bentoml batcher: BentoML's max_latency_ms, past which "
+                                       "requests get 503 (default BentoML's 60000).")
+    threads: int | None = opt(None, "onnxruntime intra-op threads (default: all cores).")
+    max_texts: int = opt(256, "Most texts in one request; more is a 400 error.")
+    max_queue: int = opt(4096, "Most texts waiting in the batcher's queue; more is a 503 error "
+                         "(counted in deploykit_rejected_total).")
+    max_body_bytes: int = opt(4 * 1024 * 1024, "Largest request body in bytes; larger is a 413 error.")
+    providers: str = opt("CPUExecutionProvider", "onnxruntime execution providers, comma-separated "
+                         "in order of preference (e.g. CUDAExecutionProvider,CPUExecutionProvider).")
+    batcher: str = opt("deploykit", "Who batches /classify: deploykit's own dynamic batcher "
+                       "(shared with the v2 routes) or BentoML's adaptive batching.", choices=BATCHERS)
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_batch_tokens", "max_texts", "max_queue", "max_body_bytes"):
+            _require(getattr(self, name) > 0, name, "must be positive")
+        _require(self.threads is None or self.threads > 0, "threads", "must be positive")
+        _require(self.max_latency_ms is None or self.max_latency_ms >= 0, "max_latency_ms", "must be >= 0")
+        _require(self.batcher in BATCHERS, "batcher", f"choose one of {', '.join(BATCHERS)}")
+        _require(bool(self.provider_list()), "providers", "name at least one execution provider")
+
+    def provider_list(self) -> list[str]:
+        """``providers`` as a list."""
+        return [p.strip() for p in self.providers.split(",") if p.strip()]
+
+
+@dataclass
+class ServeConfig(ServiceConfig):
+    """``deploykit serve``: run the BentoML service on an artifact."""
+
+    artifact: str = opt("", "Artifact folder written by 'deploykit export'.", positional=True)
+    host: str = opt("127.0.0.1", "Address to bind (0.0.0.0 exposes the service to the network).")
+    port: int = opt(3000, "Port to listen on.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(bool(self.artifact), "artifact", "give the artifact folder to serve")
+        _require(0 < self.port < 65536, "port", f"{self.port} is not a TCP port")
+
+
+@dataclass
+class BuildConfig:
+    """``deploykit build``: pack the service, an artifact and deploykit itself into a bento."""
+
+    artifact: str = opt("", "Artifact folder written by 'deploykit export'.", positional=True)
+    variants: str | None = opt(None, "Comma-separated variants to pack (default: only the "
+                               "manifest's default variant).")
+    tag: str | None = opt(None, "Bento tag name[:version] (default: deploykit-<model name>).")
+    bentoml_home: str | None = opt(None, "BentoML store folder (default: $BENTOML_HOME or ~/bentoml).")
+
+    def __post_init__(self) -> None:
+        _require(bool(self.artifact), "artifact", "give the artifact folder to pack")
+
+
+@dataclass
+class PredictConfig:
+    """``deploykit predict``: torch-free batch scoring of a file with an artifact."""
+
+    artifact: str = opt("", "Artifact folder written by 'deploykit export'.", positional=True)
+    data: str = opt("", "CSV, JSON (a list of objects), JSONL or Parquet file to score.")
+    text_column: str = opt("text", "Column that holds the text.")
+    out: str = opt("predictions.jsonl", "JSONL file to write: one line per input row, in order.")
+    variant: str | None = opt(None, "Model variant (default: the manifest's default_variant).")
+    threads: int | None = opt(None, "onnxruntime intra-op threads (default: all cores).")
+    max_batch_tokens: int = opt(16384, "Token budget of one model call.")
+    max_batch_size: int = opt(64, "Most texts in one model call.")
+    chunk_size: int = opt(1024, "Rows read, scored and written per step (bounds memory).")
+
+    def __post_init__(self) -> None:
+        _require(bool(self.artifact), "artifact", "give the artifact folder to score with")
+        _require(bool(self.data), "data", "give the file to score")
+        for name in ("max_batch_tokens", "max_batch_size", "chunk_size"):
+            _require(getattr(self, name) > 0, name, "must be positive")
+        _require(self.threads is None or self.threads > 0, "threads", "must be positive")
+
+# --- export and verify (the artifact stage) ---------------------------------------------------
+
+OPTIMIZE_LEVELS = ("none", "O1", "O2")
+QUANTIZE_MODES = ("none", "dynamic", "static")
+VARIANT_NAMES = ("fp32", "opt", "int8", "int8-static")
+
+
+@dataclass
+class ParityConfig:
+    """Held-out data and the parity bounds every exported variant must meet (export and verify)."""
+
+    data: str | None = opt(None, "Data source for parity and metrics (default: the checkpoint's "
+                           "own, split again with its stored seed and ratios).")
+    text_column: str | None = opt(None, "Text column (default: the checkpoint's).")
+    label_column: str | None = opt(None, "Label column (default: the checkpoint's).")
+    split: str = opt("test", "Rows to check parity on: test (held-out), validation, or all rows "
+                     "of --data (for a file that is a test set already).",
+                     choices=("test", "validation", "all"))
+    max_eval_samples: int | None = opt(None, "Check parity on the first N rows of the split only "
+                                       "(default: all of it; for quick runs and tests).")
+    batch_sizes: str = opt("1,7,64", "Comma-separated batch sizes that the parity check cycles "
+                           "through (batch 1 is unpadded; larger ones mix padded and full rows).")
+    fp32_atol: float = opt(1e-4, "Largest absolute logit difference allowed for the fp32 and "
+                           "fused (opt) variants.")
+    fp32_min_agreement: float = opt(1.0, "Smallest top-1 label agreement with PyTorch allowed for "
+                                    "the fp32 and fused variants.")
+    int8_min_agreement: float = opt(0.99, "Smallest top-1 label agreement with PyTorch allowed "
+                                    "for INT8 variants.")
+    int8_max_f1_drop: float = opt(0.01, "Largest macro-F1 loss (0.01 = 1 point) allowed for INT8 "
+                                  "variants against PyTorch.")
+
+    def __post_init__(self) -> None:
+        _require(self.split in ("test", "validation", "all"), "split", "choose test, validation or all")
+        _require(self.max_eval_samples is None or self.max_eval_samples > 0, "max_eval_samples",
+                 "must be a positive number of rows")
+        try:
+            sizes = [int(s) for s in str(self.batch_sizes).split(",") if s.strip()]
+        except ValueError:
+            sizes = []
+        _require(bool(sizes) and all(s > 0 for s in sizes), "batch_sizes",
+                 f"{self.batch_sizes!r} is not a comma-separated list of positive integers, e.g. 1,7,64")
+        _require(self.fp32_atol > 0, "fp32_atol", "must be positive")
+        for name in ("fp32_min_agreement", "int8_min_agreement"):
+            _require(0 <= getattr(self, name) <= 1, name, "must be a fraction in [0, 1]")
+        _require(0 <= self.int8_max_f1_drop <= 1, "int8_max_f1_drop", "must be in [0, 1]")
+
+    @property
+    def batch_size_list(self) -> list[int]:
+        return [int(s) for s in str(self.batch_sizes).split(",") if s.strip()]
+
+
+@dataclass
+class ExportConfig(ParityConfig):
+    """Export of a checkpoint to a verified ONNX artifact folder."""
+
+    checkpoint: str = opt("", "Checkpoint folder written by 'deploykit train'.", positional=True)
+    out: str = opt("artifact", "Artifact folder to write (model*.onnx, tokenizer.json, manifest.json).")
+    name: str = opt("classifier", "Model name in the manifest (the served model's name).")
+    optimize: str = opt("O2", "Graph optimization of model.opt.onnx: O1 (onnxruntime basic "
+                        "optimizations), O2 (plus transformer fusions: Attention, "
+                        "SkipLayerNormalization, BiasGelu), none (no opt variant).",
+                        choices=OPTIMIZE_LEVELS)
+    quantize: str = opt("dynamic", "INT8 variants: dynamic (model.int8.onnx), static (also "
+                        "model.int8-static.onnx, QDQ calibrated on training rows), none.",
+                        choices=QUANTIZE_MODES)
+    calibration_samples: int = opt(128, "Training rows that calibrate static quantization.")
+    reduce_range: str = opt("auto", "7-bit weights for INT8: auto (on when the CPU lacks VNNI), "
+                            "on, off.", choices=("auto", "on", "off"))
+    default_variant: str | None = opt(None, "Variant to serve by default (default: int8, else "
+                                      "opt, else fp32, the first that passes parity).",
+                                      choices=VARIANT_NAMES)
+    opset: int = opt(17, "ONNX opset of the exported graph.")
+    overwrite: bool = opt(False, "Replace an existing artifact folder at --out.")
+    allow_parity_failure: bool = opt(False, "Exit 0 even when a variant fails its parity bounds "
+                                     "(it is still marked not servable in the manifest).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(bool(self.checkpoint), "checkpoint", "give the checkpoint folder to export")
+        _require(bool(self.out), "out", "give the artifact folder to write")
+        _require(bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name), "name",
+                 f"{self.name!r} must be letters, digits, '-', '_' or '.' (it names the served model)")
+        _require(self.optimize in OPTIMIZE_LEVELS, "optimize", f"choose one of {', '.join(OPTIMIZE_LEVELS)}")
+        _require(self.quantize in QUANTIZE_MODES, "quantize", f"choose one of {', '.join(QUANTIZE_MODES)}")
+        _require(self.reduce_range in ("auto", "on", "off"), "reduce_range", "choose auto, on or off")
+        _require(self.calibration_samples > 0, "calibration_samples", "must be positive")
+        _require(self.default_variant is None or self.default_variant in VARIANT_NAMES,
+                 "default_variant", f"choose one of {', '.join(VARIANT_NAMES)}")
+        _require(11 <= self.opset <= 21, "opset", f"{self.opset} is not in [11, 21]")
+
+
+@dataclass
+class VerifyConfig(ParityConfig):
+    """Re-check an existing artifact: every file's sha256, then parity of every variant."""
+
+    artifact: str = opt("", "Artifact folder written by 'deploykit export'.", positional=True)
+    checkpoint: str = opt("", "The checkpoint the artifact was exported from (PyTorch reference).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(bool(self.artifact), "artifact", "give the artifact folder to verify")
+        _require(bool(self.checkpoint), "checkpoint", "give the checkpoint the artifact came from "
+                 "(--checkpoint RUN/checkpoint)")
+
+
+TRITON_KINDS = ("cpu", "gpu")
+TRITON_GRAPH_LEVELS = ("all", "extended", "basic", "disabled")
+
+
+@dataclass
+class TritonConfig:
+    """Writing a Triton Inference Server model repository from an exported artifact."""
+
+    artifact: str = opt("", "Artifact folder written by 'deploykit export'.", positional=True)
+    out: str = opt("triton_repo", "Model repository folder to write.")
+    name: str | None = opt(None, "Model name in the repository (default: the manifest's name).")
+    kind: str = opt("cpu", "Where the ONNX model runs: cpu ships the manifest's default variant, "
+                    "gpu ships the fp32 'opt' variant (dynamic INT8 is a CPU format).",
+                    choices=TRITON_KINDS)
+    variant: str | None = opt(None, "Ship this variant of the artifact instead of the one "
+                              "--kind picks (e.g. opt on CPU).")
+    instances: int = opt(1, "Model instances per device (instance_group count).")
+    max_batch_size: int = opt(64, "Largest batch Triton's dynamic batcher forms (max_batch_size).")
+    max_queue_delay_us: int = opt(1000, "How long the dynamic batcher waits to fill a batch, "
+                                  "in microseconds.")
+    threads: int = opt(0, "ONNX Runtime intra-op threads per instance (0 = one per core; "
+                       "set cores / instances when --instances > 1).")
+    graph_level: str = opt("extended", "ONNX Runtime graph optimizations Triton applies at load "
+                           "(the artifact is already fused offline).", choices=TRITON_GRAPH_LEVELS)
+    overwrite: bool = opt(False, "Replace --out if it exists and is not empty.")
+
+    def __post_init__(self) -> None:
+        _require(bool(self.artifact), "artifact", "give the artifact folder to package")
+        _require(self.kind in TRITON_KINDS, "kind", "choose cpu or gpu")
+        _require(self.graph_level in TRITON_GRAPH_LEVELS, "graph_level",
+                 f"choose one of {', '.join(TRITON_GRAPH_LEVELS)}")
+        _require(self.instances > 0, "instances", "must be a positive number of instances")
+        _require(self.max_batch_size > 0, "max_batch_size", "must be positive")
+        _require(self.max_queue_delay_us >= 0, "max_queue_delay_us", "must be >= 0")
+        _require(self.threads >= 0, "threads", "must be >= 0 (0 lets ONNX Runtime pick)")
+        _require(self.name is None or is_model_name(self.name), "name",
+                 f"{self.name!r} is not a valid model name: use letters, digits, '_', '-' and '.', "
+                 "starting with a letter or digit")
+
+
+def is_model_name(name: str) -> bool:
+    """Whether ``name`` is usable as a Triton model (and folder) name."""
+    import re
+
+    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None

@@ -31,3 +31,20 @@ def learnable_csv(tmp_path_factory):
     from factories import learnable_rows, write_csv
 
     return write_csv(tmp_path_factory.mktemp("data") / "learnable.csv", learnable_rows(300))
+
+
+@pytest.fixture(scope="session")
+def serve_artifact(tmp_path_factory):
+    """A tiny exported artifact (max_length 32) shared by the runtime and serving tests."""
+    from export_fixtures import heldout_csv
+    from factories import make_checkpoint
+
+    from deploykit import export
+    from deploykit.config import ExportConfig
+
+    root = tmp_path_factory.mktemp("serve-artifact")
+    checkpoint = make_checkpoint(root / "checkpoint", "bert", max_length=32)
+    # Tiny random models have near-tied logits: INT8 may fail its gate, which is fine here.
+    return export.run(ExportConfig(checkpoint=str(checkpoint), out=str(root / "artifact"),
+                                   data=str(heldout_csv(root / "heldout.csv")), split="all",
+                                   allow_parity_failure=True))
