@@ -15,7 +15,8 @@ import typing
 from typing import Any, Callable
 
 from deploykit import __version__
-from deploykit.config import EvalConfig, TrainConfig, from_dict, load_yaml
+from deploykit.config import (ContainerizeConfig, EvalConfig, KubeConfig, TrainConfig,
+                              from_dict, load_yaml)
 from deploykit.errors import DeployKitError
 
 log = logging.getLogger("deploykit")
@@ -76,6 +77,18 @@ def _evaluate(args: argparse.Namespace) -> None:
     evaluation.run(build_config(EvalConfig, args))
 
 
+def _containerize(args: argparse.Namespace) -> None:
+    from deploykit.deploy import containerize
+
+    containerize.run(build_config(ContainerizeConfig, args))
+
+
+def _k8s(args: argparse.Namespace) -> None:
+    from deploykit.deploy import k8s
+
+    k8s.render(build_config(KubeConfig, args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used by tests to check README commands)."""
     parser = argparse.ArgumentParser(
@@ -90,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
                   "(also under torchrun for multi-process data parallel).", TrainConfig, _train),
         ("evaluate", "Score a checkpoint on a split: metrics, per-class report, "
                      "length buckets, error cases, plots.", EvalConfig, _evaluate),
+        ("containerize", "Build a container image of a bento or an artifact (bentoml "
+                         "containerize with docker, buildah or podman), or the training image.",
+         ContainerizeConfig, _containerize),
+        ("k8s", "Render a ready kustomize overlay of k8s/ (the service, or the multi-node "
+                "training Job) with your image and values.", KubeConfig, _k8s),
     ]
     for name, help_text, cls, func in commands:
         p = sub.add_parser(name, help=help_text, description=help_text)
