@@ -15,8 +15,9 @@ import typing
 from typing import Any, Callable
 
 from deploykit import __version__
-from deploykit.config import (ContainerizeConfig, EvalConfig, KubeConfig, TrainConfig,
+from deploykit.config import (BuildConfig, EvalConfig, PredictConfig, ServeConfig, TrainConfig,
                               from_dict, load_yaml)
+from deploykit.config import ContainerizeConfig, KubeConfig
 from deploykit.errors import DeployKitError
 
 log = logging.getLogger("deploykit")
@@ -77,6 +78,22 @@ def _evaluate(args: argparse.Namespace) -> None:
     evaluation.run(build_config(EvalConfig, args))
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from deploykit.serve import launch
+
+    launch.run(build_config(ServeConfig, args))
+
+
+def _build(args: argparse.Namespace) -> None:
+    from deploykit.serve import build
+
+    print(build.run(build_config(BuildConfig, args)))
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from deploykit import predict
+
+    predict.run(build_config(PredictConfig, args))
 def _containerize(args: argparse.Namespace) -> None:
     from deploykit.deploy import containerize
 
@@ -103,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
                   "(also under torchrun for multi-process data parallel).", TrainConfig, _train),
         ("evaluate", "Score a checkpoint on a split: metrics, per-class report, "
                      "length buckets, error cases, plots.", EvalConfig, _evaluate),
+        ("serve", "Serve an artifact: BentoML service with /classify, the KServe v2 / Triton "
+                  "protocol, health and Prometheus metrics.", ServeConfig, _serve),
+        ("build", "Pack an artifact, the service and deploykit into a bento (bentoml build).",
+         BuildConfig, _build),
+        ("predict", "Score a CSV/JSON/JSONL/Parquet file with an artifact (torch-free), "
+                    "one JSON line per row.", PredictConfig, _predict),
         ("containerize", "Build a container image of a bento or an artifact (bentoml "
                          "containerize with docker, buildah or podman), or the training image.",
          ContainerizeConfig, _containerize),

@@ -230,6 +230,92 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+# --- serving (deploykit serve / build / predict; the service reads the same fields from
+# DEPLOYKIT_* environment variables, see deploykit/serve/settings.py) --------------------------
+
+BATCHERS = ("deploykit", "bentoml")
+
+
+@dataclass
+class ServiceConfig:
+    """Settings of the inference service; each field is also the env var DEPLOYKIT_<FIELD>."""
+
+    variant: str | None = opt(None, "Model variant to serve (default: the manifest's default_variant).")
+    max_batch_size: int = opt(64, "Most texts in one model call.")
+    max_batch_tokens: int = opt(16384, "Token budget of one model call (texts x padded length).")
+    max_latency_ms: float = opt(5.0, "Longest time a request waits for others to share its batch "
+                                "(the deploykit batcher waits only while under load).")
+    threads: int | None = opt(None, "onnxruntime intra-op threads (default: all cores).")
+    max_texts: int = opt(256, "Most texts in one request; more is a 400 error.")
+    max_queue: int = opt(4096, "Most texts waiting in the batcher's queue; more is a 503 error "
+                         "(counted in deploykit_rejected_total).")
+    max_body_bytes: int = opt(4 * 1024 * 1024, "Largest request body in bytes; larger is a 413 error.")
+    providers: str = opt("CPUExecutionProvider", "onnxruntime execution providers, comma-separated "
+                         "in order of preference (e.g. CUDAExecutionProvider,CPUExecutionProvider).")
+    batcher: str = opt("deploykit", "Who batches /classify: deploykit's own dynamic batcher "
+                       "(shared with the v2 routes) or BentoML's adaptive batching.", choices=BATCHERS)
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_batch_tokens", "max_texts", "max_queue", "max_body_bytes"):
+            _require(getattr(self, name) > 0, name, "must be positive")
+        _require(self.threads is None or self.threads > 0, "threads", "must be positive")
+        _require(self.max_latency_ms >= 0, "max_latency_ms", "must be >= 0")
+        _require(self.batcher in BATCHERS, "batcher", f"choose one of {', '.join(BATCHERS)}")
+        _require(bool(self.provider_list()), "providers", "name at least one execution provider")
+
+    def provider_list(self) -> list[str]:
+        """``providers`` as a list."""
+        return [p.strip() for p in self.providers.split(",") if p.strip()]
+
+
+@dataclass
+class ServeConfig(ServiceConfig):
+    """``deploykit serve``: run the BentoML service on an artifact."""
+
+    artifact: str = opt("", "Artifact folder written by 'deploykit export'.", positional=True)
+    host: str = opt("127.0.0.1", "Address to bind (0.0.0.0 exposes the service to the network).")
+    port: int = opt(3000, "Port to listen on.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(bool(self.artifact), "artifact", "give the artifact folder to serve")
+        _require(0 < self.port < 65536, "port", f"{self.port} is not a TCP port")
+
+
+@dataclass
+class BuildConfig:
+    """``deploykit build``: pack the service, an artifact and deploykit itself into a bento."""
+
+    artifact: str = opt("", "Artifact folder written by 'deploykit export'.", positional=True)
+    variants: str | None = opt(None, "Comma-separated variants to pack (default: only the "
+                               "manifest's default variant).")
+    tag: str | None = opt(None, "Bento tag name[:version] (default: deploykit-<model name>).")
+    bentoml_home: str | None = opt(None, "BentoML store folder (default: $BENTOML_HOME or ~/bentoml).")
+
+    def __post_init__(self) -> None:
+        _require(bool(self.artifact), "artifact", "give the artifact folder to pack")
+
+
+@dataclass
+class PredictConfig:
+    """``deploykit predict``: torch-free batch scoring of a file with an artifact."""
+
+    artifact: str = opt("", "Artifact folder written by 'deploykit export'.", positional=True)
+    data: str = opt("", "CSV, JSON (a list of objects), JSONL or Parquet file to score.")
+    text_column: str = opt("text", "Column that holds the text.")
+    out: str = opt("predictions.jsonl", "JSONL file to write: one line per input row, in order.")
+    variant: str | None = opt(None, "Model variant (default: the manifest's default_variant).")
+    threads: int | None = opt(None, "onnxruntime intra-op threads (default: all cores).")
+    max_batch_tokens: int = opt(16384, "Token budget of one model call.")
+    max_batch_size: int = opt(64, "Most texts in one model call.")
+    chunk_size: int = opt(1024, "Rows read, scored and written per step (bounds memory).")
+
+    def __post_init__(self) -> None:
+        _require(bool(self.artifact), "artifact", "give the artifact folder to score with")
+        _require(bool(self.data), "data", "give the file to score")
+        for name in ("max_batch_tokens", "max_batch_size", "chunk_size"):
+            _require(getattr(self, name) > 0, name, "must be positive")
+        _require(self.threads is None or self.threads > 0, "threads", "must be positive")
 # --- Deployment (deploykit/deploy) ------------------------------------------------------------
 
 CONTAINER_BACKENDS = ("docker", "buildah", "podman")

@@ -15,3 +15,11 @@ def tokenizer():
     from factories import tiny_tokenizer
 
     return tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def serve_artifact(tmp_path_factory):
+    """A tiny artifact (fp32 servable, int8 not servable) shared by the runtime and serving tests."""
+    from serve_artifacts import build_artifact
+
+    return build_artifact(tmp_path_factory.mktemp("serve-artifact"))

@@ -1,0 +1,1 @@
+"""Serving: the BentoML service, the KServe v2 routes and the Triton model-repository writer."""

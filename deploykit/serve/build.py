@@ -1,0 +1,186 @@
+"""``deploykit build``: pack the service, an artifact and deploykit itself into a bento.
+
+The build context is generated in a temporary folder:
+
+    service.py          re-exports deploykit.serve.service:Classifier
+    artifact/           the packed variants only, tokenizer/config files, and a manifest.json
+                        rewritten to list exactly the files present
+    wheels/deploykit-*.whl   built from this checkout (deploykit is not on a package index)
+    bentofile.yaml      python.packages = deploykit's base requirements (no torch,
+                        transformers or datasets), lock_packages false, DEPLOYKIT_ARTIFACT=artifact
+
+and ``bentoml build`` (its Python API) stores the bento in ``$BENTOML_HOME``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deploykit.config import BuildConfig
+from deploykit.errors import BadInputError, DeployKitError
+from deploykit.runtime import MANIFEST, select_variant, verify_artifact
+
+log = logging.getLogger(__name__)
+
+SERVICE_SHIM = '''"""Entry point of the bento: deploykit's service, installed from the packed wheel."""
+
+from deploykit.serve.service import Classifier  # noqa: F401
+'''
+
+
+def pack_manifest(manifest: dict[str, Any], variants: list[str]) -> dict[str, Any]:
+    """The manifest of an artifact that holds only ``variants``.
+
+    Files of the other variants are dropped from ``variants`` and ``files``; the default
+    variant stays if packed, else becomes the first packed one by the fixed rule
+    (int8, opt, fp32, then the order given).
+
+    Args:
+        manifest: The full artifact's manifest.
+        variants: Names of the variants to keep (validated, servable).
+
+    Returns:
+        A new manifest.
+    """
+    packed = copy.deepcopy(manifest)
+    dropped = {v["file"] for name, v in manifest["variants"].items() if name not in variants}
+    packed["variants"] = {name: v for name, v in packed["variants"].items() if name in variants}
+    packed["files"] = {f: e for f, e in packed["files"].items() if f not in dropped}
+    if packed.get("default_variant") not in packed["variants"]:
+        order = [v for v in ("int8", "opt", "fp32") if v in variants] + variants
+        packed["default_variant"] = order[0]
+    return packed
+
+
+def _choose_variants(manifest: dict[str, Any], requested: str | None) -> list[str]:
+    if not requested:
+        return [select_variant(manifest, None)]
+    names = [v.strip() for v in requested.split(",") if v.strip()]
+    if not names:
+        raise BadInputError("--variants is empty; name at least one variant, e.g. --variants int8")
+    for name in names:
+        select_variant(manifest, name)  # raises on unknown or unservable
+    return list(dict.fromkeys(names))
+
+
+def write_artifact(source: Path, target: Path, manifest: dict[str, Any], variants: list[str]) -> None:
+    """Copy the files a packed manifest lists from ``source`` to ``target`` and write it."""
+    packed = pack_manifest(manifest, variants)
+    for name in packed["files"]:
+        dest = target.joinpath(*Path(name).parts)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / name, dest)
+    (target / MANIFEST).write_text(json.dumps(packed, indent=2))
+
+
+def source_root() -> Path:
+    """The checkout deploykit is imported from (it must hold pyproject.toml).
+
+    Raises:
+        BadInputError: If deploykit runs from an installed wheel rather than a checkout.
+    """
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "pyproject.toml").is_file():
+        raise BadInputError(f"deploykit build packs deploykit as a wheel built from its source "
+                            f"checkout, but {root} has no pyproject.toml; run it from a git checkout "
+                            "installed with 'pip install -e .'")
+    return root
+
+
+def build_wheel(root: Path, out: Path) -> Path:
+    """Build deploykit's wheel from the checkout into ``out`` (no network, no build isolation)."""
+    out.mkdir(parents=True, exist_ok=True)
+    # A scratch copy of the sources: setuptools writes build/ and *.egg-info into the tree
+    # it builds, and the checkout should stay clean.
+    with tempfile.TemporaryDirectory(prefix="deploykit-src-") as scratch:
+        src = Path(scratch) / "src"
+        src.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            if (root / name).is_file():
+                shutil.copy2(root / name, src / name)
+        shutil.copytree(root / "deploykit", src / "deploykit",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                                 "--no-index", "-q", "-w", str(out), str(src)],
+                                capture_output=True, text=True)
+    if result.returncode != 0:
+        raise DeployKitError(f"building the deploykit wheel failed:\n{result.stderr[-2000:]}")
+    wheels = sorted(out.glob("deploykit-*.whl"))
+    if not wheels:
+        raise DeployKitError(f"pip wheel wrote no deploykit wheel into {out}")
+    return wheels[-1]
+
+
+def wheel_requirements(wheel: Path) -> list[str]:
+    """The base (no extras) requirements a wheel declares."""
+    with zipfile.ZipFile(wheel) as zf:
+        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = zf.read(meta).decode("utf-8").splitlines()
+    reqs = [line.split(":", 1)[1].strip() for line in lines if line.startswith("Requires-Dist:")]
+    return [r for r in reqs if "extra ==" not in r]
+
+
+def bentofile(tag: str, wheel_name: str, packages: list[str]) -> dict[str, Any]:
+    """The generated bentofile.yaml content."""
+    name, _, version = tag.partition(":")
+    return {
+        "service": "service:Classifier",
+        "name": name,
+        "labels": {"owner": "deploykit"},
+        "include": ["service.py", "artifact/**"],
+        "python": {"packages": packages, "wheels": [f"wheels/{wheel_name}"],
+                   # deploykit is not on an index, and locking would resolve against one.
+                   "lock_packages": False},
+        "envs": [{"name": "DEPLOYKIT_ARTIFACT", "value": "artifact"},
+                 {"name": "BENTOML_DO_NOT_TRACK", "value": "True"}],
+    }
+
+
+def run(cfg: BuildConfig) -> str:
+    """Build the bento.
+
+    Args:
+        cfg: The build configuration.
+
+    Returns:
+        The bento's tag (``name:version``).
+
+    Raises:
+        BadInputError: Bad artifact or variant names, or no source checkout.
+        IntegrityError: An artifact file does not match its manifest.
+    """
+    source = Path(cfg.artifact)
+    manifest = verify_artifact(source)
+    variants = _choose_variants(manifest, cfg.variants)
+    root = source_root()
+    tag = cfg.tag or f"deploykit-{manifest['name']}"
+    name, _, version = tag.partition(":")
+    if cfg.bentoml_home:
+        os.environ["BENTOML_HOME"] = str(Path(cfg.bentoml_home).resolve())
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    with tempfile.TemporaryDirectory(prefix="deploykit-bento-") as tmp:
+        ctx = Path(tmp)
+        write_artifact(source, ctx / "artifact", manifest, variants)
+        wheel = build_wheel(root, ctx / "wheels")
+        (ctx / "service.py").write_text(SERVICE_SHIM)
+        spec = bentofile(tag, wheel.name, wheel_requirements(wheel))
+        (ctx / "bentofile.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        log.info("building bento %s with variant(s) %s", name, ", ".join(variants))
+        import bentoml
+
+        bento = bentoml.bentos.build_bentofile(str(ctx / "bentofile.yaml"), build_ctx=str(ctx),
+                                               version=version or None)
+    log.info("built bento %s", bento.tag)
+    return str(bento.tag)

@@ -1,0 +1,55 @@
+"""``deploykit serve``: check the artifact, then hand the process over to ``bentoml serve``.
+
+The artifact is verified here first (sha256 of every file, the variant servable, the
+providers available) so that a bad artifact fails with its exit code (2 or 4) and a clear
+message, instead of a worker process crashing at start-up. The settings travel to the
+service as the ``DEPLOYKIT_*`` environment variables the container uses, too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from deploykit.config import ServeConfig
+from deploykit.runtime import available_providers, select_variant, verify_artifact
+from deploykit.errors import BadInputError
+from deploykit.serve import settings
+
+log = logging.getLogger(__name__)
+
+SERVICE = "deploykit.serve.service:Classifier"
+
+
+def command(cfg: ServeConfig) -> tuple[list[str], dict[str, str]]:
+    """The ``bentoml serve`` command line and environment that serve ``cfg``.
+
+    Raises:
+        BadInputError: Bad artifact, variant or provider.
+        IntegrityError: An artifact file does not match its manifest.
+    """
+    artifact = Path(cfg.artifact).resolve()
+    manifest = verify_artifact(artifact)
+    variant = select_variant(manifest, cfg.variant)
+    missing = [p for p in cfg.provider_list() if p not in available_providers()]
+    if missing:
+        raise BadInputError(f"execution provider(s) {', '.join(missing)} are not available (available: "
+                            f"{', '.join(available_providers())}); change --providers")
+    env = {**os.environ, **settings.to_env(str(artifact), cfg)}
+    env.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    # The checkout (or site-packages) that holds this deploykit, so bentoml imports the same one.
+    working_dir = str(Path(__file__).resolve().parents[2])
+    argv = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", cfg.host,
+            "--port", str(cfg.port), "--working-dir", working_dir]
+    log.info("serving %s (variant %s) on http://%s:%d", manifest["name"], variant, cfg.host, cfg.port)
+    return argv, env
+
+
+def run(cfg: ServeConfig) -> None:
+    """Serve until stopped: replaces this process with ``bentoml serve`` (same pid)."""
+    argv, env = command(cfg)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(argv[0], argv, env)

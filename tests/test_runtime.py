@@ -1,0 +1,157 @@
+"""The torch-free runtime: integrity checks, variant choice, batching, parity with PyTorch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deploykit.errors import BadInputError, IntegrityError
+from deploykit.runtime import Runtime, verify_artifact
+
+TEXTS = ["I love this", "terrible, awful day", "ok", "the car drives on the road today " * 5,
+         "what a wonderful world", "meh", "x " * 200, "neutral statement about a table"]
+
+
+@pytest.fixture(scope="module")
+def runtime(serve_artifact):
+    return Runtime(serve_artifact)
+
+
+@pytest.fixture()
+def copy(serve_artifact, tmp_path):
+    target = tmp_path / "artifact"
+    shutil.copytree(serve_artifact, target)
+    return target
+
+
+def test_loads_the_default_variant_and_contract_attributes(runtime, serve_artifact):
+    manifest = json.loads((serve_artifact / "manifest.json").read_text())
+    assert runtime.variant == "fp32"
+    assert runtime.name == "classifier"
+    assert runtime.labels == manifest["labels"]
+    assert runtime.max_length == 32
+    assert runtime.input_names == manifest["inputs"]
+
+
+def test_matches_the_pytorch_checkpoint(runtime, serve_artifact):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    checkpoint = serve_artifact.parent / "checkpoint"
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+    with torch.no_grad():
+        ref = model(**tok(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")).logits
+    got = runtime.logits(TEXTS)
+    assert got.dtype == np.float32 and got.shape == (len(TEXTS), 3)
+    np.testing.assert_allclose(got, ref.numpy(), atol=1e-4)
+    labels = [r["label"] for r in runtime.predict(TEXTS)]
+    assert labels == [model.config.id2label[i] for i in ref.argmax(-1).tolist()]
+
+
+def test_predict_shape_order_and_truncation(runtime):
+    results = runtime.predict(TEXTS)
+    assert len(results) == len(TEXTS)
+    for r in results:
+        assert set(r) == {"label", "score", "scores", "truncated"}
+        assert list(r["scores"]) == runtime.labels
+        assert abs(sum(r["scores"].values()) - 1) < 1e-5
+        assert r["score"] == max(r["scores"].values()) and r["scores"][r["label"]] == r["score"]
+    assert [r["truncated"] for r in results] == [False, False, False, True, False, False, True, False]
+
+
+def test_small_budget_splits_batches_and_keeps_order(serve_artifact, runtime):
+    small = Runtime(serve_artifact, max_batch_tokens=40, max_batch_size=3)
+    rows = small.tokenize(TEXTS)
+    plan = list(small.plan(rows))
+    assert sorted(i for b in plan for i in b) == list(range(len(TEXTS)))
+    assert len(plan) > 2 and all(len(b) <= 3 for b in plan)
+    for batch in plan:  # each batch within budget (rows x longest row), longest first
+        lengths = [rows[i].length for i in batch]
+        assert lengths == sorted(lengths, reverse=True)
+        assert len(batch) == 1 or len(batch) * lengths[0] <= 40
+    one_by_one = np.concatenate([runtime.logits([t]) for t in TEXTS])
+    np.testing.assert_allclose(small.logits(TEXTS), one_by_one, atol=1e-5)
+    assert small.predict([]) == []
+
+
+def test_encode_pads_to_longest_row(runtime):
+    feeds = runtime.encode(["a", "a b c d"])
+    assert list(feeds) == runtime.input_names
+    assert feeds["input_ids"].shape == (2, 6)
+    assert feeds["attention_mask"].tolist() == [[1, 1, 1, 0, 0, 0], [1] * 6]
+    assert feeds["input_ids"][0, 3:].tolist() == [runtime.pad_id] * 3
+
+
+def test_refuses_unservable_and_unknown_variants_and_providers(serve_artifact):
+    with pytest.raises(BadInputError, match="not servable"):
+        Runtime(serve_artifact, "int8")
+    with pytest.raises(BadInputError, match="choose one of fp32, int8"):
+        Runtime(serve_artifact, "fp16")
+    with pytest.raises(BadInputError, match="CUDAExecutionProvider"):
+        Runtime(serve_artifact, providers=["CUDAExecutionProvider"])
+
+
+def test_refuses_a_tampered_file(copy):
+    model = copy / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 1
+    model.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="model.onnx does not match its sha256"):
+        Runtime(copy)
+
+
+def test_refuses_truncated_missing_and_unlisted_files(copy):
+    (copy / "tokenizer.json").write_text("{}")
+    with pytest.raises(IntegrityError, match="tokenizer.json has 2 bytes"):
+        verify_artifact(copy)
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(IntegrityError, match="tokenizer.json is missing"):
+        verify_artifact(copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["files"]["tokenizer.json"]
+    manifest["files"]["../escape"] = {"bytes": 1, "sha256": "0"}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IntegrityError, match="does not list tokenizer.json"):
+        verify_artifact(copy)
+
+
+def test_refuses_what_is_not_an_artifact(tmp_path, copy):
+    with pytest.raises(BadInputError, match="not a deploykit artifact"):
+        Runtime(tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"]["../escape"] = {"bytes": 1, "sha256": "0"}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IntegrityError, match="outside the artifact"):
+        verify_artifact(copy)
+    (copy / "manifest.json").write_text("{not json")
+    with pytest.raises(BadInputError, match="not valid JSON"):
+        verify_artifact(copy)
+
+
+BLOCKER = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'transformers', 'datasets', 'optimum', 'sklearn'):
+            raise ImportError('blocked import of ' + name)
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_runtime_never_imports_torch(serve_artifact):
+    code = BLOCKER + f"""
+from deploykit.runtime import Runtime
+print(Runtime({str(serve_artifact)!r}).predict(['hello'])[0]['label'])
+assert not any(m.split('.')[0] in ('torch', 'transformers', 'datasets') for m in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() in ("negative", "neutral", "positive")

@@ -1,0 +1,145 @@
+"""Server-free tests of the serving pieces: the batcher, the v2 codec, settings, predict, build."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from deploykit.config import ServiceConfig
+from deploykit.errors import BadInputError
+from deploykit.runtime import Runtime
+from deploykit.serve import settings, v2
+from deploykit.serve.batcher import DynamicBatcher, QueueFullError
+
+TEXTS = [f"text number {i} " + "word " * (i % 13) for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def runtime(serve_artifact):
+    return Runtime(serve_artifact, max_batch_size=8, max_batch_tokens=128)
+
+
+class Recorder:
+    def __init__(self):
+        self.batches, self.waits, self.rejections = [], [], 0
+
+    def batch(self, size, tokens, seconds):
+        self.batches.append((size, tokens))
+
+    def queue_wait(self, seconds):
+        self.waits.append(seconds)
+
+    def rejected(self):
+        self.rejections += 1
+
+
+def test_batcher_merges_concurrent_requests_and_keeps_each_order(runtime):
+    metrics = Recorder()
+
+    async def main():
+        batcher = DynamicBatcher(runtime, max_batch_size=8, max_batch_tokens=128, max_latency_ms=2,
+                                 metrics=metrics)
+        try:
+            chunks = [TEXTS[i:i + 3] for i in range(0, len(TEXTS), 3)]
+            return chunks, await asyncio.gather(*(batcher.submit(c) for c in chunks))
+        finally:
+            batcher.close()
+
+    chunks, results = asyncio.run(main())
+    for chunk, logits in zip(chunks, results):
+        np.testing.assert_allclose(logits, runtime.logits(chunk), atol=1e-5)
+    assert sum(size for size, _ in metrics.batches) == len(TEXTS)
+    assert max(size for size, _ in metrics.batches) > 3  # requests were merged
+    assert all(size <= 8 and (size == 1 or tokens <= 128) for size, tokens in metrics.batches)
+    assert len(metrics.waits) == len(chunks)
+
+
+def test_batcher_rejects_when_the_queue_is_full(runtime):
+    metrics = Recorder()
+
+    async def main():
+        batcher = DynamicBatcher(runtime, max_queue=5, metrics=metrics)
+        try:
+            with pytest.raises(QueueFullError, match="queue is full"):
+                await batcher.submit(TEXTS[:6])
+            return await batcher.classify(TEXTS[:5])
+        finally:
+            batcher.close()
+
+    results = asyncio.run(main())
+    assert [r["label"] for r in results] == [r["label"] for r in runtime.predict(TEXTS[:5])]
+    assert metrics.rejections == 1
+
+
+def test_v2_bytes_codec_matches_tritonclient():
+    from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
+
+    items = ["héllo", "", "a longer text ✓"]
+    ours = v2.serialize_bytes([s.encode() for s in items])
+    assert ours == serialize_byte_tensor(np.array(items, dtype=object)).item()
+    assert [b.decode() for b in v2.deserialize_bytes(ours)] == items
+    assert list(deserialize_bytes_tensor(ours)) == [s.encode() for s in items]
+    with pytest.raises(v2.ProtocolError, match="malformed"):
+        v2.deserialize_bytes(ours[:-2])
+
+
+def _infer_body(shape, data, datatype="BYTES", name="TEXT", **extra):
+    return json.dumps({"inputs": [{"name": name, "datatype": datatype, "shape": shape, "data": data}],
+                       **extra}).encode()
+
+
+def test_v2_parse_accepts_n_and_n_by_1_and_refuses_bad_requests():
+    assert v2.parse_infer(_infer_body([2], ["a", "b"]), None, 10).texts == ["a", "b"]
+    req = v2.parse_infer(_infer_body([2, 1], [["a"], ["b"]], id="7",
+                                     outputs=[{"name": "SCORES", "parameters": {"binary_data": True}}]),
+                         None, 10)
+    assert req.texts == ["a", "b"] and req.request_id == "7" and req.outputs == {"SCORES": True}
+    bad = [(_infer_body([2], ["a", "b"], datatype="FP32"), "datatype BYTES"),
+           (_infer_body([2, 2], ["a", "b", "c", "d"]), "shape"),
+           (_infer_body([3], ["a", "b"]), "holds 2 elements"),
+           (_infer_body([1], [1]), "strings only"),
+           (_infer_body([1], [" "]), "empty text"),
+           (_infer_body([11], ["a"] * 11), "more than the limit"),
+           (_infer_body([1], ["a"], name="INPUT"), "unknown input"),
+           (_infer_body([1], ["a"], outputs=[{"name": "PROBS"}]), "unknown output"),
+           (b"{nope", "not valid JSON"), (b"\xff\xfe", "not valid UTF-8"), (b"[]", "JSON object")]
+    for body, message in bad:
+        with pytest.raises(v2.ProtocolError, match=message):
+            v2.parse_infer(body, None, 10)
+    with pytest.raises(v2.ProtocolError, match="does not fit"):
+        v2.parse_infer(b"{}", "99", 10)
+
+
+def test_settings_round_trip_through_the_environment():
+    cfg = ServiceConfig(max_batch_size=8, max_latency_ms=1.5, batcher="bentoml", threads=2)
+    env = settings.to_env("/art", cfg)
+    assert env["DEPLOYKIT_MAX_BATCH_SIZE"] == "8" and env["DEPLOYKIT_ARTIFACT"] == "/art"
+    assert settings.from_env(env) == cfg and settings.artifact_from_env(env) == "/art"
+    with pytest.raises(BadInputError, match="DEPLOYKIT_ARTIFACT is not set"):
+        settings.artifact_from_env({})
+    with pytest.raises(BadInputError, match="max_batch_size"):
+        settings.from_env({"DEPLOYKIT_MAX_BATCH_SIZE": "many"})
+    with pytest.raises(BadInputError, match="batcher"):
+        settings.from_env({"DEPLOYKIT_BATCHER": "magic"})
+
+
+def test_service_module_never_imports_torch(serve_artifact, tmp_path):
+    from test_runtime import BLOCKER
+
+    code = BLOCKER + """
+import deploykit.serve.service as s, deploykit.serve.build, deploykit.serve.launch, deploykit.predict
+c = s.Classifier.inner()
+print(c.runtime.predict(['hello'])[0]['label'])
+bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'datasets'))
+assert not bad, bad
+"""
+    env = {"DEPLOYKIT_ARTIFACT": str(serve_artifact), "BENTOML_HOME": str(tmp_path),
+           "BENTOML_DO_NOT_TRACK": "True", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] in ("negative", "neutral", "positive")
