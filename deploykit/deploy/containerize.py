@@ -141,11 +141,28 @@ def _distro_install_commands() -> set[str]:
     return {meta["default_install_command"] for meta in CONTAINER_METADATA.values()}
 
 
-def retarget(info: dict[str, Any], *, base_image: str, gpu: bool) -> dict[str, Any]:
+def _check_requirements(bento_dir: Path) -> None:
+    python_env = bento_dir / "env" / "python"
+    names = set(requirements_of(bento_dir))
+    names |= {_requirement_name(w.name.split("-")[0]) for w in python_env.glob("wheels/*.whl")}
+    heavy = sorted(names & set(FORBIDDEN))
+    if heavy:
+        raise BadInputError(f"the bento's Python requirements include {', '.join(heavy)}; a "
+                            "serving image must not carry training libraries (rebuild it with "
+                            "'deploykit build')")
+
+
+def retarget(info: dict[str, Any], bento_dir: Path, *, base_image: str, gpu: bool) -> dict[str, Any]:
     """Apply deploykit's container knobs to a bento's ``bento.yaml`` (as a dict).
 
+    Both bento layouts are handled: BentoML >= 1.2's ``image`` section, and the ``docker``
+    section of the layout BentoML falls back to when a bento packs wheels (as ``deploykit
+    build`` does). With ``docker.base_image`` set, BentoML renders its plain ``base.j2``
+    template, which installs no Debian packages at all (so no compiler and no git).
+
     Args:
-        info: The parsed bento.yaml of a BentoML >= 1.2 bento (one with an ``image`` section).
+        info: The parsed bento.yaml.
+        bento_dir: The (private copy of the) bento folder; a GPU setup script is written there.
         base_image: The image to build FROM.
         gpu: Swap onnxruntime for onnxruntime-gpu and select the CUDA settings.
 
@@ -153,28 +170,38 @@ def retarget(info: dict[str, Any], *, base_image: str, gpu: bool) -> dict[str, A
         The modified dict.
 
     Raises:
-        BadInputError: If the bento is of the legacy (v1) layout or requires torch & co.
+        BadInputError: If the bento requires torch & co., or needs Debian packages.
     """
-    image = info.get("image")
-    if not image:
-        raise BadInputError("this bento uses BentoML's legacy (v1) layout, whose image options "
-                            "cannot be changed after the build; rebuild it with 'deploykit build'")
-    requirements = image.get("python_requirements", "")
-    heavy = sorted({_requirement_name(l) for l in requirements.splitlines()} & set(FORBIDDEN))
-    if heavy:
-        raise BadInputError(f"the bento's Python requirements include {', '.join(heavy)}; a "
-                            "serving image must not carry training libraries (rebuild it with "
-                            "'deploykit build')")
-    image["base_image"] = base_image
-    defaults = _distro_install_commands()
-    image["commands"] = [c for c in image.get("commands", []) if c not in defaults]
-    if gpu:
-        # deploykit's own wheel depends on onnxruntime (CPU); both wheels provide the same
-        # `onnxruntime` module, so the CPU one is removed before the GPU one is installed.
-        image["post_commands"] = [*image.get("post_commands", []),
-                                  f"uv pip uninstall onnxruntime && uv pip install '{GPU_RUNTIME}'"]
-        envs = [e for e in info.get("envs", []) if e["name"] not in GPU_ENV]
-        info["envs"] = envs + [{"name": k, "value": v, "stage": "all"} for k, v in GPU_ENV.items()]
+    _check_requirements(bento_dir)
+    # deploykit's own wheel depends on onnxruntime (CPU); both wheels provide the same
+    # `onnxruntime` module, so the CPU one is removed before the GPU one is installed.
+    gpu_command = f"uv pip uninstall onnxruntime && uv pip install '{GPU_RUNTIME}'"
+    image, docker = info.get("image"), info.get("docker")
+    if image:
+        image["base_image"] = base_image
+        defaults = _distro_install_commands()
+        image["commands"] = [c for c in image.get("commands", []) if c not in defaults]
+        if gpu:
+            image["post_commands"] = [*image.get("post_commands", []), gpu_command]
+            envs = [e for e in info.get("envs", []) if e["name"] not in GPU_ENV]
+            info["envs"] = envs + [{"name": k, "value": v, "stage": "all"}
+                                   for k, v in GPU_ENV.items()]
+    elif docker is not None:
+        if docker.get("system_packages") or docker.get("cuda_version") or docker.get("setup_script"):
+            raise BadInputError("this bento asks for Debian packages, CUDA or a setup script, "
+                                "which the lean image leaves out; rebuild it with 'deploykit build'")
+        docker["base_image"] = base_image
+        docker["distro"] = None  # ignored with a base image (BentoML warns if set)
+        if gpu:
+            docker["env"] = {**(docker.get("env") or {}), **GPU_ENV}
+            # BentoML runs env/docker/setup_script as root after the Python packages.
+            script = bento_dir / "env" / "docker" / "setup_script"
+            script.write_text(f"#!/bin/sh\nset -eu\n{gpu_command}\n")
+            script.chmod(0o755)
+            docker["setup_script"] = "env/docker/setup_script"
+    else:
+        raise BadInputError("bento.yaml has neither an 'image' nor a 'docker' section; "
+                            "rebuild the bento with 'deploykit build'")
     return info
 
 
@@ -193,7 +220,7 @@ def containerfile(bento_dir: Path, *, base_image: str, gpu: bool,
         copy = Path(tmp) / "bento"
         shutil.copytree(bento_dir, copy, symlinks=True)
         info = yaml.safe_load((copy / "bento.yaml").read_text())
-        info = retarget(info, base_image=base_image, gpu=gpu)
+        info = retarget(info, copy, base_image=base_image, gpu=gpu)
         (copy / "bento.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
         bento = Bento.from_path(str(copy))
         with construct_containerfile(bento, enable_buildkit=enable_buildkit,
