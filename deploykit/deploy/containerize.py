@@ -14,6 +14,7 @@ The training image is ``k8s/training/Dockerfile`` built with the same backends.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import shutil
@@ -32,8 +33,8 @@ from deploykit.errors import BadInputError, DeployKitError
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
-GPU_ENV = {"DEPLOYKIT_VARIANT": "opt",
-           "DEPLOYKIT_PROVIDERS": "CUDAExecutionProvider,CPUExecutionProvider"}
+GPU_PROVIDERS = "CUDAExecutionProvider,CPUExecutionProvider"
+GPU_VARIANTS = ("opt", "fp32")  # in order of preference; dynamic INT8 runs on CPU kernels only
 # The CUDA and cuDNN libraries come as pip wheels through these extras, so the GPU image
 # needs no CUDA base image (the host only needs the NVIDIA driver).
 GPU_RUNTIME = "onnxruntime-gpu[cuda,cudnn]"
@@ -111,24 +112,58 @@ def pick_backend(requested: str | None) -> str:
 
 # --- the serving image ------------------------------------------------------------------------
 
-def _bento_dir(source: str) -> Path:
-    """The folder of the bento to containerize, building one first from an artifact folder."""
+def _bento_dir(source: str, gpu: bool) -> Path:
+    """The folder of the bento to containerize, building one first from an artifact folder.
+
+    From an artifact, the bento packs the manifest's default variant, or for the GPU image
+    the fused fp32 ``opt`` variant (dynamic INT8 runs on CPU kernels only).
+    """
     import bentoml
 
     if (Path(source) / "manifest.json").is_file():
-        from deploykit.serve import bento as bento_builder  # the serve area's `deploykit build`
+        from deploykit.config import BuildConfig
+        from deploykit.serve import build  # the serving area's `deploykit build`
 
-        tag = bento_builder.build_from_artifact(source)
-        log.info("built bento %s from artifact %s", tag, source)
-        source = str(tag)
+        variants = None
+        if gpu:
+            manifest = json.loads((Path(source) / "manifest.json").read_text())
+            variants = gpu_variant(manifest, source)
+        source = build.run(BuildConfig(artifact=source, variants=variants))
+        log.info("built bento %s", source)
     elif Path(source).exists():
         raise BadInputError(f"{source} is neither a bento tag nor an artifact folder "
                             "(no manifest.json); pass a folder written by 'deploykit export'")
     try:
         return Path(bentoml.bentos.get(source).path)
-    except bentoml.exceptions.NotFound:
+    except (bentoml.exceptions.BentoMLException, ValueError):
         raise BadInputError(f"no bento '{source}' in the BentoML store; build one with "
                             "'deploykit build ARTIFACT' or pass the artifact folder") from None
+
+
+def gpu_variant(manifest: dict[str, Any], where: str | Path) -> str:
+    """The variant the GPU image serves: ``opt`` (fused fp32), else ``fp32``.
+
+    Raises:
+        BadInputError: If the manifest has neither as a servable variant.
+    """
+    for name in GPU_VARIANTS:
+        if manifest.get("variants", {}).get(name, {}).get("servable", False):
+            return name
+    raise BadInputError(f"{where} has no servable opt or fp32 variant for the GPU image (dynamic "
+                        "INT8 runs on CPU only); export one, then build with --variants opt")
+
+
+def packed_manifest(bento_dir: Path) -> dict[str, Any]:
+    """The manifest of the artifact a deploykit bento packs (under ``src/``).
+
+    Raises:
+        BadInputError: If the bento packs no artifact (it is not a deploykit bento).
+    """
+    found = sorted((bento_dir / "src").glob("**/manifest.json"))
+    if not found:
+        raise BadInputError(f"the bento at {bento_dir} packs no artifact (no manifest.json); "
+                            "build it with 'deploykit build ARTIFACT'")
+    return json.loads(found[0].read_text())
 
 
 def _requirement_name(line: str) -> str:
@@ -176,6 +211,10 @@ def retarget(info: dict[str, Any], bento_dir: Path, *, base_image: str, gpu: boo
     # deploykit's own wheel depends on onnxruntime (CPU); both wheels provide the same
     # `onnxruntime` module, so the CPU one is removed before the GPU one is installed.
     gpu_command = f"uv pip uninstall onnxruntime && uv pip install '{GPU_RUNTIME}'"
+    gpu_env = {}
+    if gpu:
+        gpu_env = {"DEPLOYKIT_VARIANT": gpu_variant(packed_manifest(bento_dir), "the bento"),
+                   "DEPLOYKIT_PROVIDERS": GPU_PROVIDERS}
     image, docker = info.get("image"), info.get("docker")
     if image:
         image["base_image"] = base_image
@@ -183,9 +222,9 @@ def retarget(info: dict[str, Any], bento_dir: Path, *, base_image: str, gpu: boo
         image["commands"] = [c for c in image.get("commands", []) if c not in defaults]
         if gpu:
             image["post_commands"] = [*image.get("post_commands", []), gpu_command]
-            envs = [e for e in info.get("envs", []) if e["name"] not in GPU_ENV]
+            envs = [e for e in info.get("envs", []) if e["name"] not in gpu_env]
             info["envs"] = envs + [{"name": k, "value": v, "stage": "all"}
-                                   for k, v in GPU_ENV.items()]
+                                   for k, v in gpu_env.items()]
     elif docker is not None:
         if docker.get("system_packages") or docker.get("cuda_version") or docker.get("setup_script"):
             raise BadInputError("this bento asks for Debian packages, CUDA or a setup script, "
@@ -193,7 +232,7 @@ def retarget(info: dict[str, Any], bento_dir: Path, *, base_image: str, gpu: boo
         docker["base_image"] = base_image
         docker["distro"] = None  # ignored with a base image (BentoML warns if set)
         if gpu:
-            docker["env"] = {**(docker.get("env") or {}), **GPU_ENV}
+            docker["env"] = {**(docker.get("env") or {}), **gpu_env}
             # BentoML runs env/docker/setup_script as root after the Python packages.
             script = bento_dir / "env" / "docker" / "setup_script"
             script.write_text(f"#!/bin/sh\nset -eu\n{gpu_command}\n")
@@ -283,7 +322,8 @@ def run(cfg: ContainerizeConfig) -> str:
     """
     if cfg.train:
         return _run_train(cfg)
-    bento_dir = _bento_dir(cfg.source)
+    backend = None if cfg.dockerfile_only else pick_backend(cfg.backend)  # fail before building
+    bento_dir = _bento_dir(cfg.source, cfg.gpu)
     info = yaml.safe_load((bento_dir / "bento.yaml").read_text())
     tag = cfg.tag or f"{info['name']}:{info['version']}{'-gpu' if cfg.gpu else ''}"
     base_image = cfg.base_image or DEFAULT_BASE_IMAGE
@@ -298,7 +338,6 @@ def run(cfg: ContainerizeConfig) -> str:
         log.info("wrote the Dockerfile and build context of %s to %s (build with: "
                  "docker build -t %s %s)", tag, cfg.dockerfile_only, tag, cfg.dockerfile_only)
         return cfg.dockerfile_only
-    backend = pick_backend(cfg.backend)
     from bentoml._internal.container import enable_buildkit
 
     with containerfile(bento_dir, base_image=base_image, gpu=cfg.gpu,
@@ -317,7 +356,12 @@ def _run_train(cfg: ContainerizeConfig) -> str:
                             "(run it from the repository)")
     tag = cfg.tag or f"deploykit-train:{__version__}"
     if cfg.dockerfile_only:
-        return str(dockerfile)
+        out = Path(cfg.dockerfile_only)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(dockerfile, out / "Dockerfile")
+        log.info("wrote %s (build from the repository root: docker build -f %s -t %s %s)",
+                 out / "Dockerfile", dockerfile, tag, root)
+        return str(out)
     backend = pick_backend(cfg.backend)
     args = {"BASE_IMAGE": cfg.base_image} if cfg.base_image else None
     log.info("building the training image %s from %s with %s", tag, dockerfile, backend)
