@@ -15,8 +15,8 @@ import typing
 from typing import Any, Callable
 
 from deploykit import __version__
-from deploykit.config import (BuildConfig, EvalConfig, PredictConfig, ServeConfig, TrainConfig,
-                              from_dict, load_yaml)
+from deploykit.config import (BuildConfig, EvalConfig, ExportConfig, PredictConfig, ServeConfig,
+                              TrainConfig, VerifyConfig, from_dict, load_yaml)
 from deploykit.config import ContainerizeConfig, KubeConfig
 from deploykit.errors import DeployKitError
 
@@ -78,6 +78,18 @@ def _evaluate(args: argparse.Namespace) -> None:
     evaluation.run(build_config(EvalConfig, args))
 
 
+def _export(args: argparse.Namespace) -> None:
+    from deploykit import export
+
+    export.run(build_config(ExportConfig, args))
+
+
+def _verify(args: argparse.Namespace) -> None:
+    from deploykit import export
+
+    export.verify(build_config(VerifyConfig, args))
+
+
 def _serve(args: argparse.Namespace) -> None:
     from deploykit.serve import launch
 
@@ -120,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
                   "(also under torchrun for multi-process data parallel).", TrainConfig, _train),
         ("evaluate", "Score a checkpoint on a split: metrics, per-class report, "
                      "length buckets, error cases, plots.", EvalConfig, _evaluate),
+        ("export", "Export a checkpoint to an ONNX artifact (fp32, fused, INT8) verified for "
+                   "parity against PyTorch on held-out rows.", ExportConfig, _export),
+        ("verify", "Re-check an artifact: every file's sha256, then parity of every variant "
+                   "against its checkpoint.", VerifyConfig, _verify),
         ("serve", "Serve an artifact: BentoML service with /classify, the KServe v2 / Triton "
                   "protocol, health and Prometheus metrics.", ServeConfig, _serve),
         ("build", "Pack an artifact, the service and deploykit into a bento (bentoml build).",

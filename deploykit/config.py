@@ -316,6 +316,110 @@ class PredictConfig:
         for name in ("max_batch_tokens", "max_batch_size", "chunk_size"):
             _require(getattr(self, name) > 0, name, "must be positive")
         _require(self.threads is None or self.threads > 0, "threads", "must be positive")
+
+# --- export and verify (the artifact stage) ---------------------------------------------------
+
+OPTIMIZE_LEVELS = ("none", "O1", "O2")
+QUANTIZE_MODES = ("none", "dynamic", "static")
+VARIANT_NAMES = ("fp32", "opt", "int8", "int8-static")
+
+
+@dataclass
+class ParityConfig:
+    """Held-out data and the parity bounds every exported variant must meet (export and verify)."""
+
+    data: str | None = opt(None, "Data source for parity and metrics (default: the checkpoint's "
+                           "own, split again with its stored seed and ratios).")
+    text_column: str | None = opt(None, "Text column (default: the checkpoint's).")
+    label_column: str | None = opt(None, "Label column (default: the checkpoint's).")
+    split: str = opt("test", "Rows to check parity on: test (held-out), validation, or all rows "
+                     "of --data (for a file that is a test set already).",
+                     choices=("test", "validation", "all"))
+    max_eval_samples: int | None = opt(None, "Check parity on the first N rows of the split only "
+                                       "(default: all of it; for quick runs and tests).")
+    batch_sizes: str = opt("1,7,64", "Comma-separated batch sizes that the parity check cycles "
+                           "through (batch 1 is unpadded; larger ones mix padded and full rows).")
+    fp32_atol: float = opt(1e-4, "Largest absolute logit difference allowed for the fp32 and "
+                           "fused (opt) variants.")
+    fp32_min_agreement: float = opt(1.0, "Smallest top-1 label agreement with PyTorch allowed for "
+                                    "the fp32 and fused variants.")
+    int8_min_agreement: float = opt(0.99, "Smallest top-1 label agreement with PyTorch allowed "
+                                    "for INT8 variants.")
+    int8_max_f1_drop: float = opt(0.01, "Largest macro-F1 loss (0.01 = 1 point) allowed for INT8 "
+                                  "variants against PyTorch.")
+
+    def __post_init__(self) -> None:
+        _require(self.split in ("test", "validation", "all"), "split", "choose test, validation or all")
+        _require(self.max_eval_samples is None or self.max_eval_samples > 0, "max_eval_samples",
+                 "must be a positive number of rows")
+        try:
+            sizes = [int(s) for s in str(self.batch_sizes).split(",") if s.strip()]
+        except ValueError:
+            sizes = []
+        _require(bool(sizes) and all(s > 0 for s in sizes), "batch_sizes",
+                 f"{self.batch_sizes!r} is not a comma-separated list of positive integers, e.g. 1,7,64")
+        _require(self.fp32_atol > 0, "fp32_atol", "must be positive")
+        for name in ("fp32_min_agreement", "int8_min_agreement"):
+            _require(0 <= getattr(self, name) <= 1, name, "must be a fraction in [0, 1]")
+        _require(0 <= self.int8_max_f1_drop <= 1, "int8_max_f1_drop", "must be in [0, 1]")
+
+    @property
+    def batch_size_list(self) -> list[int]:
+        return [int(s) for s in str(self.batch_sizes).split(",") if s.strip()]
+
+
+@dataclass
+class ExportConfig(ParityConfig):
+    """Export of a checkpoint to a verified ONNX artifact folder."""
+
+    checkpoint: str = opt("", "Checkpoint folder written by 'deploykit train'.", positional=True)
+    out: str = opt("artifact", "Artifact folder to write (model*.onnx, tokenizer.json, manifest.json).")
+    name: str = opt("classifier", "Model name in the manifest (the served model's name).")
+    optimize: str = opt("O2", "Graph optimization of model.opt.onnx: O1 (onnxruntime basic "
+                        "optimizations), O2 (plus transformer fusions: Attention, "
+                        "SkipLayerNormalization, BiasGelu), none (no opt variant).",
+                        choices=OPTIMIZE_LEVELS)
+    quantize: str = opt("dynamic", "INT8 variants: dynamic (model.int8.onnx), static (also "
+                        "model.int8-static.onnx, QDQ calibrated on training rows), none.",
+                        choices=QUANTIZE_MODES)
+    calibration_samples: int = opt(128, "Training rows that calibrate static quantization.")
+    reduce_range: str = opt("auto", "7-bit weights for INT8: auto (on when the CPU lacks VNNI), "
+                            "on, off.", choices=("auto", "on", "off"))
+    default_variant: str | None = opt(None, "Variant to serve by default (default: int8, else "
+                                      "opt, else fp32, the first that passes parity).",
+                                      choices=VARIANT_NAMES)
+    opset: int = opt(17, "ONNX opset of the exported graph.")
+    overwrite: bool = opt(False, "Replace an existing artifact folder at --out.")
+    allow_parity_failure: bool = opt(False, "Exit 0 even when a variant fails its parity bounds "
+                                     "(it is still marked not servable in the manifest).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(bool(self.checkpoint), "checkpoint", "give the checkpoint folder to export")
+        _require(bool(self.out), "out", "give the artifact folder to write")
+        _require(bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name), "name",
+                 f"{self.name!r} must be letters, digits, '-', '_' or '.' (it names the served model)")
+        _require(self.optimize in OPTIMIZE_LEVELS, "optimize", f"choose one of {', '.join(OPTIMIZE_LEVELS)}")
+        _require(self.quantize in QUANTIZE_MODES, "quantize", f"choose one of {', '.join(QUANTIZE_MODES)}")
+        _require(self.reduce_range in ("auto", "on", "off"), "reduce_range", "choose auto, on or off")
+        _require(self.calibration_samples > 0, "calibration_samples", "must be positive")
+        _require(self.default_variant is None or self.default_variant in VARIANT_NAMES,
+                 "default_variant", f"choose one of {', '.join(VARIANT_NAMES)}")
+        _require(11 <= self.opset <= 21, "opset", f"{self.opset} is not in [11, 21]")
+
+
+@dataclass
+class VerifyConfig(ParityConfig):
+    """Re-check an existing artifact: every file's sha256, then parity of every variant."""
+
+    artifact: str = opt("", "Artifact folder written by 'deploykit export'.", positional=True)
+    checkpoint: str = opt("", "The checkpoint the artifact was exported from (PyTorch reference).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(bool(self.artifact), "artifact", "give the artifact folder to verify")
+        _require(bool(self.checkpoint), "checkpoint", "give the checkpoint the artifact came from "
+                 "(--checkpoint RUN/checkpoint)")
 # --- Deployment (deploykit/deploy) ------------------------------------------------------------
 
 CONTAINER_BACKENDS = ("docker", "buildah", "podman")

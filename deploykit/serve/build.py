@@ -36,7 +36,14 @@ log = logging.getLogger(__name__)
 
 SERVICE_SHIM = '''"""Entry point of the bento: deploykit's service, installed from the packed wheel."""
 
-from deploykit.serve.service import Classifier  # noqa: F401
+import os
+from pathlib import Path
+
+# The packed artifact, unless the environment names another (bento envs apply only in
+# containers; 'bentoml serve TAG' on a host needs this default).
+os.environ.setdefault("DEPLOYKIT_ARTIFACT", str(Path(__file__).resolve().parent / "artifact"))
+
+from deploykit.serve.service import Classifier  # noqa: E402,F401
 '''
 
 
@@ -180,7 +187,14 @@ def run(cfg: BuildConfig) -> str:
         log.info("building bento %s with variant(s) %s", name, ", ".join(variants))
         import bentoml
 
-        bento = bentoml.bentos.build_bentofile(str(ctx / "bentofile.yaml"), build_ctx=str(ctx),
-                                               version=version or None)
+        # BentoML resolves the wheel path against the working directory and refuses paths
+        # outside it, so build from inside the context.
+        previous = os.getcwd()
+        os.chdir(ctx)
+        try:
+            bento = bentoml.bentos.build_bentofile(str(ctx / "bentofile.yaml"), build_ctx=str(ctx),
+                                                   version=version or None)
+        finally:
+            os.chdir(previous)
     log.info("built bento %s", bento.tag)
     return str(bento.tag)

@@ -1,0 +1,264 @@
+"""Export: a checkpoint to a verified ONNX artifact folder (fp32, fused, INT8), and its re-check.
+
+``run(cfg)`` reads ``RUN/checkpoint/`` and writes ``ARTIFACT/`` in five steps, each in its own
+module: export (``onnx_export``), optimize (``optimize``), quantize (``quantize``), parity
+(``parity``) and manifest (``manifest``). ``verify(cfg)`` re-checks an existing artifact:
+every file's sha256, then parity of every variant against the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from deploykit.config import ExportConfig, VerifyConfig
+from deploykit.errors import BadInputError, ParityError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["run", "verify"]
+
+FILES = {"fp32": "model.onnx", "opt": "model.opt.onnx", "int8": "model.int8.onnx",
+         "int8-static": "model.int8-static.onnx"}
+PRECISION = {"fp32": "fp32", "opt": "fp32", "int8": "int8", "int8-static": "int8"}
+
+
+def _prepare_out(cfg: ExportConfig) -> Path:
+    """Refuse to replace another artifact (unless --overwrite) and fail early on an unwritable --out."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"--out {out} is a file, not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
+        what = "another artifact" if (out / "manifest.json").is_file() else "other files"
+        raise BadInputError(f"--out {out} already holds {what}; pass --overwrite to replace it "
+                            f"or choose another --out")
+    try:  # the real writes happen in a sibling temporary folder, so probe exactly that
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=out.parent))
+    except OSError as exc:
+        raise BadInputError(f"cannot write the artifact folder {out} ({exc.strerror or exc}); "
+                            f"choose a writable --out") from None
+    return out
+
+
+def _max_length(train_cfg: Any, config: Any) -> int:
+    """Training's max_length, capped by the model's position embeddings."""
+    length = train_cfg.max_length if train_cfg is not None else 128
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        limit -= 2  # positions start after the padding index
+    return int(min(length, limit)) if limit else int(length)
+
+
+def _export_and_optimize(model: Any, checkpoint: Path, tmp: Path, cfg: ExportConfig) -> dict[str, Any]:
+    """Steps 1-2; returns the opt variant's info (or {} for --optimize none).
+
+    If the eager graph gets no attention fusion, the SDPA graph is tried as well (DistilBERT's
+    eager attention masks with a pattern the optimizer does not match; its SDPA export fuses),
+    and whichever export fuses attention is kept, fp32 and opt together.
+    """
+    from deploykit.export import onnx_export, optimize
+
+    fp32, opt = tmp / FILES["fp32"], tmp / FILES["opt"]
+    onnx_export.export_onnx(model, fp32, cfg.opset)
+    if cfg.optimize == "none":
+        return {}
+    info = optimize.optimize(fp32, opt, cfg.optimize, model.config)
+    info["attn_implementation"] = "eager"
+    if cfg.optimize == "O2" and "Attention" in info["missing_fusions"]:
+        info = _try_sdpa(checkpoint, tmp, cfg, info)
+    if info["missing_fusions"]:
+        log.warning("onnxruntime's optimizer found no %s fusion for %s; model.opt.onnx is "
+                    "optimized without it (recorded in the manifest as missing_fusions)",
+                    "/".join(info["missing_fusions"]), model.config.model_type)
+    return info
+
+
+def _try_sdpa(checkpoint: Path, tmp: Path, cfg: ExportConfig, eager: dict[str, Any]) -> dict[str, Any]:
+    from deploykit import checkpoint as ckpt
+    from deploykit.export import onnx_export, optimize
+
+    try:
+        model, _ = ckpt.load_model(checkpoint, attn_implementation="sdpa")
+    except (ValueError, ImportError):  # the architecture has no SDPA path
+        return eager
+    scratch = Path(tempfile.mkdtemp(prefix="deploykit-sdpa-", dir=tmp.parent))
+    try:
+        onnx_export.export_onnx(model, scratch / FILES["fp32"], cfg.opset)
+        info = optimize.optimize(scratch / FILES["fp32"], scratch / FILES["opt"], cfg.optimize, model.config)
+        if "Attention" in info["missing_fusions"]:
+            return eager
+        log.info("the SDPA export fuses attention where the eager one did not; keeping it")
+        for item in scratch.iterdir():
+            shutil.move(str(item), tmp / item.name)  # replaces fp32 and opt together
+        info["attn_implementation"] = "sdpa"
+        return info
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _calibration_feeds(cfg: ExportConfig, train_cfg: Any, tokenizer: Any, inputs: list[str],
+                       max_length: int) -> list[dict[str, Any]]:
+    """Training rows, one unpadded row per batch, as feeds for static calibration."""
+    import numpy as np
+
+    from deploykit.export import parity
+
+    feeds = []
+    for text in parity.training_texts(cfg, train_cfg, cfg.calibration_samples):
+        encoded = tokenizer([text], truncation=True, max_length=max_length, return_tensors="np")
+        feeds.append({name: np.asarray(encoded[name], dtype=np.int64) for name in inputs})
+    return feeds
+
+
+def run(cfg: ExportConfig) -> Path:
+    """Export a checkpoint to a verified artifact folder.
+
+    Args:
+        cfg: The export options.
+
+    Returns:
+        The artifact folder.
+
+    Raises:
+        BadInputError: Not a checkpoint, no tokenizer or labels, unsupported architecture,
+            --out holds another artifact (without --overwrite) or is not writable, bad data.
+        ParityError: A variant missed its parity bounds (after the artifact is written with
+            that variant marked not servable), unless ``cfg.allow_parity_failure``.
+    """
+    import onnxruntime as ort
+
+    from deploykit import checkpoint as ckpt
+    from deploykit.checkpoint import atomic_folder
+    from deploykit.export import manifest, onnx_export, optimize, parity, quantize
+
+    checkpoint = ckpt.validate(cfg.checkpoint)
+    onnx_export.check_supported(checkpoint)
+    labels = ckpt.labels(checkpoint)
+    train_cfg = ckpt.train_config(checkpoint)
+    out = _prepare_out(cfg)
+    held = parity.load_held_out(cfg, train_cfg, labels)
+    log.info("parity rows: %d from the %s split of %s", len(held.texts), held.split, held.source)
+
+    model, tokenizer = onnx_export.load_eager(checkpoint)
+    max_length = _max_length(train_cfg, model.config)
+    reference = parity.reference_logits(model, tokenizer, held.texts, max_length)
+    reference_metrics = parity.classification_metrics(reference, held.labels, len(labels))
+
+    with atomic_folder(out) as tmp:
+        tokenizer_file = onnx_export.write_tokenizer(tokenizer, tmp / "tokenizer.json", max_length)
+        shutil.copy(checkpoint / "config.json", tmp / "config.json")
+        opt_info = _export_and_optimize(model, checkpoint, tmp, cfg)
+        inputs = [i.name for i in parity.session(tmp / FILES["fp32"]).get_inputs()]
+
+        variants: dict[str, dict[str, Any]] = {"fp32": {"fused_ops": {}}}
+        if opt_info:
+            variants["opt"] = {"fused_ops": opt_info["fused_ops"], "optimization": {
+                "level": opt_info["level"], "missing_fusions": opt_info["missing_fusions"],
+                "attn_implementation": opt_info["attn_implementation"]}}
+        if cfg.quantize != "none":
+            reduce_range = quantize.choose_reduce_range(cfg.reduce_range)
+            source = "opt" if opt_info else "fp32"
+            info = quantize.quantize_dynamic(tmp / FILES[source], tmp / FILES["int8"], reduce_range)
+            variants["int8"] = {"fused_ops": optimize.fused_ops(tmp / FILES["int8"]), "quantization": info}
+            if cfg.quantize == "static":
+                feeds = _calibration_feeds(cfg, train_cfg, tokenizer, inputs, max_length)
+                info = quantize.quantize_static(tmp / FILES["fp32"], tmp / FILES["int8-static"],
+                                                reduce_range, feeds)
+                variants["int8-static"] = {"fused_ops": optimize.fused_ops(tmp / FILES["int8-static"]),
+                                           "quantization": info}
+
+        results = []
+        for name, variant in variants.items():
+            result = parity.check_variant(name, PRECISION[name], tmp / FILES[name], tokenizer_file,
+                                          inputs, held, reference, reference_metrics, max_length, cfg)
+            results.append(result)
+            variants[name] = {"file": FILES[name], "bytes": 0, "sha256": "", "precision": PRECISION[name],
+                              **variant, "parity": result.parity(), "metrics": result.metrics,
+                              "servable": result.passed}
+        report = parity.table(results, reference_metrics)
+        log.info("parity on %d %s rows:\n%s", len(held.texts), held.split, report)
+        if cfg.default_variant and cfg.default_variant not in variants:
+            raise BadInputError(f"--default-variant {cfg.default_variant} is not among the exported "
+                                f"variants ({', '.join(variants)}); change --optimize/--quantize or "
+                                f"--default-variant")
+        provenance = {**manifest.versions(), "opset": cfg.opset, "data_sha256": held.data_sha256,
+                      "checkpoint": str(checkpoint.resolve()),
+                      "checkpoint_sha256": manifest.sha256_file(checkpoint / "model.safetensors")
+                      if (checkpoint / "model.safetensors").is_file() else None,
+                      "cpu_vnni": quantize.cpu_has_vnni()}
+        evaluation = {"data": held.source, "split": held.split, "n": len(held.texts),
+                      "batch_sizes": cfg.batch_size_list}
+        doc = manifest.build(name=cfg.name, labels=labels, max_length=max_length, inputs=inputs,
+                             variants=variants, default=manifest.default_variant(variants, cfg.default_variant),
+                             reference_metrics=reference_metrics, provenance=provenance,
+                             evaluation=evaluation, folder=tmp)
+        manifest.write(tmp, doc)
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only; a server may run as another user
+    log.info("wrote %s (default variant %s; onnxruntime %s)", out, doc["default_variant"], ort.__version__)
+
+    failed = [r for r in results if not r.passed]
+    if failed:
+        message = (f"{len(failed)} variant(s) missed their parity bounds and are marked not "
+                   f"servable in {out / 'manifest.json'}:\n{report}")
+        if not cfg.allow_parity_failure:
+            raise ParityError(message + "\n(pass --allow-parity-failure to accept them as not servable)")
+        log.warning("%s", message)
+    return out
+
+
+def verify(cfg: VerifyConfig) -> dict[str, Any]:
+    """Re-check an artifact: every file's sha256 against the manifest, then parity of each variant.
+
+    Args:
+        cfg: The artifact, the checkpoint it came from, data and tolerances.
+
+    Returns:
+        ``{"reference_metrics", "variants": {name: {"parity", "metrics"}}, "table"}``.
+
+    Raises:
+        BadInputError: Not an artifact, not a checkpoint, or a checkpoint with other labels.
+        IntegrityError: A file is missing, truncated or changed (exit code 4).
+        ParityError: A variant the manifest marks servable misses its bounds (exit code 3).
+    """
+    from deploykit import checkpoint as ckpt
+    from deploykit.export import onnx_export, parity
+    from deploykit.runtime import verify_artifact
+
+    artifact = Path(cfg.artifact)
+    doc = verify_artifact(artifact)
+    log.info("all %d files of %s match their sha256", len(doc["files"]), artifact)
+    checkpoint = ckpt.validate(cfg.checkpoint)
+    labels = ckpt.labels(checkpoint)
+    if labels != list(doc["labels"]):
+        raise BadInputError(f"{checkpoint} has labels {labels} but {artifact} was exported with "
+                            f"{doc['labels']}; pass the checkpoint the artifact came from")
+    recorded = doc.get("provenance", {}).get("checkpoint_sha256")
+    weights = checkpoint / "model.safetensors"
+    if recorded and weights.is_file():
+        from deploykit.export.manifest import sha256_file
+
+        if sha256_file(weights) != recorded:
+            log.warning("%s differs from the checkpoint the artifact was exported from "
+                        "(weights sha256 mismatch); parity below compares against it anyway", weights)
+    train_cfg = ckpt.train_config(checkpoint)
+    held = parity.load_held_out(cfg, train_cfg, labels)
+    model, tokenizer = onnx_export.load_eager(checkpoint)
+    max_length = int(doc["max_length"])
+    reference = parity.reference_logits(model, tokenizer, held.texts, max_length)
+    reference_metrics = parity.classification_metrics(reference, held.labels, len(labels))
+    results = [parity.check_variant(name, v.get("precision", "fp32"), artifact / v["file"],
+                                    artifact / "tokenizer.json", doc["inputs"], held, reference,
+                                    reference_metrics, max_length, cfg)
+               for name, v in doc["variants"].items()]
+    report = parity.table(results, reference_metrics)
+    log.info("parity of %s on %d %s rows:\n%s", artifact, len(held.texts), held.split, report)
+    failed = [r.name for r in results if not r.passed and doc["variants"][r.name].get("servable", True)]
+    if failed:
+        raise ParityError(f"variant(s) {', '.join(failed)} of {artifact}, marked servable, missed "
+                          f"their parity bounds:\n{report}\nre-export the artifact from this checkpoint")
+    return {"reference_metrics": reference_metrics, "table": report,
+            "variants": {r.name: {"parity": r.parity(), "metrics": r.metrics} for r in results}}

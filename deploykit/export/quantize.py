@@ -1,0 +1,148 @@
+"""Step 3: INT8 variants with onnxruntime's quantizer.
+
+Dynamic quantization (``model.int8.onnx``) quantizes weights ahead of time, per channel, and
+activations on the fly; it runs on the fused graph so that ``Attention`` becomes
+``QAttention``. Static QDQ quantization (``model.int8-static.onnx``) calibrates activation
+ranges on training rows and runs on the plain graph.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable
+
+log = logging.getLogger(__name__)
+
+# Nodes that do integer matrix products after dynamic or static (QDQ) quantization.
+QUANTIZED_MATMUL_OPS = ("MatMulInteger", "QAttention", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
+                        "QLinearMatMul", "QGemm")
+
+
+@contextmanager
+def _quiet_quantizer():
+    """onnxruntime's quantizer logs one INFO line per tensor on the root logger; keep it to warnings."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU has VNNI (AVX512-VNNI or AVX-VNNI) integer dot-product instructions.
+
+    Without VNNI, x86 int8 kernels add u8*s8 pairs into int16 and can saturate, which
+    ``reduce_range`` (7-bit weights) avoids. Reads ``/proc/cpuinfo`` (Linux); elsewhere it
+    answers False, the safe choice.
+
+    Args:
+        cpuinfo: The text of /proc/cpuinfo (read from the system when None).
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[-1].split())
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def choose_reduce_range(setting: str) -> bool:
+    """``reduce_range`` for the ``--reduce-range`` setting (auto: on exactly when the CPU lacks VNNI)."""
+    if setting == "on":
+        return True
+    if setting == "off":
+        return False
+    return not cpu_has_vnni()
+
+
+def quantized_matmuls(path: Path) -> dict[str, int]:
+    """Count the integer matrix-product nodes of a quantized graph, by type (and float MatMuls left)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    counts = Counter(n.op_type for n in graph.node)
+    result = {op: counts[op] for op in QUANTIZED_MATMUL_OPS if counts.get(op)}
+    result["float_MatMul"] = counts.get("MatMul", 0)
+    return result
+
+
+def quantize_dynamic(src: Path, dst: Path, reduce_range: bool) -> dict[str, Any]:
+    """Dynamic INT8 quantization with per-channel int8 weights.
+
+    Args:
+        src: The fused graph (or the plain one when optimization is off).
+        dst: Where to write ``model.int8.onnx``.
+        reduce_range: Quantize weights to 7 bits (for CPUs without VNNI).
+
+    Returns:
+        The manifest's ``quantization`` entry.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+
+    # The fused graph has contrib ops whose outputs shape inference cannot type; without a
+    # default tensor type the quantizer fails with "Unable to find data type for weight_name".
+    with _quiet_quantizer():
+        ort_quantize_dynamic(src, dst, per_channel=True, reduce_range=reduce_range,
+                             weight_type=QuantType.QInt8,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    info = {"mode": "dynamic", "per_channel": True, "reduce_range": reduce_range,
+            "weight_type": "int8", "source": src.name, "quantized_ops": quantized_matmuls(dst)}
+    log.info("quantized %s -> %s: %s", src.name, dst.name, info["quantized_ops"])
+    return info
+
+
+def quantize_static(src: Path, dst: Path, reduce_range: bool,
+                    feeds: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Static QDQ INT8 quantization of the plain graph, calibrated on the given feeds.
+
+    Only MatMul/Gemm are quantized: quantizing LayerNorm, Softmax and the embedding adds
+    error without speed on CPU.
+
+    Args:
+        src: The plain fp32 graph.
+        dst: Where to write ``model.int8-static.onnx``.
+        reduce_range: Quantize weights to 7 bits (for CPUs without VNNI).
+        feeds: Input dicts (numpy arrays by input name) of training rows, one batch each.
+
+    Returns:
+        The manifest's ``quantization`` entry.
+    """
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType)
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+
+    batches = list(feeds)
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._items = iter(batches)
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self._items, None)
+
+    with _quiet_quantizer():
+        ort_quantize_static(src, dst, _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                            calibrate_method=CalibrationMethod.MinMax)
+    import onnx
+
+    qdq = Counter(n.op_type for n in onnx.load(str(dst), load_external_data=False).graph.node)
+    info = {"mode": "static", "format": "QDQ", "per_channel": True, "reduce_range": reduce_range,
+            "weight_type": "int8", "activation_type": "uint8", "calibration": "minmax",
+            "calibration_batches": len(batches), "source": src.name,
+            "quantized_ops": {"QuantizeLinear": qdq.get("QuantizeLinear", 0),
+                              "DequantizeLinear": qdq.get("DequantizeLinear", 0)}}
+    log.info("static-quantized %s -> %s on %d calibration batches", src.name, dst.name, len(batches))
+    return info

@@ -1,0 +1,292 @@
+"""Export of tiny random checkpoints of six architectures: graph facts, parity, the manifest."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from export_fixtures import LONG_TEXT, export_artifact, heldout_csv
+from factories import ARCHS
+
+LAYERS = 2  # tiny_model's default depth
+
+
+@pytest.fixture(scope="session")
+def heldout(tmp_path_factory) -> Path:
+    return heldout_csv(tmp_path_factory.mktemp("data") / "heldout.csv")
+
+
+@pytest.fixture(scope="session")
+def build(tmp_path_factory, heldout):
+    """build(arch) -> (arch, checkpoint, artifact, manifest), exported once per architecture."""
+    cache: dict[str, tuple] = {}
+
+    def _build(arch: str) -> tuple:
+        if arch not in cache:
+            # BERT also gets the static QDQ variant, so that path runs once.
+            options = {"quantize": "static", "calibration_samples": 16} if arch == "bert" else {}
+            checkpoint, artifact = export_artifact(tmp_path_factory.mktemp(arch), arch, heldout, **options)
+            cache[arch] = arch, checkpoint, artifact, json.loads((artifact / "manifest.json").read_text())
+        return cache[arch]
+
+    return _build
+
+
+@pytest.fixture(scope="session", params=ARCHS)
+def exported(request, build):
+    return build(request.param)
+
+
+@pytest.fixture(scope="session")
+def bert(build):
+    return build("bert")
+
+
+def _graph(path: Path):
+    import onnx
+
+    return onnx.load(str(path)).graph
+
+
+def test_artifact_is_complete_and_verifiable(exported):
+    import onnxruntime as ort
+
+    from deploykit.runtime import verify_artifact
+
+    arch, _, artifact, manifest = exported
+    expected = {"model.onnx", "model.opt.onnx", "model.int8.onnx", "tokenizer.json", "config.json"}
+    if arch == "bert":
+        expected.add("model.int8-static.onnx")
+    assert {p.name for p in artifact.iterdir()} == expected | {"manifest.json"}
+    assert set(manifest["files"]) == expected  # every file but the manifest, hashed
+    assert verify_artifact(artifact) == manifest
+    assert manifest["schema_version"] == 1 and manifest["labels"] == ["negative", "neutral", "positive"]
+    assert manifest["output"] == "logits" and manifest["max_length"] == 128
+    # The manifest's inputs are exactly the graph's (DistilBERT and RoBERTa-likes: no token_type_ids).
+    for variant in manifest["variants"].values():
+        session = ort.InferenceSession(str(artifact / variant["file"]), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == manifest["inputs"]
+        assert [o.name for o in session.get_outputs()] == ["logits"]
+    assert ("token_type_ids" in manifest["inputs"]) == (arch in ("bert", "electra", "deberta-v2"))
+    assert manifest["evaluation"]["n"] == 32 and manifest["evaluation"]["split"] == "all"
+    assert set(manifest["provenance"]) >= {"torch", "transformers", "onnx", "onnxruntime", "opset",
+                                           "data_sha256", "checkpoint"}
+
+
+def test_fp32_and_fused_graphs_pass_parity(exported):
+    _, _, _, manifest = exported
+    for name in ("fp32", "opt"):
+        variant = manifest["variants"][name]
+        assert variant["parity"]["passed"] and variant["servable"], variant["parity"]
+        assert variant["parity"]["max_abs_diff"] <= 1e-4
+        assert variant["parity"]["label_agreement"] == 1.0
+        assert variant["metrics"] == manifest["reference_metrics"]
+    int8 = manifest["variants"]["int8"]
+    assert set(int8["parity"]) >= {"max_abs_diff", "mean_abs_diff", "label_agreement", "passed"}
+    # The default follows the fixed rule: int8, else opt, else fp32, the first servable.
+    servable = [n for n in ("int8", "opt", "fp32") if manifest["variants"][n]["servable"]]
+    assert manifest["default_variant"] == servable[0]
+
+
+def test_fused_operators_in_optimized_graph(exported):
+    arch, _, artifact, manifest = exported
+    ops = Counter(n.op_type for n in _graph(artifact / "model.opt.onnx").node)
+    recorded = manifest["variants"]["opt"]["fused_ops"]
+    assert recorded == {k: v for k, v in sorted(ops.items()) if k in recorded}
+    assert ops["SkipLayerNormalization"] >= 2 * LAYERS - 1
+    assert ops["BiasGelu"] + ops["Gelu"] + ops["FastGelu"] >= LAYERS
+    missing = manifest["variants"]["opt"]["optimization"]["missing_fusions"]
+    if arch == "deberta-v2":  # onnxruntime has no attention fusion for DeBERTa's disentangled attention
+        assert missing == ["Attention"] and ops["Attention"] == 0
+    else:
+        assert missing == [] and ops["Attention"] + ops["MultiHeadAttention"] == LAYERS
+        assert ops["Softmax"] == 0  # no unfused attention left behind
+
+
+def test_int8_quantizes_every_matmul(exported):
+    arch, _, artifact, manifest = exported
+    ops = Counter(n.op_type for n in _graph(artifact / "model.int8.onnx").node)
+    quant = manifest["variants"]["int8"]["quantization"]
+    assert quant["mode"] == "dynamic" and quant["per_channel"] is True
+    assert isinstance(quant["reduce_range"], bool)
+    if arch != "deberta-v2":
+        # Fused QKV per layer -> QAttention; attention output, FFN in and out per layer, plus
+        # the pooler/classifier dense layers -> MatMulInteger; no float MatMul left.
+        assert ops["QAttention"] == LAYERS
+        assert ops["MatMulInteger"] >= 3 * LAYERS + 1
+        assert ops["MatMul"] == 0
+    assert quant["quantized_ops"]["MatMulInteger"] == ops["MatMulInteger"]
+    assert (artifact / "model.int8.onnx").stat().st_size < (artifact / "model.opt.onnx").stat().st_size / 2
+
+
+def test_static_qdq_variant(bert):
+    _, _, artifact, manifest = bert
+    variant = manifest["variants"]["int8-static"]
+    ops = Counter(n.op_type for n in _graph(artifact / "model.int8-static.onnx").node)
+    assert variant["quantization"]["mode"] == "static" and variant["quantization"]["format"] == "QDQ"
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] >= ops["MatMul"]
+    assert variant["precision"] == "int8" and "label_agreement" in variant["parity"]
+
+
+def _lengths_texts(n: int = 64) -> list[str]:
+    # "hello" is one WordPiece token: rows of 3 to past max_length tokens, shuffled so that
+    # every batch mixes padded and full rows.
+    lengths = np.linspace(1, 150, n).astype(int)
+    np.random.default_rng(0).shuffle(lengths)
+    return [" ".join(["hello"] * int(k)) for k in lengths]
+
+
+def test_parity_at_other_batch_sizes_and_lengths(exported):
+    from deploykit import checkpoint as ckpt
+    from deploykit.export import parity
+
+    _, checkpoint, artifact, manifest = exported
+    model, tokenizer = ckpt.load_model(checkpoint)
+    texts = _lengths_texts() + [LONG_TEXT]
+    reference = parity.reference_logits(model, tokenizer, texts, 128, batch_size=len(texts))
+    for name in ("fp32", "opt"):
+        sess = parity.session(artifact / manifest["variants"][name]["file"])
+        for sizes in ([1], [7], [64]):
+            got = parity.onnx_logits(sess, artifact / "tokenizer.json", texts, 128, sizes)
+            assert np.abs(got - reference).max() <= 1e-4, (name, sizes)
+
+
+def test_fused_attention_is_scaled_dot_product_attention(bert, tmp_path):
+    """The fused Attention node's output equals softmax(QK^T/sqrt(d))V computed in numpy."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    _, _, artifact, _ = bert
+    graph = _graph(artifact / "model.opt.onnx")
+    node = next(n for n in graph.node if n.op_type == "Attention")
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    weight, bias = inits[node.input[1]], inits[node.input[2]]
+    heads = next(a.i for a in node.attribute if a.name == "num_heads")
+    hidden = weight.shape[0]
+    batch, seq, d = 2, 5, hidden // heads
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, seq, hidden)).astype(np.float32)
+    lengths = np.array([5, 3], dtype=np.int32)  # row 2 has two padded positions
+
+    single = helper.make_graph(
+        [helper.make_node("Attention", ["x", "w", "b", "mask"], ["y"], domain="com.microsoft", num_heads=heads)],
+        "attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, seq, hidden]),
+                      helper.make_tensor_value_info("mask", TensorProto.INT32, [batch])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, seq, hidden])],
+        initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(single, opset_imports=[helper.make_opsetid("", 17),
+                                                     helper.make_opsetid("com.microsoft", 1)])
+    onnx.save(model, tmp_path / "attention.onnx")
+    (fused,) = ort.InferenceSession(str(tmp_path / "attention.onnx"),
+                                    providers=["CPUExecutionProvider"]).run(None, {"x": x, "mask": lengths})
+
+    qkv = x @ weight + bias
+    q, k, v = (qkv[..., i * hidden:(i + 1) * hidden].reshape(batch, seq, heads, d).transpose(0, 2, 1, 3)
+               for i in range(3))
+    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d)
+    keep = np.arange(seq)[None, :] < lengths[:, None]  # mask the padded keys
+    scores = np.where(keep[:, None, None, :], scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    expected = (weights @ v).transpose(0, 2, 1, 3).reshape(batch, seq, hidden)
+    np.testing.assert_allclose(fused, expected, atol=1e-5)
+
+
+# --- parity gates and verify -----------------------------------------------------------------
+
+def _rehash(artifact: Path) -> None:
+    """Rewrite the manifest's hashes after a deliberate change (a tamper that sha256 cannot catch)."""
+    from deploykit.export import manifest as mf
+
+    doc = json.loads((artifact / "manifest.json").read_text())
+    doc["files"] = mf.file_table(artifact)
+    for variant in doc["variants"].values():
+        variant.update(doc["files"][variant["file"]])
+    mf.write(artifact, doc)
+
+
+def _copy(artifact: Path, dst: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(artifact, dst))
+
+
+def _verify(artifact: Path, checkpoint: Path, heldout: Path) -> int:
+    from deploykit.cli import main
+
+    return main(["verify", str(artifact), "--checkpoint", str(checkpoint), "--data", str(heldout),
+                 "--split", "all"])
+
+
+def test_int8_gate_flags_label_flips_and_f1_loss(bert, heldout):
+    """The INT8 bounds' mechanics on a reference whose labels we flip on purpose."""
+    from deploykit import checkpoint as ckpt
+    from deploykit.config import ExportConfig
+    from deploykit.export import parity
+
+    _, checkpoint, artifact, manifest = bert
+    cfg = ExportConfig(checkpoint=str(checkpoint), data=str(heldout), split="all")
+    held = parity.load_held_out(cfg, ckpt.train_config(checkpoint), manifest["labels"])
+    model, tokenizer = ckpt.load_model(checkpoint)
+    reference = parity.reference_logits(model, tokenizer, held.texts, 128)
+    # Make PyTorch confidently right on every row, so the real INT8 graph disagrees with it
+    # wherever the (random) model's own prediction is wrong.
+    fake = np.full_like(reference, -5.0)
+    fake[np.arange(len(held.labels)), held.labels] = 5.0
+    ref_metrics = parity.classification_metrics(fake, held.labels, 3)
+    result = parity.check_variant("int8", "int8", artifact / "model.int8.onnx", artifact / "tokenizer.json",
+                                  manifest["inputs"], held, fake, ref_metrics, 128, cfg)
+    checks = {f["check"]: f for f in result.failures}
+    assert not result.passed and set(checks) == {"label_agreement", "macro_f1_drop"}
+    assert checks["label_agreement"]["missed_by"] == pytest.approx(0.99 - result.label_agreement)
+    assert checks["macro_f1_drop"]["value"] == pytest.approx(1.0 - result.metrics["macro_f1"])
+    assert "FAIL label_agreement" in parity.table([result], ref_metrics)
+
+
+def test_verify_passes_on_the_export(bert, heldout):
+    _, checkpoint, artifact, _ = bert
+    assert _verify(artifact, checkpoint, heldout) == 0
+
+
+def test_verify_catches_a_changed_file(bert, heldout, tmp_path, caplog):
+    _, checkpoint, artifact, _ = bert
+    copy = _copy(artifact, tmp_path / "art")
+    data = bytearray((copy / "model.opt.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "model.opt.onnx").write_bytes(bytes(data))
+    assert _verify(copy, checkpoint, heldout) == 4
+    assert "model.opt.onnx" in caplog.text and "sha256" in caplog.text
+
+
+def test_verify_catches_weights_perturbed_after_export(bert, heldout, tmp_path, caplog):
+    import onnx
+    from onnx import numpy_helper
+
+    _, checkpoint, artifact, _ = bert
+    copy = _copy(artifact, tmp_path / "art")
+    model = onnx.load(str(copy / "model.onnx"))
+    perturbed = [init for init in model.graph.initializer if "classifier" in init.name]
+    assert perturbed
+    for init in perturbed:
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.01 + 0.01, init.name))
+    onnx.save(model, str(copy / "model.onnx"))
+    _rehash(copy)  # a tamper that also fixed up the hashes: only parity can catch it
+    assert _verify(copy, checkpoint, heldout) == 3
+    assert "FAIL max_abs_diff" in caplog.text and "fp32" in caplog.text
+
+
+def test_verify_catches_a_mismatched_tokenizer(bert, heldout, tmp_path, caplog):
+    _, checkpoint, artifact, _ = bert
+    copy = _copy(artifact, tmp_path / "art")
+    doc = json.loads((copy / "tokenizer.json").read_text())
+    vocab = doc["model"]["vocab"]
+    # Shift every ordinary word piece's id: same text, other ids (a different vocabulary).
+    doc["model"]["vocab"] = {t: (i + 1000) % len(vocab) if i >= 1000 else i for t, i in vocab.items()}
+    (copy / "tokenizer.json").write_text(json.dumps(doc))
+    _rehash(copy)
+    assert _verify(copy, checkpoint, heldout) == 3
+    assert "missed their parity bounds" in caplog.text

@@ -1,0 +1,94 @@
+"""`deploykit predict`, `deploykit build` and `deploykit serve`'s refusals, through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploykit.runtime import Runtime
+
+ROOT = Path(__file__).parents[1]
+TEXTS = ["I love it", "so bad", "plain table", "what a day " * 20, "fine"]
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "deploykit", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+def write_inputs(folder: Path) -> dict[str, Path]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = {"csv": folder / "in.csv", "jsonl": folder / "in.jsonl", "json": folder / "in.json",
+             "parquet": folder / "in.parquet"}
+    with open(files["csv"], "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "body"])
+        writer.writerows(enumerate(TEXTS))
+    files["jsonl"].write_text("".join(json.dumps({"body": t}) + "\n" for t in TEXTS))
+    files["json"].write_text(json.dumps([{"body": t} for t in TEXTS]))
+    pq.write_table(pa.table({"body": TEXTS}), files["parquet"])
+    return files
+
+
+def test_predict_scores_every_format_in_input_order(serve_artifact, tmp_path):
+    expected = Runtime(serve_artifact).predict(TEXTS)
+    for kind, path in write_inputs(tmp_path).items():
+        out = tmp_path / f"{kind}.jsonl"
+        result = cli("predict", serve_artifact, "--data", path, "--text-column", "body", "--out", out,
+                     "--chunk-size", "2", "--max-batch-size", "2")
+        assert result.returncode == 0, result.stderr
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [r["row"] for r in rows] == list(range(len(TEXTS)))
+        assert [r["label"] for r in rows] == [e["label"] for e in expected], kind
+        assert [r["truncated"] for r in rows] == [False, False, False, True, False]
+
+
+def test_predict_refuses_a_missing_column_and_writes_nothing(serve_artifact, tmp_path):
+    files = write_inputs(tmp_path)
+    out = tmp_path / "out.jsonl"
+    result = cli("predict", serve_artifact, "--data", files["csv"], "--out", out)
+    assert result.returncode == 2
+    assert "row 1 of" in result.stderr and "'text'" in result.stderr and "--text-column" in result.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out.jsonl*"))
+    assert cli("predict", serve_artifact, "--data", tmp_path / "x.xlsx").returncode == 2
+
+
+def test_serve_refuses_a_tampered_artifact_before_starting(serve_artifact, tmp_path):
+    art = tmp_path / "artifact"
+    shutil.copytree(serve_artifact, art)
+    (art / "tokenizer.json").write_text("{}")
+    result = cli("serve", art, "--port", "1")
+    assert result.returncode == 4 and "tokenizer.json" in result.stderr
+    result = cli("serve", serve_artifact, "--variant", "int8")
+    assert result.returncode == 2 and "not servable" in result.stderr
+
+
+@pytest.mark.slow
+def test_build_makes_a_bento_without_torch(serve_artifact, tmp_path):
+    home = tmp_path / "bentoml"
+    result = cli("build", serve_artifact, "--bentoml-home", home, "--tag", "deploykit-test:v1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "deploykit-test:v1"
+    bento = home / "bentos" / "deploykit-test" / "v1"
+    requirements = (bento / "env/python/requirements.txt").read_text().lower()
+    assert "onnxruntime" in requirements and "tokenizers" in requirements
+    for heavy in ("torch", "transformers", "datasets"):
+        assert heavy not in requirements
+    wheels = [p.name for p in (bento / "env/python/wheels").glob("deploykit-*.whl")]
+    assert len(wheels) == 1
+    packed = bento / "src/artifact"
+    manifest = json.loads((packed / "manifest.json").read_text())
+    assert list(manifest["variants"]) == ["fp32"] and manifest["default_variant"] == "fp32"
+    assert sorted(manifest["files"]) == sorted(p.name for p in packed.iterdir() if p.name != "manifest.json")
+    assert "model.int8.onnx" not in manifest["files"]
+    Runtime(packed)  # the packed artifact verifies and loads
+    assert not list(ROOT.glob("build")) and not list(ROOT.glob("*.egg-info"))
