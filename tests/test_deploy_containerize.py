@@ -101,8 +101,10 @@ def test_gpu_image_swaps_onnxruntime_and_selects_cuda(bento, tmp_path):
     script = (ctx / "env" / "docker" / "setup_script").read_text()
     assert "uv pip uninstall onnxruntime" in script and "onnxruntime-gpu[cuda,cudnn]" in script
     assert "RUN /home/bentoml/bento/env/docker/setup_script" in text
-    # The test artifact has no `opt` variant, so the GPU image serves fp32.
-    assert re.search(r"^ARG DEPLOYKIT_VARIANT=fp32$", text, re.M)
+    # `opt` when the packed artifact has it servable, else fp32 (never INT8).
+    variant = containerize.gpu_variant(containerize.packed_manifest(ctx), "the bento")
+    assert variant in ("opt", "fp32")
+    assert re.search(rf"^ARG DEPLOYKIT_VARIANT={variant}$", text, re.M)
     assert re.search(r"^ARG DEPLOYKIT_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider$", text, re.M)
     assert instructions(text, "USER") == ["bentoml"]
 
