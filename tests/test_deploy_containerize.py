@@ -155,3 +155,17 @@ def test_training_image_build_file_matches_the_job():
     assert instructions(text, "USER") == ["1000:1000"]
     job = yaml.safe_load((ROOT / "k8s" / "training" / "job.yaml").read_text())
     assert job["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 1000
+
+
+@pytest.mark.parametrize("servable,expected", [
+    ({"int8": True, "opt": True, "fp32": True}, "opt"),
+    ({"int8": True, "opt": False, "fp32": True}, "fp32"),
+    ({"int8": True}, None),
+])
+def test_gpu_variant_is_never_int8(servable, expected):
+    manifest = {"variants": {k: {"servable": v} for k, v in servable.items()}}
+    if expected is None:
+        with pytest.raises(BadInputError, match="no servable opt or fp32 variant"):
+            containerize.gpu_variant(manifest, "artifact/")
+    else:
+        assert containerize.gpu_variant(manifest, "artifact/") == expected

@@ -178,27 +178,27 @@ def _image_names(folder: Path, placeholder: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def kustomization(cfg: KubeConfig, values: dict[str, str], resource: Path
+def kustomization(cfg: KubeConfig, values: dict[str, str], root: Path, resource: str
                   ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The overlay's kustomization.yaml and its patch files.
 
     Args:
         cfg: The rendering options.
         values: ``serving_values()`` of the artifact (may be empty).
-        resource: The copied folder the overlay builds on (its name is the resource path).
+        root: The overlay folder being written (holding the copied manifests).
+        resource: The copied kustomization the overlay builds on, relative to ``root``.
 
     Returns:
         The kustomization as a dict, and the patches as ``{"path", "body"[, "target"]}``.
     """
     doc: dict[str, Any] = {"apiVersion": "kustomize.config.k8s.io/v1beta1",
-                           "kind": "Kustomization", "resources": [resource.name if cfg.train
-                                                                  else f"overlays/{resource.name}"]}
+                           "kind": "Kustomization", "resources": [resource]}
     if cfg.namespace:
         doc["namespace"] = cfg.namespace
     # The overlays name a placeholder registry; map it (and the bare name) to the user's image.
     placeholder = TRAIN_IMAGE if cfg.train else SERVE_IMAGE
     doc["images"] = [{"name": n, **split_image(cfg.image)}
-                     for n in _image_names(resource, placeholder)]
+                     for n in _image_names(root / resource, placeholder)]
     if cfg.train:
         patches = _train_patches(cfg)
     else:
@@ -234,7 +234,7 @@ def render(cfg: KubeConfig) -> Path:
     with atomic_folder(out) as tmp:
         for rel in copies:
             shutil.copytree(src / rel, tmp / rel)
-        doc, patches = kustomization(cfg, values, tmp / resource)
+        doc, patches = kustomization(cfg, values, tmp, resource)
         (tmp / "patches").mkdir()
         for patch in patches:
             (tmp / patch["path"]).write_text(yaml.safe_dump(patch["body"], sort_keys=False))
