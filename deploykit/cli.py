@@ -67,15 +67,27 @@ def build_config(cls: type, args: argparse.Namespace) -> Any:
 
 
 def _train(args: argparse.Namespace) -> None:
+    import json
+    import os
+
     from deploykit import train
 
-    train.run(build_config(TrainConfig, args))
+    best = train.run(build_config(TrainConfig, args))
+    if int(os.environ.get("RANK", "0")) == 0:
+        metrics = json.loads((best / "metrics.json").read_text())
+        print(f"best checkpoint: {best} (step {metrics['step']})")
+        print("validation: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in ("macro_f1", "accuracy", "weighted_f1")))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    import json
+
     from deploykit import evaluation
 
-    evaluation.run(build_config(EvalConfig, args))
+    out = evaluation.run(build_config(EvalConfig, args))
+    metrics = json.loads((out / "metrics.json").read_text())
+    print(f"{metrics['split']} ({metrics['n']} rows): accuracy {metrics['accuracy']:.4f}, "
+          f"macro-F1 {metrics['macro_f1']:.4f}, weighted-F1 {metrics['weighted_f1']:.4f} -> {out}/report.md")
 
 
 def _export(args: argparse.Namespace) -> None:
