@@ -243,8 +243,10 @@ class ServiceConfig:
     variant: str | None = opt(None, "Model variant to serve (default: the manifest's default_variant).")
     max_batch_size: int = opt(64, "Most texts in one model call.")
     max_batch_tokens: int = opt(16384, "Token budget of one model call (texts x padded length).")
-    max_latency_ms: float = opt(5.0, "Longest time a request waits for others to share its batch "
-                                "(the deploykit batcher waits only while under load).")
+    max_latency_ms: float | None = opt(None, "deploykit batcher: longest wait for other requests "
+                                       "to share a batch, only while under load (default 5). "
+                                       "bentoml batcher: BentoML's max_latency_ms, past which "
+                                       "requests get 503 (default BentoML's 60000).")
     threads: int | None = opt(None, "onnxruntime intra-op threads (default: all cores).")
     max_texts: int = opt(256, "Most texts in one request; more is a 400 error.")
     max_queue: int = opt(4096, "Most texts waiting in the batcher's queue; more is a 503 error "
@@ -259,7 +261,7 @@ class ServiceConfig:
         for name in ("max_batch_size", "max_batch_tokens", "max_texts", "max_queue", "max_body_bytes"):
             _require(getattr(self, name) > 0, name, "must be positive")
         _require(self.threads is None or self.threads > 0, "threads", "must be positive")
-        _require(self.max_latency_ms >= 0, "max_latency_ms", "must be >= 0")
+        _require(self.max_latency_ms is None or self.max_latency_ms >= 0, "max_latency_ms", "must be >= 0")
         _require(self.batcher in BATCHERS, "batcher", f"choose one of {', '.join(BATCHERS)}")
         _require(bool(self.provider_list()), "providers", "name at least one execution provider")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from deploykit.runtime import Runtime
+from test_runtime import mark_unservable
 
 ROOT = Path(__file__).parents[1]
 TEXTS = ["I love it", "so bad", "plain table", "what a day " * 20, "fine"]
@@ -40,11 +41,11 @@ def write_inputs(folder: Path) -> dict[str, Path]:
 
 
 def test_predict_scores_every_format_in_input_order(serve_artifact, tmp_path):
-    expected = Runtime(serve_artifact).predict(TEXTS)
+    expected = Runtime(serve_artifact, "fp32").predict(TEXTS)  # fp32: batch-independent scores
     for kind, path in write_inputs(tmp_path).items():
         out = tmp_path / f"{kind}.jsonl"
         result = cli("predict", serve_artifact, "--data", path, "--text-column", "body", "--out", out,
-                     "--chunk-size", "2", "--max-batch-size", "2")
+                     "--chunk-size", "2", "--max-batch-size", "2", "--variant", "fp32")
         assert result.returncode == 0, result.stderr
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         assert [r["row"] for r in rows] == list(range(len(TEXTS)))
@@ -68,7 +69,9 @@ def test_serve_refuses_a_tampered_artifact_before_starting(serve_artifact, tmp_p
     (art / "tokenizer.json").write_text("{}")
     result = cli("serve", art, "--port", "1")
     assert result.returncode == 4 and "tokenizer.json" in result.stderr
-    result = cli("serve", serve_artifact, "--variant", "int8")
+    shutil.copy(serve_artifact / "tokenizer.json", art / "tokenizer.json")
+    mark_unservable(art, "int8")
+    result = cli("serve", art, "--variant", "int8")
     assert result.returncode == 2 and "not servable" in result.stderr
 
 
@@ -87,8 +90,9 @@ def test_build_makes_a_bento_without_torch(serve_artifact, tmp_path):
     assert len(wheels) == 1
     packed = bento / "src/artifact"
     manifest = json.loads((packed / "manifest.json").read_text())
-    assert list(manifest["variants"]) == ["fp32"] and manifest["default_variant"] == "fp32"
+    default = json.loads((serve_artifact / "manifest.json").read_text())["default_variant"]
+    assert list(manifest["variants"]) == [default] and manifest["default_variant"] == default
     assert sorted(manifest["files"]) == sorted(p.name for p in packed.iterdir() if p.name != "manifest.json")
-    assert "model.int8.onnx" not in manifest["files"]
+    assert sum(name.endswith(".onnx") for name in manifest["files"]) == 1
     Runtime(packed)  # the packed artifact verifies and loads
     assert not list(ROOT.glob("build")) and not list(ROOT.glob("*.egg-info"))

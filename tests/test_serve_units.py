@@ -21,7 +21,7 @@ TEXTS = [f"text number {i} " + "word " * (i % 13) for i in range(40)]
 
 @pytest.fixture(scope="module")
 def runtime(serve_artifact):
-    return Runtime(serve_artifact, max_batch_size=8, max_batch_tokens=128)
+    return Runtime(serve_artifact, "fp32", max_batch_size=8, max_batch_tokens=128)
 
 
 class Recorder:
@@ -51,7 +51,8 @@ def test_batcher_merges_concurrent_requests_and_keeps_each_order(runtime):
             batcher.close()
 
     chunks, results = asyncio.run(main())
-    for chunk, logits in zip(chunks, results):
+    for chunk, (rows, logits) in zip(chunks, results):
+        assert len(rows) == len(chunk)
         np.testing.assert_allclose(logits, runtime.logits(chunk), atol=1e-5)
     assert sum(size for size, _ in metrics.batches) == len(TEXTS)
     assert max(size for size, _ in metrics.batches) > 3  # requests were merged

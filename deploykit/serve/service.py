@@ -51,6 +51,7 @@ class Result(BaseModel):
     truncated: bool
 
 
+DEFAULT_WAIT_MS = 5.0  # deploykit batcher's wait under load when DEPLOYKIT_MAX_LATENCY_MS is unset
 _BACKEND: Any = None  # the loaded Classifier of this process, for the v2 routes
 v2_app = build_app(lambda: _BACKEND, __version__)
 
@@ -112,17 +113,24 @@ class Classifier:
                                threads=self.settings.threads, providers=self.settings.provider_list(),
                                max_batch_tokens=self.settings.max_batch_tokens,
                                max_batch_size=self.settings.max_batch_size)
+        wait_ms = self.settings.max_latency_ms
         self.batcher = DynamicBatcher(self.runtime, max_batch_size=self.settings.max_batch_size,
                                       max_batch_tokens=self.settings.max_batch_tokens,
-                                      max_latency_ms=self.settings.max_latency_ms,
+                                      max_latency_ms=DEFAULT_WAIT_MS if wait_ms is None else wait_ms,
                                       max_queue=self.settings.max_queue, metrics=_metrics())
         _BACKEND = self
         log.info("serving %s (variant %s, labels %s) with the %s batcher", self.runtime.name,
                  self.runtime.variant, self.runtime.labels, self.settings.batcher)
 
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        """Stop the batcher's worker."""
+        self.batcher.close()
+
     if SETTINGS.batcher == "bentoml":
         @bentoml.api(route="/classify", batchable=True, max_batch_size=SETTINGS.max_batch_size,
-                     max_latency_ms=max(1, int(SETTINGS.max_latency_ms)))
+                     **({} if SETTINGS.max_latency_ms is None
+                        else {"max_latency_ms": max(1, int(SETTINGS.max_latency_ms))}))
         def classify(self, texts: Texts) -> list[Result]:
             """Classify texts; BentoML's adaptive batcher merges concurrent requests."""
             # BentoML concatenates the lists of concurrent requests; the runtime splits them by

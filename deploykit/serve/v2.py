@@ -234,6 +234,7 @@ def build_app(get_backend: Callable[[], Any], server_version: str) -> Any:
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
+    from deploykit.runtime import softmax
     from deploykit.serve.batcher import QueueFullError
 
     def error(message: str, status: int) -> JSONResponse:
@@ -280,15 +281,14 @@ def build_app(get_backend: Callable[[], Any], server_version: str) -> Any:
             backend = backend_for(request)
             body = await request.body()
             req = parse_infer(body, request.headers.get(HEADER_LENGTH), backend.settings.max_texts)
-            rows, logits = await backend.batcher.submit_rows(backend.runtime.tokenize(req.texts))
+            _, logits = await backend.batcher.submit(req.texts)
         except ProtocolError as exc:
             return error(str(exc), exc.status)
         except QueueFullError as exc:
             return error(str(exc), 503)
-        results = backend.runtime.results(logits, rows)
-        probs = np.array([[r["scores"][label] for label in backend.runtime.labels] for r in results],
-                         dtype=np.float32).reshape(len(results), len(backend.runtime.labels))
-        body, headers = encode_response(backend.runtime.name, req, [r["label"] for r in results], probs)
+        probs = softmax(logits)
+        labels = [backend.runtime.labels[i] for i in probs.argmax(axis=-1)]
+        body, headers = encode_response(backend.runtime.name, req, labels, probs)
         return Response(body, headers=headers)
 
     routes = [Route("/v2", server_metadata), Route("/v2/health/live", live),
