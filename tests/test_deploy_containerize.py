@@ -33,7 +33,10 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 def bento(serve_artifact, tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("bentoml-home")
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
-    proc = cli("build", str(serve_artifact), "--tag", "dk-test:v1", env=env)
+    # The default variant for the CPU image, plus the fused fp32 one for the GPU image.
+    default = json.loads((Path(serve_artifact) / "manifest.json").read_text())["default_variant"]
+    variants = ",".join(dict.fromkeys([default, "opt"]))
+    proc = cli("build", str(serve_artifact), "--tag", "dk-test:v1", "--variants", variants, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"tag": "dk-test:v1", "env": env, "home": home}
 
@@ -101,10 +104,8 @@ def test_gpu_image_swaps_onnxruntime_and_selects_cuda(bento, tmp_path):
     script = (ctx / "env" / "docker" / "setup_script").read_text()
     assert "uv pip uninstall onnxruntime" in script and "onnxruntime-gpu[cuda,cudnn]" in script
     assert "RUN /home/bentoml/bento/env/docker/setup_script" in text
-    # `opt` when the packed artifact has it servable, else fp32 (never INT8).
-    variant = containerize.gpu_variant(containerize.packed_manifest(ctx), "the bento")
-    assert variant in ("opt", "fp32")
-    assert re.search(rf"^ARG DEPLOYKIT_VARIANT={variant}$", text, re.M)
+    # The fused fp32 variant, never INT8 (a CPU format), whatever the CPU default is.
+    assert re.search(r"^ARG DEPLOYKIT_VARIANT=opt$", text, re.M)
     assert re.search(r"^ARG DEPLOYKIT_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider$", text, re.M)
     assert instructions(text, "USER") == ["bentoml"]
 
