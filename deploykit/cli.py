@@ -16,7 +16,8 @@ from typing import Any, Callable
 
 from deploykit import __version__
 from deploykit.config import (BuildConfig, EvalConfig, ExportConfig, PredictConfig, ServeConfig,
-                              TrainConfig, VerifyConfig, from_dict, load_yaml)
+                              TrainConfig, TritonConfig, VerifyConfig, from_dict, load_yaml)
+from deploykit.config import ContainerizeConfig, KubeConfig
 from deploykit.errors import DeployKitError
 
 log = logging.getLogger("deploykit")
@@ -66,15 +67,27 @@ def build_config(cls: type, args: argparse.Namespace) -> Any:
 
 
 def _train(args: argparse.Namespace) -> None:
+    import json
+    import os
+
     from deploykit import train
 
-    train.run(build_config(TrainConfig, args))
+    best = train.run(build_config(TrainConfig, args))
+    if int(os.environ.get("RANK", "0")) == 0:
+        metrics = json.loads((best / "metrics.json").read_text())
+        print(f"best checkpoint: {best} (step {metrics['step']})")
+        print("validation: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in ("macro_f1", "accuracy", "weighted_f1")))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    import json
+
     from deploykit import evaluation
 
-    evaluation.run(build_config(EvalConfig, args))
+    out = evaluation.run(build_config(EvalConfig, args))
+    metrics = json.loads((out / "metrics.json").read_text())
+    print(f"{metrics['split']} ({metrics['n']} rows): accuracy {metrics['accuracy']:.4f}, "
+          f"macro-F1 {metrics['macro_f1']:.4f}, weighted-F1 {metrics['weighted_f1']:.4f} -> {out}/report.md")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -107,6 +120,24 @@ def _predict(args: argparse.Namespace) -> None:
     predict.run(build_config(PredictConfig, args))
 
 
+def _containerize(args: argparse.Namespace) -> None:
+    from deploykit.deploy import containerize
+
+    containerize.run(build_config(ContainerizeConfig, args))
+
+
+def _k8s(args: argparse.Namespace) -> None:
+    from deploykit.deploy import k8s
+
+    k8s.render(build_config(KubeConfig, args))
+
+
+def _triton(args: argparse.Namespace) -> None:
+    from deploykit.serve import triton_repo
+
+    triton_repo.run(build_config(TritonConfig, args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used by tests to check README commands)."""
     parser = argparse.ArgumentParser(
@@ -131,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
          BuildConfig, _build),
         ("predict", "Score a CSV/JSON/JSONL/Parquet file with an artifact (torch-free), "
                     "one JSON line per row.", PredictConfig, _predict),
+        ("triton", "Write a Triton Inference Server model repository (ONNX model, tokenizer, "
+                   "postprocess, ensemble, Python-backend model) from an artifact.",
+         TritonConfig, _triton),
+        ("containerize", "Build a container image of a bento or an artifact (bentoml "
+                         "containerize with docker, buildah or podman), or the training image.",
+         ContainerizeConfig, _containerize),
+        ("k8s", "Render a ready kustomize overlay of k8s/ (the service, or the multi-node "
+                "training Job) with your image and values.", KubeConfig, _k8s),
     ]
     for name, help_text, cls, func in commands:
         p = sub.add_parser(name, help=help_text, description=help_text)

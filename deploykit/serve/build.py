@@ -7,7 +7,7 @@ The build context is generated in a temporary folder:
                         rewritten to list exactly the files present
     wheels/deploykit-*.whl   built from this checkout (deploykit is not on a package index)
     bentofile.yaml      python.packages = deploykit's base requirements (no torch,
-                        transformers or datasets), lock_packages false
+                        transformers or datasets), lock_packages false, DEPLOYKIT_ARTIFACT=artifact
 
 and ``bentoml build`` (its Python API) stores the bento in ``$BENTOML_HOME``.
 """
@@ -39,10 +39,11 @@ SERVICE_SHIM = '''"""Entry point of the bento: deploykit's service, installed fr
 import os
 from pathlib import Path
 
-# The packed artifact, unless the environment names another (bento envs apply only in
-# containers; 'bentoml serve TAG' on a host needs this default).
-if not os.environ.get("DEPLOYKIT_ARTIFACT"):
-    os.environ["DEPLOYKIT_ARTIFACT"] = str(Path(__file__).resolve().parent / "artifact")
+# DEPLOYKIT_ARTIFACT defaults to the packed artifact, and a relative value is relative to
+# this folder (the bento's src/): the image's working directory is the bento's root, and
+# 'bentoml serve TAG' on a host does not apply the bento's envs at all.
+_value = os.environ.get("DEPLOYKIT_ARTIFACT") or "artifact"
+os.environ["DEPLOYKIT_ARTIFACT"] = str(Path(__file__).resolve().parent / _value)
 
 from deploykit.serve.service import Classifier  # noqa: E402,F401
 '''
@@ -151,9 +152,9 @@ def bentofile(tag: str, wheel_name: str, packages: list[str]) -> dict[str, Any]:
         "python": {"packages": packages, "wheels": [f"wheels/{wheel_name}"],
                    # deploykit is not on an index, and locking would resolve against one.
                    "lock_packages": False},
-        # No DEPLOYKIT_ARTIFACT here: service.py defaults it to the packed artifact's absolute
-        # path, which holds whatever the working directory of the container is.
-        "envs": [{"name": "BENTOML_DO_NOT_TRACK", "value": "True"}],
+        # Relative to the bento's src/ (service.py resolves it), so it holds in the image too.
+        "envs": [{"name": "DEPLOYKIT_ARTIFACT", "value": "artifact"},
+                 {"name": "BENTOML_DO_NOT_TRACK", "value": "True"}],
     }
 
 

