@@ -108,3 +108,22 @@ def test_build_makes_a_bento_without_torch(serve_artifact, tmp_path):
         stop_server(proc)
     assert status == 200
     assert [r["label"] for r in results] == [r["label"] for r in Runtime(packed).predict(TEXTS)]
+
+
+def test_serve_settings_layer_environment_under_file_and_flags(serve_artifact, tmp_path, monkeypatch):
+    """DEPLOYKIT_* variables (what containers set) apply unless the YAML file or a flag says otherwise."""
+    from deploykit import cli
+    from deploykit.config import ServeConfig
+    from deploykit.serve import settings
+
+    monkeypatch.setenv("DEPLOYKIT_MAX_BATCH_SIZE", "7")
+    monkeypatch.setenv("DEPLOYKIT_MAX_LATENCY_MS", "3")
+    base = settings.env_values()
+    args = cli.build_parser().parse_args(["serve", str(serve_artifact)])
+    cfg = cli.build_config(ServeConfig, args, base=base)
+    assert (cfg.max_batch_size, cfg.max_latency_ms) == (7, 3)
+    (tmp_path / "serve.yaml").write_text("max_latency_ms: 9\n")
+    args = cli.build_parser().parse_args(["serve", str(serve_artifact), "--config", str(tmp_path / "serve.yaml"),
+                                          "--max-batch-size", "5"])
+    cfg = cli.build_config(ServeConfig, args, base=base)
+    assert (cfg.max_batch_size, cfg.max_latency_ms) == (5, 9)
