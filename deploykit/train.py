@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from deploykit import checkpoint, data, strategies
-from deploykit.config import BUILTIN_MODELS, TrainConfig
+from deploykit.config import BUILTIN_MODELS, TrainConfig, save_yaml, to_dict
 from deploykit.errors import BadInputError
 from deploykit.scoring import classification_metrics, predict_logits
 
@@ -109,9 +110,29 @@ def _check_options(cfg: TrainConfig, dist: Dist) -> None:
         if not (out / "last" / "state.json").is_file():
             raise BadInputError(f"--resume: {out}/last/ holds no resume state; start the run "
                                 f"without --resume")
+    if cfg.resume:
+        _check_same_run(cfg, out / "last" / checkpoint.CONFIG_FILE)
     if not cfg.resume and (out / "last").exists():
         raise BadInputError(f"{out} already holds a run; pass --resume to continue it, or choose "
                             f"another --out")
+
+
+# Options that may change on --resume: they do not change what the run computes.
+RESUME_MAY_CHANGE = {"resume", "save_every", "log_every", "out"}
+
+
+def _check_same_run(cfg: TrainConfig, stored_file: Path) -> None:
+    """Refuse a resume whose options would make it a different run than the one it continues."""
+    from deploykit.config import from_dict
+
+    if not stored_file.is_file():
+        return
+    stored = from_dict(TrainConfig, yaml.safe_load(stored_file.read_text()) or {}, source=str(stored_file))
+    changed = [f"--{k.replace('_', '-')} {getattr(stored, k)!r} -> {getattr(cfg, k)!r}"
+               for k in to_dict(cfg) if k not in RESUME_MAY_CHANGE and getattr(stored, k) != getattr(cfg, k)]
+    if changed:
+        raise BadInputError(f"--resume with options that differ from the run in {stored_file.parent.parent}: "
+                            f"{'; '.join(changed)}; resume with the run's own options (see {stored_file})")
 
 
 def _seed_everything(seed: int) -> None:
@@ -203,7 +224,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
 
 
-def _save_last(out: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainState, dist: Dist) -> None:
+def _save_last(out: Path, cfg: TrainConfig, model: Any, optimizer: Any, scheduler: Any, state: TrainState,
+               dist: Dist) -> None:
     """Write RUN/last/ atomically: weights (safetensors), optimizer/scheduler (tensors only), JSON state.
 
     Every rank's RNG state is gathered to rank 0, which alone writes files.
@@ -224,6 +246,7 @@ def _save_last(out: Path, model: Any, optimizer: Any, scheduler: Any, state: Tra
         (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
         (tmp / "rng.json").write_text(json.dumps(rng))
         (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2))
+        save_yaml(cfg, tmp / checkpoint.CONFIG_FILE)
 
 
 def _load_last(out: Path, model: Any, optimizer: Any, scheduler: Any, dist: Dist) -> TrainState:
@@ -461,13 +484,13 @@ def run(cfg: TrainConfig) -> Path:
                 state.epoch += 1
                 state.batch_in_epoch = 0
             if evaluated or (cfg.save_every and state.step % cfg.save_every == 0) or end_of_epoch:
-                _save_last(out, model, optimizer, scheduler, state, dist)
+                _save_last(out, cfg, model, optimizer, scheduler, state, dist)
                 saved_step = state.step
             if state.stopped_early or end_of_epoch:
                 break  # a new epoch needs its own batch order
     progress.close()
     if saved_step != state.step:
-        _save_last(out, model, optimizer, scheduler, state, dist)
+        _save_last(out, cfg, model, optimizer, scheduler, state, dist)
 
     if dist.main:
         plot_curve(out / "metrics.jsonl", out / "train_curve.png", cfg.metric)

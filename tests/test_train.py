@@ -98,6 +98,9 @@ def test_config_file_then_flags_and_clear_errors(tmp_path, pretrained_dir, learn
     # A second run into the same folder needs --resume.
     again = _cli("train", "--config", str(cfg), "--out", str(out))
     assert again.returncode == 2 and "pass --resume" in again.stderr
+    # A resume must continue the same run: changed hyper-parameters are refused, naming them.
+    other = _cli("train", "--config", str(cfg), "--batch-size", "16", "--out", str(out), "--resume", "--lr", "0.5")
+    assert other.returncode == 2 and "--lr 0.01 -> 0.5" in other.stderr
     cfg.write_text("data: x.csv\nlearning_rate: 0.1\n")
     bad = _cli("train", "--config", str(cfg), "--out", str(tmp_path / "r2"))
     assert bad.returncode == 2 and "unknown key(s) learning_rate" in bad.stderr
