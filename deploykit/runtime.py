@@ -36,12 +36,16 @@ _PAD_TOKENS = ("[PAD]", "<pad>")
 _ORT_INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (what ``files`` in the manifest records)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+_sha256 = sha256_file  # the name deploykit.export.manifest imports
 
 
 def _safe_member(root: Path, name: str) -> Path:
@@ -126,7 +130,7 @@ def verify_artifact(path: str | Path) -> dict[str, Any]:
         if size != entry.get("bytes"):
             raise IntegrityError(f"artifact file {target} has {size} bytes, the manifest says "
                                  f"{entry.get('bytes')}: it is truncated or was changed; re-export")
-        digest = _sha256(target)
+        digest = sha256_file(target)
         if digest != entry.get("sha256"):
             raise IntegrityError(f"artifact file {target} does not match its sha256 in the manifest "
                                  f"(got {digest[:12]}..., expected {str(entry.get('sha256'))[:12]}...): "
@@ -157,10 +161,30 @@ def select_variant(manifest: dict[str, Any], variant: str | None = None) -> str:
         raise BadInputError(f"variant {name!r} is not in this artifact; choose one of "
                             f"{', '.join(variants)} (--variant / DEPLOYKIT_VARIANT)")
     if not variants[name].get("servable", True):
-        parity = variants[name].get("parity", {})
-        raise BadInputError(f"variant {name!r} is marked not servable (parity: {parity}); serve "
-                            "another variant with --variant / DEPLOYKIT_VARIANT, or re-export")
+        failures = variants[name].get("parity", {}).get("failures") or []
+        why = "; ".join(f"{f.get('check')} {f.get('value')!s:.6} vs limit {f.get('limit')}"
+                        for f in failures if isinstance(f, dict)) or "failed its parity gate"
+        servable = [v for v, spec in variants.items() if spec.get("servable", True)]
+        raise BadInputError(f"variant {name!r} is marked not servable ({why}); serve one of "
+                            f"{', '.join(servable) or 'none'} with --variant / DEPLOYKIT_VARIANT, "
+                            "or re-export")
     return name
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota.
+
+    ``os.cpu_count()`` reports the host's cores, which oversubscribes a container limited by
+    Kubernetes ``resources.limits.cpu`` (a CFS quota in ``/sys/fs/cgroup/cpu.max``).
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
 
 
 def available_providers() -> list[str]:
@@ -197,7 +221,8 @@ class Runtime:
     Args:
         artifact: The artifact folder.
         variant: The variant to serve (default: the manifest's ``default_variant``).
-        threads: onnxruntime intra-op threads (default: the machine's cores).
+        threads: onnxruntime intra-op threads (default: ``available_cpus()``, which honours
+            container CPU limits).
         providers: Execution providers in order of preference (default: CPU). Asking for one
             that this onnxruntime build lacks is an error rather than a silent CPU fallback.
         max_batch_tokens: Token budget of one model call (rows x padded length).
@@ -251,7 +276,7 @@ class Runtime:
                                 f"this onnxruntime build (available: {', '.join(ort.get_available_providers())}); "
                                 "change DEPLOYKIT_PROVIDERS / --providers, or install onnxruntime-gpu for CUDA")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.intra_op_num_threads = threads or available_cpus()
         # One model call at a time per session; parallelism comes from intra-op threads.
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -290,3 +290,29 @@ def test_verify_catches_a_mismatched_tokenizer(bert, heldout, tmp_path, caplog):
     _rehash(copy)
     assert _verify(copy, checkpoint, heldout) == 3
     assert "missed their parity bounds" in caplog.text
+
+
+def test_real_minilm_fuses_all_six_attention_layers(tmp_path, heldout):
+    """The packaged pretrained MiniLM-L6 (real weights, new 3-label head) through all three steps."""
+    import torch
+    from factories import LABELS, minilm_path
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from deploykit import checkpoint as ckpt
+    from deploykit import export
+    from deploykit.config import ExportConfig, TrainConfig
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        minilm_path(), num_labels=3, id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)})
+    checkpoint = ckpt.save(model.eval(), AutoTokenizer.from_pretrained(minilm_path()),
+                           TrainConfig(data=str(heldout)), {}, tmp_path / "checkpoint")
+    artifact = export.run(ExportConfig(checkpoint=str(checkpoint), out=str(tmp_path / "art"), data=str(heldout),
+                                       split="all", allow_parity_failure=True))
+    doc = json.loads((artifact / "manifest.json").read_text())
+    opt, int8 = doc["variants"]["opt"], doc["variants"]["int8"]
+    assert opt["fused_ops"]["Attention"] == 6 and opt["fused_ops"]["SkipLayerNormalization"] == 12
+    assert opt["fused_ops"]["EmbedLayerNormalization"] == 1
+    assert int8["fused_ops"]["QAttention"] == 6 and int8["quantization"]["quantized_ops"]["float_MatMul"] == 0
+    for name in ("fp32", "opt"):
+        assert doc["variants"][name]["servable"], doc["variants"][name]["parity"]

@@ -39,22 +39,27 @@ def test_loads_the_default_variant_and_contract_attributes(runtime, serve_artifa
     assert runtime.input_names == manifest["inputs"]
 
 
-@pytest.mark.parametrize("variant", ["fp32", "opt"])
-def test_matches_the_pytorch_checkpoint(serve_artifact, variant):
+def torch_reference(checkpoint: Path, texts: list[str], max_length: int = 32):
+    """(logits, labels) of the PyTorch checkpoint, the ground truth every variant must match."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    checkpoint = serve_artifact.parent / "checkpoint"
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
     tok = AutoTokenizer.from_pretrained(checkpoint)
     with torch.no_grad():
-        ref = model(**tok(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")).logits
+        batch = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        logits = model(**batch).logits.numpy()
+    return logits, [model.config.id2label[i] for i in logits.argmax(-1).tolist()]
+
+
+@pytest.mark.parametrize("variant", ["fp32", "opt"])
+def test_matches_the_pytorch_checkpoint(serve_artifact, variant):
+    ref, labels = torch_reference(serve_artifact.parent / "checkpoint", TEXTS)
     runtime = Runtime(serve_artifact, variant)
     got = runtime.logits(TEXTS)
     assert got.dtype == np.float32 and got.shape == (len(TEXTS), 3)
-    np.testing.assert_allclose(got, ref.numpy(), atol=1e-4)
-    labels = [r["label"] for r in runtime.predict(TEXTS)]
-    assert labels == [model.config.id2label[i] for i in ref.argmax(-1).tolist()]
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    assert [r["label"] for r in runtime.predict(TEXTS)] == labels
 
 
 def test_predict_shape_order_and_truncation(runtime):

@@ -50,40 +50,47 @@ def post_json(url: str, payload) -> tuple[int, object]:
     return status, json.loads(data)
 
 
-@pytest.fixture(scope="session")
-def server(serve_artifact, tmp_path_factory):
-    """One real server for the session, stopped by its pid."""
+def start_server(artifact: Path, folder: Path, *extra: str):
+    """Start `deploykit serve` on a free port; returns (process, base URL) once /readyz answers."""
     port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml")),
-           "BENTOML_DO_NOT_TRACK": "True"}
+    log = folder / "server.log"
+    env = {**os.environ, "BENTOML_HOME": str(folder / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
     with open(log, "w") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "deploykit", "serve", str(serve_artifact), "--port", str(port),
-             "--max-texts", str(MAX_TEXTS), "--max-queue", str(MAX_QUEUE),
-             "--max-body-bytes", str(MAX_BODY), "--threads", "1", "--variant", VARIANT],
+            [sys.executable, "-m", "deploykit", "serve", str(artifact), "--port", str(port),
+             "--threads", "1", "--variant", VARIANT, *extra],
             cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if http(url + "/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.25)
-        else:
-            pytest.fail(f"server not ready in 60 s:\n{log.read_text()[-3000:]}")
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # its own session: bentoml and its workers
+    for _ in range(240):
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            if http(url + "/readyz")[0] == 200:
+                return proc, url
+        except OSError:
+            pass
+        time.sleep(0.25)
+    stop_server(proc)
+    pytest.fail(f"server not ready in 60 s:\n{log.read_text()[-3000:]}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)  # its own session: bentoml and its workers
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(serve_artifact, tmp_path_factory):
+    """One real server (deploykit batcher) for the session, stopped by its pid."""
+    proc, url = start_server(serve_artifact, tmp_path_factory.mktemp("server"),
+                             "--max-texts", str(MAX_TEXTS), "--max-queue", str(MAX_QUEUE),
+                             "--max-body-bytes", str(MAX_BODY))
+    yield url
+    stop_server(proc)
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +230,35 @@ def test_health_and_metrics_routes_and_still_serving(server):
                  "deploykit_inference_seconds", "deploykit_rejected_total"):
         assert f"# TYPE {name}" in names or f"{name}_count" in names, name
     assert post_json(server + "/classify", {"texts": ["still here"]})[0] == 200
+
+
+def test_served_labels_match_the_pytorch_checkpoint(server, serve_artifact):
+    import tritonclient.http as httpclient
+    from test_runtime import torch_reference
+
+    _, expected = torch_reference(serve_artifact.parent / "checkpoint", TEXTS)
+    assert [r["label"] for r in post_json(server + "/classify", {"texts": TEXTS})[1]] == expected
+    client = httpclient.InferenceServerClient(server.removeprefix("http://"))
+    text = httpclient.InferInput("TEXT", [len(TEXTS)], "BYTES")
+    text.set_data_from_numpy(np.array(TEXTS, dtype=object))
+    labels = client.infer("classifier", [text]).as_numpy("LABEL")
+    assert [x.decode() for x in labels] == expected
+    client.close()
+
+
+def test_bentoml_batcher_mode(serve_artifact, tmp_path, runtime):
+    proc, url = start_server(serve_artifact, tmp_path, "--batcher", "bentoml", "--max-texts", "8")
+    try:
+        texts = [f"request {i}: " + "great " * (i % 5) for i in range(16)]
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(lambda t: post_json(url + "/classify", {"texts": [t, "ok"]}), texts))
+        expected = runtime.predict(texts)
+        assert [r[1][0]["label"] for r in results] == [e["label"] for e in expected]
+        assert all(r[0] == 200 and r[1][1]["label"] == results[0][1][1]["label"] for r in results)
+        for payload in ({"texts": []}, {"texts": [""]}, {"texts": ["a"] * 9}, {"texts": [1]}):
+            assert post_json(url + "/classify", payload)[0] == 400
+        status, data, _ = http(url + "/v2/models/classifier/infer", json.dumps(
+            {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": ["hi"]}]}).encode())
+        assert status == 200 and json.loads(data)["outputs"][0]["data"] == [runtime.predict(["hi"])[0]["label"]]
+    finally:
+        stop_server(proc)

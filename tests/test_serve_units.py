@@ -51,7 +51,8 @@ def test_batcher_merges_concurrent_requests_and_keeps_each_order(runtime):
             batcher.close()
 
     chunks, results = asyncio.run(main())
-    for chunk, logits in zip(chunks, results):
+    for chunk, (rows, logits) in zip(chunks, results):
+        assert len(rows) == len(chunk)
         np.testing.assert_allclose(logits, runtime.logits(chunk), atol=1e-5)
     assert sum(size for size, _ in metrics.batches) == len(TEXTS)
     assert max(size for size, _ in metrics.batches) > 3  # requests were merged

@@ -6,7 +6,6 @@ except the manifest itself, so a reader can verify all of it (``deploykit.runtim
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from importlib import metadata
@@ -21,12 +20,10 @@ DEFAULT_ORDER = ("int8", "opt", "fp32")
 
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hex sha256 of a file: the same function the runtime verifies artifacts with."""
+    from deploykit.runtime import _sha256
+
+    return _sha256(Path(path))
 
 
 def file_table(folder: Path) -> dict[str, dict[str, Any]]:

@@ -23,10 +23,10 @@ QUANTIZED_MATMUL_OPS = ("MatMulInteger", "QAttention", "DynamicQuantizeMatMul", 
 
 @contextmanager
 def _quiet_quantizer():
-    """onnxruntime's quantizer logs one INFO line per tensor on the root logger; keep it to warnings."""
+    """onnxruntime's quantizer logs one INFO line per tensor on the root logger; keep it quiet."""
     root = logging.getLogger()
     level = root.level
-    root.setLevel(max(level, logging.WARNING))
+    root.setLevel(max(level, logging.ERROR))
     try:
         yield
     finally:

@@ -27,6 +27,9 @@ from deploykit.runtime import Encoded, Runtime
 
 log = logging.getLogger(__name__)
 
+# Requests with more characters than this are tokenized on a thread, not on the event loop.
+_INLINE_TOKENIZE_CHARS = 20_000
+
 
 class QueueFullError(Exception):
     """The batcher's queue holds ``max_queue`` texts already; the caller should answer 503."""
@@ -95,24 +98,29 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deploykit-infer")
         self._under_load = False
 
-    async def submit(self, texts: Sequence[str]) -> np.ndarray:
-        """Queue texts for the next batch and wait for their logits.
+    async def submit(self, texts: Sequence[str]) -> tuple[list[Encoded], np.ndarray]:
+        """Tokenize texts, queue them for the next batch and wait for their logits.
 
         Args:
             texts: Validated, non-empty strings.
 
         Returns:
-            float32 logits [len(texts), num_labels] in the given order.
+            ``(rows, logits)``: the encoded rows (with their ``truncated`` flags) and float32
+            logits [len(texts), num_labels], in the given order.
 
         Raises:
             QueueFullError: If the queue is full (the request is not queued).
         """
-        rows, logits = await self.submit_rows(self.runtime.tokenize(texts))
-        return logits
+        if sum(map(len, texts)) > _INLINE_TOKENIZE_CHARS:
+            # A large request would stall every other request on the event loop meanwhile.
+            rows = await asyncio.get_running_loop().run_in_executor(None, self.runtime.tokenize, texts)
+        else:
+            rows = self.runtime.tokenize(texts)
+        return await self.submit_rows(rows)
 
     async def classify(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         """``submit`` turned into the runtime's result dicts (label, score, scores, truncated)."""
-        rows, logits = await self.submit_rows(self.runtime.tokenize(texts))
+        rows, logits = await self.submit(texts)
         return self.runtime.results(logits, rows)
 
     async def submit_rows(self, rows: list[Encoded]) -> tuple[list[Encoded], np.ndarray]:

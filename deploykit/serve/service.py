@@ -122,6 +122,11 @@ class Classifier:
         log.info("serving %s (variant %s, labels %s) with the %s batcher", self.runtime.name,
                  self.runtime.variant, self.runtime.labels, self.settings.batcher)
 
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        """Stop the batcher's worker."""
+        self.batcher.close()
+
     if SETTINGS.batcher == "bentoml":
         @bentoml.api(route="/classify", batchable=True, max_batch_size=SETTINGS.max_batch_size,
                      **({} if SETTINGS.max_latency_ms is None

@@ -281,7 +281,7 @@ def build_app(get_backend: Callable[[], Any], server_version: str) -> Any:
             backend = backend_for(request)
             body = await request.body()
             req = parse_infer(body, request.headers.get(HEADER_LENGTH), backend.settings.max_texts)
-            rows, logits = await backend.batcher.submit_rows(backend.runtime.tokenize(req.texts))
+            _, logits = await backend.batcher.submit(req.texts)
         except ProtocolError as exc:
             return error(str(exc), exc.status)
         except QueueFullError as exc:
