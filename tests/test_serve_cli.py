@@ -14,6 +14,7 @@ import pytest
 
 from deploykit.runtime import Runtime
 from test_runtime import mark_unservable
+from test_serve import post_json, start_server, stop_server
 
 ROOT = Path(__file__).parents[1]
 TEXTS = ["I love it", "so bad", "plain table", "what a day " * 20, "fine"]
@@ -94,5 +95,16 @@ def test_build_makes_a_bento_without_torch(serve_artifact, tmp_path):
     assert list(manifest["variants"]) == [default] and manifest["default_variant"] == default
     assert sorted(manifest["files"]) == sorted(p.name for p in packed.iterdir() if p.name != "manifest.json")
     assert sum(name.endswith(".onnx") for name in manifest["files"]) == 1
-    Runtime(packed)  # the packed artifact verifies and loads
     assert not list(ROOT.glob("build")) and not list(ROOT.glob("*.egg-info"))
+    # The bento serves its packed artifact (outside a container, deploykit comes from this
+    # checkout instead of the packed wheel).
+    proc, url = start_server(None, tmp_path, argv=[sys.executable, "-m", "bentoml", "serve",
+                                                   "deploykit-test:v1", "--host", "127.0.0.1"],
+                             env={"BENTOML_HOME": str(home), "PYTHONPATH": str(ROOT),
+                                  "DEPLOYKIT_ARTIFACT": ""})
+    try:
+        status, results = post_json(url + "/classify", {"texts": TEXTS})
+    finally:
+        stop_server(proc)
+    assert status == 200
+    assert [r["label"] for r in results] == [r["label"] for r in Runtime(packed).predict(TEXTS)]

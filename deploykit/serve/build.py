@@ -7,7 +7,7 @@ The build context is generated in a temporary folder:
                         rewritten to list exactly the files present
     wheels/deploykit-*.whl   built from this checkout (deploykit is not on a package index)
     bentofile.yaml      python.packages = deploykit's base requirements (no torch,
-                        transformers or datasets), lock_packages false, DEPLOYKIT_ARTIFACT=artifact
+                        transformers or datasets), lock_packages false
 
 and ``bentoml build`` (its Python API) stores the bento in ``$BENTOML_HOME``.
 """
@@ -41,7 +41,8 @@ from pathlib import Path
 
 # The packed artifact, unless the environment names another (bento envs apply only in
 # containers; 'bentoml serve TAG' on a host needs this default).
-os.environ.setdefault("DEPLOYKIT_ARTIFACT", str(Path(__file__).resolve().parent / "artifact"))
+if not os.environ.get("DEPLOYKIT_ARTIFACT"):
+    os.environ["DEPLOYKIT_ARTIFACT"] = str(Path(__file__).resolve().parent / "artifact")
 
 from deploykit.serve.service import Classifier  # noqa: E402,F401
 '''
@@ -150,8 +151,9 @@ def bentofile(tag: str, wheel_name: str, packages: list[str]) -> dict[str, Any]:
         "python": {"packages": packages, "wheels": [f"wheels/{wheel_name}"],
                    # deploykit is not on an index, and locking would resolve against one.
                    "lock_packages": False},
-        "envs": [{"name": "DEPLOYKIT_ARTIFACT", "value": "artifact"},
-                 {"name": "BENTOML_DO_NOT_TRACK", "value": "True"}],
+        # No DEPLOYKIT_ARTIFACT here: service.py defaults it to the packed artifact's absolute
+        # path, which holds whatever the working directory of the container is.
+        "envs": [{"name": "BENTOML_DO_NOT_TRACK", "value": "True"}],
     }
 
 
