@@ -183,3 +183,44 @@ def test_summaries_count_errors_and_order_percentiles():
     assert level["p50_ms"] == pytest.approx(40.0) and level["max_ms"] == pytest.approx(70.0)
     stats = summarize_latencies([0.001 * i for i in range(1, 101)])
     assert stats["p50_ms"] < stats["p95_ms"] < stats["p99_ms"] < stats["max_ms"] == pytest.approx(100)
+
+
+# --- the runtime's padding-aware batch plan (the fix the offline numbers called for) ---------
+
+def test_runtime_plan_is_the_cheapest_split_within_the_budgets(serve_artifact):
+    import itertools
+
+    from deploykit.runtime import Encoded, Runtime
+
+    runtime = Runtime(serve_artifact, "fp32", max_batch_size=8, max_batch_tokens=400)
+    # Cutting by the budgets alone would pad 8 rows to 40 tokens (cost 394 against 233).
+    lengths = [40, 5, 6, 38, 7, 5, 36, 6, 5, 7]
+    rows = [Encoded([1] * n, [0] * n, False) for n in lengths]
+    plan = list(runtime.plan(rows))
+    assert sorted(i for b in plan for i in b) == list(range(len(rows)))
+
+    def cost(groups):
+        return sum(len(g) * max(lengths[i] for i in g) + runtime.CALL_COST_TOKENS for g in groups)
+
+    for batch in plan:
+        widths = [lengths[i] for i in batch]
+        assert widths == sorted(widths, reverse=True)  # longest first
+        assert len(batch) <= 8 and len(batch) * widths[0] <= 400
+    # Brute force over every split of the sorted rows into consecutive groups within the budgets.
+    order = sorted(range(len(rows)), key=lambda i: lengths[i], reverse=True)
+    best = min(cost(groups) for cuts in itertools.product([0, 1], repeat=len(rows) - 1)
+               for groups in [_split(order, cuts)]
+               if all(len(g) <= 8 and len(g) * lengths[g[0]] <= 400 for g in groups))
+    assert cost(plan) == best
+    # The long rows do not drag the short ones into padding: no group mixes 36-40 with 5-7.
+    assert all(max(lengths[i] for i in b) < 20 or min(lengths[i] for i in b) > 20 for b in plan)
+
+
+def _split(order: list[int], cuts: tuple[int, ...]) -> list[list[int]]:
+    groups, current = [], [order[0]]
+    for index, cut in zip(order[1:], cuts):
+        if cut:
+            groups.append(current)
+            current = []
+        current.append(index)
+    return groups + [current]
