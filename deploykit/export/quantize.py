@@ -23,7 +23,7 @@ QUANTIZED_MATMUL_OPS = ("MatMulInteger", "QAttention", "DynamicQuantizeMatMul", 
 
 @contextmanager
 def _quiet_quantizer():
-    """onnxruntime's quantizer logs one INFO line per tensor on the root logger; keep it to errors (its "consider pre-processing" advice included)."""
+    """onnxruntime's quantizer logs one INFO line per tensor on the root logger; keep it quiet."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(max(level, logging.ERROR))
