@@ -384,6 +384,9 @@ class ExportConfig(ParityConfig):
     quantize: str = opt("dynamic", "INT8 variants: dynamic (model.int8.onnx), static (also "
                         "model.int8-static.onnx, QDQ calibrated on training rows), none.",
                         choices=QUANTIZE_MODES)
+    int8_float_ffn_layers: int = opt(0, "Keep the feed-forward MatMuls of the first N transformer "
+                                     "layers in float in model.int8.onnx (the most quantization-"
+                                     "sensitive ones; raises INT8 agreement at some size and speed).")
     calibration_samples: int = opt(128, "Training rows that calibrate static quantization.")
     reduce_range: str = opt("auto", "7-bit weights for INT8: auto (on when the CPU lacks VNNI), "
                             "on, off.", choices=("auto", "on", "off"))
@@ -405,6 +408,7 @@ class ExportConfig(ParityConfig):
         _require(self.quantize in QUANTIZE_MODES, "quantize", f"choose one of {', '.join(QUANTIZE_MODES)}")
         _require(self.reduce_range in ("auto", "on", "off"), "reduce_range", "choose auto, on or off")
         _require(self.calibration_samples > 0, "calibration_samples", "must be positive")
+        _require(self.int8_float_ffn_layers >= 0, "int8_float_ffn_layers", "must be >= 0")
         _require(self.default_variant is None or self.default_variant in VARIANT_NAMES,
                  "default_variant", f"choose one of {', '.join(VARIANT_NAMES)}")
         _require(11 <= self.opset <= 21, "opset", f"{self.opset} is not in [11, 21]")

@@ -316,3 +316,14 @@ def test_real_minilm_fuses_all_six_attention_layers(tmp_path, heldout):
     assert int8["fused_ops"]["QAttention"] == 6 and int8["quantization"]["quantized_ops"]["float_MatMul"] == 0
     for name in ("fp32", "opt"):
         assert doc["variants"][name]["servable"], doc["variants"][name]["parity"]
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_int8_can_keep_the_first_layers_feed_forward_in_float(build, arch, tmp_path):
+    from deploykit.export import quantize
+
+    _, _, artifact, _ = build(arch)
+    info = quantize.quantize_dynamic(artifact / "model.opt.onnx", tmp_path / "int8.onnx", False, float_ffn_layers=1)
+    assert len(info["float_nodes"]) == 2 and all("layer.0/" in n for n in info["float_nodes"])
+    ops = Counter(n.op_type for n in _graph(tmp_path / "int8.onnx").node)
+    assert ops["MatMul"] == 2 and ops["QAttention"] == LAYERS  # attention stays quantized

@@ -162,7 +162,8 @@ def run(cfg: ExportConfig) -> Path:
         if cfg.quantize != "none":
             reduce_range = quantize.choose_reduce_range(cfg.reduce_range)
             source = "opt" if opt_info else "fp32"
-            info = quantize.quantize_dynamic(tmp / FILES[source], tmp / FILES["int8"], reduce_range)
+            info = quantize.quantize_dynamic(tmp / FILES[source], tmp / FILES["int8"], reduce_range,
+                                             cfg.int8_float_ffn_layers)
             variants["int8"] = {"fused_ops": optimize.fused_ops(tmp / FILES["int8"]), "quantization": info}
             if cfg.quantize == "static":
                 feeds = _calibration_feeds(cfg, train_cfg, tokenizer, inputs, max_length)

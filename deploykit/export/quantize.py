@@ -75,13 +75,29 @@ def quantized_matmuls(path: Path) -> dict[str, int]:
     return result
 
 
-def quantize_dynamic(src: Path, dst: Path, reduce_range: bool) -> dict[str, Any]:
+def ffn_matmuls(path: Path, layers: int) -> list[str]:
+    """Names of the feed-forward MatMul/Gemm nodes of the first ``layers`` transformer layers.
+
+    The exporters name nodes after the module path (``.../layer.3/intermediate/dense/MatMul``,
+    DistilBERT ``.../layer.3/ffn/lin1/MatMul``); in every encoder we export, a layer's MatMuls
+    outside ``attention`` are its feed-forward ones.
+    """
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    prefixes = tuple(f"layer.{i}/" for i in range(layers))
+    return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and "attention" not in n.name
+            and any(p in n.name for p in prefixes)]
+
+
+def quantize_dynamic(src: Path, dst: Path, reduce_range: bool, float_ffn_layers: int = 0) -> dict[str, Any]:
     """Dynamic INT8 quantization with per-channel int8 weights.
 
     Args:
         src: The fused graph (or the plain one when optimization is off).
         dst: Where to write ``model.int8.onnx``.
         reduce_range: Quantize weights to 7 bits (for CPUs without VNNI).
+        float_ffn_layers: Keep the feed-forward MatMuls of this many first layers in float.
 
     Returns:
         The manifest's ``quantization`` entry.
@@ -92,12 +108,14 @@ def quantize_dynamic(src: Path, dst: Path, reduce_range: bool) -> dict[str, Any]
 
     # The fused graph has contrib ops whose outputs shape inference cannot type; without a
     # default tensor type the quantizer fails with "Unable to find data type for weight_name".
+    float_nodes = ffn_matmuls(src, float_ffn_layers) if float_ffn_layers else []
     with _quiet_quantizer():
         ort_quantize_dynamic(src, dst, per_channel=True, reduce_range=reduce_range,
-                             weight_type=QuantType.QInt8,
+                             weight_type=QuantType.QInt8, nodes_to_exclude=float_nodes,
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     info = {"mode": "dynamic", "per_channel": True, "reduce_range": reduce_range,
-            "weight_type": "int8", "source": src.name, "quantized_ops": quantized_matmuls(dst)}
+            "weight_type": "int8", "source": src.name, "float_nodes": float_nodes,
+            "quantized_ops": quantized_matmuls(dst)}
     log.info("quantized %s -> %s: %s", src.name, dst.name, info["quantized_ops"])
     return info
 
