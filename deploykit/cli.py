@@ -17,6 +17,7 @@ from typing import Any, Callable
 from deploykit import __version__
 from deploykit.config import (BuildConfig, EvalConfig, ExportConfig, PredictConfig, ServeConfig,
                               TrainConfig, TritonConfig, VerifyConfig, from_dict, load_yaml)
+from deploykit.config import ContainerizeConfig, KubeConfig
 from deploykit.errors import DeployKitError
 
 log = logging.getLogger("deploykit")
@@ -119,6 +120,18 @@ def _predict(args: argparse.Namespace) -> None:
     predict.run(build_config(PredictConfig, args))
 
 
+def _containerize(args: argparse.Namespace) -> None:
+    from deploykit.deploy import containerize
+
+    containerize.run(build_config(ContainerizeConfig, args))
+
+
+def _k8s(args: argparse.Namespace) -> None:
+    from deploykit.deploy import k8s
+
+    k8s.render(build_config(KubeConfig, args))
+
+
 def _triton(args: argparse.Namespace) -> None:
     from deploykit.serve import triton_repo
 
@@ -152,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("triton", "Write a Triton Inference Server model repository (ONNX model, tokenizer, "
                    "postprocess, ensemble, Python-backend model) from an artifact.",
          TritonConfig, _triton),
+        ("containerize", "Build a container image of a bento or an artifact (bentoml "
+                         "containerize with docker, buildah or podman), or the training image.",
+         ContainerizeConfig, _containerize),
+        ("k8s", "Render a ready kustomize overlay of k8s/ (the service, or the multi-node "
+                "training Job) with your image and values.", KubeConfig, _k8s),
     ]
     for name, help_text, cls, func in commands:
         p = sub.add_parser(name, help=help_text, description=help_text)

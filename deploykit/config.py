@@ -469,3 +469,84 @@ def is_model_name(name: str) -> bool:
     import re
 
     return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None
+
+
+# --- Deployment (deploykit/deploy) ------------------------------------------------------------
+
+CONTAINER_BACKENDS = ("docker", "buildah", "podman")
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
+
+
+@dataclass
+class ContainerizeConfig:
+    """Build a container image of a bento (serving) or of the training image."""
+
+    source: str = opt("", "A bento tag (name:version) from the BentoML store, or an artifact "
+                      "folder (built into a bento first). Not used with --train.", positional=True)
+    tag: str | None = opt(None, "Image tag to build (default: the bento's name:version, or "
+                          "deploykit-train:VERSION with --train).")
+    backend: str | None = opt(None, "Container engine; default: the first healthy one of "
+                              "docker, buildah, podman.", choices=CONTAINER_BACKENDS)
+    base_image: str | None = opt(None, "Base image (default python:3.11-slim). Give a local "
+                                 "image to build offline (see docs/deployment.md).")
+    gpu: bool = opt(False, "GPU flavour: onnxruntime-gpu instead of onnxruntime, serving the "
+                    "fp32 fused 'opt' variant on the CUDA provider.")
+    train: bool = opt(False, "Build the training image (k8s/training/Dockerfile: deploykit "
+                      "with the train extra) instead of the serving image.")
+    dockerfile_only: str | None = opt(None, "Write the Dockerfile (and its build context) to "
+                                      "this folder instead of building an image.")
+
+    def __post_init__(self) -> None:
+        _require(self.train or bool(self.source), "source",
+                 "give a bento tag or an artifact folder to containerize (or --train)")
+        _require(self.backend is None or self.backend in CONTAINER_BACKENDS, "backend",
+                 f"choose one of {', '.join(CONTAINER_BACKENDS)}")
+        _require(not (self.train and self.gpu), "gpu",
+                 "--gpu applies to the serving image; the training image takes TORCH_INDEX_URL")
+
+
+@dataclass
+class KubeConfig:
+    """Render a kustomize overlay (serving, or multi-node training) with your image and values."""
+
+    image: str = opt("", "Image to deploy (registry/name:tag or name@sha256:...).")
+    out: str = opt("k8s-rendered", "Folder to write the overlay to (replaced if it exists).")
+    artifact: str | None = opt(None, "Artifact folder: model name, variant and batch settings "
+                               "are read from its manifest.json.")
+    replicas: int = opt(2, "Initial replicas and the autoscaler's minimum.")
+    max_replicas: int | None = opt(None, "Autoscaler maximum (default: 5 x --replicas).")
+    namespace: str | None = opt(None, "Namespace for every resource (default: kubectl's).")
+    cpu: str | None = opt(None, "CPU request per pod, e.g. 1 or 500m (limit = 2 x request).")
+    memory: str | None = opt(None, "Memory request per pod, e.g. 1Gi (limit = 2 x request).")
+    gpu: bool = opt(False, "GPU overlay: one GPU per pod, CUDA provider, the 'opt' variant.")
+    port: int = opt(3000, "Container port the service listens on.")
+    train: bool = opt(False, "Render the multi-node training Job instead of the service.")
+    nodes: int = opt(2, "--train: number of pods (torchrun --nnodes).")
+    nproc_per_node: int = opt(1, "--train: processes per pod (torchrun --nproc_per_node; "
+                              "GPUs per pod with --gpu).")
+    train_args: str = opt("--data tweets --model minilm --out /runs/tweets",
+                          "--train: arguments of 'deploykit train' (the run folder should be "
+                          "under /runs, the shared volume).")
+    manifests: str | None = opt(None, "The k8s/ folder to render from (default: the one in "
+                                "this checkout).")
+    validate: bool = opt(True, "Build the overlay with 'kubectl kustomize' and validate it "
+                         "strictly with kubernetes-validate (skipped without kubectl).")
+
+    def __post_init__(self) -> None:
+        import re
+
+        _require(bool(self.image), "image", "give the image to deploy, e.g. "
+                 "registry.example.com/deploykit:0.1.0")
+        _require(self.replicas >= 1, "replicas", "must be at least 1")
+        _require(self.max_replicas is None or self.max_replicas >= self.replicas,
+                 "max_replicas", f"must be >= --replicas ({self.replicas})")
+        for name in ("cpu", "memory"):
+            value = getattr(self, name)
+            _require(value is None or re.match(_QUANTITY, value) is not None, name,
+                     f"{value!r} is not a Kubernetes quantity (e.g. 500m, 2, 1Gi)")
+        _require(1 <= self.port <= 65535, "port", f"{self.port} is not a TCP port")
+        _require(self.nodes >= 1, "nodes", "must be at least 1")
+        _require(self.nproc_per_node >= 1, "nproc_per_node", "must be at least 1")
+        _require(self.namespace is None or re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                                                     self.namespace) is not None,
+                 "namespace", f"{self.namespace!r} is not a valid namespace name")

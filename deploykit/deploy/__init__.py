@@ -1,0 +1,1 @@
+"""Deployment: container images (BentoML containerize) and Kubernetes manifests (kustomize)."""

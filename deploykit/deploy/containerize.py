@@ -1,0 +1,375 @@
+"""Container images: the serving image (a bento, via BentoML's containerize) and the training image.
+
+The serving image is BentoML's own: its Dockerfile comes from BentoML's generator (the
+``base_v2`` template: non-root user ``bentoml``, port 3000, ``bentoml serve`` entrypoint) and
+its build from BentoML's OCI builders. deploykit only sets BentoML's knobs on a private copy of
+the bento before generating it: the base image, no compiler or git (BentoML's default Debian
+install command adds ``build-essential`` and ``git``, which nothing here needs: every
+dependency ships wheels), and for ``--gpu`` onnxruntime-gpu with the CUDA provider settings.
+The user's bento in the store is never modified.
+
+The training image is ``k8s/training/Dockerfile`` built with the same backends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from deploykit import __version__
+from deploykit.config import CONTAINER_BACKENDS, ContainerizeConfig
+from deploykit.errors import BadInputError, DeployKitError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_IMAGE = "python:3.11-slim"
+GPU_PROVIDERS = "CUDAExecutionProvider,CPUExecutionProvider"
+GPU_VARIANTS = ("opt", "fp32")  # in order of preference; dynamic INT8 runs on CPU kernels only
+# The CUDA and cuDNN libraries come as pip wheels through these extras, so the GPU image
+# needs no CUDA base image (the host only needs the NVIDIA driver).
+GPU_RUNTIME = "onnxruntime-gpu[cuda,cudnn]"
+# Never in a serving image (DESIGN.md: serving depends on the artifact alone).
+FORBIDDEN = ("torch", "transformers", "datasets", "optimum", "optimum-onnx")
+TRAIN_DOCKERFILE = Path("k8s") / "training" / "Dockerfile"
+
+
+class BackendUnavailableError(BadInputError):
+    """No container engine (docker, buildah, podman) can build here; the message says why."""
+
+
+@dataclass
+class Backend:
+    """One container engine and whether it can build right now."""
+
+    name: str
+    binary: str | None
+    usable: bool
+    reason: str
+
+
+# BentoML's own health() checks only that a binary exists (buildah, podman) or raises when the
+# docker daemon is down, and says nothing about why; these probes run the engine's info command
+# so the error can tell the user what to fix.
+_INFO = {"docker": ["version", "--format", "{{.Server.Version}}"],
+         "buildah": ["info"],
+         "podman": ["info", "--format", "{{.Host.OCIRuntime.Name}}"]}
+
+
+def probe_backends(names: tuple[str, ...] = CONTAINER_BACKENDS) -> list[Backend]:
+    """Check each container engine in order.
+
+    Returns:
+        One ``Backend`` per name, with the reason an unusable one cannot build.
+    """
+    found = []
+    for name in names:
+        binary = shutil.which(name)
+        if binary is None:
+            found.append(Backend(name, None, False, f"'{name}' is not on PATH"))
+            continue
+        try:
+            proc = subprocess.run([binary, *_INFO[name]], capture_output=True, text=True,
+                                  timeout=30)
+        except subprocess.TimeoutExpired:
+            found.append(Backend(name, binary, False, f"'{name} {_INFO[name][0]}' timed out"))
+            continue
+        if proc.returncode != 0:
+            lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
+            found.append(Backend(name, binary, False,
+                                 f"'{name} {_INFO[name][0]}' failed: {lines[-1]}"))
+        else:
+            found.append(Backend(name, binary, True, "ok"))
+    return found
+
+
+def pick_backend(requested: str | None) -> str:
+    """The backend to build with: the one asked for, else the first usable one.
+
+    Raises:
+        BackendUnavailableError: Naming every backend tried and why it is unusable.
+    """
+    tried = probe_backends((requested,) if requested else CONTAINER_BACKENDS)
+    for backend in tried:
+        if backend.usable:
+            log.info("building with %s (%s)", backend.name, backend.binary)
+            return backend.name
+    lines = "\n".join(f"  - {b.name}: {b.reason}" for b in tried)
+    raise BackendUnavailableError(
+        f"no usable container engine:\n{lines}\nStart the Docker daemon, or install buildah or "
+        "podman (offline: see 'Offline image build' in docs/deployment.md), or pass "
+        "--dockerfile-only DIR to write the Dockerfile and build context without building.")
+
+
+# --- the serving image ------------------------------------------------------------------------
+
+def _bento_dir(source: str, gpu: bool) -> Path:
+    """The folder of the bento to containerize, building one first from an artifact folder.
+
+    From an artifact, the bento packs the manifest's default variant, or for the GPU image
+    the fused fp32 ``opt`` variant (dynamic INT8 runs on CPU kernels only).
+    """
+    import bentoml
+
+    if (Path(source) / "manifest.json").is_file():
+        from deploykit.config import BuildConfig
+        from deploykit.serve import build  # the serving area's `deploykit build`
+
+        variants = None
+        if gpu:
+            manifest = json.loads((Path(source) / "manifest.json").read_text())
+            variants = gpu_variant(manifest, source)
+        source = build.run(BuildConfig(artifact=source, variants=variants))
+        log.info("built bento %s", source)
+    elif Path(source).exists():
+        raise BadInputError(f"{source} is neither a bento tag nor an artifact folder "
+                            "(no manifest.json); pass a folder written by 'deploykit export'")
+    try:
+        return Path(bentoml.bentos.get(source).path)
+    except (bentoml.exceptions.BentoMLException, ValueError):
+        raise BadInputError(f"no bento '{source}' in the BentoML store; build one with "
+                            "'deploykit build ARTIFACT' or pass the artifact folder") from None
+
+
+def gpu_variant(manifest: dict[str, Any], where: str | Path) -> str:
+    """The variant the GPU image serves: ``opt`` (fused fp32), else ``fp32``.
+
+    Raises:
+        BadInputError: If the manifest has neither as a servable variant.
+    """
+    for name in GPU_VARIANTS:
+        if manifest.get("variants", {}).get(name, {}).get("servable", False):
+            return name
+    raise BadInputError(f"{where} has no servable opt or fp32 variant for the GPU image (dynamic "
+                        "INT8 runs on CPU only); export one, then build with --variants opt")
+
+
+def packed_manifest(bento_dir: Path) -> dict[str, Any]:
+    """The manifest of the artifact a deploykit bento packs (under ``src/``).
+
+    Raises:
+        BadInputError: If the bento packs no artifact (it is not a deploykit bento).
+    """
+    found = sorted((bento_dir / "src").glob("**/manifest.json"))
+    if not found:
+        raise BadInputError(f"the bento at {bento_dir} packs no artifact (no manifest.json); "
+                            "build it with 'deploykit build ARTIFACT'")
+    return json.loads(found[0].read_text())
+
+
+def _requirement_name(line: str) -> str:
+    return re.split(r"[\s\[<>=!~;@]", line.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _distro_install_commands() -> set[str]:
+    from bentoml._internal.container.frontend.dockerfile import CONTAINER_METADATA
+
+    return {meta["default_install_command"] for meta in CONTAINER_METADATA.values()}
+
+
+def _check_requirements(bento_dir: Path) -> None:
+    python_env = bento_dir / "env" / "python"
+    names = set(requirements_of(bento_dir))
+    names |= {_requirement_name(w.name.split("-")[0]) for w in python_env.glob("wheels/*.whl")}
+    heavy = sorted(names & set(FORBIDDEN))
+    if heavy:
+        raise BadInputError(f"the bento's Python requirements include {', '.join(heavy)}; a "
+                            "serving image must not carry training libraries (rebuild it with "
+                            "'deploykit build')")
+
+
+def retarget(info: dict[str, Any], bento_dir: Path, *, base_image: str, gpu: bool) -> dict[str, Any]:
+    """Apply deploykit's container knobs to a bento's ``bento.yaml`` (as a dict).
+
+    Both bento layouts are handled: BentoML >= 1.2's ``image`` section, and the ``docker``
+    section of the layout BentoML falls back to when a bento packs wheels (as ``deploykit
+    build`` does). With ``docker.base_image`` set, BentoML renders its plain ``base.j2``
+    template, which installs no Debian packages at all (so no compiler and no git).
+
+    Args:
+        info: The parsed bento.yaml.
+        bento_dir: The (private copy of the) bento folder; a GPU setup script is written there.
+        base_image: The image to build FROM.
+        gpu: Swap onnxruntime for onnxruntime-gpu and select the CUDA settings.
+
+    Returns:
+        The modified dict.
+
+    Raises:
+        BadInputError: If the bento requires torch & co., or needs Debian packages.
+    """
+    _check_requirements(bento_dir)
+    # deploykit's own wheel depends on onnxruntime (CPU); both wheels provide the same
+    # `onnxruntime` module, so the CPU one is removed before the GPU one is installed.
+    gpu_command = f"uv pip uninstall onnxruntime && uv pip install '{GPU_RUNTIME}'"
+    gpu_env = {}
+    if gpu:
+        gpu_env = {"DEPLOYKIT_VARIANT": gpu_variant(packed_manifest(bento_dir), "the bento"),
+                   "DEPLOYKIT_PROVIDERS": GPU_PROVIDERS}
+    image, docker = info.get("image"), info.get("docker")
+    if image:
+        image["base_image"] = base_image
+        defaults = _distro_install_commands()
+        image["commands"] = [c for c in image.get("commands", []) if c not in defaults]
+        if gpu:
+            image["post_commands"] = [*image.get("post_commands", []), gpu_command]
+            envs = [e for e in info.get("envs", []) if e["name"] not in gpu_env]
+            info["envs"] = envs + [{"name": k, "value": v, "stage": "all"}
+                                   for k, v in gpu_env.items()]
+    elif docker is not None:
+        if docker.get("system_packages") or docker.get("cuda_version") or docker.get("setup_script"):
+            raise BadInputError("this bento asks for Debian packages, CUDA or a setup script, "
+                                "which the lean image leaves out; rebuild it with 'deploykit build'")
+        docker["base_image"] = base_image
+        docker["distro"] = None  # ignored with a base image (BentoML warns if set)
+        if gpu:
+            docker["env"] = {**(docker.get("env") or {}), **gpu_env}
+            # BentoML runs env/docker/setup_script as root after the Python packages.
+            script = bento_dir / "env" / "docker" / "setup_script"
+            script.write_text(f"#!/bin/sh\nset -eu\n{gpu_command}\n")
+            script.chmod(0o755)
+            docker["setup_script"] = "env/docker/setup_script"
+    else:
+        raise BadInputError("bento.yaml has neither an 'image' nor a 'docker' section; "
+                            "rebuild the bento with 'deploykit build'")
+    return info
+
+
+@contextlib.contextmanager
+def containerfile(bento_dir: Path, *, base_image: str, gpu: bool,
+                  enable_buildkit: bool) -> Iterator[tuple[Path, Path]]:
+    """BentoML's Dockerfile and build context for a retargeted copy of a bento.
+
+    Yields:
+        ``(context folder, Dockerfile)``, both removed on exit.
+    """
+    from bentoml._internal.bento.bento import Bento
+    from bentoml._internal.container import construct_containerfile
+
+    with tempfile.TemporaryDirectory(prefix="deploykit-bento-") as tmp:
+        copy = Path(tmp) / "bento"
+        shutil.copytree(bento_dir, copy, symlinks=True)
+        info = yaml.safe_load((copy / "bento.yaml").read_text())
+        info = retarget(info, copy, base_image=base_image, gpu=gpu)
+        (copy / "bento.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+        bento = Bento.from_path(str(copy))
+        with construct_containerfile(bento, enable_buildkit=enable_buildkit,
+                                     add_header=True) as (context, dockerfile):
+            yield Path(context), Path(dockerfile)
+
+
+def requirements_of(context: Path) -> list[str]:
+    """The Python requirement names the image installs (from the build context)."""
+    path = context / "env" / "python" / "requirements.txt"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [_requirement_name(l) for l in lines if l.strip() and not l.lstrip().startswith(("#", "-"))]
+
+
+def image_size(backend: str, tag: str) -> int | None:
+    """The built image's size in bytes as the engine reports it (None if it cannot say)."""
+    binary = shutil.which(backend)
+    cmd = {"docker": ["image", "inspect", "--format", "{{.Size}}", tag],
+           "podman": ["image", "inspect", "--format", "{{.Size}}", tag],
+           "buildah": ["images", "--format", "{{.Size}}", "--noheading", tag]}[backend]
+    proc = subprocess.run([binary, *cmd], capture_output=True, text=True, timeout=60)
+    out = proc.stdout.strip()
+    if proc.returncode != 0 or not out:
+        return None
+    if out.isdigit():
+        return int(out)
+    match = re.match(r"^([0-9.]+)\s*([KMG]?B)$", out)  # buildah prints e.g. "412 MB"
+    if not match:
+        return None
+    scale = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9}[match.group(2)]
+    return int(float(match.group(1)) * scale)
+
+
+def _build(backend: str, dockerfile: Path, context: Path, tag: str,
+           build_args: dict[str, str] | None = None) -> None:
+    """Build with BentoML's OCI builder for ``backend`` (docker, buildah or podman)."""
+    from bentoml.container import get_backend
+    from bentoml.exceptions import BentoMLException
+
+    try:
+        get_backend(backend).build(file=str(dockerfile), context_path=str(context), tag=(tag,),
+                                   build_arg=build_args or None)
+    except BentoMLException as exc:
+        raise DeployKitError(f"{backend} failed to build {tag}: {exc}") from None
+
+
+def run(cfg: ContainerizeConfig) -> str:
+    """Build the serving image of a bento or artifact, or the training image.
+
+    Args:
+        cfg: The options (``--dockerfile-only`` writes the Dockerfile and context instead).
+
+    Returns:
+        The image tag built, or the folder written with ``--dockerfile-only``.
+
+    Raises:
+        BadInputError: On an unknown bento, a non-artifact folder or a bento that needs torch.
+        BackendUnavailableError: When no container engine can build here.
+        DeployKitError: When the engine's build fails.
+    """
+    if cfg.train:
+        return _run_train(cfg)
+    backend = None if cfg.dockerfile_only else pick_backend(cfg.backend)  # fail before building
+    bento_dir = _bento_dir(cfg.source, cfg.gpu)
+    info = yaml.safe_load((bento_dir / "bento.yaml").read_text())
+    tag = cfg.tag or f"{info['name']}:{info['version']}{'-gpu' if cfg.gpu else ''}"
+    base_image = cfg.base_image or DEFAULT_BASE_IMAGE
+    if cfg.dockerfile_only:
+        from deploykit.checkpoint import atomic_folder
+
+        with containerfile(bento_dir, base_image=base_image, gpu=cfg.gpu,
+                           enable_buildkit=False) as (context, _), \
+                atomic_folder(cfg.dockerfile_only) as tmp:
+            shutil.copytree(context, tmp, dirs_exist_ok=True, symlinks=True)
+            shutil.copy(tmp / "env" / "docker" / "Dockerfile", tmp / "Dockerfile")
+        log.info("wrote the Dockerfile and build context of %s to %s (build with: "
+                 "docker build -t %s %s)", tag, cfg.dockerfile_only, tag, cfg.dockerfile_only)
+        return cfg.dockerfile_only
+    from bentoml._internal.container import enable_buildkit
+
+    with containerfile(bento_dir, base_image=base_image, gpu=cfg.gpu,
+                       enable_buildkit=enable_buildkit(backend=backend)) as (context, dockerfile):
+        log.info("building %s FROM %s with %s", tag, base_image, backend)
+        _build(backend, dockerfile, context, tag)
+    _report(backend, tag)
+    return tag
+
+
+def _run_train(cfg: ContainerizeConfig) -> str:
+    root = Path(__file__).resolve().parents[2]
+    dockerfile = root / TRAIN_DOCKERFILE
+    if not dockerfile.is_file():
+        raise BadInputError(f"{dockerfile} not found: --train builds from a deploykit checkout "
+                            "(run it from the repository)")
+    tag = cfg.tag or f"deploykit-train:{__version__}"
+    if cfg.dockerfile_only:
+        out = Path(cfg.dockerfile_only)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(dockerfile, out / "Dockerfile")
+        log.info("wrote %s (build from the repository root: docker build -f %s -t %s %s)",
+                 out / "Dockerfile", dockerfile, tag, root)
+        return str(out)
+    backend = pick_backend(cfg.backend)
+    args = {"BASE_IMAGE": cfg.base_image} if cfg.base_image else None
+    log.info("building the training image %s from %s with %s", tag, dockerfile, backend)
+    _build(backend, dockerfile, root, tag, args)
+    _report(backend, tag)
+    return tag
+
+
+def _report(backend: str, tag: str) -> None:
+    size = image_size(backend, tag)
+    log.info("built %s%s", tag, f" ({size / 1e6:.0f} MB)" if size else "")

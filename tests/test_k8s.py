@@ -1,0 +1,213 @@
+"""The Kubernetes manifests: strict schema validation, kustomize builds, the rendered overlays."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploykit.config import KubeConfig
+from deploykit.deploy import k8s, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "k8s"
+needs_kubectl = pytest.mark.skipif(validate.kubectl() is None,
+                                   reason="kubectl is not installed (kustomize builds untested)")
+KUSTOMIZATIONS = ["base", "overlays/cpu", "overlays/gpu", "training"]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "deploykit", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+
+
+def by_kind(docs: list[dict]) -> dict[str, dict]:
+    return {d["kind"]: d for d in docs}
+
+
+def write_manifest(folder: Path, variants=("int8", "opt", "fp32"), max_length=96) -> Path:
+    """A manifest.json in DESIGN.md's shape (rendering reads nothing else of an artifact)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = {"schema_version": 1, "name": "sentiment", "task": "text-classification",
+                "labels": ["negative", "neutral", "positive"], "max_length": max_length,
+                "inputs": ["input_ids", "attention_mask"], "output": "logits",
+                "default_variant": variants[0],
+                "variants": {v: {"file": f"model.{v}.onnx", "servable": True} for v in variants}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory) -> dict[str, Path]:
+    """Overlays rendered by the real command: CPU from an artifact, GPU, training."""
+    tmp = tmp_path_factory.mktemp("rendered")
+    artifact = write_manifest(tmp / "artifact")
+    runs = {
+        "cpu": ["--image", "reg.example.com/team/deploykit:1.2", "--artifact", str(artifact),
+                "--namespace", "ml", "--replicas", "3", "--cpu", "500m", "--memory", "1Gi"],
+        "gpu": ["--image", "reg.example.com/team/deploykit@sha256:" + "a" * 64, "--gpu",
+                "--artifact", str(artifact)],
+        "train": ["--train", "--image", "reg.example.com/deploykit-train:1.2", "--nodes", "3",
+                  "--nproc-per-node", "2", "--train-args=--max-steps 5 --out /runs/r1"],
+    }
+    out = {}
+    for name, args in runs.items():
+        proc = cli("k8s", *args, "--out", str(tmp / name))
+        assert proc.returncode == 0, proc.stderr
+        out[name] = tmp / name
+    return out
+
+
+def test_every_plain_manifest_validates_strictly():
+    files = [p for p in K8S.rglob("*.yaml") if "overlays" not in p.parts]  # overlay files are patches
+    docs = [d for p in files for d in validate.load_documents(p) if d["kind"] != "Kustomization"]
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(["Deployment", "Service", "HorizontalPodAutoscaler",
+                            "PodDisruptionBudget", "NetworkPolicy", "Job", "Service",
+                            "PersistentVolumeClaim"])
+    assert validate.versions()[0] == "1.29" and len(validate.versions()) == 2
+    assert validate.validate_documents(docs) == []
+
+
+def test_strict_validation_rejects_a_misspelt_field():
+    deployment = validate.load_documents(K8S / "base" / "deployment.yaml")[0]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["readinessProbes"] = container.pop("readinessProbe")
+    problems = validate.validate_documents([deployment])
+    assert len(problems) == 2 and all("Deployment/deploykit" in p for p in problems)
+    assert "1.29" in problems[0] and "readinessProbes" in problems[0]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("folder", KUSTOMIZATIONS)
+def test_kustomize_builds_and_validates(folder):
+    docs = validate.kustomize_build(K8S / folder)
+    assert docs and validate.validate_documents(docs) == []
+
+
+def _pod(doc: dict) -> dict:
+    return doc["spec"]["template"]["spec"]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("folder", ["overlays/cpu", "overlays/gpu", "training"])
+def test_pods_are_locked_down(folder):
+    workload = [d for d in validate.kustomize_build(K8S / folder) if d["kind"] in ("Deployment", "Job")]
+    for doc in workload:
+        pod = _pod(doc)
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        assert pod["automountServiceAccountToken"] is False
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+            assert sc["capabilities"]["drop"] == ["ALL"] and sc["runAsNonRoot"] is True
+            mounts = {m["mountPath"] for m in c["volumeMounts"]}
+            assert "/tmp" in mounts  # somewhere writable on a read-only root
+            assert {"cpu", "memory"} <= set(c["resources"]["requests"]) <= set(c["resources"]["limits"])
+
+
+@needs_kubectl
+def test_base_service_wiring():
+    docs = by_kind(validate.kustomize_build(K8S / "overlays" / "cpu"))
+    dep, svc, hpa, pdb, net = (docs[k] for k in ("Deployment", "Service", "HorizontalPodAutoscaler",
+                                                 "PodDisruptionBudget", "NetworkPolicy"))
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    for selector in (svc["spec"]["selector"], pdb["spec"]["selector"]["matchLabels"],
+                     net["spec"]["podSelector"]["matchLabels"], dep["spec"]["selector"]["matchLabels"]):
+        assert selector.items() <= pod_labels.items()
+    container = _pod(dep)["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 3000} and svc["spec"]["ports"][0]["targetPort"] == "http"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert "startupProbe" in container and "preStop" in container["lifecycle"]
+    # The pause before SIGTERM must fit in the grace period.
+    assert int(container["lifecycle"]["preStop"]["exec"]["command"][1]) < \
+        _pod(dep)["terminationGracePeriodSeconds"]
+    # The NetworkPolicy admits the service port and nothing else.
+    assert net["spec"]["policyTypes"] == ["Ingress"]
+    assert [p["port"] for rule in net["spec"]["ingress"] for p in rule["ports"]] == ["http"]
+    assert hpa["apiVersion"] == "autoscaling/v2" and hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+    env = {e["name"] for e in container["env"]}
+    assert {"DEPLOYKIT_VARIANT", "DEPLOYKIT_MAX_BATCH_SIZE", "DEPLOYKIT_MAX_BATCH_TOKENS",
+            "DEPLOYKIT_MAX_LATENCY_MS", "DEPLOYKIT_THREADS", "DEPLOYKIT_MAX_TEXTS",
+            "DEPLOYKIT_PROVIDERS"} <= env
+    annotations = dep["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "3000"
+    assert _pod(dep)["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+
+
+@needs_kubectl
+def test_rendered_cpu_overlay_takes_values_from_the_artifact(rendered):
+    docs = validate.kustomize_build(rendered["cpu"])
+    assert validate.validate_documents(docs) == []
+    kinds = by_kind(docs)
+    assert {d["metadata"]["namespace"] for d in docs} == {"ml"}
+    dep, hpa = kinds["Deployment"], kinds["HorizontalPodAutoscaler"]
+    container = _pod(dep)["containers"][0]
+    assert container["image"] == "reg.example.com/team/deploykit:1.2"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    # variant = the manifest's default; token budget = batch size x the manifest's max_length
+    assert env["DEPLOYKIT_VARIANT"] == "int8"
+    assert env["DEPLOYKIT_MAX_BATCH_SIZE"] == "64" and env["DEPLOYKIT_MAX_BATCH_TOKENS"] == str(64 * 96)
+    assert env["DEPLOYKIT_PROVIDERS"] == "CPUExecutionProvider"
+    assert dep["spec"]["template"]["metadata"]["annotations"]["deploykit.io/model"] == "sentiment"
+    assert dep["spec"]["replicas"] == 3 and hpa["spec"]["minReplicas"] == 3
+    assert hpa["spec"]["maxReplicas"] == 15
+    assert container["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                      "limits": {"cpu": "1000m", "memory": "2Gi"}}
+
+
+@needs_kubectl
+def test_rendered_gpu_overlay_serves_opt_on_cuda(rendered):
+    docs = validate.kustomize_build(rendered["gpu"])
+    assert validate.validate_documents(docs) == []
+    pod = _pod(by_kind(docs)["Deployment"])
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["DEPLOYKIT_VARIANT"] == "opt"
+    assert env["DEPLOYKIT_PROVIDERS"] == "CUDAExecutionProvider,CPUExecutionProvider"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["image"] == "reg.example.com/team/deploykit@sha256:" + "a" * 64
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu" and pod["nodeSelector"]
+
+
+def test_render_refuses_bad_input_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    proc = cli("k8s", "--image", "x:1", "--artifact", str(tmp_path / "missing"), "--out", str(out))
+    assert proc.returncode == 2 and "not an artifact folder" in proc.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    proc = cli("k8s", "--out", str(out))
+    assert proc.returncode == 2 and "--image" in proc.stderr
+    proc = cli("k8s", "--image", "x:1", "--cpu", "two", "--out", str(out))
+    assert proc.returncode == 2 and "--cpu" in proc.stderr and not out.exists()
+
+
+def test_gpu_render_needs_a_gpu_variant(tmp_path):
+    artifact = write_manifest(tmp_path / "a", variants=("int8",))
+    cfg = KubeConfig(image="x:1", out=str(tmp_path / "o"), artifact=str(artifact), gpu=True)
+    with pytest.raises(Exception, match="no servable 'fp32' variant for the GPU image"):
+        k8s.render(cfg)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("image,expected", [
+    ("reg.io:5000/team/dk:1.2", {"newName": "reg.io:5000/team/dk", "newTag": "1.2"}),
+    ("reg.io:5000/team/dk", {"newName": "reg.io:5000/team/dk"}),
+    ("dk@sha256:ab", {"newName": "dk", "digest": "sha256:ab"}),
+])
+def test_split_image(image, expected):
+    assert k8s.split_image(image) == expected
+
+
+def test_rendered_overlay_is_self_contained(rendered):
+    kustomization = yaml.safe_load((rendered["cpu"] / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["overlays/cpu"]
+    assert (rendered["cpu"] / "base" / "deployment.yaml").is_file()
+    for patch in kustomization["patches"]:
+        assert (rendered["cpu"] / patch["path"]).is_file()
