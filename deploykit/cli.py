@@ -18,6 +18,7 @@ from deploykit import __version__
 from deploykit.config import (BuildConfig, EvalConfig, ExportConfig, PredictConfig, ServeConfig,
                               TrainConfig, TritonConfig, VerifyConfig, from_dict, load_yaml)
 from deploykit.config import ContainerizeConfig, KubeConfig
+from deploykit.config import DemoConfig
 from deploykit.errors import DeployKitError
 
 log = logging.getLogger("deploykit")
@@ -138,6 +139,12 @@ def _triton(args: argparse.Namespace) -> None:
     triton_repo.run(build_config(TritonConfig, args))
 
 
+def _demo(args: argparse.Namespace) -> None:
+    from deploykit import demo
+
+    demo.run(build_config(DemoConfig, args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used by tests to check README commands)."""
     parser = argparse.ArgumentParser(
@@ -170,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
          ContainerizeConfig, _containerize),
         ("k8s", "Render a ready kustomize overlay of k8s/ (the service, or the multi-node "
                 "training Job) with your image and values.", KubeConfig, _k8s),
+        ("demo", "The whole pipeline on the built-in tweets and the packaged MiniLM: train, "
+                 "evaluate, export, build, serve, benchmark, Triton repository, Kubernetes "
+                 "overlay, one summary.", DemoConfig, _demo),
     ]
     for name, help_text, cls, func in commands:
         p = sub.add_parser(name, help=help_text, description=help_text)
