@@ -32,6 +32,9 @@ class StageDisplay:
         self.console = console or Console(stderr=True)
         self.live = self.console.is_terminal
         self.elapsed: dict[str, float] = {}
+        # CPU seconds of this process (all its threads): on a busy shared machine, wall time
+        # says little about a quiet one; CPU time / cores is a closer estimate.
+        self.cpu: dict[str, float] = {}
         self._tasks: dict[str, int] = {}
         self._progress = Progress(
             SpinnerColumn(finished_text=" "), TextColumn("{task.fields[mark]}"),
@@ -71,7 +74,7 @@ class StageDisplay:
         self._progress.update(task, description=detail, mark="▶")
         self._line(f"▶ {name}: {detail}")
         log.info("stage %s: %s", name, detail)
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         final = {"detail": detail}
 
         def set_detail(text: str) -> None:
@@ -96,6 +99,7 @@ class StageDisplay:
             yield set_detail
         except BaseException as exc:
             self.elapsed[name] = time.monotonic() - started
+            self.cpu[name] = time.process_time() - cpu_started
             self._progress.update(task, mark="[red]✗", description=f"[red]failed: {str(exc)[:160]}")
             self._progress.stop_task(task)
             self._line(f"✗ {name} failed after {self.elapsed[name]:.1f} s: {exc}")
@@ -105,6 +109,7 @@ class StageDisplay:
             if poller is not None:
                 poller.join()
         self.elapsed[name] = time.monotonic() - started
+        self.cpu[name] = time.process_time() - cpu_started
         self._progress.update(task, completed=1, mark="[green]✓", description=final["detail"])
         self._line(f"✓ {name} ({self.elapsed[name]:.1f} s): {final['detail']}")
         log.info("stage %s done in %.1f s: %s", name, self.elapsed[name], final["detail"])

@@ -147,7 +147,9 @@ def render(report: dict[str, Any]) -> str:
     stages = ", ".join(f"{name} {s:.0f} s" for name, s in report["stages"].items())
     lines = [
         "# deploykit demo: summary", "",
-        f"Mode **{report['mode']}**, {minutes} min {seconds:02d} s in all ({stages}).",
+        f"Mode **{report['mode']}**, {minutes} min {seconds:02d} s in all ({stages}); "
+        f"{sum(report.get('stages_cpu_seconds', {}).values()):.0f} CPU seconds in the demo's own "
+        "process (the service's not counted).",
         f"Data: the built-in tweets ({'a stratified sample, ' if report['mode'] == 'quick' else ''}"
         f"{data['train_rows']} training / {data['validation_rows']} validation / {data['test_rows']} "
         f"held-out test rows; labels {', '.join(data['labels'])}); model: the packaged MiniLM-L6, "
