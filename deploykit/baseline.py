@@ -12,7 +12,8 @@ from deploykit.data import Split
 from deploykit.scoring import classification_metrics
 
 
-def tfidf_baseline(train: Split, evaluate: dict[str, Split], label_names: list[str]) -> dict[str, dict[str, Any]]:
+def tfidf_baseline(train: Split, evaluate: dict[str, Split],
+                   label_names: list[str]) -> dict[str, dict[str, Any]]:
     """Fit TF-IDF + logistic regression on ``train`` and score each split of ``evaluate``.
 
     Args:

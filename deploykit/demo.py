@@ -445,7 +445,8 @@ def run(cfg: DemoConfig) -> Path:
                     done(f"held-out macro-F1 {report['baseline']['test']['macro_f1']:.3f} "
                          f"({report['data']['train_rows']} training rows)")
                 train_cfg = _train_config(out, plan, report["data"]["source"])
-                total = plan.max_steps or math.ceil(plan.epochs * (report["data"]["train_rows"] // plan.batch_size))
+                steps_per_epoch = report["data"]["train_rows"] // plan.batch_size
+                total = plan.max_steps or math.ceil(plan.epochs * steps_per_epoch)
 
                 stage = "train"
                 with display.stage(stage, f"fine-tune MiniLM on {report['data']['train_rows']} tweets",
@@ -464,14 +465,16 @@ def run(cfg: DemoConfig) -> Path:
                     from deploykit import evaluation
                     from deploykit.config import EvalConfig
 
-                    evaluation.run(EvalConfig(checkpoint=str(checkpoint), split="test", out=str(out / "eval")))
+                    evaluation.run(EvalConfig(checkpoint=str(checkpoint), split="test",
+                                              out=str(out / "eval")))
                     metrics = json.loads((out / "eval" / "metrics.json").read_text())
                     report["evaluate"] = {k: metrics[k] for k in ("accuracy", "macro_f1", "weighted_f1", "n")}
                     done(f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f} "
                          f"on {metrics['n']} rows")
 
                 stage = "export"
-                with display.stage(stage, "ONNX fp32, fused attention, INT8; parity on the test split") as done:
+                with display.stage(stage, "ONNX fp32, fused attention, INT8; parity on the test "
+                                          "split") as done:
                     from deploykit import export
                     from deploykit.config import ExportConfig
 
@@ -500,7 +503,8 @@ def run(cfg: DemoConfig) -> Path:
                     from deploykit.config import BuildConfig
                     from deploykit.serve import build
 
-                    report["bento"] = build.run(BuildConfig(artifact=str(artifact), bentoml_home=cfg.bentoml_home))
+                    report["bento"] = build.run(BuildConfig(artifact=str(artifact),
+                                                            bentoml_home=cfg.bentoml_home))
                     report["bentoml_home"] = os.environ.get("BENTOML_HOME")
                     done(report["bento"])
 

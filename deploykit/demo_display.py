@@ -15,9 +15,17 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, SpinnerColumn, Task, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 log = logging.getLogger(__name__)
+
+
+class _RunningSpinner(SpinnerColumn):
+    """A spinner only for the running stage (rich spins for pending ones too)."""
+
+    def render(self, task: Task) -> Text:
+        return super().render(task) if task.started and not task.finished else Text(" ")
 
 
 class StageDisplay:
@@ -37,10 +45,10 @@ class StageDisplay:
         self.cpu: dict[str, float] = {}
         self._tasks: dict[str, int] = {}
         self._progress = Progress(
-            SpinnerColumn(finished_text=" "), TextColumn("{task.fields[mark]}"),
+            _RunningSpinner(), TextColumn("{task.fields[mark]}"),
             TextColumn("[bold]{task.fields[stage]:<9}"), TimeElapsedColumn(),
             TextColumn("{task.description}"), console=self.console, transient=False,
-            disable=not self.live)
+            disable=not self.live, redirect_stdout=False, redirect_stderr=False)
         for name in stages:
             self._tasks[name] = self._progress.add_task("", stage=name, mark="·", start=False, total=1)
 
@@ -100,7 +108,8 @@ class StageDisplay:
         except BaseException as exc:
             self.elapsed[name] = time.monotonic() - started
             self.cpu[name] = time.process_time() - cpu_started
-            self._progress.update(task, mark="[red]✗", description=f"[red]failed: {str(exc)[:160]}")
+            self._progress.update(task, completed=1, mark="[red]✗",
+                                  description=f"[red]failed: {str(exc)[:160]}")
             self._progress.stop_task(task)
             self._line(f"✗ {name} failed after {self.elapsed[name]:.1f} s: {exc}")
             raise

@@ -106,13 +106,15 @@ def _speed(report: dict[str, Any]) -> list[str]:
             "| engine | latency p50 (1 text) | speed-up | throughput (texts/s) | ratio |",
             "|---|---|---|---|---|"]
     for name, e in engines.items():
-        title = "PyTorch (in-process)" if name == "pytorch" else f"{VARIANT_TITLES.get(name, name)} (in-process)"
+        title = "PyTorch" if name == "pytorch" else VARIANT_TITLES.get(name, name)
+        title += " (in-process)"
         rows.append(f"| {title} | {e['latency_ms_p50']:.1f} ms | {e['latency_speedup']:.2f}x | "
                     f"{e['throughput_texts_per_s']:.0f} | {e['throughput_ratio']:.2f}x |")
     seq, conc = on["sequential"], on["concurrent"]
     variant = report["service"]["variant"]
     rows.append(f"| service /classify, {variant}, 1 client ({seq['requests']} requests) | "
-                f"{seq['latency_ms_p50']:.1f} ms | {base['latency_ms_p50'] / seq['latency_ms_p50']:.2f}x | - | - |")
+                f"{seq['latency_ms_p50']:.1f} ms | "
+                f"{base['latency_ms_p50'] / seq['latency_ms_p50']:.2f}x | - | - |")
     rows.append(f"| service /classify, {variant}, {conc['clients']} clients ({conc['requests']} "
                 f"one-text requests, {conc['errors']} errors) | {conc['latency_ms_p50']:.1f} ms | "
                 f"{base['latency_ms_p50'] / conc['latency_ms_p50']:.2f}x | "
@@ -162,7 +164,8 @@ def render(report: dict[str, Any]) -> str:
         f"- training run: `{out / 'run'}` (best checkpoint in `checkpoint/`)",
         f"- evaluation: `{out / 'eval'}` (report.md, errors.jsonl, plots)",
         f"- artifact: `{out / 'artifact'}` (default variant {report['export']['default_variant']})",
-        f"- bento: `{report['bento']}`" + (f" in `{report['bentoml_home']}`" if report.get("bentoml_home") else ""),
+        f"- bento: `{report['bento']}`"
+        + (f" in `{report['bentoml_home']}`" if report.get("bentoml_home") else ""),
         f"- Triton model repository: `{report['triton_repo']}`",
         f"- Kubernetes overlay: `{report['k8s']}` (image `{report['bento']}`)",
         f"- logs: `{out / 'logs'}`", "",
