@@ -559,6 +559,9 @@ def run(cfg: DemoConfig) -> Path:
                     report["stages"] = dict(display.elapsed)
                     report["stages_cpu_seconds"] = dict(display.cpu)
                     summary = demo_summary.write(out, report)
+                    if not report["beats_baseline"] and not cfg.quick:
+                        log.warning("the fine-tuned model did not beat the TF-IDF baseline on the "
+                                    "held-out split (see %s)", summary)
                     done(str(summary))
         except BaseException as exc:
             if service is not None:
