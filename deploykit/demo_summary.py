@@ -84,7 +84,8 @@ def _parity(report: dict[str, Any]) -> list[str]:
             f"label agreement >= {gates['int8_min_agreement']} and macro-F1 drop <= "
             f"{100 * gates['int8_max_f1_drop']:.0f} point(s)"
             + (" (loosened in --quick: a model trained a few steps has near-tied logits)."
-               if report["mode"] == "quick" else "."), "",
+               if report["mode"] == "quick" else
+               " (export's default agreement gate is 0.99; see docs/demo.md)."), "",
             "| variant | max abs logit diff | label agreement | macro-F1 drop | servable | fused ops |",
             "|---|---|---|---|---|---|"]
     ref = report["export"]["reference_metrics"]["macro_f1"]
