@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import typing
 from typing import Any, Callable
@@ -55,14 +56,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, with_con
                                  "flags override it.")
 
 
-def build_config(cls: type, args: argparse.Namespace) -> Any:
-    """Defaults < YAML file (--config) < flags."""
+def build_config(cls: type, args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
+    """Defaults < ``base`` (e.g. environment variables) < YAML file (--config) < flags."""
     values = vars(args).copy()
     values.pop("command", None)
     values.pop("func", None)
     values.pop("verbose", None)
     config_file = values.pop("config", None)
-    merged = load_yaml(config_file) if config_file else {}
+    merged = dict(base or {})
+    merged.update(load_yaml(config_file) if config_file else {})
     merged.update(values)
     return from_dict(cls, merged, source=config_file or "the command line")
 
@@ -104,9 +106,13 @@ def _verify(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from deploykit.serve import launch
+    from deploykit.serve import launch, settings
 
-    launch.run(build_config(ServeConfig, args))
+    # The DEPLOYKIT_* variables (what containers set) apply unless a flag or the file says otherwise.
+    base: dict[str, Any] = dict(settings.env_values())
+    if os.environ.get(settings.ARTIFACT_ENV):
+        base["artifact"] = os.environ[settings.ARTIFACT_ENV]
+    launch.run(build_config(ServeConfig, args, base=base))
 
 
 def _build(args: argparse.Namespace) -> None:

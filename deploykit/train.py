@@ -378,6 +378,10 @@ def run(cfg: TrainConfig) -> Path:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+        if not cfg.resume:
+            # Every rank built the same initial model from one seed; from here on each rank draws
+            # its own dropout noise (a resumed run restores each rank's saved RNG instead).
+            torch.manual_seed(cfg.seed + dist.rank)
     weights = _class_weights(cfg, splits.train.labels, len(label_names))
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.bf16 else nullcontext

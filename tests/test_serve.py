@@ -35,10 +35,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http(url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes, dict]:
+def http(url: str, body: bytes | None = None, headers: dict | None = None,
+         timeout: float = 30) -> tuple[int, bytes, dict]:
     request = urllib.request.Request(url, data=body, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, resp.read(), dict(resp.headers)
     except urllib.error.HTTPError as err:
         return err.code, err.read(), dict(err.headers)
@@ -50,22 +51,28 @@ def post_json(url: str, payload) -> tuple[int, object]:
     return status, json.loads(data)
 
 
-def start_server(artifact: Path, folder: Path, *extra: str):
-    """Start `deploykit serve` on a free port; returns (process, base URL) once /readyz answers."""
+def start_server(artifact: Path | None, folder: Path, *extra: str, argv: list[str] | None = None,
+                 env: dict | None = None):
+    """Start `deploykit serve ARTIFACT` (or ``argv``) on a free port; returns (process, base URL)
+    once /readyz answers. ``argv`` gets ``--port N`` appended."""
     port = free_port()
     log = folder / "server.log"
-    env = {**os.environ, "BENTOML_HOME": str(folder / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
+    env = {**os.environ, "BENTOML_HOME": str(folder / "bentoml"), "BENTOML_DO_NOT_TRACK": "True",
+           **(env or {})}
+    argv = argv or [sys.executable, "-m", "deploykit", "serve", str(artifact), "--threads", "1",
+                    "--variant", VARIANT, *extra]
     with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "deploykit", "serve", str(artifact), "--port", str(port),
-             "--threads", "1", "--variant", VARIANT, *extra],
-            cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([*argv, "--port", str(port)], cwd=ROOT, env=env, stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
+    # A worker that fails at start-up is restarted by bentoml forever, with the port open but
+    # unanswered: bound the whole wait, and each probe.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            if http(url + "/readyz")[0] == 200:
+            if http(url + "/readyz", timeout=2)[0] == 200:
                 return proc, url
         except OSError:
             pass

@@ -14,6 +14,7 @@ import pytest
 
 from deploykit.runtime import Runtime
 from test_runtime import mark_unservable
+from test_serve import post_json, start_server, stop_server
 
 ROOT = Path(__file__).parents[1]
 TEXTS = ["I love it", "so bad", "plain table", "what a day " * 20, "fine"]
@@ -94,5 +95,35 @@ def test_build_makes_a_bento_without_torch(serve_artifact, tmp_path):
     assert list(manifest["variants"]) == [default] and manifest["default_variant"] == default
     assert sorted(manifest["files"]) == sorted(p.name for p in packed.iterdir() if p.name != "manifest.json")
     assert sum(name.endswith(".onnx") for name in manifest["files"]) == 1
-    Runtime(packed)  # the packed artifact verifies and loads
     assert not list(ROOT.glob("build")) and not list(ROOT.glob("*.egg-info"))
+    # The bento serves its packed artifact (outside a container, deploykit comes from this
+    # checkout instead of the packed wheel).
+    proc, url = start_server(None, tmp_path, argv=[sys.executable, "-m", "bentoml", "serve",
+                                                   "deploykit-test:v1", "--host", "127.0.0.1"],
+                             env={"BENTOML_HOME": str(home), "PYTHONPATH": str(ROOT),
+                                  "DEPLOYKIT_ARTIFACT": ""})
+    try:
+        status, results = post_json(url + "/classify", {"texts": TEXTS})
+    finally:
+        stop_server(proc)
+    assert status == 200
+    assert [r["label"] for r in results] == [r["label"] for r in Runtime(packed).predict(TEXTS)]
+
+
+def test_serve_settings_layer_environment_under_file_and_flags(serve_artifact, tmp_path, monkeypatch):
+    """DEPLOYKIT_* variables (what containers set) apply unless the YAML file or a flag says otherwise."""
+    from deploykit import cli
+    from deploykit.config import ServeConfig
+    from deploykit.serve import settings
+
+    monkeypatch.setenv("DEPLOYKIT_MAX_BATCH_SIZE", "7")
+    monkeypatch.setenv("DEPLOYKIT_MAX_LATENCY_MS", "3")
+    base = settings.env_values()
+    args = cli.build_parser().parse_args(["serve", str(serve_artifact)])
+    cfg = cli.build_config(ServeConfig, args, base=base)
+    assert (cfg.max_batch_size, cfg.max_latency_ms) == (7, 3)
+    (tmp_path / "serve.yaml").write_text("max_latency_ms: 9\n")
+    args = cli.build_parser().parse_args(["serve", str(serve_artifact), "--config", str(tmp_path / "serve.yaml"),
+                                          "--max-batch-size", "5"])
+    cfg = cli.build_config(ServeConfig, args, base=base)
+    assert (cfg.max_batch_size, cfg.max_latency_ms) == (5, 9)

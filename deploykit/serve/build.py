@@ -39,9 +39,11 @@ SERVICE_SHIM = '''"""Entry point of the bento: deploykit's service, installed fr
 import os
 from pathlib import Path
 
-# The packed artifact, unless the environment names another (bento envs apply only in
-# containers; 'bentoml serve TAG' on a host needs this default).
-os.environ.setdefault("DEPLOYKIT_ARTIFACT", str(Path(__file__).resolve().parent / "artifact"))
+# DEPLOYKIT_ARTIFACT defaults to the packed artifact, and a relative value is relative to
+# this folder (the bento's src/): the image's working directory is the bento's root, and
+# 'bentoml serve TAG' on a host does not apply the bento's envs at all.
+_value = os.environ.get("DEPLOYKIT_ARTIFACT") or "artifact"
+os.environ["DEPLOYKIT_ARTIFACT"] = str(Path(__file__).resolve().parent / _value)
 
 from deploykit.serve.service import Classifier  # noqa: E402,F401
 '''
@@ -150,6 +152,7 @@ def bentofile(tag: str, wheel_name: str, packages: list[str]) -> dict[str, Any]:
         "python": {"packages": packages, "wheels": [f"wheels/{wheel_name}"],
                    # deploykit is not on an index, and locking would resolve against one.
                    "lock_packages": False},
+        # Relative to the bento's src/ (service.py resolves it), so it holds in the image too.
         "envs": [{"name": "DEPLOYKIT_ARTIFACT", "value": "artifact"},
                  {"name": "BENTOML_DO_NOT_TRACK", "value": "True"}],
     }

@@ -37,6 +37,17 @@ def artifact_from_env(environ: Mapping[str, str] | None = None) -> str:
     return artifact
 
 
+def env_values(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The ``ServiceConfig`` fields set through ``DEPLOYKIT_*`` variables, as raw strings."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for f in dataclasses.fields(ServiceConfig):
+        raw = environ.get(env_name(f.name))
+        if raw is not None and raw != "":
+            values[f.name] = raw
+    return values
+
+
 def from_env(environ: Mapping[str, str] | None = None) -> ServiceConfig:
     """Read the service settings from the ``DEPLOYKIT_*`` environment variables.
 
@@ -49,12 +60,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> ServiceConfig:
     Raises:
         BadInputError: If a variable has an invalid value (the message names it).
     """
-    environ = os.environ if environ is None else environ
-    values = {}
-    for f in dataclasses.fields(ServiceConfig):
-        raw = environ.get(env_name(f.name))
-        if raw is not None and raw != "":
-            values[f.name] = raw
+    values = env_values(environ)
     try:
         return from_dict(ServiceConfig, values, source="DEPLOYKIT_* environment variables")
     except BadInputError as exc:
