@@ -16,8 +16,9 @@ import typing
 from typing import Any, Callable
 
 from deploykit import __version__
-from deploykit.config import (BuildConfig, EvalConfig, ExportConfig, PredictConfig, ServeConfig,
-                              TrainConfig, TritonConfig, VerifyConfig, from_dict, load_yaml)
+from deploykit.config import (BenchOfflineConfig, BenchOnlineConfig, BuildConfig, EvalConfig,
+                              ExportConfig, PredictConfig, ServeConfig, TrainConfig, TritonConfig,
+                              VerifyConfig, from_dict, load_yaml)
 from deploykit.config import ContainerizeConfig, KubeConfig
 from deploykit.config import DemoConfig
 from deploykit.errors import DeployKitError
@@ -62,6 +63,7 @@ def build_config(cls: type, args: argparse.Namespace, base: dict[str, Any] | Non
     values.pop("command", None)
     values.pop("func", None)
     values.pop("verbose", None)
+    values.pop("bench_command", None)
     config_file = values.pop("config", None)
     merged = dict(base or {})
     merged.update(load_yaml(config_file) if config_file else {})
@@ -145,6 +147,37 @@ def _triton(args: argparse.Namespace) -> None:
     triton_repo.run(build_config(TritonConfig, args))
 
 
+def _bench_offline(args: argparse.Namespace) -> None:
+    from deploykit.bench import offline
+
+    out = offline.run(build_config(BenchOfflineConfig, args))
+    print(f"offline benchmark: {out}/results.md")
+
+
+def _bench_online(args: argparse.Namespace) -> None:
+    from deploykit.bench import online
+
+    out = online.run(build_config(BenchOnlineConfig, args))
+    print(f"online benchmark: {out}/results.md")
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    """``deploykit bench offline|online``: a nested subcommand, flags from each config."""
+    help_text = "Benchmark latency and throughput: offline (engines side by side) or online (load on a server)."
+    bench = sub.add_parser("bench", help=help_text, description=help_text)
+    bench_sub = bench.add_subparsers(dest="bench_command", metavar="MODE", required=True)
+    for name, text, cls, func in (
+            ("offline", "PyTorch eager, Optimum's ORTModel and deploykit's runtime per variant on the "
+                        "same texts, each in its own process: p50/p95/p99, texts/s, tokens/s, peak "
+                        "memory, ratios to PyTorch.", BenchOfflineConfig, _bench_offline),
+            ("online", "Asyncio load generator against a running service (closed loop per "
+                       "concurrency, optional open loop): req/s, texts/s, p50/p95/p99, errors.",
+             BenchOnlineConfig, _bench_online)):
+        p = bench_sub.add_parser(name, help=text, description=text)
+        add_config_arguments(p, cls)
+        p.set_defaults(func=func)
+
+
 def _demo(args: argparse.Namespace) -> None:
     from deploykit import demo
 
@@ -191,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_config_arguments(p, cls)
         p.set_defaults(func=func)
+    _add_bench(sub)
     return parser
 
 

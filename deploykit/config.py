@@ -570,3 +570,115 @@ class DemoConfig:
     def __post_init__(self) -> None:
         _require(bool(self.out), "out", "give the folder the demo writes to")
         _require(self.port is None or 0 < self.port < 65536, "port", f"{self.port} is not a TCP port")
+
+
+# --- benchmarks (deploykit bench offline / online) ---------------------------------------------
+
+BENCH_ENGINES = ("pytorch", "optimum", "runtime")
+BENCH_PROTOCOLS = ("classify", "v2")
+
+
+def int_list(value: str) -> list[int]:
+    """``"1,8,32"`` as ``[1, 8, 32]`` (empty items ignored); ValueError on anything else."""
+    return [int(s) for s in str(value).split(",") if s.strip()]
+
+
+def _require_int_list(value: str, option: str, *, allow_empty: bool = False) -> None:
+    try:
+        items = int_list(value)
+    except ValueError:
+        items = None
+    _require(items is not None and (allow_empty or bool(items)) and all(i > 0 for i in items),
+             option, f"{value!r} is not a comma-separated list of positive integers, e.g. 1,8,32")
+
+
+@dataclass
+class BenchOfflineConfig:
+    """``deploykit bench offline``: engines side by side in-process, each in its own subprocess."""
+
+    artifact: str = opt("", "Artifact folder written by 'deploykit export'.", positional=True)
+    data: str = opt("tweets", "Texts to time: a CSV/JSON/JSONL/Parquet file, a saved data set, or "
+                    "'tweets' (their real length distribution; the test split when there is one).")
+    text_column: str = opt("text", "Column that holds the text.")
+    checkpoint: str | None = opt(None, "Checkpoint the artifact came from, for the PyTorch eager "
+                                 "engine (default: the manifest's provenance checkpoint, if present).")
+    out: str = opt("bench-offline", "Folder for results.json, results.md and the PNG plots.")
+    engines: str = opt("pytorch,optimum,runtime", "Comma-separated engines: pytorch (transformers "
+                       "eager on the checkpoint), optimum (ORTModelForSequenceClassification on "
+                       "the default variant's ONNX file), runtime (deploykit's, once per variant).")
+    variants: str | None = opt(None, "Comma-separated variants for the runtime engine (default: "
+                               "every servable variant).")
+    batch_sizes: str = opt("1,8,32,128", "Batch sizes for the data set's texts.")
+    synthetic_lengths: str = opt("128,256", "Token lengths of the synthetic long inputs (empty: none).")
+    synthetic_batch_sizes: str = opt("1,8,32", "Batch sizes for the synthetic long inputs (batch 128 "
+                                     "of 256 tokens takes tens of seconds per call for PyTorch on 2 cores).")
+    samples: int = opt(1024, "Texts drawn (seeded) from --data for the timed calls.")
+    seed: int = opt(0, "Seed of the text sample.")
+    warmup: int = opt(2, "Untimed calls before each timed cell.")
+    min_iters: int = opt(5, "Timed calls per cell, at least.")
+    min_duration: float = opt(2.0, "Timed seconds per cell, at least.")
+    max_iters: int = opt(1000, "Timed calls per cell, at most (ends cells of tiny models).")
+    threads: int | None = opt(None, "Threads of every engine (default: the CPUs this process may use).")
+
+    def __post_init__(self) -> None:
+        _require(bool(self.artifact), "artifact", "give the artifact folder to benchmark")
+        engines = [e.strip() for e in self.engines.split(",") if e.strip()]
+        _require(bool(engines) and all(e in BENCH_ENGINES for e in engines), "engines",
+                 f"{self.engines!r}: choose from {', '.join(BENCH_ENGINES)}")
+        _require_int_list(self.batch_sizes, "batch_sizes")
+        _require_int_list(self.synthetic_lengths, "synthetic_lengths", allow_empty=True)
+        _require_int_list(self.synthetic_batch_sizes, "synthetic_batch_sizes")
+        _require(all(n >= 8 for n in int_list(self.synthetic_lengths)), "synthetic_lengths",
+                 "every length must be at least 8 tokens")
+        for name in ("samples", "min_iters", "max_iters"):
+            _require(getattr(self, name) > 0, name, "must be positive")
+        _require(self.warmup >= 0, "warmup", "must be >= 0")
+        _require(self.min_duration >= 0, "min_duration", "must be >= 0 seconds")
+        _require(self.max_iters >= self.min_iters, "max_iters", "must be >= --min-iters")
+        _require(self.threads is None or self.threads > 0, "threads", "must be positive")
+
+    @property
+    def engine_list(self) -> list[str]:
+        return [e.strip() for e in self.engines.split(",") if e.strip()]
+
+
+@dataclass
+class BenchOnlineConfig:
+    """``deploykit bench online``: an asyncio load generator against a running service."""
+
+    url: str = opt("http://127.0.0.1:3000", "Base URL of the service (deploykit serve or a Triton "
+                   "server's HTTP endpoint).")
+    protocol: str = opt("classify", "classify (POST /classify) or v2 (POST "
+                        "/v2/models/MODEL/infer, the KServe v2 / Triton protocol).",
+                        choices=BENCH_PROTOCOLS)
+    model: str = opt("classifier", "Model name for --protocol v2.")
+    concurrency: str = opt("1,8,32,64", "Closed-loop levels: this many requests in flight, each "
+                           "sent as soon as the previous one answered.")
+    rate: float | None = opt(None, "Also run an open-loop level at this many requests per second "
+                             "(latency counted from each request's scheduled start).")
+    duration: float = opt(10.0, "Seconds per level.")
+    warmup: float = opt(1.0, "Seconds of untimed load before each level.")
+    single_requests: int = opt(50, "Sequential single requests timed after the heaviest level "
+                               "(batching waits that stick after a burst show here).")
+    texts_per_request: int = opt(1, "Texts in each request.")
+    data: str = opt("tweets", "Texts to send: a CSV/JSON/JSONL/Parquet file, a saved data set, or 'tweets'.")
+    text_column: str = opt("text", "Column that holds the text.")
+    samples: int = opt(1024, "Texts drawn (seeded) from --data.")
+    seed: int = opt(0, "Seed of the text sample.")
+    timeout: float = opt(30.0, "Seconds before a request counts as a timeout error.")
+    out: str = opt("bench-online", "Folder for results.json, results.md and the PNG plots.")
+    allow_remote: bool = opt(False, "Allow a target that is not on this machine (loopback only by "
+                             "default: a load test is a denial of service to someone else's server).")
+
+    def __post_init__(self) -> None:
+        _require_int_list(self.concurrency, "concurrency")
+        _require(self.protocol in BENCH_PROTOCOLS, "protocol", "choose classify or v2")
+        _require(self.rate is None or self.rate > 0, "rate", "must be positive requests per second")
+        _require(self.duration > 0, "duration", "must be positive seconds")
+        _require(self.warmup >= 0, "warmup", "must be >= 0 seconds")
+        _require(self.single_requests >= 0, "single_requests", "must be >= 0")
+        for name in ("texts_per_request", "samples"):
+            _require(getattr(self, name) > 0, name, "must be positive")
+        _require(self.timeout > 0, "timeout", "must be positive seconds")
+        _require(self.url.startswith(("http://", "https://")), "url",
+                 f"{self.url!r} must start with http:// or https://")

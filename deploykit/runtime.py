@@ -330,27 +330,45 @@ class Runtime:
 
     # --- inference -------------------------------------------------------------------------
 
-    def plan(self, rows: Sequence[Encoded]) -> Iterator[list[int]]:
-        """Split rows into batches by token budget and size, longest first.
+    # Fixed cost of one model call, in padded tokens, for ``plan``'s trade-off between padding
+    # and more calls. Measured (benchmarks/padding_plan.py, MiniLM INT8, 2 cores): one call of
+    # ~33 tokens costs about what 30-40 extra tokens in a larger call cost.
+    CALL_COST_TOKENS = 32
 
-        Rows are sorted by length, so each batch pads to little more than its rows need; a
-        batch's cost is its row count times its longest row (what the model computes).
+    def plan(self, rows: Sequence[Encoded]) -> Iterator[list[int]]:
+        """Split rows into batches by token budget and size, longest first, padding little.
+
+        Rows are sorted by length and cut into consecutive groups that minimise the padded
+        tokens computed (rows x the group's longest row) plus ``CALL_COST_TOKENS`` per call,
+        within ``max_batch_size`` and ``max_batch_tokens`` (dynamic programming over the sorted
+        lengths, O(rows x max_batch_size)). On CPU the model is compute-bound even at batch 1,
+        so padding is what batching costs: cutting only by the budgets padded 64 random tweets
+        (mean 33 tokens) to their longest and ran 2-4x slower per text than these groups
+        (benchmarks/padding_plan.py, docs/benchmarks.md).
 
         Yields:
-            Lists of row indices, one list per model call.
+            Lists of row indices, one list per model call, each longest row first.
         """
         order = sorted(range(len(rows)), key=lambda i: rows[i].length, reverse=True)
-        batch: list[int] = []
-        width = 0
-        for i in order:
-            width = width or rows[i].length  # the first row of a batch is its longest
-            if batch and (len(batch) + 1 > self.max_batch_size
-                          or (len(batch) + 1) * width > self.max_batch_tokens):
-                yield batch
-                batch, width = [], rows[i].length
-            batch.append(i)
-        if batch:
-            yield batch
+        lengths = [rows[i].length for i in order]
+        n = len(order)
+        # best[j]: cheapest cost of the first j sorted rows; cut[j]: where its last group starts.
+        best = [0.0] + [float("inf")] * n
+        cut = [0] * (n + 1)
+        for j in range(1, n + 1):
+            for i in range(j - 1, max(0, j - self.max_batch_size) - 1, -1):
+                width = lengths[i]  # sorted longest first: a group's first row is its widest
+                if j - i > 1 and (j - i) * width > self.max_batch_tokens:
+                    break  # wider groups (smaller i) only grow
+                cost = best[i] + (j - i) * width + self.CALL_COST_TOKENS
+                if cost < best[j]:
+                    best[j], cut[j] = cost, i
+        groups = []
+        j = n
+        while j > 0:
+            groups.append(order[cut[j]:j])
+            j = cut[j]
+        yield from reversed(groups)
 
     def run(self, rows: Sequence[Encoded]) -> np.ndarray:
         """Logits of one batch of encoded rows, as a single model call.

@@ -1,0 +1,234 @@
+"""``deploykit bench offline``: engines side by side on the same texts, one subprocess each.
+
+Every engine (PyTorch eager, Optimum's ORTModel, deploykit's runtime per variant) lives in its
+own long-lived subprocess (``deploykit.bench.engines``): its peak memory is its own, and no
+engine inherits another's threads. Cells (input set x batch size) run one engine at a time,
+and the engine order rotates from cell to cell, so that load drift on a shared machine hits
+all engines alike. Only ratios measured within one run are meaningful.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from deploykit.bench import report
+from deploykit.bench.inputs import sample_texts, synthetic_texts
+from deploykit.config import BenchOfflineConfig, int_list, to_dict
+from deploykit.errors import BadInputError, DeployKitError
+from deploykit.runtime import available_cpus, select_variant, verify_artifact
+
+log = logging.getLogger(__name__)
+
+BASELINE = "pytorch"
+
+
+class EngineProcess:
+    """A running ``deploykit.bench.engines`` subprocess and its JSON-line channel.
+
+    Args:
+        name: The engine's label in the results (e.g. ``runtime:int8``).
+        spec: What the subprocess loads (see ``engines.serve``).
+
+    Raises:
+        DeployKitError: If the engine fails to load (its stderr tail is in the message).
+    """
+
+    def __init__(self, name: str, spec: dict[str, Any], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name.replace(':', '-')}.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "deploykit.bench.engines", json.dumps(spec)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                     text=True, bufsize=1)
+        self.ready: dict[str, Any] = {}
+
+    def wait_ready(self) -> dict[str, Any]:
+        """Wait until the engine has loaded; returns its load time and RSS after load."""
+        self.ready = self._read()
+        return self.ready
+
+    def _read(self) -> dict[str, Any]:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            self._log.flush()
+            tail = self.log_path.read_text()[-2000:]
+            raise DeployKitError(f"benchmark engine {self.name} exited with {self.proc.returncode}:\n{tail}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise DeployKitError(f"benchmark engine {self.name}: {reply['error']}")
+        return reply
+
+    def ask(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Send one request and wait for its reply."""
+        self.proc.stdin.write(json.dumps(message) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        """Ask the subprocess to exit; kill it (this pid only) if it does not."""
+        try:
+            if self.proc.poll() is None:
+                self.proc.stdin.write(json.dumps({"op": "exit"}) + "\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+def _checkpoint(cfg: BenchOfflineConfig, manifest: dict[str, Any]) -> str | None:
+    if cfg.checkpoint:
+        if not (Path(cfg.checkpoint) / "config.json").is_file():
+            raise BadInputError(f"--checkpoint {cfg.checkpoint} is not a checkpoint folder (no "
+                                "config.json); pass the folder written by 'deploykit train'")
+        return cfg.checkpoint
+    recorded = manifest.get("provenance", {}).get("checkpoint")
+    if recorded and (Path(recorded) / "config.json").is_file():
+        return str(recorded)
+    return None
+
+
+def engine_specs(cfg: BenchOfflineConfig, manifest: dict[str, Any], max_length: int,
+                 max_batch: int) -> dict[str, dict[str, Any]]:
+    """The engines to start, by result label, with what each subprocess loads.
+
+    Raises:
+        BadInputError: Unknown variant, or no checkpoint where only PyTorch was asked for.
+    """
+    threads = cfg.threads or available_cpus()
+    artifact = str(Path(cfg.artifact).resolve())
+    checkpoint = _checkpoint(cfg, manifest)
+    common = {"artifact": artifact, "threads": threads, "max_length": max_length,
+              "checkpoint": checkpoint, "max_batch_size": max_batch}
+    specs: dict[str, dict[str, Any]] = {}
+    for engine in cfg.engine_list:
+        if engine == "pytorch":
+            if checkpoint is None:
+                log.warning("no checkpoint (give --checkpoint): skipping the PyTorch engine, so "
+                            "no ratio to PyTorch eager is reported")
+                continue
+            specs["pytorch"] = {**common, "kind": "pytorch"}
+        elif engine == "optimum":
+            variant = select_variant(manifest)
+            specs[f"optimum:{variant}"] = {**common, "kind": "optimum", "variant": variant,
+                                           "file": manifest["variants"][variant]["file"]}
+        else:
+            names = ([v.strip() for v in cfg.variants.split(",") if v.strip()] if cfg.variants else
+                     [v for v, spec in manifest["variants"].items() if spec.get("servable", True)])
+            for variant in names:
+                select_variant(manifest, variant)  # refuses unknown / unservable, naming the fix
+                specs[f"runtime:{variant}"] = {**common, "kind": "runtime", "variant": variant}
+    if not specs:
+        raise BadInputError("no engine to run: pass --checkpoint for pytorch, or add optimum/runtime "
+                            "to --engines")
+    return specs
+
+
+def input_sets(cfg: BenchOfflineConfig, artifact: Path) -> dict[str, dict[str, Any]]:
+    """Input sets by name: the data set's texts, then one synthetic set per length."""
+    from tokenizers import Tokenizer
+
+    texts = sample_texts(cfg.data, cfg.text_column, cfg.samples, cfg.seed)
+    tokenizer = Tokenizer.from_file(str(artifact / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    lengths = [len(e.ids) for e in tokenizer.encode_batch(texts)]
+    sets = {"data": {"texts": texts, "batch_sizes": int_list(cfg.batch_sizes),
+                     "mean_tokens": sum(lengths) / len(lengths), "max_tokens": max(lengths)}}
+    largest = max(int_list(cfg.synthetic_batch_sizes))
+    for length in int_list(cfg.synthetic_lengths):
+        synthetic = synthetic_texts(tokenizer, texts, length, max(largest, 8))
+        got = [len(e.ids) for e in tokenizer.encode_batch(synthetic)]
+        sets[f"synthetic-{length}"] = {"texts": synthetic, "batch_sizes": int_list(cfg.synthetic_batch_sizes),
+                                       "mean_tokens": sum(got) / len(got), "max_tokens": max(got)}
+    return sets
+
+
+def run(cfg: BenchOfflineConfig) -> Path:
+    """Run the offline benchmark and write results.json, results.md and plots to ``cfg.out``.
+
+    Args:
+        cfg: The benchmark's settings.
+
+    Returns:
+        The output folder.
+
+    Raises:
+        BadInputError: Bad artifact, data, checkpoint or variant (exit 2).
+        IntegrityError: An artifact file does not match its manifest (exit 4).
+        DeployKitError: An engine subprocess failed.
+    """
+    artifact = Path(cfg.artifact)
+    manifest = verify_artifact(artifact)
+    sets = input_sets(cfg, artifact)
+    # Every engine truncates at the same length: the manifest's, or the longest synthetic input.
+    max_length = max([int(manifest["max_length"])] + int_list(cfg.synthetic_lengths))
+    max_batch = max(max(s["batch_sizes"]) for s in sets.values())
+    specs = engine_specs(cfg, manifest, max_length, max_batch)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_dir = out / "logs"
+    log_dir.mkdir(exist_ok=True)
+
+    engines: dict[str, EngineProcess] = {}
+    started = time.time()
+    cells: list[dict[str, Any]] = []
+    try:
+        # Engines load concurrently (imports dominate); timings start once all are ready.
+        for name, spec in specs.items():
+            engines[name] = EngineProcess(name, spec, log_dir)
+        for name in tqdm(engines, desc="loading engines", unit="engine"):
+            engines[name].wait_ready()
+            for set_name, info in sets.items():
+                engines[name].ask({"op": "texts", "name": set_name, "texts": info["texts"]})
+        plan = [(s, b) for s, info in sets.items() for b in info["batch_sizes"]]
+        names = list(engines)
+        with tqdm(total=len(plan) * len(names), desc="benchmark", unit="run") as bar:
+            for index, (set_name, batch) in enumerate(plan):
+                # Rotate the order so that no engine always runs first (or right after another).
+                order = names[index % len(names):] + names[:index % len(names)]
+                for name in order:
+                    bar.set_postfix_str(f"{set_name} b={batch} {name}")
+                    result = engines[name].ask({"op": "bench", "name": set_name, "batch": batch,
+                                                "warmup": cfg.warmup, "min_iters": cfg.min_iters,
+                                                "min_duration": cfg.min_duration,
+                                                "max_iters": cfg.max_iters})
+                    cells.append({"input": set_name, "batch_size": batch, "engine": name, **result})
+                    bar.update(1)
+    finally:
+        for engine in engines.values():
+            engine.close()
+
+    _add_ratios(cells)
+    peak = {}
+    for name, engine in engines.items():
+        peak[name] = {"peak_rss_mb": max((c["peak_rss_mb"] for c in cells if c["engine"] == name),
+                                         default=engine.ready["rss_after_load_mb"]),
+                      "rss_after_load_mb": engine.ready["rss_after_load_mb"], "load_s": engine.ready["load_s"]}
+    results = {"kind": "offline", "artifact": str(artifact.resolve()), "model": manifest["name"],
+               "config": to_dict(cfg), "max_length": max_length, "baseline": BASELINE if BASELINE in engines else None,
+               "engines": peak, "specs": {n: {k: v for k, v in s.items() if k != "artifact"} for n, s in specs.items()},
+               "inputs": {n: {k: v for k, v in s.items() if k != "texts"} for n, s in sets.items()},
+               "machine": report.machine(), "started": started, "wall_s": time.time() - started,
+               "cells": cells}
+    report.write(out, results)
+    log.info("offline benchmark written to %s", out)
+    return out
+
+
+def _add_ratios(cells: list[dict[str, Any]]) -> None:
+    """Each cell's throughput as a ratio to PyTorch eager's in the same (input, batch) cell."""
+    base = {(c["input"], c["batch_size"]): c["texts_per_s"] for c in cells if c["engine"] == BASELINE}
+    for cell in cells:
+        ref = base.get((cell["input"], cell["batch_size"]))
+        cell["throughput_vs_pytorch"] = cell["texts_per_s"] / ref if ref else None
