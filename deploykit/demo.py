@@ -33,7 +33,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,8 @@ log = logging.getLogger(__name__)
 
 STAGES = ["baseline", "train", "evaluate", "export", "offline", "build", "serve", "classify",
           "online", "stop", "triton", "k8s", "summary"]
-WRITTEN = ["data", "run", "eval", "artifact", "triton_repo", "k8s", "logs", "summary.md", "summary.json"]
+WRITTEN = ["data", "run", "eval", "artifact", "bench-online", "triton_repo", "k8s", "logs", "summary.md",
+           "summary.json"]
 # Texts a user might send; the held-out tweets that follow them are real, labelled data.
 SAMPLE_TEXTS = ["I love this new phone, the camera is amazing!",
                 "Worst customer service ever. Never flying with them again.",
@@ -66,10 +66,10 @@ class Plan:
     max_length: int
     latency_texts: int           # offline batch-1 latency: this many single-text calls
     throughput_texts: int        # offline throughput: this many texts in one call
-    online_sequential: int       # online latency: this many one-text requests, one at a time
-    online_concurrency: int      # online throughput: this many clients ...
-    online_requests: int         # ... sending this many one-text requests in all ...
-    online_budget_s: float       # ... or until this many seconds have passed
+    online_single: int           # online (deploykit bench online): one-text requests one at a time
+    online_concurrency: str      # closed-loop levels (clients in flight) ...
+    online_seconds: float        # ... each timed this long ...
+    online_warmup: float         # ... after this much untimed load
     allow_parity_failure: bool   # quick: a variant that misses its gate is not served, no stop
     # INT8 parity gates. Full: agreement 0.98, not export's 0.99: the MiniLM fine-tuned one epoch
     # on tweets measured 0.985 agreement on 3,816 test rows, its flips near-ties, at a 0.27-point
@@ -84,13 +84,12 @@ class Plan:
 # tweets (763 validation, 1,908 test rows) keep the held-out scoring inside the 10 minutes.
 FULL = Plan(sample_rows=None, val_ratio=0.02, test_ratio=0.05, max_train_samples=4000, epochs=1.0,
             max_steps=None, batch_size=32,
-            max_length=128, latency_texts=64, throughput_texts=512, online_sequential=50,
-            online_concurrency=8, online_requests=400, online_budget_s=30.0,
+            max_length=128, latency_texts=64, throughput_texts=512, online_single=30,
+            online_concurrency="1,8", online_seconds=8.0, online_warmup=1.0,
             allow_parity_failure=False, int8_min_agreement=0.98, int8_max_f1_drop=0.01)
 QUICK = Plan(sample_rows=600, val_ratio=0.1, test_ratio=0.1, max_train_samples=None, epochs=1.0,
              max_steps=4, batch_size=16, max_length=64, latency_texts=8, throughput_texts=64,
-             online_sequential=10,
-             online_concurrency=4, online_requests=40, online_budget_s=10.0,
+             online_single=10, online_concurrency="4", online_seconds=3.0, online_warmup=0.5,
              allow_parity_failure=True, int8_min_agreement=0.8, int8_max_f1_drop=0.1)
 
 
@@ -329,46 +328,29 @@ def _classify(service: Service, artifact: Path, texts: list[str], golds: list[st
     return {"variant": variant, "model": manifest["name"], "rows": rows}
 
 
-def _online(service: Service, texts: list[str], plan: Plan) -> dict[str, Any]:
-    """A bounded load test of /classify: one-text requests one at a time, then concurrently.
+def _online(service: Service, data_source: str, out: Path, plan: Plan) -> dict[str, Any]:
+    """``deploykit bench online`` against the demo's service: one-text requests one at a time,
+    then closed-loop load at each concurrency level (bounded in time), then one at a time again.
 
-    Bounded by a request count and a time budget, so it ends on any machine. (A fuller online
-    benchmark is ``deploykit bench online`` once that command exists.)
+    Raises:
+        DeployKitError: No request of a level succeeded.
     """
-    url = service.url + "/classify"
+    from deploykit.bench import online
+    from deploykit.config import BenchOnlineConfig
 
-    def one(text: str) -> tuple[int, float]:
-        start = time.perf_counter()
-        status, _ = _post_json(url, {"texts": [text]})
-        return status, time.perf_counter() - start
-
-    for text in texts[:3]:
-        one(text)  # warm-up
-    sequential = [one(texts[i % len(texts)])[1] for i in range(plan.online_sequential)]
-    deadline = time.monotonic() + plan.online_budget_s
-    results: list[tuple[int, float]] = []
-
-    def client(worker: int) -> None:
-        i = worker
-        while i < plan.online_requests and time.monotonic() < deadline:
-            results.append(one(texts[i % len(texts)]))
-            i += plan.online_concurrency
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(plan.online_concurrency) as pool:
-        list(pool.map(client, range(plan.online_concurrency)))
-    wall = time.perf_counter() - start
-    ok = [seconds for status, seconds in results if status == 200]
-    if not ok:
-        raise DeployKitError(f"no request of the load test succeeded ({len(results)} sent)")
-    return {"sequential": {"requests": len(sequential),
-                           "latency_ms_p50": 1000 * statistics.median(sequential),
-                           "latency_ms_p90": 1000 * _percentile(sequential, 0.9)},
-            "concurrent": {"clients": plan.online_concurrency, "requests": len(results),
-                           "errors": len(results) - len(ok), "seconds": wall,
-                           "latency_ms_p50": 1000 * statistics.median(ok),
-                           "latency_ms_p90": 1000 * _percentile(ok, 0.9),
-                           "throughput_texts_per_s": len(ok) / wall}}
+    folder = online.run(BenchOnlineConfig(
+        url=service.url, concurrency=plan.online_concurrency, duration=plan.online_seconds,
+        warmup=plan.online_warmup, single_requests=plan.online_single, data=data_source,
+        samples=512, out=str(out / "bench-online")))
+    levels = json.loads((folder / "results.json").read_text())["levels"]
+    failed = [level["label"] for level in levels if level["ok"] == 0]
+    if failed:
+        raise DeployKitError(f"no request succeeded at level(s) {', '.join(failed)}; see "
+                             f"{folder / 'results.md'} and the service log {service.log_file}")
+    return {"results": str(folder / "results.md"),
+            "levels": [{k: level.get(k) for k in ("label", "mode", "concurrency", "requests", "ok",
+                                                  "errors", "texts_per_s", "p50_ms", "p95_ms", "p99_ms")}
+                       for level in levels]}
 
 
 # --- the pipeline ----------------------------------------------------------------------------
@@ -526,11 +508,10 @@ def run(cfg: DemoConfig) -> Path:
                     done(f"{len(texts)} texts: /classify, v2 and in-process agree")
 
                 stage = "online"
-                with display.stage(stage, "bounded load test of /classify") as done:
-                    report["online"] = _online(service, _bench_texts(report), plan)
-                    conc = report["online"]["concurrent"]
-                    done(f"{conc['throughput_texts_per_s']:.0f} texts/s with {conc['clients']} clients, "
-                         f"p50 {conc['latency_ms_p50']:.0f} ms")
+                with display.stage(stage, "deploykit bench online against /classify") as done:
+                    report["online"] = _online(service, report["data"]["source"], out, plan)
+                    top = max(report["online"]["levels"], key=lambda level: level["texts_per_s"])
+                    done(f"{top['texts_per_s']:.0f} texts/s at {top['label']}, p50 {top['p50_ms']:.0f} ms")
 
                 stage = "stop"
                 with display.stage(stage, "stop the service") as done:

@@ -111,23 +111,20 @@ def _speed(report: dict[str, Any]) -> list[str]:
         title += " (in-process)"
         rows.append(f"| {title} | {e['latency_ms_p50']:.1f} ms | {e['latency_speedup']:.2f}x | "
                     f"{e['throughput_texts_per_s']:.0f} | {e['throughput_ratio']:.2f}x |")
-    seq, conc = on["sequential"], on["concurrent"]
     variant = report["service"]["variant"]
-    rows.append(f"| service /classify, {variant}, 1 client ({seq['requests']} requests) | "
-                f"{seq['latency_ms_p50']:.1f} ms | "
-                f"{base['latency_ms_p50'] / seq['latency_ms_p50']:.2f}x | - | - |")
-    rows.append(f"| service /classify, {variant}, {conc['clients']} clients ({conc['requests']} "
-                f"one-text requests, {conc['errors']} errors) | {conc['latency_ms_p50']:.1f} ms | "
-                f"{base['latency_ms_p50'] / conc['latency_ms_p50']:.2f}x | "
-                f"{conc['throughput_texts_per_s']:.0f} | "
-                f"{conc['throughput_texts_per_s'] / base['throughput_texts_per_s']:.2f}x |")
+    for level in on["levels"]:
+        errors = sum((level["errors"] or {}).values())
+        rows.append(f"| service /classify, {variant}, {level['label']} ({level['ok']} ok, {errors} errors) | "
+                    f"{level['p50_ms']:.1f} ms | {base['latency_ms_p50'] / level['p50_ms']:.2f}x | "
+                    f"{level['texts_per_s']:.0f} | "
+                    f"{level['texts_per_s'] / base['throughput_texts_per_s']:.2f}x |")
     if off["not_servable"]:
         rows.append(f"| {', '.join(off['not_servable'])} | not servable (missed its parity gate): "
                     "not measured | | | |")
     rows += ["", f"Offline: {off['latency_texts']} one-text calls (latency) and one call of "
-                 f"{off['throughput_texts']} held-out tweets (throughput). Online: a bounded load "
-                 "loop in the demo (HTTP on 127.0.0.1; the service's dynamic batcher groups the "
-                 "concurrent requests)."]
+                 f"{off['throughput_texts']} held-out tweets (throughput). Online: `deploykit bench "
+                 "online` on 127.0.0.1, one-text requests (the service's dynamic batcher groups "
+                 f"concurrent ones); its full report: `{on['results']}`."]
     return rows
 
 

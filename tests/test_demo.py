@@ -65,8 +65,10 @@ def test_quick_demo_writes_every_stage_and_one_summary(quick_demo):
     assert len(service["rows"]) == 6
     for row in service["rows"]:
         assert row["classify"] == row["v2"] == row["in_process"] in summary["data"]["labels"]
-    assert summary["online"]["concurrent"]["errors"] == 0
-    assert summary["online"]["concurrent"]["throughput_texts_per_s"] > 0
+    levels = summary["online"]["levels"]
+    assert [level["label"] for level in levels][1] == "concurrency 4"
+    assert all(level["ok"] > 0 and not level["errors"] for level in levels)
+    assert (out / "bench-online" / "results.md").is_file()
     engines = summary["offline"]["engines"]
     assert "pytorch" in engines and engines["pytorch"]["throughput_ratio"] == pytest.approx(1.0)
     # the service was stopped: nothing listens on its port any more
