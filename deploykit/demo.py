@@ -27,7 +27,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -121,11 +120,6 @@ def _post_json(url: str, payload: Any, timeout: float = 60.0) -> tuple[int, Any]
         return err.code, err.read().decode(errors="replace")
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
-
-
 def _timed(fn: Any, *args: Any) -> float:
     start = time.perf_counter()
     fn(*args)
@@ -197,6 +191,7 @@ def _offline(artifact: Path, checkpoint: Path, texts: list[str], plan: Plan) -> 
     import torch
 
     from deploykit import checkpoint as ckpt
+    from deploykit.bench.stats import summarize_latencies
     from deploykit.runtime import Runtime, available_cpus
     from deploykit.scoring import predict_logits
 
@@ -219,8 +214,8 @@ def _offline(artifact: Path, checkpoint: Path, texts: list[str], plan: Plan) -> 
             run([text])
         latencies = [_timed(run, [text]) for text in single]
         seconds = _timed(run, bulk)
-        results[name] = {"latency_ms_p50": 1000 * statistics.median(latencies),
-                         "latency_ms_p90": 1000 * _percentile(latencies, 0.9),
+        stats = summarize_latencies(latencies)
+        results[name] = {"latency_ms_p50": stats["p50_ms"], "latency_ms_p95": stats["p95_ms"],
                          "throughput_texts_per_s": len(bulk) / seconds}
     base = results["pytorch"]
     for row in results.values():
