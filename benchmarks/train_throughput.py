@@ -24,15 +24,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def tfidf_baseline(splits) -> dict[str, float]:
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import f1_score
+    from deploykit.baseline import tfidf_baseline as fit_and_score
 
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
-    x_train = vectorizer.fit_transform(splits.train.texts)
-    clf = LogisticRegression(max_iter=2000, C=4.0).fit(x_train, splits.train.labels)
-    return {name: float(f1_score(split.labels, clf.predict(vectorizer.transform(split.texts)), average="macro"))
-            for name, split in (("validation", splits.validation), ("test", splits.test))}
+    scores = fit_and_score(splits.train, {"validation": splits.validation, "test": splits.test},
+                           splits.label_names)
+    return {name: metrics["macro_f1"] for name, metrics in scores.items()}
 
 
 def run_deploykit(cfg) -> dict[str, float]:

@@ -20,6 +20,7 @@ from deploykit.config import (BenchOfflineConfig, BenchOnlineConfig, BuildConfig
                               ExportConfig, PredictConfig, ServeConfig, TrainConfig, TritonConfig,
                               VerifyConfig, from_dict, load_yaml)
 from deploykit.config import ContainerizeConfig, KubeConfig
+from deploykit.config import DemoConfig
 from deploykit.errors import DeployKitError
 
 log = logging.getLogger("deploykit")
@@ -177,6 +178,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=func)
 
 
+def _demo(args: argparse.Namespace) -> None:
+    from deploykit import demo
+
+    demo.run(build_config(DemoConfig, args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used by tests to check README commands)."""
     parser = argparse.ArgumentParser(
@@ -209,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
          ContainerizeConfig, _containerize),
         ("k8s", "Render a ready kustomize overlay of k8s/ (the service, or the multi-node "
                 "training Job) with your image and values.", KubeConfig, _k8s),
+        ("demo", "The whole pipeline on the built-in tweets and the packaged MiniLM: train, "
+                 "evaluate, export, build, serve, benchmark, Triton repository, Kubernetes "
+                 "overlay, one summary.", DemoConfig, _demo),
     ]
     for name, help_text, cls, func in commands:
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -556,6 +556,26 @@ class KubeConfig:
                  "namespace", f"{self.namespace!r} is not a valid namespace name")
 
 
+# --- Demo (deploykit/demo.py) ---------------------------------------------------------------
+
+@dataclass
+class DemoConfig:
+    """``deploykit demo``: the whole pipeline on the built-in tweets and the packaged MiniLM."""
+
+    out: str = opt("demo", "Folder for everything the demo writes (run, evaluation, artifact, "
+                   "Triton repository, Kubernetes overlay, summary.md/json, logs).")
+    quick: bool = opt(False, "A few training steps on a small sample: shows the whole path in "
+                      "about 3 minutes, with no quality bar (INT8 may miss its parity gate).")
+    overwrite: bool = opt(False, "Replace what an earlier demo wrote to --out.")
+    bentoml_home: str | None = opt(None, "BentoML store for the bento (default: $BENTOML_HOME "
+                                   "or ~/bentoml).")
+    port: int | None = opt(None, "Port for the demo's service on 127.0.0.1 (default: a free one).")
+
+    def __post_init__(self) -> None:
+        _require(bool(self.out), "out", "give the folder the demo writes to")
+        _require(self.port is None or 0 < self.port < 65536, "port", f"{self.port} is not a TCP port")
+
+
 # --- benchmarks (deploykit bench offline / online) ---------------------------------------------
 
 BENCH_ENGINES = ("pytorch", "optimum", "runtime")

@@ -48,19 +48,3 @@ def serve_artifact(tmp_path_factory):
     return export.run(ExportConfig(checkpoint=str(checkpoint), out=str(root / "artifact"),
                                    data=str(heldout_csv(root / "heldout.csv")), split="all",
                                    allow_parity_failure=True))
-
-
-@pytest.fixture(scope="session")
-def pretrained_dir(tmp_path_factory):
-    """A tiny random BERT saved as a 'pretrained model' folder to fine-tune."""
-    from factories import save_pretrained_model
-
-    return save_pretrained_model(tmp_path_factory.mktemp("pretrained") / "bert")
-
-
-@pytest.fixture(scope="session")
-def learnable_csv(tmp_path_factory):
-    """300 rows whose label is spelled out by a keyword: a tiny model learns it in seconds."""
-    from factories import learnable_rows, write_csv
-
-    return write_csv(tmp_path_factory.mktemp("data") / "learnable.csv", learnable_rows(300))
