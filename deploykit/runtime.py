@@ -269,6 +269,12 @@ class Runtime:
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
 
+        exported_with = self.manifest.get("provenance", {}).get("onnxruntime")
+        if exported_with and exported_with != ort.__version__:
+            # Fused contrib operators and quantized kernels can change between releases.
+            log.warning("artifact %s was exported and verified with onnxruntime %s but is served with %s; "
+                        "run 'deploykit verify' with this version or pin onnxruntime==%s",
+                        self.path, exported_with, ort.__version__, exported_with)
         providers = list(providers or ["CPUExecutionProvider"])
         missing = [p for p in providers if p not in ort.get_available_providers()]
         if missing:

@@ -173,3 +173,18 @@ assert not any(m.split('.')[0] in ('torch', 'transformers', 'datasets') for m in
                          cwd=Path(__file__).parents[1])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() in ("negative", "neutral", "positive")
+
+
+def test_warns_when_serving_with_another_onnxruntime(serve_artifact, copy, caplog):
+    import onnxruntime
+
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["provenance"]["onnxruntime"] == onnxruntime.__version__
+    with caplog.at_level("WARNING", logger="deploykit.runtime"):
+        Runtime(copy, "fp32")
+    assert "exported and verified with onnxruntime" not in caplog.text
+    manifest["provenance"]["onnxruntime"] = "1.0.0"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING", logger="deploykit.runtime"):
+        Runtime(copy, "fp32")
+    assert f"onnxruntime 1.0.0 but is served with {onnxruntime.__version__}" in caplog.text
