@@ -301,6 +301,52 @@ def load_labelled(source: str, text_column: str, label_column: str, label_names:
     return Split(texts, [label_names.index(label) for label in labels])
 
 
+def rebuild_config(stored: DataConfig | None, *, data: str | None = None, text_column: str | None = None,
+                   label_column: str | None = None) -> DataConfig:
+    """A checkpoint's data options (source, columns, seed, ratios) with overrides applied.
+
+    Raises:
+        BadInputError: If there is neither a stored config nor a ``data`` source.
+    """
+    base = {f: getattr(stored, f) for f in DataConfig.__dataclass_fields__} if stored else {}
+    if data is None and not base:
+        raise BadInputError("the checkpoint has no deploykit.yaml to rebuild its data splits from; "
+                            "pass --data (and --split all for a file that is a test set)")
+    overrides = {"data": data, "text_column": text_column, "label_column": label_column}
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    base["max_train_samples"] = None
+    return DataConfig(**base)
+
+
+def held_out(dcfg: DataConfig, split: str, label_names: list[str]) -> tuple[Split, str]:
+    """The rows of one split (or ``all`` rows), labels mapped onto a model's label map.
+
+    The split is rebuilt with ``dcfg``'s seed and ratios, so it is exactly the one training
+    held out. Evaluation and export parity both score these rows.
+
+    Args:
+        dcfg: Data options, usually from ``rebuild_config``.
+        split: ``test``, ``validation`` or ``all``.
+        label_names: The model's label names in id order.
+
+    Returns:
+        (the rows, the data's sha256).
+
+    Raises:
+        BadInputError: Bad source, or labels the model does not know.
+    """
+    if split == "all":
+        return load_labelled(dcfg.data, dcfg.text_column, dcfg.label_column, label_names), source_sha256(dcfg.data)
+    splits = load_splits(dcfg)
+    unknown = sorted(set(splits.label_names) - set(label_names))
+    if unknown:
+        raise BadInputError(f"data {dcfg.data} has label(s) {unknown} that the checkpoint does not "
+                            f"know (it knows {label_names}); pass the data it was trained on")
+    rows = splits.get(split)
+    remap = [label_names.index(name) for name in splits.label_names]
+    return Split(rows.texts, [remap[i] for i in rows.labels]), splits.data_sha256
+
+
 # --- tokenization and batches ----------------------------------------------------------------
 
 def tokenize(tokenizer: Any, split: Split, max_length: int) -> list[dict[str, Any]]:

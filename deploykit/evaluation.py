@@ -20,7 +20,6 @@ import numpy as np
 
 from deploykit import checkpoint, data
 from deploykit.config import DataConfig, EvalConfig
-from deploykit.errors import BadInputError
 from deploykit.scoring import classification_metrics, predict_logits, softmax
 
 log = logging.getLogger(__name__)
@@ -30,27 +29,10 @@ LENGTH_EDGES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 def _rows(cfg: EvalConfig, label_names: list[str]) -> tuple[data.Split, DataConfig]:
     """The rows to score, with label ids mapped onto the checkpoint's label map."""
-    stored = checkpoint.train_config(cfg.checkpoint)
-    base = DataConfig(**{k: getattr(stored, k) for k in DataConfig.__dataclass_fields__}) if stored else DataConfig()
-    if cfg.data:
-        base.data = cfg.data
-    if cfg.text_column:
-        base.text_column = cfg.text_column
-    if cfg.label_column:
-        base.label_column = cfg.label_column
-    base.max_train_samples = None
-    if stored is None and not cfg.data:
-        raise BadInputError(f"{cfg.checkpoint} has no deploykit.yaml naming its data; pass --data")
-    if cfg.split == "all":
-        return data.load_labelled(base.data, base.text_column, base.label_column, label_names), base
-    splits = data.load_splits(base)
-    split = splits.get(cfg.split)
-    unknown = sorted(set(splits.label_names) - set(label_names))
-    if unknown:
-        raise BadInputError(f"{base.data} has label(s) {unknown} that the checkpoint does not know "
-                            f"(it knows {label_names})")
-    remap = [label_names.index(name) for name in splits.label_names]
-    return data.Split(split.texts, [remap[i] for i in split.labels]), base
+    dcfg = data.rebuild_config(checkpoint.train_config(cfg.checkpoint), data=cfg.data,
+                               text_column=cfg.text_column, label_column=cfg.label_column)
+    rows, _ = data.held_out(dcfg, cfg.split, label_names)
+    return rows, dcfg
 
 
 def length_buckets(lengths: list[int], gold: list[int], predicted: list[int],

@@ -66,17 +66,10 @@ class VariantResult:
 
 def _data_config(cfg: ParityConfig, train_cfg: TrainConfig | None) -> DataConfig:
     """The checkpoint's data options with --data/--text-column/--label-column applied on top."""
-    base = {f: getattr(train_cfg, f) for f in DataConfig.__dataclass_fields__} if train_cfg else {}
-    if cfg.data is None and not base:
-        raise BadInputError("the checkpoint has no deploykit.yaml to rebuild its data splits from; "
-                            "pass --data (and --split all for a file that is a test set)")
-    if cfg.data is not None:
-        base["data"] = cfg.data
-    for name in ("text_column", "label_column"):
-        if getattr(cfg, name) is not None:
-            base[name] = getattr(cfg, name)
-    base["max_train_samples"] = None
-    return DataConfig(**base)
+    from deploykit import data
+
+    return data.rebuild_config(train_cfg, data=cfg.data, text_column=cfg.text_column,
+                               label_column=cfg.label_column)
 
 
 def load_held_out(cfg: ParityConfig, train_cfg: TrainConfig | None, labels: list[str]) -> HeldOut:
@@ -96,19 +89,8 @@ def load_held_out(cfg: ParityConfig, train_cfg: TrainConfig | None, labels: list
     from deploykit import data
 
     dcfg = _data_config(cfg, train_cfg)
-    if cfg.split == "all":
-        split = data.load_labelled(dcfg.data, dcfg.text_column, dcfg.label_column, labels)
-        texts, gold, sha = split.texts, split.labels, data.source_sha256(dcfg.data)
-    else:
-        splits = data.load_splits(dcfg)
-        split = splits.get(cfg.split)
-        unknown = sorted(set(splits.label_names) - set(labels))
-        if unknown:
-            raise BadInputError(f"data {dcfg.data} has label(s) {unknown} that the checkpoint does "
-                                f"not know (it knows {labels}); pass the data it was trained on")
-        texts = split.texts
-        gold = [labels.index(splits.label_names[i]) for i in split.labels]
-        sha = splits.data_sha256
+    rows, sha = data.held_out(dcfg, cfg.split, labels)
+    texts, gold = rows.texts, rows.labels
     if cfg.max_eval_samples is not None:
         texts, gold = texts[:cfg.max_eval_samples], gold[:cfg.max_eval_samples]
     if not texts:
