@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from deploykit.bench.online import run_levels  # noqa: E402
 from deploykit.bench.stats import summarize_latencies, time_calls  # noqa: E402
 from deploykit.config import BenchOnlineConfig  # noqa: E402
 from deploykit.runtime import Runtime, read_manifest, select_variant  # noqa: E402
+from deploykit.serve.launch import stop_process_group
 
 VENV = Path(os.environ.get("DEPLOYKIT_PYTRITON_VENV", ROOT / ".venv-pytriton"))
 
@@ -74,12 +74,7 @@ def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 240
 
 def stop(proc: subprocess.Popen) -> None:
     """Stop exactly the server this script started (its own process group)."""
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    stop_process_group(proc, timeout=60)
 
 
 def start_deploykit(artifact: Path, variant: str, threads: int, work: Path, *extra: str):

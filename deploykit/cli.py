@@ -181,7 +181,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from deploykit import demo
 
-    demo.run(build_config(DemoConfig, args))
+    summary = demo.run(build_config(DemoConfig, args))
+    print(summary.read_text(), flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

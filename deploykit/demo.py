@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -272,14 +271,9 @@ class Service:
 
     def stop(self) -> None:
         """Stop bentoml and its workers (the whole session), by the process id."""
-        if self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        from deploykit.serve.launch import stop_process_group
+
+        stop_process_group(self.proc)
 
 
 def _classify(service: Service, artifact: Path, texts: list[str], golds: list[str | None]) -> dict[str, Any]:
@@ -555,7 +549,6 @@ def run(cfg: DemoConfig) -> Path:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             raise StageFailed(stage, exc, out) from exc
-    print(summary.read_text(), flush=True)
     return summary
 
 

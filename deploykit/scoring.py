@@ -69,15 +69,16 @@ def predict_logits(model: Any, tokenizer: Any, texts: Sequence[str], *, max_leng
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
-    order = np.argsort(lengths, kind="stable")
+    # Tokenize once; each batch is then only padded (to its own longest row).
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    rows = [{k: encoded[k][i] for k in encoded.keys()} for i in range(len(texts))]
+    order = np.argsort([len(row["input_ids"]) for row in rows], kind="stable")
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     starts = range(0, len(texts), batch_size)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for start in tqdm(starts, desc="scoring", disable=not progress, leave=False):
             index = order[start:start + batch_size]
-            batch = tokenizer([texts[i] for i in index], truncation=True, max_length=max_length,
-                              padding=True, return_tensors="pt").to(device)
+            batch = tokenizer.pad([rows[i] for i in index], return_tensors="pt").to(device)
             out[index] = model(**batch).logits.float().cpu().numpy()
     model.train(was_training)
     return out

@@ -372,6 +372,7 @@ def run(cfg: TrainConfig) -> Path:
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     eval_every = cfg.eval_every or steps_per_epoch
     unfreeze_every = cfg.unfreeze_every or steps_per_epoch
+    last_stage = strategies.layerwise_stages(model) if cfg.strategy == "layerwise" else 0
     if dist.main:
         log.info("data: %d train / %d validation / %d test rows, labels %s; %d steps (%d per epoch)",
                  len(splits.train), len(splits.validation), len(splits.test), label_names,
@@ -450,7 +451,7 @@ def run(cfg: TrainConfig) -> Path:
 
             # Layerwise: unfreeze one more block (from the top) every unfreeze_every steps.
             if cfg.strategy == "layerwise":
-                stage = min(state.step // unfreeze_every, strategies.layerwise_stages(model))
+                stage = min(state.step // unfreeze_every, last_stage)
                 if stage != state.stage:
                     state.stage = stage
                     _apply_strategy(model, cfg, stage, dist)

@@ -9,7 +9,6 @@ Deployment and requested from the running server.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from deploykit.deploy import validate
+from deploykit.serve.launch import stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(validate.kubectl() is None, reason="kubectl is not installed")
@@ -87,12 +87,7 @@ def pod(deployment, serve_artifact, tmp_path_factory):
     try:
         yield {"proc": proc, "log": log, "container": container}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # its own session: bentoml and its workers
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
 
 
 def _port(container: dict, port) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 
 from deploykit.runtime import Runtime
+from deploykit.serve.launch import stop_process_group
 
 ROOT = Path(__file__).parents[1]
 MAX_TEXTS, MAX_QUEUE, MAX_BODY = 200, 150, 64 * 1024
@@ -82,12 +82,7 @@ def start_server(artifact: Path | None, folder: Path, *extra: str, argv: list[st
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)  # its own session: bentoml and its workers
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    stop_process_group(proc)
 
 
 @pytest.fixture(scope="session")

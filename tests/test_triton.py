@@ -13,7 +13,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import pytest
 
 from deploykit.config import TritonConfig
 from deploykit.serve import triton_repo
+from deploykit.serve.launch import stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("DEPLOYKIT_PYTRITON_VENV", ROOT / ".venv-pytriton"))
@@ -375,12 +375,7 @@ def server(repo, tmp_path_factory):
     finally:
         client.close()
         # Stop exactly the server this fixture started (its own process group).
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc, timeout=60)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,3 +55,21 @@ def run(cfg: ServeConfig) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(argv[0], argv, env)
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a server started with ``start_new_session=True``: SIGTERM to its whole process group
+    (bentoml or tritonserver and their workers), SIGKILL if it is not gone within ``timeout``.
+
+    Args:
+        proc: The server process (leader of its own session).
+        timeout: Seconds to wait after SIGTERM.
+    """
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
