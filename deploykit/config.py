@@ -128,25 +128,32 @@ class TrainConfig(DataConfig):
 
 
 @dataclass
-class EvalConfig:
-    """Evaluation of a checkpoint on a split of a data set."""
+class HeldOutConfig:
+    """Which labelled rows a checkpoint is scored on (evaluation, export parity, verify)."""
 
-    checkpoint: str = opt("", "Checkpoint folder written by 'deploykit train'.", positional=True)
     data: str | None = opt(None, "Data source (default: the checkpoint's own, split again with "
                            "its stored seed and ratios).")
     text_column: str | None = opt(None, "Text column (default: the checkpoint's).")
     label_column: str | None = opt(None, "Label column (default: the checkpoint's).")
-    split: str = opt("test", "Which rows to score: test (held-out), validation, or all rows "
-                     "of --data (for a file that is a test set already).",
-                     choices=("test", "validation", "all"))
+    split: str = opt("test", "Rows to score: test (held-out), validation, or all rows of --data "
+                     "(for a file that is a test set already).", choices=("test", "validation", "all"))
+
+    def __post_init__(self) -> None:
+        _require(self.split in ("test", "validation", "all"), "split", "choose test, validation or all")
+
+
+@dataclass
+class EvalConfig(HeldOutConfig):
+    """Evaluation of a checkpoint on a split of a data set."""
+
+    checkpoint: str = opt("", "Checkpoint folder written by 'deploykit train'.", positional=True)
     out: str = opt("eval", "Folder for metrics.json, report.md, errors.jsonl and plots.")
     batch_size: int = opt(128, "Rows per batch.")
     max_errors: int = opt(200, "Keep this many error cases in errors.jsonl.")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _require(bool(self.checkpoint), "checkpoint", "give the checkpoint folder to evaluate")
-        _require(self.split in ("test", "validation", "all"), "split",
-                 "choose test, validation or all")
         _require(self.batch_size > 0, "batch_size", "must be positive")
 
 
@@ -327,16 +334,9 @@ VARIANT_NAMES = ("fp32", "opt", "int8", "int8-static")
 
 
 @dataclass
-class ParityConfig:
+class ParityConfig(HeldOutConfig):
     """Held-out data and the parity bounds every exported variant must meet (export and verify)."""
 
-    data: str | None = opt(None, "Data source for parity and metrics (default: the checkpoint's "
-                           "own, split again with its stored seed and ratios).")
-    text_column: str | None = opt(None, "Text column (default: the checkpoint's).")
-    label_column: str | None = opt(None, "Label column (default: the checkpoint's).")
-    split: str = opt("test", "Rows to check parity on: test (held-out), validation, or all rows "
-                     "of --data (for a file that is a test set already).",
-                     choices=("test", "validation", "all"))
     max_eval_samples: int | None = opt(None, "Check parity on the first N rows of the split only "
                                        "(default: all of it; for quick runs and tests).")
     batch_sizes: str = opt("1,7,64", "Comma-separated batch sizes that the parity check cycles "
@@ -351,7 +351,7 @@ class ParityConfig:
                                   "variants against PyTorch.")
 
     def __post_init__(self) -> None:
-        _require(self.split in ("test", "validation", "all"), "split", "choose test, validation or all")
+        super().__post_init__()
         _require(self.max_eval_samples is None or self.max_eval_samples > 0, "max_eval_samples",
                  "must be a positive number of rows")
         try:
