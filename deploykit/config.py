@@ -384,9 +384,18 @@ class ExportConfig(ParityConfig):
     quantize: str = opt("dynamic", "INT8 variants: dynamic (model.int8.onnx), static (also "
                         "model.int8-static.onnx, QDQ calibrated on training rows), none.",
                         choices=QUANTIZE_MODES)
+    int8_fallback: str = opt("auto", "auto: when the all-INT8 graph misses the INT8 bounds on "
+                             "validation rows, keep the operators that quantize worst in float, "
+                             "the fewest that meet them (measured, recorded in the manifest); "
+                             "off: quantize every operator.", choices=("auto", "off"))
+    int8_search_samples: int = opt(2000, "Validation rows the INT8 fallback search scores each "
+                                   "candidate graph on.")
+    int8_search_margin: float = opt(0.003, "Agreement the INT8 fallback search demands on "
+                                    "validation rows above --int8-min-agreement, so that the "
+                                    "held-out split passes too.")
     int8_float_ffn_layers: int = opt(0, "Keep the feed-forward MatMuls of the first N transformer "
-                                     "layers in float in model.int8.onnx (the most quantization-"
-                                     "sensitive ones; raises INT8 agreement at some size and speed).")
+                                     "layers in float in model.int8.onnx, instead of searching "
+                                     "(0: let --int8-fallback decide).")
     calibration_samples: int = opt(128, "Training rows that calibrate static quantization.")
     reduce_range: str = opt("auto", "7-bit weights for INT8: auto (on when the CPU lacks VNNI), "
                             "on, off.", choices=("auto", "on", "off"))
@@ -409,6 +418,9 @@ class ExportConfig(ParityConfig):
         _require(self.reduce_range in ("auto", "on", "off"), "reduce_range", "choose auto, on or off")
         _require(self.calibration_samples > 0, "calibration_samples", "must be positive")
         _require(self.int8_float_ffn_layers >= 0, "int8_float_ffn_layers", "must be >= 0")
+        _require(self.int8_fallback in ("auto", "off"), "int8_fallback", "choose auto or off")
+        _require(self.int8_search_samples > 0, "int8_search_samples", "must be a positive number of rows")
+        _require(0 <= self.int8_search_margin < 1, "int8_search_margin", "must be a fraction in [0, 1)")
         _require(self.default_variant is None or self.default_variant in VARIANT_NAMES,
                  "default_variant", f"choose one of {', '.join(VARIANT_NAMES)}")
         _require(11 <= self.opset <= 21, "opset", f"{self.opset} is not in [11, 21]")

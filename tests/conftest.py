@@ -44,7 +44,8 @@ def serve_artifact(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("serve-artifact")
     checkpoint = make_checkpoint(root / "checkpoint", "bert", max_length=32)
-    # Tiny random models have near-tied logits: INT8 may fail its gate, which is fine here.
+    # Tiny random models have near-tied logits: INT8 may fail its gate, which is fine here; the
+    # fallback search is off so that model.int8.onnx is the all-INT8 graph the tests expect.
     return export.run(ExportConfig(checkpoint=str(checkpoint), out=str(root / "artifact"),
                                    data=str(heldout_csv(root / "heldout.csv")), split="all",
-                                   allow_parity_failure=True))
+                                   int8_fallback="off", allow_parity_failure=True))

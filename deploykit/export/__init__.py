@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,43 @@ def _calibration_feeds(cfg: ExportConfig, train_cfg: Any, tokenizer: Any, inputs
     return feeds
 
 
+def _search_rows(cfg: ExportConfig, train_cfg: Any, labels: list[str], held: Any) -> Any:
+    """The INT8 search's rows: the validation split, else (with a warning) the parity rows."""
+    from deploykit.export import parity
+    from deploykit.export.int8_fallback import SearchRows
+
+    try:
+        rows = parity.load_held_out(replace(cfg, split="validation", max_eval_samples=cfg.int8_search_samples),
+                                    train_cfg, labels)
+        return SearchRows(rows.texts, rows.labels, "validation")
+    except BadInputError as exc:
+        log.warning("the int8 search scores the %s rows themselves (%s); the INT8 gate on them is "
+                    "then no independent check", held.split, exc)
+        return SearchRows(held.texts[:cfg.int8_search_samples], held.labels[:cfg.int8_search_samples], held.split)
+
+
+def _quantize_dynamic(cfg: ExportConfig, src: Path, dst: Path, reduce_range: bool, train_cfg: Any,
+                      labels: list[str], held: Any, max_length: int) -> dict[str, Any]:
+    """Step 3 (dynamic): float FFN layers as asked, else the accuracy-aware search, else all INT8."""
+    from deploykit.export import int8_fallback, quantize
+
+    if cfg.int8_float_ffn_layers:
+        info = quantize.quantize_dynamic(src, dst, reduce_range, quantize.ffn_matmuls(src, cfg.int8_float_ffn_layers))
+        info["fallback"] = {"mode": "float_ffn_layers", "layers": cfg.int8_float_ffn_layers}
+        return info
+    if cfg.int8_fallback == "off":
+        info = quantize.quantize_dynamic(src, dst, reduce_range)
+        info["fallback"] = {"mode": "off"}
+        return info
+    rows = _search_rows(cfg, train_cfg, labels, held)
+    if len(rows.texts) < 200:
+        log.warning("the int8 search has only %d %s rows: agreement moves in steps of %.3f", len(rows.texts),
+                    rows.split, 1 / len(rows.texts))
+    return int8_fallback.search(src, dst, reduce_range, Path(dst).parent / "tokenizer.json", rows, max_length,
+                                cfg.batch_size_list, min(1.0, cfg.int8_min_agreement + cfg.int8_search_margin),
+                                cfg.int8_max_f1_drop)
+
+
 def run(cfg: ExportConfig) -> Path:
     """Export a checkpoint to a verified artifact folder.
 
@@ -162,8 +200,8 @@ def run(cfg: ExportConfig) -> Path:
         if cfg.quantize != "none":
             reduce_range = quantize.choose_reduce_range(cfg.reduce_range)
             source = "opt" if opt_info else "fp32"
-            info = quantize.quantize_dynamic(tmp / FILES[source], tmp / FILES["int8"], reduce_range,
-                                             cfg.int8_float_ffn_layers)
+            info = _quantize_dynamic(cfg, tmp / FILES[source], tmp / FILES["int8"], reduce_range,
+                                     train_cfg, labels, held, max_length)
             variants["int8"] = {"fused_ops": optimize.fused_ops(tmp / FILES["int8"]), "quantization": info}
             if cfg.quantize == "static":
                 feeds = _calibration_feeds(cfg, train_cfg, tokenizer, inputs, max_length)

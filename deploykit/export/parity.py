@@ -164,7 +164,7 @@ def session(path: Path, threads: int | None = None) -> Any:
 
 
 def onnx_logits(sess: Any, tokenizer_file: Path, texts: Sequence[str], max_length: int,
-                sizes: Sequence[int], desc: str = "onnx") -> np.ndarray:
+                sizes: Sequence[int], desc: str = "onnx", progress: bool = True) -> np.ndarray:
     """Logits of ``texts`` from an ONNX session, tokenized with ``tokenizer.json`` (no transformers).
 
     Args:
@@ -174,6 +174,7 @@ def onnx_logits(sess: Any, tokenizer_file: Path, texts: Sequence[str], max_lengt
         max_length: Truncation length.
         sizes: Batch sizes to cycle through.
         desc: Progress-bar label.
+        progress: Show a progress bar.
 
     Returns:
         float32 array [len(texts), num_labels].
@@ -188,7 +189,8 @@ def onnx_logits(sess: Any, tokenizer_file: Path, texts: Sequence[str], max_lengt
         tokenizer.enable_padding(pad_id=tokenizer.token_to_id(pad) if pad else 0, pad_token=pad or "[PAD]")
     types = {i.name: (np.int32 if i.type == "tensor(int32)" else np.int64) for i in sess.get_inputs()}
     out = []
-    for part in tqdm(batches(len(texts), sizes), desc=desc, unit="batch", leave=False):
+    quiet = {} if progress else {"disable": True}  # passing disable=False would override TQDM_DISABLE
+    for part in tqdm(batches(len(texts), sizes), desc=desc, unit="batch", leave=False, **quiet):
         encoded = tokenizer.encode_batch(list(texts[part]))
         arrays = {"input_ids": [e.ids for e in encoded], "attention_mask": [e.attention_mask for e in encoded],
                   "token_type_ids": [e.type_ids for e in encoded]}

@@ -12,7 +12,7 @@ import logging
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +90,16 @@ def ffn_matmuls(path: Path, layers: int) -> list[str]:
             and any(p in n.name for p in prefixes)]
 
 
-def quantize_dynamic(src: Path, dst: Path, reduce_range: bool, float_ffn_layers: int = 0) -> dict[str, Any]:
+def quantize_dynamic(src: Path, dst: Path, reduce_range: bool, float_nodes: Sequence[str] = (),
+                     only_nodes: Sequence[str] = ()) -> dict[str, Any]:
     """Dynamic INT8 quantization with per-channel int8 weights.
 
     Args:
         src: The fused graph (or the plain one when optimization is off).
         dst: Where to write ``model.int8.onnx``.
         reduce_range: Quantize weights to 7 bits (for CPUs without VNNI).
-        float_ffn_layers: Keep the feed-forward MatMuls of this many first layers in float.
+        float_nodes: Names of nodes to leave in float (see ``ffn_matmuls`` and ``int8_fallback``).
+        only_nodes: Quantize these nodes alone (empty: every node the quantizer supports).
 
     Returns:
         The manifest's ``quantization`` entry.
@@ -108,15 +110,15 @@ def quantize_dynamic(src: Path, dst: Path, reduce_range: bool, float_ffn_layers:
 
     # The fused graph has contrib ops whose outputs shape inference cannot type; without a
     # default tensor type the quantizer fails with "Unable to find data type for weight_name".
-    float_nodes = ffn_matmuls(src, float_ffn_layers) if float_ffn_layers else []
     with _quiet_quantizer():
         ort_quantize_dynamic(src, dst, per_channel=True, reduce_range=reduce_range,
-                             weight_type=QuantType.QInt8, nodes_to_exclude=float_nodes,
+                             weight_type=QuantType.QInt8, nodes_to_exclude=list(float_nodes),
+                             nodes_to_quantize=list(only_nodes),
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     info = {"mode": "dynamic", "per_channel": True, "reduce_range": reduce_range,
-            "weight_type": "int8", "source": src.name, "float_nodes": float_nodes,
+            "weight_type": "int8", "source": src.name, "float_nodes": list(float_nodes),
             "quantized_ops": quantized_matmuls(dst)}
-    log.info("quantized %s -> %s: %s", src.name, dst.name, info["quantized_ops"])
+    log.debug("quantized %s -> %s: %s", src.name, dst.name, info["quantized_ops"])
     return info
 
 
