@@ -21,6 +21,7 @@ import logging
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -139,6 +140,16 @@ def main() -> None:
             file = artifact / manifest["variants"][name]["file"]
             engines.append((label, lambda f=file: _onnx_engine(f, artifact / "tokenizer.json", max_length,
                                                                 args.threads)))
+    int8 = manifest["variants"].get("int8", {})
+    if int8.get("quantization", {}).get("float_nodes"):
+        # What the INT8 fallback costs: the all-INT8 graph (--int8-fallback off), measured alongside.
+        from deploykit.export import quantize
+
+        source = artifact / int8["quantization"]["source"]
+        every = Path(tempfile.mkdtemp(prefix="export-variants-")) / "model.int8-all.onnx"
+        quantize.quantize_dynamic(source, every, int8["quantization"]["reduce_range"])
+        engines.append(("onnx int8, every operator (--int8-fallback off)",
+                        lambda: _onnx_engine(every, artifact / "tokenizer.json", max_length, args.threads)))
     rows = []
     for label, make in engines:
         encode, call, size = make()

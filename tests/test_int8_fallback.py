@@ -37,12 +37,14 @@ def test_smallest_passing_with_nothing_to_try():
 
 
 def test_predicted_float_count_removes_enough_error_variance():
-    # Variances 16, 4, 1, 1 (total 22). Halving the flips leaves a quarter of the variance
-    # (5.5): dropping the first leaves 6, the first two leave 2.
-    assert predict_float_count([4, 2, 1, 1], disagreement=0.02, target_disagreement=0.01) == 2
-    # A tenth of the flips leaves 0.22: only the last operator's 1 may stay... not even that.
-    assert predict_float_count([4, 2, 1, 1], disagreement=0.02, target_disagreement=0.002) == 4
+    # Variances 16, 4, 1, 1 (total 22). Half the flips may stay: at most 11 of the variance
+    # (dropping the first leaves 6); a tenth may stay, 2.2: the first two leave 2.
+    assert predict_float_count([4, 2, 1, 1], disagreement=0.02, target_disagreement=0.01) == 1
+    assert predict_float_count([4, 2, 1, 1], disagreement=0.02, target_disagreement=0.002) == 2
+    assert predict_float_count([4, 2, 1, 1], disagreement=0.02, target_disagreement=0.001) == 3
     assert predict_float_count([4, 2, 1, 1], disagreement=0.02, target_disagreement=0.0) == 4
+    # The order given is the order operators go float, whatever their damage.
+    assert predict_float_count([1, 1, 2, 4], disagreement=0.02, target_disagreement=0.002) == 4
     # Nothing to go on, or already within the target: start with one.
     assert predict_float_count([0, 0], disagreement=0.02, target_disagreement=0.01) == 1
     assert predict_float_count([4, 2], disagreement=0.005, target_disagreement=0.01) == 1
