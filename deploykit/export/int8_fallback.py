@@ -19,9 +19,9 @@ Written here rather than taken from a library: neural-compressor 3.x dropped its
 backend, and onnx-neural-compressor (1.0, 2024) is unmaintained; the loop is short and
 onnxruntime's own quantizer does all the quantizing.
 
-The search scores candidates against the float source graph, not PyTorch (parity has already
-shown them equal within 1e-4), and on the validation split, so that the held-out split that
-gates the variant afterwards stays an independent check.
+The search scores candidates against the float source graph, not PyTorch (the two agree within
+1e-4, which parity checks for that graph too), and on the validation split, so that the
+held-out split that gates the variant afterwards stays an independent check.
 """
 
 from __future__ import annotations
