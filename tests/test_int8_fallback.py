@@ -218,6 +218,20 @@ def test_export_searches_on_validation_rows_by_default(outlier_artifact, tmp_pat
     ops = _nodes(artifact / "model.int8.onnx")
     assert all(ops[n] in ("MatMul", "Attention", "EmbedLayerNormalization") for n in int8["quantization"]["float_nodes"])
 
+    # The demo's summary reports what the search kept in float.
+    from deploykit import demo_summary
+
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    facts = demo_summary.export_facts(manifest, checkpoint)
+    assert facts["variants"]["int8"]["fallback"] == {"float_nodes": int8["quantization"]["float_nodes"],
+                                                     "candidates": record.get("candidates"), "rows": record["rows"]}
+    report = {"mode": "full", "export": {**facts, "gates": {"int8_min_agreement": 0.99, "int8_max_f1_drop": 0.01}}}
+    text = "\n".join(demo_summary._parity(report))
+    kept = len(int8["quantization"]["float_nodes"])
+    assert kept > 0, "precondition: the outlier model's all-INT8 graph misses the gate"
+    assert f"INT8 keeps {kept} of {record['candidates']} quantizable operators" in text
+    assert f"measured on {record['rows']} validation rows" in text
+
 
 def test_export_with_the_fallback_off_quantizes_everything(outlier_artifact, tmp_path):
     from deploykit import export
