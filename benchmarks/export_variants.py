@@ -146,8 +146,9 @@ def main() -> None:
         from deploykit.export import quantize
 
         source = artifact / int8["quantization"]["source"]
-        every = Path(tempfile.mkdtemp(prefix="export-variants-")) / "model.int8-all.onnx"
-        quantize.quantize_dynamic(source, every, int8["quantization"]["reduce_range"])
+        scratch = tempfile.TemporaryDirectory(prefix="export-variants-")  # removed when main() returns
+        every = Path(scratch.name) / "model.int8-all.onnx"
+        quantize.write_dynamic(source, every, int8["quantization"]["reduce_range"])
         engines.append(("onnx int8, every operator (--int8-fallback off)",
                         lambda: _onnx_engine(every, artifact / "tokenizer.json", max_length, args.threads)))
     rows = []

@@ -30,13 +30,19 @@ def export_facts(manifest: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
         "variants": {name: {"file": v["file"], "bytes": v["bytes"], "servable": v["servable"],
                             "fused_ops": v.get("fused_ops", {}),
                             "metrics": {k: v["metrics"][k] for k in ("accuracy", "macro_f1")},
-                            "parity": v["parity"],
-                            **({"fallback": {"float_nodes": v["quantization"]["float_nodes"],
-                                             "candidates": v["quantization"]["fallback"].get("candidates"),
-                                             "rows": v["quantization"]["fallback"].get("rows")}}
-                               if v.get("quantization", {}).get("fallback", {}).get("mode") == "auto" else {})}
+                            "parity": v["parity"], **_fallback_facts(v)}
                      for name, v in manifest["variants"].items()},
     }
+
+
+def _fallback_facts(variant: dict[str, Any]) -> dict[str, Any]:
+    """What export's INT8 search kept in float (``{}`` unless the variant came from the search)."""
+    quantization = variant.get("quantization", {})
+    record = quantization.get("fallback", {})
+    if record.get("mode") != "auto":
+        return {}
+    return {"fallback": {"float_nodes": quantization["float_nodes"], "candidates": record.get("candidates"),
+                         "rows": record.get("rows")}}
 
 
 def next_commands(report: dict[str, Any]) -> list[str]:

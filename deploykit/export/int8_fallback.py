@@ -235,7 +235,7 @@ def search(src: Path, dst: Path, reduce_range: bool, tokenizer_file: Path, rows:
     try:
         def attempt(float_nodes: Sequence[str]) -> Trial:
             path = scratch / f"float{len(float_nodes)}.onnx"
-            quantize.quantize_dynamic(src, path, reduce_range, float_nodes=float_nodes)
+            quantize.write_dynamic(src, path, reduce_range, float_nodes)
             out = logits(path, rows.texts, batch_sizes, f"int8 search: {len(float_nodes)} float")
             agreement = float((out.argmax(-1) == reference.argmax(-1)).mean())
             expected = expected_agreement(reference, out)
@@ -263,7 +263,7 @@ def search(src: Path, dst: Path, reduce_range: bool, tokenizer_file: Path, rows:
             damage = {}
             for node in tqdm(candidates, desc="int8 search: damage per operator", unit="op", leave=False):
                 path = scratch / "one.onnx"
-                quantize.quantize_dynamic(src, path, reduce_range, only_nodes=[node])
+                quantize.write_dynamic(src, path, reduce_range, only_nodes=[node])
                 damage[node] = float(np.abs(logits(path, sample, [DAMAGE_BATCH]) - sample_reference).mean())
             # Most error removed per float weight first: errors add in variance (damage squared),
             # and the size of the graph and the time of its MatMuls grow with its float weights;
@@ -282,9 +282,7 @@ def search(src: Path, dst: Path, reduce_range: bool, tokenizer_file: Path, rows:
         shutil.rmtree(scratch, ignore_errors=True)
 
     record.update(met=met, trials=[asdict(trials[k]) for k in sorted(trials)])
-    info = {"mode": "dynamic", "per_channel": True, "reduce_range": reduce_range, "weight_type": "int8",
-            "source": src.name, "float_nodes": float_nodes, "quantized_ops": quantize.quantized_matmuls(dst),
-            "fallback": record}
+    info = {**quantize.dynamic_info(src, dst, reduce_range, float_nodes), "fallback": record}
     if not met:
         log.warning("int8 search: no graph met agreement >= %.4f (expected >= %.4f) and macro-F1 drop <= %.4f "
                     "on %d %s rows even with all %d operators in float", min_agreement, target, max_f1_drop,

@@ -90,8 +90,7 @@ def ffn_matmuls(path: Path, layers: int) -> list[str]:
             and any(p in n.name for p in prefixes)]
 
 
-def quantize_dynamic(src: Path, dst: Path, reduce_range: bool, float_nodes: Sequence[str] = (),
-                     only_nodes: Sequence[str] = ()) -> dict[str, Any]:
+def quantize_dynamic(src: Path, dst: Path, reduce_range: bool, float_nodes: Sequence[str] = ()) -> dict[str, Any]:
     """Dynamic INT8 quantization with per-channel int8 weights.
 
     Args:
@@ -99,10 +98,24 @@ def quantize_dynamic(src: Path, dst: Path, reduce_range: bool, float_nodes: Sequ
         dst: Where to write ``model.int8.onnx``.
         reduce_range: Quantize weights to 7 bits (for CPUs without VNNI).
         float_nodes: Names of nodes to leave in float (see ``ffn_matmuls`` and ``int8_fallback``).
-        only_nodes: Quantize these nodes alone (empty: every node the quantizer supports).
 
     Returns:
         The manifest's ``quantization`` entry.
+    """
+    write_dynamic(src, dst, reduce_range, float_nodes)
+    return dynamic_info(src, dst, reduce_range, float_nodes)
+
+
+def write_dynamic(src: Path, dst: Path, reduce_range: bool, float_nodes: Sequence[str] = (),
+                  only_nodes: Sequence[str] = ()) -> None:
+    """Write the dynamic INT8 graph of ``src`` to ``dst`` (``quantize_dynamic`` without the report).
+
+    Args:
+        src: The float graph.
+        dst: Where to write the INT8 graph.
+        reduce_range: Quantize weights to 7 bits.
+        float_nodes: Names of nodes to leave in float.
+        only_nodes: Quantize these nodes alone (empty: every node the quantizer supports).
     """
     import onnx
     from onnxruntime.quantization import QuantType
@@ -115,6 +128,10 @@ def quantize_dynamic(src: Path, dst: Path, reduce_range: bool, float_nodes: Sequ
                              weight_type=QuantType.QInt8, nodes_to_exclude=list(float_nodes),
                              nodes_to_quantize=list(only_nodes),
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+def dynamic_info(src: Path, dst: Path, reduce_range: bool, float_nodes: Sequence[str]) -> dict[str, Any]:
+    """The manifest's ``quantization`` entry of a graph ``write_dynamic`` wrote (reads ``dst``)."""
     info = {"mode": "dynamic", "per_channel": True, "reduce_range": reduce_range,
             "weight_type": "int8", "source": src.name, "float_nodes": list(float_nodes),
             "quantized_ops": quantized_matmuls(dst)}
