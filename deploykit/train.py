@@ -2,7 +2,7 @@
 
 ``run`` reads top to bottom: set up (small ``_setup_*`` helpers that fail early and name the
 fix), then one loop of micro-batches -> optimizer steps -> periodic evaluation -> best
-checkpoint, resume state and early stopping. Output folder (DESIGN.md's RUN/):
+checkpoint, resume state and early stopping. Output folder (RUN/, docs/architecture.md):
 
     RUN/checkpoint/   best model by --metric (a save_pretrained folder + deploykit.yaml + metrics.json)
     RUN/last/         everything needed to resume (weights, optimizer, scheduler, RNG, position)
