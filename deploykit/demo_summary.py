@@ -143,7 +143,7 @@ def _speed(report: dict[str, Any]) -> list[str]:
         rows.append(f"| {', '.join(off['not_servable'])} | not servable (missed its parity gate): "
                     "not measured | | | |")
     rows += ["", f"Offline: `deploykit bench offline`, each engine in its own process: "
-                 f"{off['latency_texts']} one-text calls (latency) and calls of {off['throughput_texts']} "
+                 f"one-text calls (latency, {off['latency_texts']} or more per engine) and calls of {off['throughput_texts']} "
                  f"tweets (throughput); its full report: `{off['results']}`. Online: `deploykit bench "
                  "online` on 127.0.0.1, one-text requests (the service's dynamic batcher groups "
                  f"concurrent ones); its full report: `{on['results']}`."]

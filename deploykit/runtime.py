@@ -207,8 +207,9 @@ class Runtime:
             raise BadInputError(f"{model_file} gives {width} logits per text but the manifest lists "
                                 f"{len(self.labels)} labels; re-export the artifact")
         self._dtypes = {n: _ORT_INT_TYPES.get(graph_inputs[n].type, np.int64) for n in self.input_names}
-        log.info("loaded %s variant %s (%s) with %s", self.name, self.variant, model_file.name,
-                 self.session.get_providers())
+        # Export's INT8 search loads dozens of candidate graphs: only artifact variants are news.
+        log.log(logging.INFO if manifest else logging.DEBUG, "loaded %s variant %s (%s) with %s", self.name,
+                self.variant, model_file.name, self.session.get_providers())
 
     def _load_tokenizer(self, tokenizer_file: Path) -> Any:
         """``tokenizer.json`` set up as served: truncation at ``max_length``, padding done per batch
