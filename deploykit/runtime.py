@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -97,7 +98,8 @@ class Runtime:
     Raises:
         BadInputError: Not an artifact (or not a text-classification one), unknown or
             unservable variant, unavailable provider, a non-positive budget, or a graph whose
-            inputs or output contradict the manifest.
+            inputs or output contradict the manifest, or that fails on a row of ``max_length``
+            tokens (the manifest's ``max_length`` is more than the model takes).
         IntegrityError: A file does not match the manifest.
     """
 
@@ -109,6 +111,7 @@ class Runtime:
         self._setup(Path(artifact) / chosen.file, Path(artifact) / TOKENIZER, manifest=manifest,
                     variant=chosen.name, threads=threads, providers=providers,
                     max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size)
+        self._probe()
 
     @classmethod
     def of_variant(cls, folder: str | Path, manifest: Manifest, variant: str, *,
@@ -191,21 +194,24 @@ class Runtime:
         # while a direct call stayed at 7.3-8.0 ms either way (benchmarks/serve_latency.py).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(model_file), sess_options=options, providers=providers)
+        self._shrink_arena = ort.RunOptions()
+        self._shrink_arena.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self.probe_seconds_per_token: float | None = None
         graph_inputs = {i.name: i for i in self.session.get_inputs()}
         self.input_names: list[str] = list(manifest.inputs) if manifest else list(graph_inputs)
         if set(graph_inputs) != set(self.input_names):
-            raise BadInputError(f"{model_file} takes inputs {sorted(graph_inputs)} but the manifest "
-                                f"lists {self.input_names}; re-export the artifact")
+            raise BadInputError(f"{model_file} takes inputs {sorted(graph_inputs)} but the manifest's "
+                                f"'inputs' lists {self.input_names}; re-export the artifact")
         outputs = {o.name: o.shape for o in self.session.get_outputs()}
         if self.output_name not in outputs:
             raise BadInputError(f"{model_file} has outputs {sorted(outputs)}, not the manifest's "
-                                f"{self.output_name!r}; re-export the artifact")
+                                f"'output' {self.output_name!r}; re-export the artifact")
         width = (outputs[self.output_name] or [None])[-1]
         if not manifest and isinstance(width, int):  # of_graph: the logits' columns by number
             self.labels = [str(i) for i in range(width)]
         if self.labels and isinstance(width, int) and width != len(self.labels):
-            raise BadInputError(f"{model_file} gives {width} logits per text but the manifest lists "
-                                f"{len(self.labels)} labels; re-export the artifact")
+            raise BadInputError(f"{model_file} gives {width} logits per text but the manifest's "
+                                f"'labels' lists {len(self.labels)}; re-export the artifact")
         self._dtypes = {n: _ORT_INT_TYPES.get(graph_inputs[n].type, np.int64) for n in self.input_names}
         # Export's INT8 search loads dozens of candidate graphs: only artifact variants are news.
         log.log(logging.INFO if manifest else logging.DEBUG, "loaded %s variant %s (%s) with %s", self.name,
@@ -227,6 +233,36 @@ class Runtime:
         tokenizer.enable_truncation(self.max_length)
         return tokenizer
 
+    def _probe(self) -> None:
+        """Run the graph once on a row of ``max_length`` tokens, before anything is served.
+
+        The file checks prove the graph is the one export wrote, not that the manifest's numbers
+        fit it: a ``max_length`` beyond the model's position embeddings, or an output of another
+        width than ``labels``, would otherwise fail (or answer wrongly) on the first long request.
+        The second call's time per token seeds the service's admission estimate
+        (``probe_seconds_per_token``); the first one pays onnxruntime's one-off allocations.
+
+        Raises:
+            BadInputError: The graph fails on, or answers in another shape for, such a row.
+        """
+        row = Encoded([self.pad_id] * self.max_length, [0] * self.max_length, False)
+        seconds = 0.0
+        for _ in range(2):
+            start = time.perf_counter()
+            try:
+                out = self.run([row])
+            except Exception as exc:  # onnxruntime raises its own (Fail, InvalidArgument, ...)
+                raise BadInputError(f"{self.path}: variant {self.variant} fails on a row of 'max_length' "
+                                    f"{self.max_length} tokens ({str(exc).splitlines()[0][:300]}); the "
+                                    "manifest's 'max_length' is more than this model takes: re-export "
+                                    "the artifact with a smaller --max-length") from None
+            seconds = time.perf_counter() - start
+        if out.shape != (1, len(self.labels)):
+            raise BadInputError(f"{self.path}: variant {self.variant} answers {out.shape[-1]} logits per "
+                                f"text but the manifest's 'labels' lists {len(self.labels)}; re-export the "
+                                "artifact")
+        self.probe_seconds_per_token = seconds / self.max_length
+
     # --- tokenization ----------------------------------------------------------------------
 
     def tokenize(self, texts: Sequence[str]) -> list[Encoded]:
@@ -237,8 +273,22 @@ class Runtime:
 
         Returns:
             One ``Encoded`` per text, in order.
+
+        Raises:
+            BadInputError: A text the tokenizer cannot take (not a string, or a string with a
+                lone surrogate such as ``"\\ud800"``, which is not Unicode text); the message
+                names its position.
         """
-        encodings = self.tokenizer.encode_batch(list(texts))
+        try:
+            encodings = self.tokenizer.encode_batch(list(texts))
+        except Exception:  # tokenizers raises TypeError/Exception without saying which text
+            for i, text in enumerate(texts):
+                try:
+                    self.tokenizer.encode(text)
+                except Exception as exc:
+                    raise BadInputError(f"text {i} cannot be tokenized ({exc}); send valid Unicode "
+                                        "strings (no lone surrogates)") from None
+            raise
         return [Encoded(e.ids, e.type_ids, bool(e.overflowing)) for e in encodings]
 
     def feeds(self, rows: Sequence[Encoded]) -> dict[str, np.ndarray]:
@@ -301,15 +351,22 @@ class Runtime:
             j = cut[j]
         yield from reversed(groups)
 
-    def run(self, rows: Sequence[Encoded]) -> np.ndarray:
+    def run(self, rows: Sequence[Encoded], *, release_memory: bool = False) -> np.ndarray:
         """Logits of one batch of encoded rows, as a single model call.
+
+        Args:
+            rows: The encoded rows (one call, padded to the longest).
+            release_memory: Shrink onnxruntime's CPU memory arena back after this call. The
+                arena keeps its largest size otherwise, so one big batch would hold its memory
+                for the life of the process; a server passes True after big calls.
 
         Returns:
             float32 array [len(rows), num_labels].
         """
         if not rows:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        (out,) = self.session.run([self.output_name], self.feeds(rows))
+        options = self._shrink_arena if release_memory else None
+        (out,) = self.session.run([self.output_name], self.feeds(rows), options)
         return np.asarray(out, dtype=np.float32)
 
     def logits_of(self, rows: Sequence[Encoded]) -> np.ndarray:

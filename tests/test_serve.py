@@ -211,10 +211,12 @@ def test_body_over_the_limit_is_413(server):
 
 
 def test_full_queue_is_503_and_counted(server):
-    before = metric(server, "deploykit_rejected_total").get("deploykit_rejected_total", 0)
-    status, body = post_json(server + "/classify", {"texts": ["a"] * (MAX_QUEUE + 1)})
-    assert status == 503 and "queue is full" in body["error"]
-    assert metric(server, "deploykit_rejected_total")["deploykit_rejected_total"] == before + 1
+    key = 'deploykit_rejected_total{reason="queue_full"}'
+    before = metric(server, "deploykit_rejected_total").get(key, 0)
+    status, body, headers = http(server + "/classify", json.dumps({"texts": ["a"] * (MAX_QUEUE + 1)}).encode())
+    assert status == 503 and "queue is full" in json.loads(body)["error"]
+    assert int(headers["retry-after"]) >= 1
+    assert metric(server, "deploykit_rejected_total")[key] == before + 1
 
 
 def test_health_and_metrics_routes_and_still_serving(server):

@@ -26,7 +26,7 @@ def runtime(serve_artifact):
 
 class Recorder:
     def __init__(self):
-        self.batches, self.waits, self.rejections = [], [], 0
+        self.batches, self.waits, self.rejections, self.drops = [], [], 0, {}
 
     def batch(self, size, tokens, seconds):
         self.batches.append((size, tokens))
@@ -34,8 +34,11 @@ class Recorder:
     def queue_wait(self, seconds):
         self.waits.append(seconds)
 
-    def rejected(self):
+    def rejected(self, reason="queue_wait"):
         self.rejections += 1
+
+    def dropped(self, reason, texts):
+        self.drops[reason] = self.drops.get(reason, 0) + texts
 
 
 def test_batcher_merges_concurrent_requests_and_keeps_each_order(runtime):
