@@ -85,10 +85,6 @@ class Overloaded(ServiceError):
     reason = "queue_wait"
 
 
-# The name this error had before admission by time; a full queue is one kind of overload.
-QueueFullError = Overloaded
-
-
 class DeadlineExceeded(ServiceError):
     """The request's deadline passed (or cannot be met) before it was computed. HTTP 504."""
 
@@ -121,6 +117,8 @@ class BatchMetrics(Protocol):
 
     def dropped(self, reason: str, texts: int) -> None: ...
 
+    def unread(self, texts: int) -> None: ...
+
 
 class NoMetrics:
     """A ``BatchMetrics`` that records nothing (tests, benchmarks)."""
@@ -135,6 +133,9 @@ class NoMetrics:
         pass
 
     def dropped(self, reason: str, texts: int) -> None:
+        pass
+
+    def unread(self, texts: int) -> None:
         pass
 
 
@@ -484,8 +485,9 @@ class DynamicBatcher:
             for request, taken in step:
                 part = logits[offset:offset + len(taken)]
                 offset += len(taken)
-                if request.future.done():
-                    continue  # the client left or the deadline passed while this step ran
+                if request.future.done():  # the client left or the deadline passed while this step ran
+                    self.metrics.unread(len(taken))
+                    continue
                 if request.logits is None:
                     request.logits = np.zeros((len(request.rows), part.shape[1]), dtype=np.float32)
                 request.logits[taken] = part

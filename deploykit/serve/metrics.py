@@ -43,6 +43,8 @@ class PrometheusMetrics:
                                       "reason (queue_wait, queue_full, draining, memory)", ["reason"])
         self._dropped = prom.Counter("deploykit_dropped_texts", "Texts left uncomputed because their "
                                      "request's deadline passed or its client left, by reason", ["reason"])
+        self._unread = prom.Counter("deploykit_unread_texts", "Texts computed whose answer nobody read: "
+                                    "the client left or the deadline passed while their step ran")
         self._requests = prom.Counter("deploykit_requests", "Requests answered by deploykit's routes, by "
                                       "route and status code", ["route", "code"])
 
@@ -59,6 +61,9 @@ class PrometheusMetrics:
 
     def dropped(self, reason: str, texts: int) -> None:
         self._dropped.labels(reason).inc(texts)
+
+    def unread(self, texts: int) -> None:
+        self._unread.inc(texts)
 
     def request(self, route: str, code: int) -> None:
         self._requests.labels(route, str(code)).inc()
