@@ -189,7 +189,7 @@ def routes(settings: ServiceConfig) -> list[Route]:
     timeout_header = {"name": "X-Request-Timeout", "in": "header", "required": False,
                       "description": "This request's deadline in milliseconds (at most "
                                      "DEPLOYKIT_REQUEST_TIMEOUT_MS); past it: 504.",
-                      "schema": {"type": "number", "exclusiveMinimum": 0}}
+                      "schema": {"type": "number", "minimum": 0, "exclusiveMinimum": True}}
     model_params = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
     version_param = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
     out: list[Route] = []
