@@ -183,7 +183,7 @@ def test_a_request_that_expires_or_whose_client_leaves_while_queued_is_never_com
                 late = batcher.submit(["too late"], deadline=batcher.deadline(0.03))
             else:
                 loop.call_later(0.03, gone.set_result, {"type": "http.disconnect"})
-                late = batcher.submit(["client left"], until=gone)
+                late = batcher.submit(["client left"], disconnected=lambda: gone)
             with pytest.raises(DeadlineExceeded if event == "deadline" else ClientGone):
                 await late
             await big
@@ -208,7 +208,7 @@ def test_a_client_leaving_during_its_step_is_counted_as_unread(runtime):
             gone = loop.create_future()
             loop.call_later(0.03, gone.set_result, {"type": "http.disconnect"})
             with pytest.raises(ClientGone):
-                await batcher.submit(["computing when the client left"], until=gone)
+                await batcher.submit(["computing when the client left"], disconnected=lambda: gone)
             await asyncio.sleep(0.15)
         finally:
             batcher.close()

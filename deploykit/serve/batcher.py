@@ -14,9 +14,9 @@ event loop keeps accepting requests.
 - **Deadlines.** Every request carries a deadline; a request still queued at its deadline is
   dropped, and the waiter gets ``DeadlineExceeded`` (HTTP 504). A request whose deadline cannot
   be met even by the estimate is refused the same way on arrival.
-- **No dead work.** ``submit`` takes an optional ``until`` awaitable (the service passes "the
-  client disconnected"); when it fires first, the request leaves the queue before any more of it
-  is computed.
+- **No dead work.** ``submit`` takes an optional ``disconnected`` (the service passes "the
+  client's connection closed"); when that happens first, the request leaves the queue before
+  any more of it is computed.
 - **Fairness.** A step takes the queued requests in turn, each as much as still fits the step,
   and a request with rows left goes to the back of the queue: a request of 256 long texts is
   computed in several steps interleaved with the requests that arrive meanwhile, so a one-text
@@ -42,7 +42,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -224,15 +224,16 @@ class DynamicBatcher:
     # --- the public API ----------------------------------------------------------------------
 
     async def submit(self, texts: Sequence[str], *, deadline: float | None = None,
-                     until: Awaitable | None = None) -> tuple[list[Encoded], np.ndarray]:
+                     disconnected: Callable[[], Awaitable] | None = None) -> tuple[list[Encoded], np.ndarray]:
         """Tokenize texts, queue them and wait for their logits.
 
         Args:
             texts: Validated, non-empty strings.
             deadline: ``time.perf_counter()`` value after which the request is given up
                 (default: now + ``request_timeout_ms``).
-            until: Optional awaitable; if it completes first (the client left), the request
-                leaves the queue and ``ClientGone`` is raised.
+            disconnected: Optional function returning an awaitable that completes when the
+                client leaves (called once the request is admitted); if it does before the
+                answer, the request leaves the queue and ``ClientGone`` is raised.
 
         Returns:
             ``(rows, logits)``: the encoded rows (with their ``truncated`` flags) and float32
@@ -244,7 +245,7 @@ class DynamicBatcher:
             TooLarge: More tokens than ``max_request_tokens``.
             DeadlineExceeded: The deadline passed, or could not be met, before the request was
                 computed.
-            ClientGone: ``until`` completed first.
+            ClientGone: The client left first.
             BadInputError: A text the tokenizer cannot take.
         """
         if sum(map(len, texts)) > _INLINE_TOKENIZE_CHARS:
@@ -252,7 +253,7 @@ class DynamicBatcher:
             rows = await asyncio.get_running_loop().run_in_executor(None, self.runtime.tokenize, texts)
         else:
             rows = self.runtime.tokenize(texts)
-        return rows, await self.submit_rows(rows, deadline=deadline, until=until)
+        return rows, await self.submit_rows(rows, deadline=deadline, disconnected=disconnected)
 
     async def classify(self, texts: Sequence[str], **options: Any) -> list[dict[str, Any]]:
         """``submit`` turned into the runtime's result dicts (label, score, scores, truncated)."""
@@ -266,12 +267,13 @@ class DynamicBatcher:
         return time.perf_counter() + timeout
 
     async def submit_rows(self, rows: list[Encoded], *, deadline: float | None = None,
-                          until: Awaitable | None = None) -> np.ndarray:
+                          disconnected: Callable[[], Awaitable] | None = None) -> np.ndarray:
         """Like ``submit`` for rows tokenized already; returns the logits."""
         request = self._admit(rows, self.deadline() if deadline is None else deadline)
         waiters: set[Any] = {request.future}
-        if until is not None:
-            until = asyncio.ensure_future(until)
+        until = None
+        if disconnected is not None:
+            until = asyncio.ensure_future(disconnected())
             waiters.add(until)
         try:
             while True:

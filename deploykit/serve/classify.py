@@ -116,7 +116,7 @@ async def classify(call: Call) -> Reply:
                         detail=errors) from None
     batcher = backend.batcher
     rows, logits = await batcher.submit(texts, deadline=batcher.deadline(request_timeout(call)),
-                                        until=call.disconnected())
+                                        disconnected=call.disconnected)
     return json_reply(backend.runtime.results(logits, rows))
 
 
@@ -154,7 +154,7 @@ async def infer(call: Call) -> Reply:
         raise HTTPError(exc.status, str(exc)) from None
     batcher = backend.batcher
     _, logits = await batcher.submit(req.texts, deadline=batcher.deadline(request_timeout(call, req.timeout_us)),
-                                     until=call.disconnected())
+                                     disconnected=call.disconnected)
     probs = softmax(logits)
     labels = [backend.runtime.labels[i] for i in probs.argmax(axis=-1)]
     body, headers = v2.encode_response(backend.name, req, labels, probs)

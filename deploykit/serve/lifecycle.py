@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 log = logging.getLogger("deploykit.serve")
 
@@ -45,6 +45,28 @@ def exit_server(message: str, code: int) -> None:
     os._exit(code)
 
 
+def _uvicorn_server() -> Any:
+    """The uvicorn ``Server`` running this worker (its SIGTERM handler is a bound method of it),
+    or None outside one."""
+    handler = signal.getsignal(signal.SIGTERM)
+    server = getattr(handler, "__self__", None)
+    return server if server is not None and hasattr(server, "should_exit") else None
+
+
+def http_stack() -> str:
+    """The event loop and HTTP parser this worker runs on, e.g. ``uvloop / httptools``
+    (BentoML's worker leaves uvicorn's loop and http at "auto": uvloop and httptools when
+    installed, else asyncio and h11)."""
+    try:
+        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    except RuntimeError:  # not in a server (the class instantiated by hand)
+        return "no server"
+    server = _uvicorn_server()
+    protocol = getattr(getattr(server, "config", None), "http_protocol_class", None)
+    parser = {"HttpToolsProtocol": "httptools", "H11Protocol": "h11"}.get(getattr(protocol, "__name__", ""), "?")
+    return f"{loop} / {parser}"
+
+
 def drain_on_sigterm(begin: Callable[[], None], timeout_s: float) -> bool:
     """Run ``begin`` on the event loop as soon as SIGTERM arrives, then let uvicorn shut down.
 
@@ -58,8 +80,8 @@ def drain_on_sigterm(begin: Callable[[], None], timeout_s: float) -> bool:
         Whether the hook was installed (False when uvicorn's handler is not the current one).
     """
     previous = signal.getsignal(signal.SIGTERM)
-    server = getattr(previous, "__self__", None)
-    if not callable(previous) or server is None or not hasattr(server, "should_exit"):
+    server = _uvicorn_server()
+    if server is None:
         return False
     loop = asyncio.get_running_loop()
 

@@ -99,9 +99,9 @@ class Classifier:
         self.backend = backend
         self.runtime, self.batcher = backend.runtime, backend.batcher
         _BACKEND = backend
+        log.info("serving %s (variant %s, labels %s) with the %s batcher on %s", self.runtime.name,
+                 self.runtime.variant, self.runtime.labels, self.settings.batcher, lifecycle.http_stack())
         lifecycle.drain_on_sigterm(self._begin_drain, self.settings.shutdown_timeout_ms / 1000)
-        log.info("serving %s (variant %s, labels %s) with the %s batcher", self.runtime.name,
-                 self.runtime.variant, self.runtime.labels, self.settings.batcher)
 
     def _begin_drain(self) -> None:
         """SIGTERM: stop admitting, answer body readers, answer the queue after the bound."""
