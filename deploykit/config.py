@@ -260,7 +260,9 @@ class ServiceConfig:
                                        "to share a batch, only while under load (default 5). "
                                        "bentoml batcher: BentoML's max_latency_ms, past which "
                                        "requests get 503 (default BentoML's 60000).")
-    threads: int | None = opt(None, "onnxruntime intra-op threads (default: all cores).")
+    threads: int | None = opt(None, "onnxruntime intra-op threads of each worker (default: all cores).")
+    workers: int = opt(1, "Worker processes (BentoML's 'workers'), each with its own model, batcher and "
+                       "queue; with several, set threads to cores / workers.")
     max_texts: int = opt(256, "Most texts in one request; more is a 400 error.")
     max_queue: int = opt(4096, "Most texts waiting in the batcher's queue; more is a 503 error "
                          "(counted in deploykit_rejected_total).")
@@ -289,7 +291,7 @@ class ServiceConfig:
                        "(shared with the v2 routes) or BentoML's adaptive batching.", choices=BATCHERS)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_batch_tokens", "max_texts", "max_queue", "max_body_bytes",
+        for name in ("max_batch_size", "max_batch_tokens", "max_texts", "max_queue", "max_body_bytes", "workers",
                      "max_queue_wait_ms", "request_timeout_ms", "max_request_tokens", "body_timeout_ms",
                      "max_inflight_body_bytes", "shutdown_timeout_ms"):
             value = getattr(self, name)

@@ -24,6 +24,10 @@ event loop keeps accepting requests.
 - **Continuous batching.** A step starts as soon as the model is free; while under load (the
   previous step held more than one request) it waits up to ``max_latency_ms`` for company; a
   lone request never waits.
+- **Memory back after big requests.** After calls of at least ``_RELEASE_TOKENS`` padded tokens,
+  once no step has run for a second, the runtime hands their memory back
+  (``Runtime.release_memory``); under steady load nothing is released (it would be taken again
+  at once), so the process holds at most what its biggest step needs.
 
 Why hand-written rather than BentoML's ``batchable=True``: BentoML's batcher serves only its
 own route (the v2 routes could reach it only through a second HTTP hop), it cannot drop a
@@ -35,8 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
-import ctypes.util
 import logging
 import math
 import time
@@ -54,9 +56,10 @@ log = logging.getLogger(__name__)
 _INLINE_TOKENIZE_CHARS = 20_000
 # Weight of the newest step in the running cost-per-token estimate.
 _COST_SMOOTHING = 0.2
-# A step of at least this many padded tokens hands memory back afterwards (onnxruntime's
-# arena, the C heap): the memory of one big request must not stay with the process.
-_RELEASE_TOKENS = 8192
+# After model calls of at least this many padded tokens, memory is handed back once the queue
+# is empty (onnxruntime's arena, the C heap): one big request must not keep its memory.
+_RELEASE_TOKENS = 2048
+_IDLE_BEFORE_RELEASE = 1.0  # seconds
 
 
 class ServiceError(Exception):
@@ -154,29 +157,6 @@ class _Request:
     logits: np.ndarray | None = None
 
 
-def _release_heap() -> None:
-    """Give freed C-heap memory back to the system (glibc ``malloc_trim``; a no-op elsewhere).
-
-    Hand-written (ctypes) because no maintained library exposes it: glibc keeps the memory of
-    freed large buffers in its arenas, so without this the RSS of a server stays at the peak of
-    its largest request.
-    """
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _load_libc() -> Any:
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        return libc if libc is not None and hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-_LIBC = _load_libc()
-
-
 class DynamicBatcher:
     """Admits requests by their estimated wait and computes them in fair, bounded steps.
 
@@ -219,7 +199,9 @@ class DynamicBatcher:
         # One model call at a time: onnxruntime already spreads one call over the cores.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deploykit-infer")
         self._under_load = False
-        self._last_release = 0.0
+        self._big_since_release = False  # a call of _RELEASE_TOKENS or more since the last release
+        self._release_task: asyncio.Task | None = None
+        self._last_step_end = 0.0
 
     # --- the public API ----------------------------------------------------------------------
 
@@ -335,8 +317,9 @@ class DynamicBatcher:
 
     def close(self) -> None:
         """Stop the worker task and thread."""
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._release_task):
+            if task is not None:
+                task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # --- admission ---------------------------------------------------------------------------
@@ -496,20 +479,34 @@ class DynamicBatcher:
                 request.done_rows += len(taken)
                 if request.done_rows == len(request.rows):
                     request.future.set_result(request.logits)
+            self._last_step_end = time.perf_counter()
+            if self._big_since_release and self._release_task is None:
+                self._release_task = loop.create_task(self._release_when_idle())
+
+    async def _release_when_idle(self) -> None:
+        """Hand memory back once no step has run for ``_IDLE_BEFORE_RELEASE`` seconds (under
+        steady load the memory would be taken again at once, so it is kept)."""
+        try:
+            while True:
+                await asyncio.sleep(_IDLE_BEFORE_RELEASE)
+                if (not self._queue and not self._step_tokens
+                        and time.perf_counter() - self._last_step_end >= _IDLE_BEFORE_RELEASE):
+                    break
+            self._big_since_release = False
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.runtime.release_memory)
+        finally:
+            self._release_task = None
 
     def _infer(self, rows: list[Encoded]) -> np.ndarray:
         """Run rows as length-sorted model calls within the budgets (on the worker thread)."""
         out = np.zeros((len(rows), len(self.runtime.labels)), dtype=np.float32)
-        padded = 0
         for batch in self.runtime.plan(rows):
             batch_rows = [rows[i] for i in batch]
             tokens = len(batch) * batch_rows[0].length
-            padded += tokens
+            self._big_since_release |= tokens >= _RELEASE_TOKENS
             start = time.perf_counter()
-            out[batch] = self.runtime.run(batch_rows, release_memory=tokens >= _RELEASE_TOKENS)
+            out[batch] = self.runtime.run(batch_rows)
             self.metrics.batch(len(batch), tokens, time.perf_counter() - start)
-        if padded >= _RELEASE_TOKENS:
-            _release_heap()
         return out
 
 

@@ -69,7 +69,7 @@ def bentoml_config(settings: ServiceConfig) -> dict[str, Any]:
     metrics (and its ``/metrics`` route: deploykit serves its own); ``logging.access`` is its
     access log; no ``traffic.timeout`` means no timeout layer.
     """
-    config: dict[str, Any] = {"name": "deploykit", "http": {"port": 3000},
+    config: dict[str, Any] = {"name": "deploykit", "http": {"port": 3000}, "workers": settings.workers,
                               "metrics": {"enabled": settings.request_metrics},
                               "logging": {"access": {"enabled": settings.access_log}}}
     if not settings.tracing:
