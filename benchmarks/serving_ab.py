@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +41,7 @@ from deploykit.bench.online import Target  # noqa: E402
 from deploykit.config import BenchOnlineConfig  # noqa: E402
 from deploykit.manifest import Manifest  # noqa: E402
 from deploykit.serve.launch import free_port, stop_process_group  # noqa: E402
-
-WRK_SCRIPT = ROOT / "benchmarks" / "wrk" / "post_bodies.lua"
+from serving_compare import run_wrk, wait_ready, write_bodies  # noqa: E402  (this folder is on sys.path)
 FLAGS = {"lean": [], "asyncio-h11": [], "layers-on": ["--access-log", "--request-metrics", "--tracing"],
          "no-wait": ["--max-latency-ms", "0"], "threads1": ["--threads", "1"],
          "workers2": ["--workers", "2", "--threads", "1"]}
@@ -72,30 +70,12 @@ def start(variant: str, artifact: Path, work: Path) -> tuple[subprocess.Popen, s
                                  *flags], cwd=checkout, env=env, stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{variant} exited:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2) as resp:
-                if resp.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(0.5)
-    stop_process_group(proc)
-    raise RuntimeError(f"{variant} not ready:\n{log.read_text()[-3000:]}")
-
-
-def wrk(url: str, bodies: Path, concurrency: int, seconds: float) -> dict:
-    proc = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency",
-                           "--timeout", "30s", "-s", str(WRK_SCRIPT), url, "--", str(bodies)],
-                          capture_output=True, text=True, timeout=seconds + 120)
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("WRK_JSON ")), None)
-    if line is None:
-        raise RuntimeError(f"wrk failed: {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
-    return json.loads(line.removeprefix("WRK_JSON "))
+    try:
+        wait_ready(proc, url + "/readyz", log)
+    except RuntimeError:
+        stop_process_group(proc)
+        raise
+    return proc, url
 
 
 def main() -> None:
@@ -120,17 +100,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dk-ab-") as tmp:
         work = Path(tmp)
         target = Target(BenchOnlineConfig(url="http://x", protocol=args.protocol, model=name))
-        bodies = work / "bodies.jsonl"
         per = args.texts_per_request
-        bodies.write_text("".join(json.dumps(target.body(texts[i:i + per]), ensure_ascii=False) + "\n"
-                                  for i in range(0, len(texts) - per + 1, per)))
+        bodies = write_bodies(work / "bodies.jsonl", target, texts, per)
         route = target.url.removeprefix("http://x")
         for round_ in range(args.rounds):
             for variant in (variants if round_ % 2 == 0 else variants[::-1]):
                 proc, url = start(variant, artifact, work)
                 try:
-                    wrk(url + route, bodies, args.concurrency, args.warmup)
-                    r = wrk(url + route, bodies, args.concurrency, args.duration)
+                    run_wrk(url + route, bodies, args.concurrency, args.warmup)
+                    r = run_wrk(url + route, bodies, args.concurrency, args.duration)
                 finally:
                     stop_process_group(proc, timeout=60)
                 ok = r["requests"] - r["non_2xx"]

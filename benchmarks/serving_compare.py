@@ -144,28 +144,35 @@ def bench_levels(url: str, protocol: str, model: str, per_request: int, args, te
     return {lv["label"]: lv for lv in asyncio.run(run_levels(cfg, texts))}
 
 
+def write_bodies(path: Path, target: Target, texts: list[str], per_request: int) -> Path:
+    """The request bodies wrk sends in turn: one JSON body of ``per_request`` texts per line."""
+    with open(path, "w") as fh:
+        for i in range(0, len(texts) - per_request + 1, per_request):
+            fh.write(json.dumps(target.body(texts[i:i + per_request]), ensure_ascii=False) + "\n")
+    return path
+
+
+def run_wrk(url: str, bodies: Path, concurrency: int, seconds: float) -> dict:
+    """One wrk run (one thread, ``concurrency`` keep-alive connections); the script's JSON line."""
+    proc = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency",
+                           "--timeout", "30s", "-s", str(WRK_SCRIPT), url, "--", str(bodies)],
+                          capture_output=True, text=True, timeout=seconds + 120)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("WRK_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed: {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
+    return json.loads(line.removeprefix("WRK_JSON "))
+
+
 def wrk_levels(url: str, protocol: str, model: str, per_request: int, args, texts: list[str],
                work: Path) -> dict[str, dict]:
     """wrk at each concurrency (one wrk thread, keep-alive connections = concurrency)."""
     target = Target(BenchOnlineConfig(url=url, protocol=protocol, model=model))
-    bodies = work / f"bodies-{protocol}-{per_request}.jsonl"
-    with open(bodies, "w") as fh:
-        for i in range(0, len(texts) - per_request + 1, per_request):
-            fh.write(json.dumps(target.body(texts[i:i + per_request]), ensure_ascii=False) + "\n")
+    bodies = write_bodies(work / f"bodies-{protocol}-{per_request}.jsonl", target, texts, per_request)
     out = {}
     for concurrency in sorted(int(c) for c in args.concurrency.split(",")):
-        def wrk(seconds: float) -> dict:
-            proc = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency",
-                                   "--timeout", "30s", "-s", str(WRK_SCRIPT), target.url, "--", str(bodies)],
-                                  capture_output=True, text=True, timeout=seconds + 120)
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("WRK_JSON ")), None)
-            if line is None:
-                raise RuntimeError(f"wrk failed: {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
-            return json.loads(line.removeprefix("WRK_JSON "))
-
         if args.warmup:
-            wrk(args.warmup)
-        result = wrk(args.duration)
+            run_wrk(target.url, bodies, concurrency, args.warmup)
+        result = run_wrk(target.url, bodies, concurrency, args.duration)
         ok = result["requests"] - result["non_2xx"]
         out[f"concurrency {concurrency}"] = {**result, "concurrency": concurrency, "ok": ok,
                                              "errors": {"non_2xx": result["non_2xx"],

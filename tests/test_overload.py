@@ -75,6 +75,14 @@ def raw(url: str, data: bytes, *, stall: float = 0.0, timeout: float = 30) -> tu
     return status, response.partition(b"\r\n\r\n")[2]
 
 
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (the socket's timeout bounds it)."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def request(method: str, path: str, body: bytes = b"", headers: dict | None = None) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", "Host: test", *(f"{k}: {v}" for k, v in (headers or {}).items())]
     if "Content-Length" not in (headers or {}) and "Transfer-Encoding" not in (headers or {}):
@@ -218,9 +226,8 @@ def test_stalled_bodies_are_answered_408_and_bodies_in_memory_are_bounded(batter
     assert status == 503 and "DEPLOYKIT_MAX_INFLIGHT_BODY_BYTES" in json.loads(body)["error"]
     start = time.monotonic()
     for sock in stalled:
-        answer = sock.recv(65536)
+        answer = read_until_closed(sock)  # the server answers, then closes the connection
         assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
-        assert sock.recv(65536) == b""  # closed by the server
         sock.close()
     assert time.monotonic() - start < 5 * BODY_TIMEOUT_MS / 1000
     assert_still_serving(url, expected)  # the budget is free again
@@ -327,9 +334,9 @@ def test_sigterm_with_a_stalled_client_exits_within_the_bound(serve_artifact, tm
         os.kill(proc.pid, signal.SIGTERM)  # what Kubernetes does: SIGTERM to the container's main process
         proc.wait(timeout=5 * (shutdown_s + 2))
         elapsed = time.monotonic() - start
-        answer = stalled.recv(65536)
+        answer = read_until_closed(stalled)
         assert answer.startswith(b"HTTP/1.1 503") and b"shutting down" in answer
-        assert idle.recv(100) == b""
+        assert read_until_closed(idle) == b""
         assert elapsed < 5 * (shutdown_s + 2)
     finally:
         stop_server(proc)
@@ -408,8 +415,9 @@ async def _single_latency(url: str, texts: list[str], n: int, not_before: float 
 def test_overload_at_twice_capacity_keeps_waits_bounded_and_does_no_dead_work(small_artifact, tmp_path):
     """30 s at twice the capacity measured just before, one client in four hanging up after
     0.1 s: accepted requests are answered within the wait bound plus one step, the rest get 503
-    (or 504), no text is computed for a client that had left before its step started, RSS stays
-    under the Deployment's limit, and a lone request is as fast as before 1 s after the load."""
+    (or 504), no text is computed for a client that had left before its step started, /readyz
+    stays 200, RSS stays under the Deployment's limit, and a lone request is as fast as before
+    1 s after the load."""
     from deploykit.bench.inputs import sample_texts
 
     wait_bound_s, per_request, duration = 0.3, 4, 30.0
@@ -418,6 +426,7 @@ def test_overload_at_twice_capacity_keeps_waits_bounded_and_does_no_dead_work(sm
                              "--max-queue-wait-ms", str(wait_bound_s * 1000))
     texts = sample_texts("tweets", "text", 512, 0)
     rss: list[int] = []
+    ready: list[int] = []
     try:
         baseline = asyncio.run(_single_latency(url, texts, 10))
         # The capacity on this machine now, with this client: closed loop, 8 requests in flight.
@@ -431,12 +440,17 @@ def test_overload_at_twice_capacity_keeps_waits_bounded_and_does_no_dead_work(sm
         async def overload():
             done = asyncio.Event()
 
-            async def sample_rss():
-                while not done.is_set():
-                    rss.append(worker_rss(proc))
-                    await asyncio.sleep(0.5)
+            async def sample_rss_and_readiness():
+                import aiohttp
 
-            sampler = asyncio.create_task(sample_rss())
+                async with aiohttp.ClientSession() as session:
+                    while not done.is_set():
+                        rss.append(worker_rss(proc))
+                        async with session.get(url + "/readyz", timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                            ready.append(resp.status)
+                        await asyncio.sleep(0.5)
+
+            sampler = asyncio.create_task(sample_rss_and_readiness())
             recovered = asyncio.create_task(_single_latency(url, texts, 5, time.perf_counter() + duration + 1.0))
             result = await _load(url, texts, per_request, 2 * capacity, 0, duration, client_timeouts)
             done.set()
@@ -478,4 +492,5 @@ def test_overload_at_twice_capacity_keeps_waits_bounded_and_does_no_dead_work(sm
     if outcomes.get("timeout"):
         assert delta('deploykit_dropped_texts_total{reason="disconnected"}') > 0, outcomes
     assert rss and max(rss) < deployment_memory_limit()
+    assert ready and set(ready) == {200}  # overload shows as 503s, never as an unready pod
     assert recovered < 5 * baseline, (recovered, baseline)

@@ -287,11 +287,6 @@ class DynamicBatcher:
             running = max(0.0, self._step_tokens * cost - (time.perf_counter() - self._step_started))
         return running + self._turn_tokens * cost
 
-    @property
-    def cost_per_token(self) -> float | None:
-        """The running estimate of model seconds per token (None before any measurement)."""
-        return self._cost_per_token
-
     def drain(self) -> None:
         """Stop admitting (``Overloaded``, reason ``draining``); queued requests still run."""
         self._draining = True
@@ -489,8 +484,7 @@ class DynamicBatcher:
         try:
             while True:
                 await asyncio.sleep(_IDLE_BEFORE_RELEASE)
-                if (not self._queue and not self._step_tokens
-                        and time.perf_counter() - self._last_step_end >= _IDLE_BEFORE_RELEASE):
+                if self.idle and time.perf_counter() - self._last_step_end >= _IDLE_BEFORE_RELEASE:
                     break
             self._big_since_release = False
             await asyncio.get_running_loop().run_in_executor(self._executor, self.runtime.release_memory)

@@ -9,6 +9,7 @@ registers it in ``deploykit.serve.service.BACKENDS``.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from typing import Annotated, Any
@@ -87,6 +88,12 @@ class ClassificationBackend:
     def routes(self) -> list[Route]:
         """``/classify`` (unless BentoML's batcher serves it) and the v2 model routes."""
         return routes(self.settings)
+
+    def drain(self, timeout_s: float) -> None:
+        """Shutdown: refuse new requests now, answer what is still queued after ``timeout_s``."""
+        self.draining = True
+        self.batcher.drain()
+        asyncio.get_running_loop().call_later(timeout_s, self.batcher.fail_queued)
 
     def close(self) -> None:
         self.batcher.close()

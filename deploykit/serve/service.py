@@ -105,14 +105,10 @@ class Classifier:
 
     def _begin_drain(self) -> None:
         """SIGTERM: stop admitting, answer body readers, answer the queue after the bound."""
-        import asyncio
-
         log.info("SIGTERM: draining (queued requests get %.1f s)", self.settings.shutdown_timeout_ms / 1000)
-        self.backend.draining = True
-        self.batcher.drain()
+        self.backend.drain(self.settings.shutdown_timeout_ms / 1000)
         for front in FRONTS:
             front.drain()
-        asyncio.get_running_loop().call_later(self.settings.shutdown_timeout_ms / 1000, self.batcher.fail_queued)
 
     async def __is_ready__(self) -> bool:
         """BentoML's /readyz: ready once loaded, until shutdown starts (load shows as 503s, not here)."""
