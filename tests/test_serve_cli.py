@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -225,14 +226,25 @@ PREDICT_REFUSALS = [
 
 
 @pytest.mark.parametrize("name,content,message", PREDICT_REFUSALS, ids=[p[0] for p in PREDICT_REFUSALS])
-def test_predict_refuses_bad_files_with_exit_2_and_leaves_nothing(serve_artifact, tmp_path, name, content, message):
+def test_predict_refuses_bad_files_and_leaves_nothing(serve_artifact, tmp_path, name, content, message):
+    from deploykit import predict
+    from deploykit.config import PredictConfig
+    from deploykit.errors import BadInputError
+
     data = tmp_path / name
     data.write_bytes(content)
     out = tmp_path / "out" / "predictions.jsonl"
-    result = cli("predict", serve_artifact, "--data", data, "--out", out, "--chunk-size", "1")
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+    with pytest.raises(BadInputError, match=re.escape(message)):  # exit 2 through the CLI
+        predict.run(PredictConfig(artifact=str(serve_artifact), data=str(data), out=str(out), chunk_size=1))
     assert not out.exists() and not list(out.parent.glob("*"))
+
+
+def test_predict_refusals_are_exit_2_without_a_traceback(serve_artifact, tmp_path):
+    data = tmp_path / "latin1.csv"
+    data.write_bytes("text\ncaf\xe9 au lait\n".encode("latin-1"))
+    result = cli("predict", serve_artifact, "--data", data, "--out", tmp_path / "out.jsonl")
+    assert result.returncode == 2 and "line 2" in result.stderr and "UTF-8" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out.jsonl").exists()
 
 
 def test_predict_removes_its_temporary_file_on_sigterm(serve_artifact, tmp_path):
