@@ -182,6 +182,25 @@ def test_evaluate_reports_bleu_chrf_exact_match_buckets_slices_and_worst_cases(b
     assert f"{metrics['bleu']:.2f}" in report and "sacrebleu signatures" in report and "## By source" in report
 
 
+def test_export_refuses_a_generation_checkpoint_clearly(bleu_run, tmp_path):
+    from deploykit import export
+    from deploykit.config import ExportConfig
+    from deploykit.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="is a text-generation checkpoint; this command handles text-classification"):
+        export.run(ExportConfig(checkpoint=str(bleu_run / "checkpoint"), out=str(tmp_path / "artifact")))
+    assert not (tmp_path / "artifact").exists()
+
+
+def test_packing_puts_several_rows_in_one_sequence(tmp_path, decoder_dirs, translation_csv):
+    run = _train(tmp_path / "run", decoder_dirs["llama"], translation_csv, packing=True, max_length=32, epochs=1,
+                 log_every=1)
+    steps = [r["step"] for r in _rows(run, "train")]
+    # 64 rows of 8-13 tokens, packed 2-3 to a 32-token sequence: fewer than the 8 steps of 64 rows / 8.
+    assert 0 < steps[-1] < 8
+    assert (run / "checkpoint" / "model.safetensors").is_file()
+
+
 def test_bf16_generation_run(tmp_path, decoder_dirs, translation_csv):
     run = _train(tmp_path / "run", decoder_dirs["qwen2"], translation_csv, max_steps=2, bf16=True, strategy="lora")
     best = json.loads((run / "checkpoint" / "metrics.json").read_text())
