@@ -1,6 +1,6 @@
 """Scoring shared by training, evaluation and export: PyTorch logits and classification metrics.
 
-Metrics come from scikit-learn and use the keys DESIGN.md fixes: ``accuracy``, ``macro_f1``,
+Metrics come from scikit-learn and use the keys docs/architecture.md fixes: ``accuracy``, ``macro_f1``,
 ``weighted_f1``, ``per_class`` ({label: {precision, recall, f1, support}}) and ``n``.
 """
 
@@ -20,7 +20,7 @@ def classification_metrics(gold: Sequence[int], predicted: Sequence[int], label_
         label_names: Names of the label ids, in id order.
 
     Returns:
-        The metric dict with DESIGN.md's keys.
+        The metric dict with the keys of docs/architecture.md.
     """
     from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 

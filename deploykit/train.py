@@ -4,7 +4,7 @@
 fix), then one loop of micro-batches -> optimizer steps -> periodic evaluation -> best
 checkpoint, resume state and early stopping. The loop is the same for text-classification and
 text-generation: a task object (``tasks.py``) supplies the model class, the examples and their
-batches, the loss and the validation metrics. Output folder (DESIGN.md's RUN/):
+batches, the loss and the validation metrics. Output folder (RUN/, docs/architecture.md):
 
     RUN/checkpoint/   best model by --metric (a save_pretrained folder + deploykit.yaml + metrics.json)
     RUN/last/         everything needed to resume (weights, optimizer, scheduler, RNG, position)

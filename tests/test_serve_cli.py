@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from deploykit.manifest import Manifest
 from deploykit.runtime import Runtime
 from test_runtime import mark_unservable
 from test_serve import post_json, start_server, stop_server
@@ -92,11 +93,11 @@ def test_build_makes_a_bento_without_torch(serve_artifact, tmp_path):
     wheels = [p.name for p in (bento / "env/python/wheels").glob("deploykit-*.whl")]
     assert len(wheels) == 1
     packed = bento / "src/artifact"
-    manifest = json.loads((packed / "manifest.json").read_text())
-    default = json.loads((serve_artifact / "manifest.json").read_text())["default_variant"]
-    assert list(manifest["variants"]) == [default] and manifest["default_variant"] == default
-    assert sorted(manifest["files"]) == sorted(p.name for p in packed.iterdir() if p.name != "manifest.json")
-    assert sum(name.endswith(".onnx") for name in manifest["files"]) == 1
+    manifest = Manifest.verify(packed)
+    default = Manifest.read(serve_artifact).default_variant
+    assert list(manifest.variants) == [default] and manifest.default_variant == default
+    assert sorted(manifest.files) == sorted(p.name for p in packed.iterdir() if p.name != "manifest.json")
+    assert sum(name.endswith(".onnx") for name in manifest.files) == 1
     assert {p: p.stat().st_mtime for p in [*ROOT.glob("build"), *ROOT.glob("*.egg-info")]} == leftovers_before
     # The bento serves its packed artifact (outside a container, deploykit comes from this
     # checkout instead of the packed wheel).

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import pytest
 
 from deploykit import tasks, train
 from deploykit.config import TrainConfig
+from deploykit.serve.launch import free_port as _free_port
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
@@ -204,12 +204,6 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path, pretrained
     assert (killed / "last" / "model.safetensors").read_bytes() == (reference / "last" / "model.safetensors").read_bytes()
     ref_evals = [(r["step"], r["macro_f1"], r["loss"]) for r in _rows(reference, "eval")]
     assert [(r["step"], r["macro_f1"], r["loss"]) for r in _rows(killed, "eval")] == ref_evals
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
