@@ -165,12 +165,24 @@ def trainer_run(args: argparse.Namespace, mode: str, work: Path) -> dict:
 
 # --- driver -----------------------------------------------------------------------------------
 
+def _preload() -> None:
+    """Import what either system imports lazily, so neither clock counts Python imports."""
+    import datasets  # noqa: F401
+    import matplotlib.pyplot  # noqa: F401
+    import sklearn.model_selection  # noqa: F401
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer,  # noqa: F401
+                              DataCollatorWithPadding, Trainer, get_linear_schedule_with_warmup)
+
+    from deploykit import tasks, train  # noqa: F401
+
+
 def _worker(args: argparse.Namespace) -> None:
     """One system, one mode, in this (fresh) process; prints one JSON line."""
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    _preload()
     run = deploykit_run if args.system == "deploykit" else trainer_run
     with tempfile.TemporaryDirectory(prefix="dk-train-bench-") as work:
         result = run(args, args.mode, Path(work))

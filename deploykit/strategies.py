@@ -140,6 +140,9 @@ def _ffn_parameters(block_prefix: str, block: nn.Module, order: list[str]) -> se
         raise ValueError(f"block {block_prefix} has no feed-forward up-projection {shapes[down][::-1]}")
     norms = {name for name, m in block.named_modules() if _is_norm(m)}
     ran = [name for name in order if name in norms or name in shapes]
+    if not set(ups + [down]) <= set(ran):
+        raise ValueError(f"block {block_prefix}: a forward pass did not run its feed-forward projections "
+                         f"{ups + [down]} (a mixture of experts?)")
     after = [name for name in ran[ran.index(down) + 1:] if name in norms]
     first_up = min(ran.index(up) for up in ups)
     before = [name for name in ran[:first_up] if name in norms]

@@ -216,7 +216,7 @@ def save_pretrained_lm(path: Path, arch: str = "llama", seed: int = 0, **kw) -> 
 
 def translation_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
     """A word-by-word translation through an 8-word lexicon, 2-4 words per prompt: a task a tiny
-    random Llama learns to about 0.9 exact match in 600 AdamW steps at lr 3e-3."""
+    random Llama (hidden 64) learns to 0.94 held-out exact match in 200 AdamW steps at lr 3e-3."""
     import random
 
     rng = random.Random(seed)
