@@ -118,9 +118,13 @@ class Generation:
         """Tokenize the training and validation pairs once (prompts masked); pack if asked."""
         cfg, splits = self.cfg, self.splits
         prompts.prepare_tokenizer(tokenizer, cfg.model)
-        # Saved with the checkpoint, so later stages generate with the same special tokens.
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        # Saved with the checkpoint, so later stages stop where training taught the model to: at
+        # the tokenizer's EOS (first), or any end token the model already had (Llama 3 has two).
+        config = model.generation_config
+        known = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+        ends = [tokenizer.eos_token_id] + [t for t in known if t is not None and t != tokenizer.eos_token_id]
+        config.eos_token_id = ends if len(ends) > 1 else ends[0]
+        config.pad_token_id = tokenizer.pad_token_id
         train = prompts.encode(tokenizer, splits.train, cfg.max_length)
         self.validation = prompts.encode(tokenizer, splits.validation, cfg.max_length)
         prompts.report_truncation(train, "train", cfg.max_length)
