@@ -49,3 +49,19 @@ def serve_artifact(tmp_path_factory):
     return export.run(ExportConfig(checkpoint=str(checkpoint), out=str(root / "artifact"),
                                    data=str(heldout_csv(root / "heldout.csv")), split="all",
                                    int8_fallback="off", allow_parity_failure=True))
+
+
+@pytest.fixture(scope="session")
+def kubectl():
+    """The kubectl binary (a test that needs it fails under CI without it, else skips)."""
+    from outside_tools import require_binary
+
+    return require_binary("kubectl")
+
+
+@pytest.fixture(scope="session")
+def pytriton_venv():
+    """The virtual environment holding the real tritonserver, built on first use."""
+    from outside_tools import pytriton_venv
+
+    return pytriton_venv()
