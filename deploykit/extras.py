@@ -61,7 +61,8 @@ def _closure(dist: str, extras: list[str | None], seen: set[tuple[str, str | Non
         for req in reqs:
             name = _normalize(req.name)
             if name != _normalize(dist):
-                needed.setdefault(name, str(req))
+                shown = req.name + (f"[{','.join(sorted(req.extras))}]" if req.extras else "")
+                needed.setdefault(name, shown + str(req.specifier))
             if req.extras:
                 needed.update({k: v for k, v in _closure(req.name, sorted(req.extras), seen).items()
                                if k not in needed})
