@@ -3,9 +3,10 @@
 #
 # nvidia-pytriton bundles a CPU-capable tritonserver with the Python backend, but pins numpy<2,
 # so it cannot live in the project's own environment: it gets .ci/pytriton-requirements.txt
-# (pinned) and nothing else. deploykit is not installed into it: the tests put the checkout on
-# PYTHONPATH when they start tritonserver, so one environment serves any checkout and can be
-# cached (CI keeps it under ~/.cache, see .ci/run).
+# (pinned). deploykit's runtime, which the Python-backend models import, comes from the
+# checkout that last ran this script, through a .pth file rewritten on every run (tritonserver's
+# Python stub ignores PYTHONPATH but reads the venv's site-packages): the heavy part serves any
+# checkout and can be cached (CI keeps it under ~/.cache, see .ci/run).
 #
 # The tests call this script themselves (a session fixture in tests/conftest.py), so a plain
 # `python -m pytest` builds it on first use. Idempotent: a stamp holding the sha256 of this
@@ -23,8 +24,15 @@ want="$(cat .ci/setup_pytriton.sh "$REQS" | sha256sum | cut -d' ' -f1) $("$PYTHO
 mkdir -p "$(dirname "$VENV")"
 exec 9>"$VENV.lock"
 flock 9
+# Point the venv at this checkout's deploykit (like an editable install, without pip).
+link_checkout() {
+  local site
+  site="$(echo "$VENV"/lib/python3*/site-packages)"
+  echo "$PWD" > "$site/deploykit-checkout.pth"
+}
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
-  echo "pytriton venv ready: $VENV"
+  link_checkout
+  echo "pytriton venv ready: $VENV (deploykit from $PWD)"
   exit 0
 fi
 echo "building the pytriton venv $VENV (tritonserver for the Triton tests; about a minute)"
@@ -40,8 +48,9 @@ stub = root / "python_backend_stubs" / f"{sys.version_info[0]}.{sys.version_info
 assert stub.is_file(), f"pytriton ships no Python-backend stub for Python {sys.version_info[:2]} ({stub})"
 shutil.copy2(stub, root / "backends" / "python" / "triton_python_backend_stub")
 PY
+link_checkout
 # Fail here, not in a test, when the binary or the runtime is unusable.
-PYTHONPATH="$PWD" "$VENV/bin/python" - <<'PY'
+"$VENV/bin/python" - <<'PY'
 import pathlib, pytriton, numpy, onnxruntime, tokenizers
 root = pathlib.Path(pytriton.__file__).parent / "tritonserver"
 server = root / "bin" / "tritonserver"
@@ -51,4 +60,4 @@ import deploykit.runtime  # noqa: F401  (torch-free import path the Python-backe
 print("tritonserver:", server, "numpy", numpy.__version__, "onnxruntime", onnxruntime.__version__)
 PY
 echo "$want" > "$STAMP"
-echo "pytriton venv ready: $VENV"
+echo "pytriton venv ready: $VENV (deploykit from $PWD)"

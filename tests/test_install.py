@@ -109,12 +109,22 @@ def test_a_missing_extra_names_it_and_exits_2(base_venv, tmp_path, argv, extra):
     assert not list(tmp_path.iterdir())  # failed before doing anything
 
 
-def test_an_import_only_some_runs_need_names_its_extra(base_venv, serve_artifact, tmp_path):
+def test_an_import_only_some_runs_need_names_its_extra(base_venv, kubectl, tmp_path):
+    """`deploykit k8s` validates only where kubectl is found: then it needs kubernetes-validate."""
+    out = tmp_path / "k8s"
+    proc = deploykit(base_venv, "k8s", "--image", "registry.example.com/c:1", "--out", out,
+                     "--manifests", ROOT / "k8s")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "'kubernetes_validate'" in proc.stderr and "pip install 'deploykit[k8s]'" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_parquet_without_pyarrow_says_what_to_install(base_venv, serve_artifact, tmp_path):
     import pandas as pd
 
     data = tmp_path / "texts.parquet"
     pd.DataFrame({"text": ["fine"]}).to_parquet(data)
     proc = deploykit(base_venv, "predict", serve_artifact, "--data", data, "--out", tmp_path / "p.jsonl")
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "'pyarrow'" in proc.stderr and "pip install 'deploykit[train]'" in proc.stderr
+    assert "pip install pyarrow" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "p.jsonl").exists()

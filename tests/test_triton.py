@@ -341,9 +341,7 @@ def server(repo, tmp_path_factory, pytriton_venv):
                f"--backend-config=python,shm-region-prefix-name=dk{os.getpid()}x",
                *(f"--{k}-address=127.0.0.1" for k in ports),
                *(f"--{k}-port={v}" for k, v in ports.items())]
-    # deploykit's runtime (imported by the Python-backend model) comes from this checkout.
     env = dict(os.environ, PATH=f"{pytriton_venv / 'bin'}:{os.environ['PATH']}",
-               PYTHONPATH=":".join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                LD_LIBRARY_PATH=":".join(filter(None, [libdir, str(libs), os.environ.get("LD_LIBRARY_PATH")])))
     log_path = served.parent / "tritonserver.log"
     with open(log_path, "wb") as log_file:
