@@ -27,7 +27,8 @@ log = logging.getLogger("deploykit")
 
 # The extra each command needs on every run (the extras themselves are defined in
 # pyproject.toml; deploykit.extras reads them back). Commands that need one only on some runs
-# (predict on Parquet, k8s with validation) are covered by the ModuleNotFoundError fallback.
+# (k8s with validation, bench offline's PyTorch engines) check where they need it, or fall back
+# on the ModuleNotFoundError handler in main.
 NEEDS = {"train": "train", "evaluate": "train", "export": "train", "verify": "train",
          "demo": "demo", "bench offline": "bench", "bench online": "bench"}
 

@@ -4,7 +4,8 @@ The extras are defined once, in pyproject.toml. This module reads them back from
 package's metadata, so a message can never name an extra that does not hold the missing
 package. Two checks use it: ``require`` before a command whose every run needs an extra
 (``deploykit train`` needs ``[train]``), and ``extra_for_module`` for an import that only some
-runs make (``deploykit predict`` on a Parquet file needs pyarrow).
+runs make (``deploykit k8s`` needs kubernetes-validate only where kubectl is there to build the
+overlay it validates).
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def declared_extras() -> list[str]:
 
 
 def missing(extra: str) -> list[str]:
-    """The requirements of ``deploykit[extra]`` that are not installed (names only, not versions)."""
+    """The requirements of ``deploykit[extra]`` that are not installed (presence only: versions
+    are pip's business)."""
     return [req for name, req in _closure(DIST, [extra], set()).items() if not _installed(name)]
 
 
