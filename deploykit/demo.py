@@ -476,7 +476,7 @@ def run(cfg: DemoConfig) -> Path:
                          "throughput")
 
                 stage = "build"
-                with display.stage(stage, "bento: artifact + service + deploykit wheel") as done:
+                with display.stage(stage, "bento: artifact + service + deploykit source") as done:
                     from deploykit.config import BuildConfig
                     from deploykit.serve import build
 
