@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from deploykit import checkpoint as ckpt  # noqa: E402
 from deploykit.config import ExportConfig  # noqa: E402
 from deploykit.export import parity  # noqa: E402
+from deploykit.manifest import Manifest  # noqa: E402
 
 log = logging.getLogger("export_variants")
 
@@ -127,28 +128,28 @@ def main() -> None:
         from deploykit import export
 
         export.run(ExportConfig(checkpoint=str(checkpoint), out=str(artifact), data=args.data, split=args.split))
-    manifest = json.loads((artifact / "manifest.json").read_text())
+    manifest = Manifest.read(artifact)
     cfg = ExportConfig(checkpoint=str(checkpoint), data=args.data, split=args.split)
-    held = parity.load_held_out(cfg, ckpt.train_config(checkpoint), manifest["labels"])
-    max_length, k = int(manifest["max_length"]), len(manifest["labels"])
+    held = parity.load_held_out(cfg, ckpt.train_config(checkpoint), list(manifest.labels))
+    max_length, k = manifest.max_length, len(manifest.labels)
     log.info("%d %s rows, %d threads", len(held.texts), held.split, args.threads)
 
     engines = [("pytorch eager", lambda: _torch_engine(checkpoint, held.texts, max_length, args.threads))]
     for name, label in (("fp32", "onnx fp32"), ("opt", "onnx fused (opt)"), ("int8", "onnx int8 dynamic"),
                         ("int8-static", "onnx int8 static")):
-        if name in manifest["variants"]:
-            file = artifact / manifest["variants"][name]["file"]
+        if name in manifest.variants:
+            file = artifact / manifest.variants[name].file
             engines.append((label, lambda f=file: _onnx_engine(f, artifact / "tokenizer.json", max_length,
                                                                 args.threads)))
-    int8 = manifest["variants"].get("int8", {})
-    if int8.get("quantization", {}).get("float_nodes"):
+    int8 = manifest.variants["int8"].quantization if "int8" in manifest.variants else None
+    if int8 and int8.get("float_nodes"):
         # What the INT8 fallback costs: the all-INT8 graph (--int8-fallback off), measured alongside.
         from deploykit.export import quantize
 
-        source = artifact / int8["quantization"]["source"]
+        source = artifact / int8["source"]
         scratch = tempfile.TemporaryDirectory(prefix="export-variants-")  # removed when main() returns
         every = Path(scratch.name) / "model.int8-all.onnx"
-        quantize.write_dynamic(source, every, int8["quantization"]["reduce_range"])
+        quantize.write_dynamic(source, every, int8["reduce_range"])
         engines.append(("onnx int8, every operator (--int8-fallback off)",
                         lambda: _onnx_engine(every, artifact / "tokenizer.json", max_length, args.threads)))
     rows = []

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from deploykit.serve.launch import free_port  # noqa: E402
 
 TEXT = "the service was quick and the staff were friendly, would come again"
 
@@ -94,9 +95,7 @@ def burst(url: str, concurrency: int, per_thread: int) -> dict[str, float]:
 
 
 def start_server(artifact: Path, variant: str | None, batcher: str, threads: int | None) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     args = [sys.executable, "-m", "deploykit", "serve", str(artifact), "--port", str(port),
             "--batcher", batcher]
     if variant:

@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,16 +44,11 @@ from deploykit.bench.inputs import sample_texts  # noqa: E402
 from deploykit.bench.online import run_levels  # noqa: E402
 from deploykit.bench.stats import summarize_latencies, time_calls  # noqa: E402
 from deploykit.config import BenchOnlineConfig  # noqa: E402
-from deploykit.runtime import Runtime, read_manifest, select_variant  # noqa: E402
-from deploykit.serve.launch import stop_process_group
+from deploykit.manifest import Manifest  # noqa: E402
+from deploykit.runtime import Runtime  # noqa: E402
+from deploykit.serve.launch import free_port, stop_process_group  # noqa: E402
 
 VENV = Path(os.environ.get("DEPLOYKIT_PYTRITON_VENV", ROOT / ".venv-pytriton"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 240) -> None:
@@ -101,7 +95,7 @@ def start_triton(artifact: Path, variant: str, threads: int, work: Path):
     subprocess.run([sys.executable, "-m", "deploykit", "triton", str(artifact), "--out", str(repo),
                     "--variant", variant, "--threads", str(threads), "--overwrite"], cwd=ROOT, check=True,
                    capture_output=True)
-    model = read_manifest(artifact)["name"] + "_python"
+    model = Manifest.read(artifact).name + "_python"
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     command = [str(server / "bin" / "tritonserver"), f"--model-repository={repo}",
                "--model-control-mode=explicit", f"--load-model={model}",
@@ -237,13 +231,13 @@ def main() -> None:
     from deploykit.runtime import available_cpus
 
     artifact = Path(args.artifact).resolve()
-    manifest = read_manifest(artifact)
-    variant = select_variant(manifest, args.variant)
+    manifest = Manifest.read(artifact)
+    variant = manifest.pick(args.variant).name
     threads = args.threads or available_cpus()
     texts = sample_texts("tweets", "text", args.samples, 0)
     levels = [int(c) for c in args.concurrency.split(",")]
     started = time.time()
-    results = {"model": manifest["name"], "variant": variant, "threads": threads, "concurrency": args.concurrency,
+    results = {"model": manifest.name, "variant": variant, "threads": threads, "concurrency": args.concurrency,
                "duration": args.duration, "warmup": args.warmup, "machine": report.machine(),
                "systems": {}, "notes": []}
     print(f"runtime in-process at batch sizes {levels} ...", flush=True)
@@ -263,7 +257,7 @@ def main() -> None:
                 extra = {"deploykit": (), "deploykit-nobatch": ("--max-batch-size", "1"),
                          "deploykit-bentoml": ("--batcher", "bentoml")}[name]
                 proc, url = start_deploykit(artifact, variant, threads, work, *extra)
-                protocol, model = "classify", manifest["name"]
+                protocol, model = "classify", manifest.name
             try:
                 results["systems"][name] = {lv["label"]: lv for lv in load(url, protocol, model, args, texts)}
             finally:

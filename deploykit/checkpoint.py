@@ -9,57 +9,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
 from deploykit.config import TrainConfig, from_dict, save_yaml
 from deploykit.errors import BadInputError
+from deploykit.files import atomic_folder, recover_folder  # noqa: F401  (train and evaluation use them from here)
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "deploykit.yaml"
 METRICS_FILE = "metrics.json"
-
-
-@contextmanager
-def atomic_folder(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``final``; on success swap it in by renames.
-
-    If the body raises, the temporary folder is removed and ``final`` is untouched. A kill at
-    any moment leaves either the old folder, or the new one, or (between the two renames) the
-    old one under ``<final>.old``, which ``recover_folder`` puts back; never a half-written
-    ``final``.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_folder(final: str | Path) -> None:
-    """Undo a swap interrupted between its two renames, and drop stale temporary folders."""
-    final = Path(final)
-    old = final.with_name(final.name + ".old")
-    if not final.exists() and old.exists():
-        os.replace(old, final)
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 def save(model: Any, tokenizer: Any, cfg: TrainConfig, metrics: dict[str, Any], final: str | Path) -> Path:

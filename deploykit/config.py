@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import yaml
 
 from deploykit.errors import ConfigError
+from deploykit.manifest import name_problem
 
 C = TypeVar("C")
 
@@ -25,6 +26,7 @@ BUILTIN_DATA = ("tweets",)
 BUILTIN_MODELS = ("minilm",)
 STRATEGIES = ("full", "ffn", "layerwise", "head")
 METRICS = ("macro_f1", "accuracy", "weighted_f1", "loss")
+SPLITS = ("test", "validation", "all")
 
 
 def opt(default: Any, help: str, *, choices: tuple | None = None, positional: bool = False) -> Any:
@@ -136,10 +138,13 @@ class HeldOutConfig:
     text_column: str | None = opt(None, "Text column (default: the checkpoint's).")
     label_column: str | None = opt(None, "Label column (default: the checkpoint's).")
     split: str = opt("test", "Rows to score: test (held-out), validation, or all rows of --data "
-                     "(for a file that is a test set already).", choices=("test", "validation", "all"))
+                     "(for a file that is a test set already).", choices=SPLITS)
 
     def __post_init__(self) -> None:
-        _require(self.split in ("test", "validation", "all"), "split", "choose test, validation or all")
+        self._check_split()
+
+    def _check_split(self) -> None:
+        _require(self.split in SPLITS, "split", "choose test, validation or all")
 
 
 @dataclass
@@ -416,8 +421,7 @@ class ExportConfig(ParityConfig):
         super().__post_init__()
         _require(bool(self.checkpoint), "checkpoint", "give the checkpoint folder to export")
         _require(bool(self.out), "out", "give the artifact folder to write")
-        _require(bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name), "name",
-                 f"{self.name!r} must be letters, digits, '-', '_' or '.' (it names the served model)")
+        _require(name_problem(self.name) is None, "name", f"{name_problem(self.name)} (it names the served model)")
         _require(self.optimize in OPTIMIZE_LEVELS, "optimize", f"choose one of {', '.join(OPTIMIZE_LEVELS)}")
         _require(self.quantize in QUANTIZE_MODES, "quantize", f"choose one of {', '.join(QUANTIZE_MODES)}")
         _require(self.reduce_range in ("auto", "on", "off"), "reduce_range", "choose auto, on or off")
@@ -438,12 +442,24 @@ class VerifyConfig(ParityConfig):
 
     artifact: str = opt("", "Artifact folder written by 'deploykit export'.", positional=True)
     checkpoint: str = opt("", "The checkpoint the artifact was exported from (PyTorch reference).")
+    split: str | None = opt(None, "Rows to score: test, validation or all rows of --data (default: "
+                            "the rows export checked, recorded in the manifest; any of --data, "
+                            "--split, --text-column, --label-column, --max-eval-samples picks other "
+                            "rows, with the checkpoint's defaults for the rest).", choices=SPLITS)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(bool(self.artifact), "artifact", "give the artifact folder to verify")
         _require(bool(self.checkpoint), "checkpoint", "give the checkpoint the artifact came from "
                  "(--checkpoint RUN/checkpoint)")
+
+    def _check_split(self) -> None:
+        _require(self.split is None or self.split in SPLITS, "split", "choose test, validation or all")
+
+    def rows_asked(self) -> bool:
+        """Whether the user chose rows other than the ones the manifest records."""
+        return any(value is not None for value in (self.data, self.split, self.text_column,
+                                                   self.label_column, self.max_eval_samples))
 
 
 TRITON_KINDS = ("cpu", "gpu")
@@ -481,16 +497,7 @@ class TritonConfig:
         _require(self.max_batch_size > 0, "max_batch_size", "must be positive")
         _require(self.max_queue_delay_us >= 0, "max_queue_delay_us", "must be >= 0")
         _require(self.threads >= 0, "threads", "must be >= 0 (0 lets ONNX Runtime pick)")
-        _require(self.name is None or is_model_name(self.name), "name",
-                 f"{self.name!r} is not a valid model name: use letters, digits, '_', '-' and '.', "
-                 "starting with a letter or digit")
-
-
-def is_model_name(name: str) -> bool:
-    """Whether ``name`` is usable as a Triton model (and folder) name."""
-    import re
-
-    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None
+        _require(self.name is None or name_problem(self.name) is None, "name", str(name_problem(self.name)))
 
 
 # --- Deployment (deploykit/deploy) ------------------------------------------------------------

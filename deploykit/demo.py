@@ -1,13 +1,18 @@
 """``deploykit demo``: the whole pipeline on the built-in tweets and the packaged MiniLM.
 
-Each stage calls the real stage entry point in-process (``train.run``, ``evaluation.run``,
-``export.run``, ``build.run``, ``triton_repo.run``, ``k8s.render``); the service runs as a real
+The demo is the table ``STAGES``: each ``Stage`` calls the real entry point of a stage
+(``train.run``, ``evaluation.run``, ``export.run``, ``bench.offline.run``, ``build.run``,
+``online.run``, ``triton_repo.run``, ``k8s.render``) on a small typed ``DemoState`` that carries
+what the stages hand on (checkpoint, artifact, manifest, service) and the facts the summary
+reports; one short loop runs the table under the live display. The service runs as a real
 ``bentoml serve`` subprocess on 127.0.0.1 and a free port, and is always stopped. Everything
 lands in one folder:
 
     DIR/run/            training run (checkpoint/, metrics.jsonl, train_curve.png)
     DIR/eval/           held-out evaluation of the PyTorch checkpoint
     DIR/artifact/       fp32, fused (opt) and INT8 ONNX with manifest.json (parity verified)
+    DIR/bench-offline/  deploykit bench offline: PyTorch and each servable variant, one process each
+    DIR/bench-online/   deploykit bench online against the service
     DIR/triton_repo/    Triton model repository
     DIR/k8s/            kustomize overlay for the bento's image
     DIR/logs/           demo.log (every stage's log), serve.log (the service)
@@ -25,25 +30,24 @@ import logging
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from deploykit.config import DemoConfig
 from deploykit.errors import BadInputError, DeployKitError
+from deploykit.manifest import Manifest
+from deploykit.serve.launch import free_port
 
 log = logging.getLogger(__name__)
 
-STAGES = ["baseline", "train", "evaluate", "export", "offline", "build", "serve", "classify",
-          "online", "stop", "triton", "k8s", "summary"]
-WRITTEN = ["data", "run", "eval", "artifact", "bench-online", "triton_repo", "k8s", "logs", "summary.md",
-           "summary.json"]
+WRITTEN = ["data", "run", "eval", "artifact", "bench-offline", "bench-online", "triton_repo", "k8s", "logs",
+           "summary.md", "summary.json"]
 # Texts a user might send; the held-out tweets that follow them are real, labelled data.
 SAMPLE_TEXTS = ["I love this new phone, the camera is amazing!",
                 "Worst customer service ever. Never flying with them again.",
@@ -62,8 +66,9 @@ class Plan:
     max_steps: int | None
     batch_size: int
     max_length: int
-    latency_texts: int           # offline batch-1 latency: this many single-text calls
-    throughput_texts: int        # offline throughput: this many texts in one call
+    latency_texts: int           # offline latency: at most this many one-text calls per engine ...
+    offline_seconds: float       # ... and at least 3, for at least this long (every cell)
+    throughput_texts: int        # offline throughput: calls of this many texts
     online_single: int           # online (deploykit bench online): one-text requests one at a time
     online_concurrency: str      # closed-loop levels (clients in flight) ...
     online_seconds: float        # ... each timed this long ...
@@ -78,17 +83,17 @@ class Plan:
     int8_fallback: str
 
 
-# Full: 4,000 training rows reach ~0.72 validation macro-F1 after one epoch (measured by the
-# lead), above TF-IDF + LR on the same rows (0.67 held-out macro-F1). 2% / 5% of the 38,158
+# Full: 4,000 training rows reach ~0.72 validation macro-F1 after one epoch, above TF-IDF + LR
+# on the same rows (0.67 held-out macro-F1). 2% / 5% of the 38,158
 # tweets (763 validation, 1,908 test rows) keep the held-out scoring inside the 10 minutes.
 FULL = Plan(sample_rows=None, val_ratio=0.02, test_ratio=0.05, max_train_samples=4000, epochs=1.0,
             max_steps=None, batch_size=32,
-            max_length=128, latency_texts=64, throughput_texts=512, online_single=30,
+            max_length=128, latency_texts=64, offline_seconds=2.0, throughput_texts=512, online_single=30,
             online_concurrency="1,8", online_seconds=8.0, online_warmup=1.0,
             allow_parity_failure=False, int8_min_agreement=0.99, int8_max_f1_drop=0.01, int8_fallback="auto")
 QUICK = Plan(sample_rows=600, val_ratio=0.1, test_ratio=0.1, max_train_samples=None, epochs=1.0,
-             max_steps=4, batch_size=16, max_length=64, latency_texts=8, throughput_texts=64,
-             online_single=10, online_concurrency="4", online_seconds=3.0, online_warmup=0.5,
+             max_steps=4, batch_size=16, max_length=64, latency_texts=8, offline_seconds=0.5,
+             throughput_texts=64, online_single=10, online_concurrency="4", online_seconds=3.0, online_warmup=0.5,
              allow_parity_failure=True, int8_min_agreement=0.8, int8_max_f1_drop=0.1, int8_fallback="off")
 
 
@@ -103,13 +108,6 @@ class StageFailed(DeployKitError):
 
 # --- helpers ---------------------------------------------------------------------------------
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post_json(url: str, payload: Any, timeout: float = 60.0) -> tuple[int, Any]:
     request = urllib.request.Request(url, data=json.dumps(payload).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -118,12 +116,6 @@ def _post_json(url: str, payload: Any, timeout: float = 60.0) -> tuple[int, Any]
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode(errors="replace")
-
-
-def _timed(fn: Any, *args: Any) -> float:
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
 
 
 def _prepare_out(cfg: DemoConfig) -> Path:
@@ -140,6 +132,62 @@ def _prepare_out(cfg: DemoConfig) -> Path:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     (out / "logs").mkdir(parents=True)
     return out
+
+
+# --- what the stages share ---------------------------------------------------------------------
+
+@dataclass
+class DemoState:
+    """What the stages hand on to each other, and the facts the summary reports (one field per
+    section of summary.json; ``texts``/``golds`` and the live objects stay out of it)."""
+
+    cfg: DemoConfig
+    plan: Plan
+    out: Path
+    started: float
+    elapsed: dict[str, float]             # stage -> wall seconds (the display's)
+    cpu: dict[str, float]                 # stage -> CPU seconds of this process
+    data: dict[str, Any] = field(default_factory=dict)
+    texts: list[str] = field(default_factory=list)         # held-out tweets for the service
+    golds: list[str | None] = field(default_factory=list)
+    baseline: dict[str, Any] | None = None
+    checkpoint: Path | None = None
+    train: dict[str, Any] | None = None
+    evaluate: dict[str, Any] | None = None
+    artifact: Path | None = None
+    manifest: Manifest | None = None
+    export: dict[str, Any] | None = None
+    offline: dict[str, Any] | None = None
+    bento: str | None = None
+    bentoml_home: str | None = None
+    service: Service | None = None
+    answers: dict[str, Any] | None = None                   # summary.json's "service"
+    online: dict[str, Any] | None = None
+    triton_repo: str | None = None
+    k8s: str | None = None
+
+    def summary(self, status: str, **more: Any) -> dict[str, Any]:
+        """summary.json's content so far (the sections of the stages that ran)."""
+        report: dict[str, Any] = {"status": status, "mode": "quick" if self.cfg.quick else "full",
+                                  "out": str(self.out), "stages": dict(self.elapsed)}
+        sections = {"data": self.data or None, "baseline": self.baseline, "train": self.train,
+                    "evaluate": self.evaluate, "export": self.export, "offline": self.offline,
+                    "bento": self.bento, "bentoml_home": self.bentoml_home, "service": self.answers,
+                    "online": self.online, "triton_repo": self.triton_repo, "k8s": self.k8s}
+        report.update({k: v for k, v in sections.items() if v is not None})
+        return {**report, **more, "total_seconds": time.monotonic() - self.started,
+                "stages": dict(self.elapsed), "stages_cpu_seconds": dict(self.cpu)}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of the demo: its name, what it does (formatted with the state as ``s``), the
+    function that does it (returns the line shown when it is done) and an optional live detail."""
+
+    name: str
+    title: str
+    function: Callable[[DemoState], str]
+    poll: Callable[[DemoState], str | None] | None = None
 
 
 # --- stages ----------------------------------------------------------------------------------
@@ -169,8 +217,13 @@ def _train_config(out: Path, plan: Plan, data_source: str) -> Any:
                        test_ratio=plan.test_ratio, log_every=1)
 
 
-def _train_detail(metrics: Path, total: int) -> str | None:
+def _total_steps(s: DemoState) -> int:
+    return s.plan.max_steps or math.ceil(s.plan.epochs * (s.data["train_rows"] // s.plan.batch_size))
+
+
+def _train_detail(s: DemoState) -> str | None:
     """The latest training step and loss, read from RUN/metrics.jsonl (for the live display)."""
+    metrics, total = s.out / "run" / "metrics.jsonl", _total_steps(s)
     lines = metrics.read_text().splitlines() if metrics.is_file() else []
     rows = [json.loads(line) for line in lines if line.strip()]
     train = [r for r in rows if r.get("type") == "train"]
@@ -181,48 +234,6 @@ def _train_detail(metrics: Path, total: int) -> str | None:
     if evals:
         text += f", validation macro-F1 {evals[-1]['macro_f1']:.3f}"
     return text
-
-
-def _offline(artifact: Path, checkpoint: Path, texts: list[str], plan: Plan) -> dict[str, Any]:
-    """In-process latency (one text per call) and throughput (one big call) of every engine.
-
-    Every engine gets the same texts and the same number of threads, side by side in one run.
-    """
-    import torch
-
-    from deploykit import checkpoint as ckpt
-    from deploykit.bench.stats import summarize_latencies
-    from deploykit.runtime import Runtime, available_cpus
-    from deploykit.scoring import predict_logits
-
-    threads = available_cpus()
-    torch.set_num_threads(threads)
-    model, tokenizer = ckpt.load_model(checkpoint)
-    manifest = json.loads((artifact / "manifest.json").read_text())
-    engines: dict[str, Any] = {"pytorch": lambda batch: predict_logits(
-        model, tokenizer, batch, max_length=int(manifest["max_length"]), batch_size=64)}
-    skipped = []
-    for variant, info in manifest["variants"].items():
-        if not info["servable"]:  # the runtime refuses it, and so would the service
-            skipped.append(variant)
-            continue
-        engines[variant] = Runtime(artifact, variant, threads=threads).logits
-    single, bulk = texts[:plan.latency_texts], texts[:plan.throughput_texts]
-    results: dict[str, Any] = {}
-    for name, run in engines.items():
-        for text in single[:3]:  # warm-up: first calls allocate
-            run([text])
-        latencies = [_timed(run, [text]) for text in single]
-        seconds = _timed(run, bulk)
-        stats = summarize_latencies(latencies)
-        results[name] = {"latency_ms_p50": stats["p50_ms"], "latency_ms_p95": stats["p95_ms"],
-                         "throughput_texts_per_s": len(bulk) / seconds}
-    base = results["pytorch"]
-    for row in results.values():
-        row["latency_speedup"] = base["latency_ms_p50"] / row["latency_ms_p50"]
-        row["throughput_ratio"] = row["throughput_texts_per_s"] / base["throughput_texts_per_s"]
-    return {"threads": threads, "latency_texts": len(single), "throughput_texts": len(bulk),
-            "engines": results, "not_servable": skipped}
 
 
 class Service:
@@ -277,72 +288,6 @@ class Service:
         stop_process_group(self.proc)
 
 
-def _classify(service: Service, artifact: Path, texts: list[str], golds: list[str | None]) -> dict[str, Any]:
-    """Send real texts through /classify and through tritonclient.http; check both against the artifact.
-
-    Raises:
-        DeployKitError: A route failed, or the routes disagree with the artifact run in-process.
-    """
-    import numpy as np
-    import tritonclient.http as httpclient
-
-    from deploykit.runtime import Runtime
-
-    manifest = json.loads((artifact / "manifest.json").read_text())
-    variant = manifest["default_variant"]
-    status, answer = _post_json(service.url + "/classify", {"texts": texts})
-    if status != 200:
-        raise DeployKitError(f"/classify answered HTTP {status}: {answer}")
-    client = httpclient.InferenceServerClient(service.url.removeprefix("http://"))
-    try:
-        text = httpclient.InferInput("TEXT", [len(texts)], "BYTES")
-        text.set_data_from_numpy(np.array(texts, dtype=object))
-        result = client.infer(manifest["name"], [text],
-                              outputs=[httpclient.InferRequestedOutput("LABEL"),
-                                       httpclient.InferRequestedOutput("SCORES")])
-        v2_labels = [x.decode() if isinstance(x, bytes) else str(x) for x in result.as_numpy("LABEL")]
-        v2_scores = result.as_numpy("SCORES")
-    finally:
-        client.close()
-    expected = Runtime(artifact, variant).predict(texts)
-    rows = []
-    for i, (txt, gold) in enumerate(zip(texts, golds)):
-        rows.append({"text": txt, "gold": gold, "classify": answer[i]["label"],
-                     "score": answer[i]["score"], "v2": v2_labels[i],
-                     "v2_score": float(v2_scores[i].max()), "in_process": expected[i]["label"]})
-    disagree = [r for r in rows if not r["classify"] == r["v2"] == r["in_process"]]
-    if disagree:
-        raise DeployKitError("the service's answers differ from the artifact run in-process: "
-                             + "; ".join(f"{r['text'][:40]!r}: /classify {r['classify']}, v2 {r['v2']}, "
-                                         f"in-process {r['in_process']}" for r in disagree))
-    return {"variant": variant, "model": manifest["name"], "rows": rows}
-
-
-def _online(service: Service, data_source: str, out: Path, plan: Plan) -> dict[str, Any]:
-    """``deploykit bench online`` against the demo's service: one-text requests one at a time,
-    then closed-loop load at each concurrency level (bounded in time), then one at a time again.
-
-    Raises:
-        DeployKitError: No request of a level succeeded.
-    """
-    from deploykit.bench import online
-    from deploykit.config import BenchOnlineConfig
-
-    folder = online.run(BenchOnlineConfig(
-        url=service.url, concurrency=plan.online_concurrency, duration=plan.online_seconds,
-        warmup=plan.online_warmup, single_requests=plan.online_single, data=data_source,
-        samples=512, out=str(out / "bench-online")))
-    levels = json.loads((folder / "results.json").read_text())["levels"]
-    failed = [level["label"] for level in levels if level["ok"] == 0]
-    if failed:
-        raise DeployKitError(f"no request succeeded at level(s) {', '.join(failed)}; see "
-                             f"{folder / 'results.md'} and the service log {service.log_file}")
-    return {"results": str(folder / "results.md"),
-            "levels": [{k: level.get(k) for k in ("label", "mode", "concurrency", "requests", "ok",
-                                                  "errors", "texts_per_s", "p50_ms", "p95_ms", "p99_ms")}
-                       for level in levels]}
-
-
 # --- the pipeline ----------------------------------------------------------------------------
 
 class _Capture:
@@ -384,8 +329,230 @@ class _Capture:
         self.stream.close()
 
 
+def _baseline(s: DemoState) -> str:
+    """Load the splits training will use and score the TF-IDF + LR baseline on them."""
+    from deploykit import data
+    from deploykit.baseline import tfidf_baseline
+
+    source = _quick_sample(s.out, s.plan.sample_rows, 42) if s.plan.sample_rows else "tweets"
+    splits = data.load_splits(_train_config(s.out, s.plan, source))
+    scores = tfidf_baseline(splits.train, {"test": splits.test}, splits.label_names)
+    s.data = {"source": source, "train_rows": len(splits.train), "validation_rows": len(splits.validation),
+              "test_rows": len(splits.test), "labels": splits.label_names}
+    # Texts a user might send, then real held-out tweets with their gold labels.
+    s.texts = SAMPLE_TEXTS + splits.test.texts[:3]
+    s.golds = [None] * len(SAMPLE_TEXTS) + [splits.label_names[i] for i in splits.test.labels[:3]]
+    s.baseline = {"name": "TF-IDF + logistic regression",
+                  "test": {k: scores["test"][k] for k in ("accuracy", "macro_f1", "n")}}
+    return f"held-out macro-F1 {s.baseline['test']['macro_f1']:.3f} ({s.data['train_rows']} training rows)"
+
+
+def _train(s: DemoState) -> str:
+    from deploykit import train
+
+    s.checkpoint = train.run(_train_config(s.out, s.plan, s.data["source"]))
+    best = json.loads((s.checkpoint / "metrics.json").read_text())
+    s.train = {"checkpoint": str(s.checkpoint), "best_step": best.get("step"),
+               "validation": {k: best[k] for k in ("accuracy", "macro_f1")},
+               "steps": _total_steps(s), "epochs": s.plan.epochs, "batch_size": s.plan.batch_size}
+    return f"best validation macro-F1 {best['macro_f1']:.3f} at step {best.get('step')}"
+
+
+def _evaluate(s: DemoState) -> str:
+    from deploykit import evaluation
+    from deploykit.config import EvalConfig
+
+    evaluation.run(EvalConfig(checkpoint=str(s.checkpoint), split="test", out=str(s.out / "eval")))
+    metrics = json.loads((s.out / "eval" / "metrics.json").read_text())
+    s.evaluate = {k: metrics[k] for k in ("accuracy", "macro_f1", "weighted_f1", "n")}
+    return f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f} on {metrics['n']} rows"
+
+
+def _export(s: DemoState) -> str:
+    from deploykit import demo_summary, export
+    from deploykit.config import ExportConfig
+
+    s.artifact = export.run(ExportConfig(
+        checkpoint=str(s.checkpoint), out=str(s.out / "artifact"), name="sentiment",
+        allow_parity_failure=s.plan.allow_parity_failure, int8_min_agreement=s.plan.int8_min_agreement,
+        int8_max_f1_drop=s.plan.int8_max_f1_drop, int8_fallback=s.plan.int8_fallback))
+    s.manifest = Manifest.read(s.artifact)
+    s.export = {**demo_summary.export_facts(s.manifest, s.checkpoint),
+                "gates": {"int8_min_agreement": s.plan.int8_min_agreement,
+                          "int8_max_f1_drop": s.plan.int8_max_f1_drop}}
+    return (f"default variant {s.manifest.default_variant}; parity "
+            + ", ".join(f"{n} {'ok' if v.servable else 'FAILED'}" for n, v in s.manifest.variants.items()))
+
+
+def _offline(s: DemoState) -> str:
+    """``deploykit bench offline``: PyTorch and every servable variant, each in its own process,
+    on one-text calls (latency) and calls of ``throughput_texts`` texts (throughput)."""
+    from deploykit.bench import offline
+    from deploykit.config import BenchOfflineConfig
+
+    plan = s.plan
+    folder = offline.run(BenchOfflineConfig(
+        artifact=str(s.artifact), data=s.data["source"], checkpoint=str(s.checkpoint),
+        out=str(s.out / "bench-offline"), engines="pytorch,runtime",
+        batch_sizes=f"1,{plan.throughput_texts}", synthetic_lengths="", samples=plan.throughput_texts,
+        warmup=1, min_iters=3, min_duration=plan.offline_seconds, max_iters=plan.latency_texts))
+    results = json.loads((folder / "results.json").read_text())
+    cells = {(c["engine"], c["batch_size"]): c for c in results["cells"] if c["input"] == "data"}
+    engines = {}
+    for label in results["specs"]:
+        single, bulk = cells[(label, 1)], cells[(label, plan.throughput_texts)]
+        engines[label.removeprefix("runtime:")] = {
+            "latency_ms_p50": single["p50_ms"], "latency_ms_p95": single["p95_ms"],
+            "throughput_texts_per_s": bulk["texts_per_s"]}
+    base = engines["pytorch"]
+    for row in engines.values():
+        row["latency_speedup"] = base["latency_ms_p50"] / row["latency_ms_p50"]
+        row["throughput_ratio"] = row["throughput_texts_per_s"] / base["throughput_texts_per_s"]
+    s.offline = {"threads": results["specs"]["pytorch"]["threads"],
+                 "latency_texts": min(cells[(label, 1)]["iters"] for label in results["specs"]),
+                 "throughput_texts": plan.throughput_texts,
+                 "results": str(folder / "results.md"), "engines": engines,
+                 "not_servable": [n for n, v in s.manifest.variants.items() if not v.servable]}
+    best = max(engines, key=lambda n: engines[n]["throughput_texts_per_s"])
+    return f"{best} {engines[best]['throughput_ratio']:.1f}x PyTorch's throughput"
+
+
+def _build(s: DemoState) -> str:
+    from deploykit.config import BuildConfig
+    from deploykit.serve import build
+
+    s.bento = build.run(BuildConfig(artifact=str(s.artifact), bentoml_home=s.cfg.bentoml_home))
+    s.bentoml_home = os.environ.get("BENTOML_HOME")
+    return s.bento
+
+
+def _serve(s: DemoState) -> str:
+    s.service = Service(s.artifact, s.cfg.port or free_port(), s.out / "logs" / "serve.log")
+    s.service.wait_ready()
+    return f"{s.service.url} ready (variant {s.manifest.pick().name})"
+
+
+def _classify(s: DemoState) -> str:
+    """Send real texts through /classify and through tritonclient.http; check both against the artifact.
+
+    Raises:
+        DeployKitError: A route failed, or the routes disagree with the artifact run in-process.
+    """
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    from deploykit.runtime import Runtime
+
+    service, texts = s.service, s.texts
+    status, answer = _post_json(service.url + "/classify", {"texts": texts})
+    if status != 200:
+        raise DeployKitError(f"/classify answered HTTP {status}: {answer}")
+    client = httpclient.InferenceServerClient(service.url.removeprefix("http://"))
+    try:
+        text = httpclient.InferInput("TEXT", [len(texts)], "BYTES")
+        text.set_data_from_numpy(np.array(texts, dtype=object))
+        result = client.infer(s.manifest.name, [text], outputs=[httpclient.InferRequestedOutput("LABEL"),
+                                                                httpclient.InferRequestedOutput("SCORES")])
+        v2_labels = [x.decode() if isinstance(x, bytes) else str(x) for x in result.as_numpy("LABEL")]
+        v2_scores = result.as_numpy("SCORES")
+    finally:
+        client.close()
+    runtime = Runtime(s.artifact)  # the variant the service serves: the same rule, Manifest.pick
+    expected = runtime.predict(texts)
+    rows = [{"text": txt, "gold": gold, "classify": answer[i]["label"], "score": answer[i]["score"],
+             "v2": v2_labels[i], "v2_score": float(v2_scores[i].max()), "in_process": expected[i]["label"]}
+            for i, (txt, gold) in enumerate(zip(texts, s.golds))]
+    disagree = [r for r in rows if not r["classify"] == r["v2"] == r["in_process"]]
+    if disagree:
+        raise DeployKitError("the service's answers differ from the artifact run in-process: "
+                             + "; ".join(f"{r['text'][:40]!r}: /classify {r['classify']}, v2 {r['v2']}, "
+                                         f"in-process {r['in_process']}" for r in disagree))
+    s.answers = {"url": service.url, "variant": runtime.variant, "model": s.manifest.name, "rows": rows}
+    return f"{len(texts)} texts: /classify, v2 and in-process agree"
+
+
+def _online(s: DemoState) -> str:
+    """``deploykit bench online`` against the demo's service: one-text requests one at a time,
+    then closed-loop load at each concurrency level (bounded in time), then one at a time again.
+
+    Raises:
+        DeployKitError: No request of a level succeeded.
+    """
+    from deploykit.bench import online
+    from deploykit.config import BenchOnlineConfig
+
+    plan = s.plan
+    folder = online.run(BenchOnlineConfig(
+        url=s.service.url, concurrency=plan.online_concurrency, duration=plan.online_seconds,
+        warmup=plan.online_warmup, single_requests=plan.online_single, data=s.data["source"],
+        samples=512, out=str(s.out / "bench-online")))
+    levels = json.loads((folder / "results.json").read_text())["levels"]
+    failed = [level["label"] for level in levels if level["ok"] == 0]
+    if failed:
+        raise DeployKitError(f"no request succeeded at level(s) {', '.join(failed)}; see "
+                             f"{folder / 'results.md'} and the service log {s.service.log_file}")
+    s.online = {"results": str(folder / "results.md"),
+                "levels": [{k: level.get(k) for k in ("label", "mode", "concurrency", "requests", "ok",
+                                                      "errors", "texts_per_s", "p50_ms", "p95_ms", "p99_ms")}
+                           for level in levels]}
+    top = max(s.online["levels"], key=lambda level: level["texts_per_s"])
+    return f"{top['texts_per_s']:.0f} texts/s at {top['label']}, p50 {top['p50_ms']:.0f} ms"
+
+
+def _stop(s: DemoState) -> str:
+    s.service.stop()
+    s.service = None
+    return "stopped"
+
+
+def _triton(s: DemoState) -> str:
+    from deploykit.config import TritonConfig
+    from deploykit.serve import triton_repo
+
+    s.triton_repo = str(triton_repo.run(TritonConfig(artifact=str(s.artifact), out=str(s.out / "triton_repo"),
+                                                     overwrite=True)))
+    return s.triton_repo
+
+
+def _k8s(s: DemoState) -> str:
+    from deploykit.config import KubeConfig
+    from deploykit.deploy import k8s
+
+    s.k8s = str(k8s.render(KubeConfig(image=s.bento, artifact=str(s.artifact), out=str(s.out / "k8s"))))
+    return s.k8s
+
+
+def _summary(s: DemoState) -> str:
+    from deploykit import demo_summary
+
+    report = s.summary("ok")
+    path = demo_summary.write(s.out, report)
+    if not report["beats_baseline"] and not s.cfg.quick:
+        log.warning("the fine-tuned model did not beat the TF-IDF baseline on the held-out split (see %s)", path)
+    return str(path)
+
+
+STAGES = [
+    Stage("baseline", "TF-IDF + logistic regression on the training rows", _baseline),
+    Stage("train", "fine-tune MiniLM on {s.data[train_rows]} tweets", _train, poll=_train_detail),
+    Stage("evaluate", "PyTorch checkpoint on the held-out test split", _evaluate),
+    Stage("export", "ONNX fp32, fused attention, INT8; parity on the test split", _export),
+    Stage("offline", "deploykit bench offline: PyTorch vs ONNX, one process per engine", _offline),
+    Stage("build", "bento: artifact + service + deploykit source", _build),
+    Stage("serve", "deploykit serve on 127.0.0.1", _serve),
+    Stage("classify", "real texts through /classify and tritonclient.http (v2)", _classify),
+    Stage("online", "deploykit bench online against /classify", _online),
+    Stage("stop", "stop the service", _stop),
+    Stage("triton", "Triton model repository", _triton),
+    Stage("k8s", "Kubernetes overlay for the bento's image", _k8s),
+    Stage("summary", "summary.md and summary.json", _summary),
+]
+
+
+# --- the pipeline ----------------------------------------------------------------------------
+
 def run(cfg: DemoConfig) -> Path:
-    """Run the whole pipeline and write DIR/summary.md and DIR/summary.json.
+    """Run the stage table and write DIR/summary.md and DIR/summary.json.
 
     Args:
         cfg: The demo options.
@@ -402,181 +569,26 @@ def run(cfg: DemoConfig) -> Path:
     from deploykit import demo_summary
     from deploykit.demo_display import StageDisplay
 
-    plan = QUICK if cfg.quick else FULL
     out = _prepare_out(cfg)
     # Bound to the real stderr now: the stages' own output is redirected to the log below.
     console = Console(file=sys.stderr)
-    report: dict[str, Any] = {"status": "running", "mode": "quick" if cfg.quick else "full",
-                              "out": str(out), "stages": {}}
-    service: Service | None = None
-    started = time.monotonic()
-    display = StageDisplay(STAGES, console)
-    stage = "baseline"
+    display = StageDisplay([stage.name for stage in STAGES], console)
+    state = DemoState(cfg, QUICK if cfg.quick else FULL, out, time.monotonic(), display.elapsed, display.cpu)
+    stage = STAGES[0]
     with _Capture(out, console):
         try:
             with display:
-                stage = "baseline"
-                with display.stage(stage, "TF-IDF + logistic regression on the training rows") as done:
-                    report.update(_stage_baseline(out, plan))
-                    done(f"held-out macro-F1 {report['baseline']['test']['macro_f1']:.3f} "
-                         f"({report['data']['train_rows']} training rows)")
-                train_cfg = _train_config(out, plan, report["data"]["source"])
-                steps_per_epoch = report["data"]["train_rows"] // plan.batch_size
-                total = plan.max_steps or math.ceil(plan.epochs * steps_per_epoch)
-
-                stage = "train"
-                with display.stage(stage, f"fine-tune MiniLM on {report['data']['train_rows']} tweets",
-                                   poll=lambda: _train_detail(out / "run" / "metrics.jsonl", total)) as done:
-                    from deploykit import train
-
-                    checkpoint = train.run(train_cfg)
-                    best = json.loads((checkpoint / "metrics.json").read_text())
-                    report["train"] = {"checkpoint": str(checkpoint), "best_step": best.get("step"),
-                                       "validation": {k: best[k] for k in ("accuracy", "macro_f1")},
-                                       "steps": total, "epochs": plan.epochs, "batch_size": plan.batch_size}
-                    done(f"best validation macro-F1 {best['macro_f1']:.3f} at step {best.get('step')}")
-
-                stage = "evaluate"
-                with display.stage(stage, "PyTorch checkpoint on the held-out test split") as done:
-                    from deploykit import evaluation
-                    from deploykit.config import EvalConfig
-
-                    evaluation.run(EvalConfig(checkpoint=str(checkpoint), split="test",
-                                              out=str(out / "eval")))
-                    metrics = json.loads((out / "eval" / "metrics.json").read_text())
-                    report["evaluate"] = {k: metrics[k] for k in ("accuracy", "macro_f1", "weighted_f1", "n")}
-                    done(f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f} "
-                         f"on {metrics['n']} rows")
-
-                stage = "export"
-                with display.stage(stage, "ONNX fp32, fused attention, INT8; parity on the test "
-                                          "split") as done:
-                    from deploykit import export
-                    from deploykit.config import ExportConfig
-
-                    artifact = export.run(ExportConfig(
-                        checkpoint=str(checkpoint), out=str(out / "artifact"), name="sentiment",
-                        allow_parity_failure=plan.allow_parity_failure,
-                        int8_min_agreement=plan.int8_min_agreement, int8_max_f1_drop=plan.int8_max_f1_drop,
-                        int8_fallback=plan.int8_fallback))
-                    manifest = json.loads((artifact / "manifest.json").read_text())
-                    report["export"] = demo_summary.export_facts(manifest, checkpoint)
-                    report["export"]["gates"] = {"int8_min_agreement": plan.int8_min_agreement,
-                                                 "int8_max_f1_drop": plan.int8_max_f1_drop}
-                    done(f"default variant {manifest['default_variant']}; parity "
-                         + ", ".join(f"{n} {'ok' if v['servable'] else 'FAILED'}"
-                                     for n, v in manifest["variants"].items()))
-
-                stage = "offline"
-                with display.stage(stage, "in-process latency and throughput: PyTorch vs ONNX") as done:
-                    report["offline"] = _offline(artifact, checkpoint, _bench_texts(report), plan)
-                    engines = report["offline"]["engines"]
-                    best_engine = max(engines, key=lambda n: engines[n]["throughput_texts_per_s"])
-                    done(f"{best_engine} {engines[best_engine]['throughput_ratio']:.1f}x PyTorch's "
-                         "throughput")
-
-                stage = "build"
-                with display.stage(stage, "bento: artifact + service + deploykit source") as done:
-                    from deploykit.config import BuildConfig
-                    from deploykit.serve import build
-
-                    report["bento"] = build.run(BuildConfig(artifact=str(artifact),
-                                                            bentoml_home=cfg.bentoml_home))
-                    report["bentoml_home"] = os.environ.get("BENTOML_HOME")
-                    done(report["bento"])
-
-                stage = "serve"
-                with display.stage(stage, "deploykit serve on 127.0.0.1") as done:
-                    port = cfg.port or free_port()
-                    service = Service(artifact, port, out / "logs" / "serve.log")
-                    service.wait_ready()
-                    done(f"{service.url} ready (variant {manifest['default_variant']})")
-
-                stage = "classify"
-                with display.stage(stage, "real texts through /classify and tritonclient.http (v2)") as done:
-                    texts, golds = _demo_texts(report)
-                    report["service"] = {"url": service.url, **_classify(service, artifact, texts, golds)}
-                    done(f"{len(texts)} texts: /classify, v2 and in-process agree")
-
-                stage = "online"
-                with display.stage(stage, "deploykit bench online against /classify") as done:
-                    report["online"] = _online(service, report["data"]["source"], out, plan)
-                    top = max(report["online"]["levels"], key=lambda level: level["texts_per_s"])
-                    done(f"{top['texts_per_s']:.0f} texts/s at {top['label']}, p50 {top['p50_ms']:.0f} ms")
-
-                stage = "stop"
-                with display.stage(stage, "stop the service") as done:
-                    service.stop()
-                    service = None
-                    done("stopped")
-
-                stage = "triton"
-                with display.stage(stage, "Triton model repository") as done:
-                    from deploykit.config import TritonConfig
-                    from deploykit.serve import triton_repo
-
-                    report["triton_repo"] = str(triton_repo.run(TritonConfig(
-                        artifact=str(artifact), out=str(out / "triton_repo"), overwrite=True)))
-                    done(report["triton_repo"])
-
-                stage = "k8s"
-                with display.stage(stage, "Kubernetes overlay for the bento's image") as done:
-                    from deploykit.config import KubeConfig
-                    from deploykit.deploy import k8s
-
-                    report["k8s"] = str(k8s.render(KubeConfig(image=report["bento"], artifact=str(artifact),
-                                                              out=str(out / "k8s"))))
-                    done(report["k8s"])
-
-                stage = "summary"
-                with display.stage(stage, "summary.md and summary.json") as done:
-                    report["status"] = "ok"
-                    report["total_seconds"] = time.monotonic() - started
-                    report["stages"] = dict(display.elapsed)
-                    report["stages_cpu_seconds"] = dict(display.cpu)
-                    summary = demo_summary.write(out, report)
-                    if not report["beats_baseline"] and not cfg.quick:
-                        log.warning("the fine-tuned model did not beat the TF-IDF baseline on the "
-                                    "held-out split (see %s)", summary)
-                    done(str(summary))
+                for stage in STAGES:
+                    poll = (lambda stage=stage: stage.poll(state)) if stage.poll else None
+                    with display.stage(stage.name, stage.title.format(s=state), poll=poll) as done:
+                        done(stage.function(state))
         except BaseException as exc:
-            if service is not None:
-                service.stop()
+            if state.service is not None:
+                state.service.stop()
             # The traceback goes to demo.log only; the screen gets the one-line reason from the CLI.
-            log.info("demo stage %s failed", stage, exc_info=True)
-            report.update(status="failed", failed_stage=stage, error=str(exc),
-                          total_seconds=time.monotonic() - started, stages=dict(display.elapsed),
-                          stages_cpu_seconds=dict(display.cpu))
-            demo_summary.write_json(out, report)
+            log.info("demo stage %s failed", stage.name, exc_info=True)
+            demo_summary.write_json(out, state.summary("failed", failed_stage=stage.name, error=str(exc)))
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            raise StageFailed(stage, exc, out) from exc
-    return summary
-
-
-def _stage_baseline(out: Path, plan: Plan) -> dict[str, Any]:
-    """Load the splits training will use and score the TF-IDF + LR baseline on them."""
-    from deploykit import data
-    from deploykit.baseline import tfidf_baseline
-
-    source = _quick_sample(out, plan.sample_rows, 42) if plan.sample_rows else "tweets"
-    splits = data.load_splits(_train_config(out, plan, source))
-    scores = tfidf_baseline(splits.train, {"test": splits.test}, splits.label_names)
-    return {"data": {"source": source, "train_rows": len(splits.train),
-                     "validation_rows": len(splits.validation), "test_rows": len(splits.test),
-                     "labels": splits.label_names},
-            # real held-out texts for the classify and benchmark stages ('_' keys stay out of
-            # summary.json)
-            "_texts": splits.test.texts[:max(plan.throughput_texts, 64)],
-            "_golds": [splits.label_names[i] for i in splits.test.labels[:3]],
-            "baseline": {"name": "TF-IDF + logistic regression",
-                         "test": {k: scores["test"][k] for k in ("accuracy", "macro_f1", "n")}}}
-
-
-def _bench_texts(report: dict[str, Any]) -> list[str]:
-    return report["_texts"]
-
-
-def _demo_texts(report: dict[str, Any]) -> tuple[list[str], list[str | None]]:
-    texts = SAMPLE_TEXTS + report["_texts"][:3]
-    return texts, [None] * len(SAMPLE_TEXTS) + report["_golds"]
+            raise StageFailed(stage.name, exc, out) from exc
+    return out / "summary.md"

@@ -7,15 +7,17 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from deploykit.manifest import Manifest, Variant
+
 VARIANT_TITLES = {"fp32": "ONNX fp32", "opt": "ONNX fused attention (opt)", "int8": "ONNX INT8",
                   "int8-static": "ONNX INT8 (static)"}
 
 
-def export_facts(manifest: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
+def export_facts(manifest: Manifest, checkpoint: Path) -> dict[str, Any]:
     """Held-out metrics, sizes and parity of every variant, from the artifact's manifest.
 
     Args:
-        manifest: The artifact's manifest.json.
+        manifest: The artifact's manifest.
         checkpoint: The PyTorch checkpoint the artifact came from (for its weights' size).
 
     Returns:
@@ -23,21 +25,21 @@ def export_facts(manifest: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
     """
     weights = checkpoint / "model.safetensors"
     return {
-        "default_variant": manifest["default_variant"],
-        "held_out_rows": manifest.get("evaluation", {}).get("n"),
-        "reference_metrics": {k: manifest["reference_metrics"][k] for k in ("accuracy", "macro_f1")},
+        "default_variant": manifest.default_variant,
+        "held_out_rows": manifest.evaluation.n if manifest.evaluation else None,
+        "reference_metrics": {k: manifest.reference_metrics[k] for k in ("accuracy", "macro_f1")},
         "pytorch_bytes": weights.stat().st_size if weights.is_file() else None,
-        "variants": {name: {"file": v["file"], "bytes": v["bytes"], "servable": v["servable"],
-                            "fused_ops": v.get("fused_ops", {}),
-                            "metrics": {k: v["metrics"][k] for k in ("accuracy", "macro_f1")},
-                            "parity": v["parity"], **_fallback_facts(v)}
-                     for name, v in manifest["variants"].items()},
+        "variants": {name: {"file": v.file, "bytes": v.bytes, "servable": v.servable,
+                            "fused_ops": dict(v.fused_ops),
+                            "metrics": {k: v.metrics[k] for k in ("accuracy", "macro_f1")},
+                            "parity": dict(v.parity), **_fallback_facts(v)}
+                     for name, v in manifest.variants.items()},
     }
 
 
-def _fallback_facts(variant: dict[str, Any]) -> dict[str, Any]:
+def _fallback_facts(variant: Variant) -> dict[str, Any]:
     """What export's INT8 search kept in float (``{}`` unless the variant came from the search)."""
-    quantization = variant.get("quantization", {})
+    quantization = variant.quantization or {}
     record = quantization.get("fallback", {})
     if record.get("mode") != "auto":
         return {}
@@ -140,8 +142,9 @@ def _speed(report: dict[str, Any]) -> list[str]:
     if off["not_servable"]:
         rows.append(f"| {', '.join(off['not_servable'])} | not servable (missed its parity gate): "
                     "not measured | | | |")
-    rows += ["", f"Offline: {off['latency_texts']} one-text calls (latency) and one call of "
-                 f"{off['throughput_texts']} held-out tweets (throughput). Online: `deploykit bench "
+    rows += ["", f"Offline: `deploykit bench offline`, each engine in its own process: "
+                 f"one-text calls (latency, {off['latency_texts']} or more per engine) and calls of {off['throughput_texts']} "
+                 f"tweets (throughput); its full report: `{off['results']}`. Online: `deploykit bench "
                  "online` on 127.0.0.1, one-text requests (the service's dynamic batcher groups "
                  f"concurrent ones); its full report: `{on['results']}`."]
     return rows

@@ -1,4 +1,4 @@
-"""Typed errors shared by every stage; each carries the process exit code DESIGN.md fixes.
+"""Typed errors shared by every stage; each carries the process exit code docs/architecture.md fixes.
 
 Exit codes: 0 success, 1 unexpected error, 2 bad usage or bad input, 3 parity failure,
 4 integrity failure (sha256 mismatch, tampered or missing file).

@@ -7,168 +7,30 @@ batches by a token budget (as text-embeddings-inference does), rows are sorted b
 that rows of similar length share a batch (less padding), and results come back in the
 caller's order.
 
-This module imports only numpy, onnxruntime, tokenizers, the standard library and
-``deploykit.errors``; a test proves it never pulls in torch, transformers or datasets.
+This module imports only numpy, onnxruntime, tokenizers, the standard library,
+``deploykit.errors`` and ``deploykit.manifest`` (the artifact contract it reads); a test proves
+it never pulls in torch, transformers or datasets.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from deploykit.errors import BadInputError, IntegrityError
+from deploykit.errors import BadInputError
+from deploykit.manifest import TOKENIZER, Manifest, device_of
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-TOKENIZER = "tokenizer.json"
-SCHEMA_VERSION = 1
 # Tokens that are padding in the tokenizers we export (BERT, RoBERTa/XLM-R, DeBERTa); only
 # used when tokenizer.json carries no padding configuration of its own.
 _PAD_TOKENS = ("[PAD]", "<pad>")
 _ORT_INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks (what ``files`` in the manifest records)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-_sha256 = sha256_file  # the name deploykit.export.manifest imports
-
-
-def _safe_member(root: Path, name: str) -> Path:
-    """The file ``name`` inside ``root``; refuses absolute paths and ``..`` (a manifest is input)."""
-    rel = PurePosixPath(name)
-    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-        raise IntegrityError(f"{root / MANIFEST} lists the file {name!r}, which is outside the "
-                             "artifact folder; re-export the artifact with 'deploykit export'")
-    return root.joinpath(*rel.parts)
-
-
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Read and shape-check an artifact's manifest, without checking file hashes.
-
-    Args:
-        path: The artifact folder.
-
-    Returns:
-        The manifest as a dict.
-
-    Raises:
-        BadInputError: If ``path`` is not an artifact folder or its manifest is malformed.
-    """
-    root = Path(path)
-    manifest_path = root / MANIFEST
-    if not manifest_path.is_file():
-        raise BadInputError(f"{root} is not a deploykit artifact (no {MANIFEST}); pass the folder "
-                            "written by 'deploykit export'")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"{manifest_path} is not valid JSON ({exc}); re-export the artifact") from None
-    if not isinstance(manifest, dict):
-        raise BadInputError(f"{manifest_path} must hold a JSON object; re-export the artifact")
-    version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise BadInputError(f"{manifest_path} has schema_version {version!r}; this deploykit reads "
-                            f"schema_version {SCHEMA_VERSION}; re-export with this version")
-    missing = [k for k in ("name", "labels", "max_length", "inputs", "output", "variants", "files")
-               if k not in manifest]
-    if missing:
-        raise BadInputError(f"{manifest_path} lacks the key(s) {', '.join(missing)}; re-export the "
-                            "artifact with 'deploykit export'")
-    if not isinstance(manifest["variants"], dict) or not manifest["variants"]:
-        raise BadInputError(f"{manifest_path} lists no model variants; re-export the artifact")
-    if not isinstance(manifest["files"], dict):
-        raise BadInputError(f"{manifest_path}: 'files' must map file names to bytes and sha256")
-    return manifest
-
-
-def verify_artifact(path: str | Path) -> dict[str, Any]:
-    """Check every file an artifact's manifest lists (size, then sha256) and return the manifest.
-
-    The check also covers each variant's own ``bytes``/``sha256`` for the variant files that are
-    present, and requires the files of every listed variant and ``tokenizer.json`` to be listed
-    in ``files``, so nothing the runtime loads escapes verification.
-
-    Args:
-        path: The artifact folder written by ``deploykit export`` (or packed in a bento).
-
-    Returns:
-        The manifest as a dict.
-
-    Raises:
-        BadInputError: If ``path`` is not an artifact (no or malformed ``manifest.json``).
-        IntegrityError: Naming the first file that is missing, has the wrong size or sha256.
-    """
-    root = Path(path)
-    manifest = read_manifest(root)
-    files: dict[str, Any] = manifest["files"]
-    needed = {TOKENIZER} | {v.get("file", "") for v in manifest["variants"].values()}
-    unlisted = sorted(n for n in needed if n not in files)
-    if unlisted:
-        raise IntegrityError(f"{root / MANIFEST} does not list {', '.join(unlisted)} under 'files', "
-                             "so it cannot be verified; re-export the artifact")
-    for name, entry in files.items():
-        target = _safe_member(root, name)
-        if not target.is_file():
-            raise IntegrityError(f"artifact file {target} is missing; re-export the artifact or "
-                                 "restore the file")
-        size = target.stat().st_size
-        if size != entry.get("bytes"):
-            raise IntegrityError(f"artifact file {target} has {size} bytes, the manifest says "
-                                 f"{entry.get('bytes')}: it is truncated or was changed; re-export")
-        digest = sha256_file(target)
-        if digest != entry.get("sha256"):
-            raise IntegrityError(f"artifact file {target} does not match its sha256 in the manifest "
-                                 f"(got {digest[:12]}..., expected {str(entry.get('sha256'))[:12]}...): "
-                                 "it was changed after export; re-export the artifact")
-    for vname, variant in manifest["variants"].items():
-        entry = files[variant["file"]]
-        for key in ("bytes", "sha256"):
-            if key in variant and variant[key] != entry.get(key):
-                raise IntegrityError(f"variant {vname!r} of {root / MANIFEST} records a {key} for "
-                                     f"{variant['file']} that differs from 'files'; re-export")
-    return manifest
-
-
-def select_variant(manifest: dict[str, Any], variant: str | None = None) -> str:
-    """The variant to serve: ``variant`` if given, else the manifest's ``default_variant``.
-
-    Raises:
-        BadInputError: If the variant is unknown or marked not servable.
-    """
-    variants = manifest["variants"]
-    name = variant or manifest.get("default_variant")
-    if not name:
-        # Same rule export applies when it writes default_variant.
-        name = next((v for v in ("int8", "opt", "fp32")
-                     if variants.get(v, {}).get("servable", True) and v in variants), None)
-        name = name or next(iter(variants))
-    if name not in variants:
-        raise BadInputError(f"variant {name!r} is not in this artifact; choose one of "
-                            f"{', '.join(variants)} (--variant / DEPLOYKIT_VARIANT)")
-    if not variants[name].get("servable", True):
-        failures = variants[name].get("parity", {}).get("failures") or []
-        why = "; ".join(f"{f.get('check')} {f.get('value')!s:.6} vs limit {f.get('limit')}"
-                        for f in failures if isinstance(f, dict)) or "failed its parity gate"
-        servable = [v for v, spec in variants.items() if spec.get("servable", True)]
-        raise BadInputError(f"variant {name!r} is marked not servable ({why}); serve one of "
-                            f"{', '.join(servable) or 'none'} with --variant / DEPLOYKIT_VARIANT, "
-                            "or re-export")
-    return name
 
 
 def available_cpus() -> int:
@@ -218,9 +80,13 @@ class Encoded:
 class Runtime:
     """An artifact loaded for inference: verified files, a tokenizer and one onnxruntime session.
 
+    The variant is the one ``Manifest.pick`` chooses for ``variant`` on the device that
+    ``providers`` put the model on (``deploykit.manifest.device_of``).
+
     Args:
         artifact: The artifact folder.
-        variant: The variant to serve (default: the manifest's ``default_variant``).
+        variant: The variant to serve (default: the manifest's ``default_variant`` on CPU, the
+            fused fp32 one on a GPU).
         threads: onnxruntime intra-op threads (default: ``available_cpus()``, which honours
             container CPU limits).
         providers: Execution providers in order of preference (default: CPU). Asking for one
@@ -229,47 +95,79 @@ class Runtime:
         max_batch_size: Most rows in one model call.
 
     Raises:
-        BadInputError: Not an artifact, unknown or unservable variant, unavailable provider,
-            or a non-positive budget.
+        BadInputError: Not an artifact (or not a text-classification one), unknown or
+            unservable variant, unavailable provider, a non-positive budget, or a graph whose
+            inputs or output contradict the manifest.
         IntegrityError: A file does not match the manifest.
     """
 
     def __init__(self, artifact: str | Path, variant: str | None = None, *, threads: int | None = None,
                  providers: Sequence[str] | None = None, max_batch_tokens: int = 16384,
                  max_batch_size: int = 64) -> None:
+        manifest = Manifest.verify(artifact)
+        chosen = manifest.pick(variant, device_of(providers))
+        self._setup(Path(artifact) / chosen.file, Path(artifact) / TOKENIZER, manifest=manifest,
+                    variant=chosen.name, threads=threads, providers=providers,
+                    max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size)
+
+    @classmethod
+    def of_variant(cls, folder: str | Path, manifest: Manifest, variant: str, *,
+                   threads: int | None = None) -> "Runtime":
+        """One variant of a manifest in hand, loaded exactly as served but servable or not and
+        without re-hashing the files: how parity judges every variant (export, before the
+        manifest is written; verify, after it checked the files).
+
+        Raises:
+            BadInputError: As the constructor, for the graph and the tokenizer.
+        """
+        runtime = cls.__new__(cls)
+        runtime._setup(Path(folder) / manifest.variants[variant].file, Path(folder) / TOKENIZER,
+                       manifest=manifest, variant=variant, threads=threads)
+        return runtime
+
+    @classmethod
+    def of_graph(cls, model_file: str | Path, tokenizer_file: str | Path, max_length: int, *,
+                 threads: int | None = None) -> "Runtime":
+        """A graph that is not (yet) a variant of an artifact, with the artifact's tokenizer:
+        export's INT8 search scores its candidate graphs with this, as they would be served.
+
+        Args:
+            model_file: The ONNX graph (inputs: any of the encoder inputs; output ``logits``).
+            tokenizer_file: The artifact's ``tokenizer.json``.
+            max_length: Truncation length.
+            threads: onnxruntime intra-op threads.
+        """
+        runtime = cls.__new__(cls)
+        runtime._setup(Path(model_file), Path(tokenizer_file), max_length=max_length, threads=threads)
+        return runtime
+
+    def _setup(self, model_file: Path, tokenizer_file: Path, *, manifest: Manifest | None = None,
+               variant: str | None = None, max_length: int | None = None, threads: int | None = None,
+               providers: Sequence[str] | None = None, max_batch_tokens: int = 16384,
+               max_batch_size: int = 64) -> None:
+        """Load the tokenizer and the session, and check the graph against the manifest."""
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         if max_batch_size < 1 or max_batch_tokens < 1:
             raise BadInputError("max_batch_size and max_batch_tokens must be positive "
                                 "(DEPLOYKIT_MAX_BATCH_SIZE / DEPLOYKIT_MAX_BATCH_TOKENS)")
         if threads is not None and threads < 1:
             raise BadInputError(f"threads must be a positive number, got {threads} (DEPLOYKIT_THREADS)")
-        self.path = Path(artifact)
-        self.manifest = verify_artifact(self.path)
-        self.name: str = self.manifest["name"]
-        self.labels: list[str] = list(self.manifest["labels"])
-        self.variant: str = select_variant(self.manifest, variant)
-        self.max_length: int = int(self.manifest["max_length"])
-        self.input_names: list[str] = list(self.manifest["inputs"])
-        self.output_name: str = self.manifest.get("output", "logits")
+        self.manifest = manifest
+        self.path = model_file.parent
+        self.variant: str = variant or model_file.name
+        self.name: str = manifest.name if manifest else model_file.stem
+        head = manifest.classifier if manifest else None
+        self.labels: list[str] = list(head.labels) if head else []
+        self.output_name: str = head.output if head else "logits"
+        self.max_length: int = manifest.max_length if manifest else int(max_length)
         self.max_batch_tokens = int(max_batch_tokens)
         self.max_batch_size = int(max_batch_size)
         # A row longer than the token budget must still fit in a batch of one.
         self.max_batch_tokens = max(self.max_batch_tokens, self.max_length)
+        self.tokenizer = self._load_tokenizer(tokenizer_file)
 
-        self.tokenizer = Tokenizer.from_file(str(self.path / TOKENIZER))
-        padding = self.tokenizer.padding
-        if padding:
-            self.pad_id = int(padding["pad_id"])
-        else:
-            ids = [self.tokenizer.token_to_id(t) for t in _PAD_TOKENS]
-            self.pad_id = next((i for i in ids if i is not None), 0)
-        # Padding is done per batch here (to the batch's longest row), never to max_length.
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(self.max_length)
-
-        exported_with = self.manifest.get("provenance", {}).get("onnxruntime")
+        exported_with = manifest.provenance.get("onnxruntime") if manifest else None
         if exported_with and exported_with != ort.__version__:
             # Fused contrib operators and quantized kernels can change between releases.
             log.warning("artifact %s was exported and verified with onnxruntime %s but is served with %s; "
@@ -292,15 +190,42 @@ class Runtime:
         # 2 cores, one request through the batcher took 14.0 ms with spinning vs 7.5 ms without,
         # while a direct call stayed at 7.3-8.0 ms either way (benchmarks/serve_latency.py).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        model_file = self.path / self.manifest["variants"][self.variant]["file"]
         self.session = ort.InferenceSession(str(model_file), sess_options=options, providers=providers)
         graph_inputs = {i.name: i for i in self.session.get_inputs()}
+        self.input_names: list[str] = list(manifest.inputs) if manifest else list(graph_inputs)
         if set(graph_inputs) != set(self.input_names):
             raise BadInputError(f"{model_file} takes inputs {sorted(graph_inputs)} but the manifest "
                                 f"lists {self.input_names}; re-export the artifact")
+        outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        if self.output_name not in outputs:
+            raise BadInputError(f"{model_file} has outputs {sorted(outputs)}, not the manifest's "
+                                f"{self.output_name!r}; re-export the artifact")
+        width = (outputs[self.output_name] or [None])[-1]
+        if not manifest and isinstance(width, int):  # of_graph: the logits' columns by number
+            self.labels = [str(i) for i in range(width)]
+        if self.labels and isinstance(width, int) and width != len(self.labels):
+            raise BadInputError(f"{model_file} gives {width} logits per text but the manifest lists "
+                                f"{len(self.labels)} labels; re-export the artifact")
         self._dtypes = {n: _ORT_INT_TYPES.get(graph_inputs[n].type, np.int64) for n in self.input_names}
-        log.info("loaded %s variant %s (%s) with %s", self.name, self.variant, model_file.name,
-                 self.session.get_providers())
+        # Export's INT8 search loads dozens of candidate graphs: only artifact variants are news.
+        log.log(logging.INFO if manifest else logging.DEBUG, "loaded %s variant %s (%s) with %s", self.name,
+                self.variant, model_file.name, self.session.get_providers())
+
+    def _load_tokenizer(self, tokenizer_file: Path) -> Any:
+        """``tokenizer.json`` set up as served: truncation at ``max_length``, padding done per batch
+        by ``feeds`` (to the batch's longest row, never to max_length) with the tokenizer's pad id."""
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        padding = tokenizer.padding
+        if padding:
+            self.pad_id = int(padding["pad_id"])
+        else:
+            ids = [tokenizer.token_to_id(t) for t in _PAD_TOKENS]
+            self.pad_id = next((i for i in ids if i is not None), 0)
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(self.max_length)
+        return tokenizer
 
     # --- tokenization ----------------------------------------------------------------------
 

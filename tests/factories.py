@@ -100,3 +100,51 @@ def learnable_rows(n: int = 240, seed: int = 0) -> list[tuple[str, str]]:
         rng.shuffle(body)
         rows.append((" ".join(body), label))
     return rows
+
+
+def hand_made_artifact(folder: Path, servable: dict[str, bool | None] | None = None, *,
+                       default: str | None = None, name: str = "sentiment", **fields) -> Path:
+    """An artifact folder written by hand in the manifest's JSON shape (schema_version 1), with
+    small stand-in files whose sizes and sha256 are listed, so ``Manifest.verify`` passes.
+
+    Args:
+        folder: Where to write.
+        servable: ``{variant: servable}`` in order (None: the variant has no 'servable' key);
+            default int8, opt and fp32, all servable.
+        default: ``default_variant`` (default: the first variant).
+        name: The model name.
+        **fields: Top-level keys to set (or, with value None, to remove).
+    """
+    import hashlib
+    import json
+
+    servable = servable if servable is not None else {"int8": True, "opt": True, "fp32": True}
+    files = {"model.onnx" if v == "fp32" else f"model.{v}.onnx": v for v in servable}
+    folder.mkdir(parents=True, exist_ok=True)
+    table = {}
+    for file in [*files, "tokenizer.json"]:
+        data = f"stand-in for {file}".encode()
+        (folder / file).write_bytes(data)
+        table[file] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    variants = {}
+    for file, variant in files.items():
+        entry = {"file": file, **table[file], "precision": "int8" if "int8" in variant else "fp32",
+                 "fused_ops": {}, "parity": {"passed": bool(servable[variant]), "failures": [] if servable[variant]
+                                             else [{"check": "label_agreement", "value": 0.5, "limit": 0.99}]},
+                 "metrics": {"accuracy": 0.5, "macro_f1": 0.5}, "servable": servable[variant]}
+        if servable[variant] is None:
+            del entry["servable"]
+        variants[variant] = entry
+    doc = {"schema_version": 1, "name": name, "task": "text-classification", "labels": LABELS,
+           "max_length": 96, "inputs": ["input_ids", "attention_mask", "token_type_ids"], "output": "logits",
+           "default_variant": default or next(iter(servable)), "variants": variants,
+           "reference_metrics": {"accuracy": 0.5, "macro_f1": 0.5},
+           "evaluation": {"data": "tweets", "split": "test", "n": 40, "batch_sizes": [1, 7, 64]},
+           "provenance": {}, "files": table}
+    for key, value in fields.items():
+        if value is None:
+            doc.pop(key, None)
+        else:
+            doc[key] = value
+    (folder / "manifest.json").write_text(json.dumps(doc, indent=2))
+    return folder

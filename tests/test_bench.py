@@ -165,7 +165,7 @@ def test_online_refuses_non_loopback_targets(url, tmp_path):
 
 
 def test_online_nothing_listening_is_a_clear_error(tmp_path):
-    from test_serve import free_port
+    from deploykit.serve.launch import free_port
 
     proc = deploykit("bench", "online", "--url", f"http://127.0.0.1:{free_port()}", "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "nothing answers" in proc.stderr

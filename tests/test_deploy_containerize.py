@@ -18,6 +18,7 @@ import yaml
 
 from deploykit.deploy import containerize
 from deploykit.errors import BadInputError
+from deploykit.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = {"torch", "transformers", "datasets", "optimum", "optimum-onnx"}
@@ -33,7 +34,7 @@ def bento(serve_artifact, tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("bentoml-home")
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
     # The default variant for the CPU image, plus the fused fp32 one for the GPU image.
-    default = json.loads((Path(serve_artifact) / "manifest.json").read_text())["default_variant"]
+    default = Manifest.read(serve_artifact).default_variant
     variants = ",".join(dict.fromkeys([default, "opt"]))
     proc = cli("build", str(serve_artifact), "--tag", "dk-test:v1", "--variants", variants, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -75,7 +76,7 @@ def test_cpu_image_is_lean_non_root_and_serves_on_3000(cpu_dockerfile):
     assert "COPY --chown=bentoml:bentoml . ./" in text
     # The packed artifact is what the service loads.
     assert "ENV DEPLOYKIT_ARTIFACT=$DEPLOYKIT_ARTIFACT" in text
-    assert containerize.packed_manifest(ctx)["name"] == "classifier"
+    assert containerize.packed_manifest(ctx).name == "classifier"
     assert not (ctx / "env" / "docker" / "setup_script").exists()
 
 
@@ -152,17 +153,3 @@ def test_training_image_build_file_matches_the_job():
     assert instructions(text, "USER") == ["1000:1000"]
     job = yaml.safe_load((ROOT / "k8s" / "training" / "job.yaml").read_text())
     assert job["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 1000
-
-
-@pytest.mark.parametrize("servable,expected", [
-    ({"int8": True, "opt": True, "fp32": True}, "opt"),
-    ({"int8": True, "opt": False, "fp32": True}, "fp32"),
-    ({"int8": True}, None),
-])
-def test_gpu_variant_is_never_int8(servable, expected):
-    manifest = {"variants": {k: {"servable": v} for k, v in servable.items()}}
-    if expected is None:
-        with pytest.raises(BadInputError, match="no servable opt or fp32 variant"):
-            containerize.gpu_variant(manifest, "artifact/")
-    else:
-        assert containerize.gpu_variant(manifest, "artifact/") == expected

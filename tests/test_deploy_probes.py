@@ -9,7 +9,6 @@ Deployment and requested from the running server.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,16 +19,10 @@ from pathlib import Path
 import pytest
 
 from deploykit.deploy import validate
-from deploykit.serve.launch import stop_process_group
+from deploykit.serve.launch import free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("kubectl")  # tests/outside_tools.py: fail in CI, else skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str) -> int:

@@ -11,6 +11,8 @@ import pytest
 from export_fixtures import LONG_TEXT, export_artifact, heldout_csv
 from factories import ARCHS
 
+from deploykit.manifest import Manifest
+
 LAYERS = 2  # tiny_model's default depth
 
 
@@ -29,7 +31,7 @@ def build(tmp_path_factory, heldout):
             # BERT also gets the static QDQ variant, so that path runs once.
             options = {"quantize": "static", "calibration_samples": 16} if arch == "bert" else {}
             checkpoint, artifact = export_artifact(tmp_path_factory.mktemp(arch), arch, heldout, **options)
-            cache[arch] = arch, checkpoint, artifact, json.loads((artifact / "manifest.json").read_text())
+            cache[arch] = arch, checkpoint, artifact, Manifest.read(artifact)
         return cache[arch]
 
     return _build
@@ -54,51 +56,53 @@ def _graph(path: Path):
 def test_artifact_is_complete_and_verifiable(exported):
     import onnxruntime as ort
 
-    from deploykit.runtime import verify_artifact
-
     arch, _, artifact, manifest = exported
     expected = {"model.onnx", "model.opt.onnx", "model.int8.onnx", "tokenizer.json", "config.json"}
     if arch == "bert":
         expected.add("model.int8-static.onnx")
     assert {p.name for p in artifact.iterdir()} == expected | {"manifest.json"}
-    assert set(manifest["files"]) == expected  # every file but the manifest, hashed
-    assert verify_artifact(artifact) == manifest
-    assert manifest["schema_version"] == 1 and manifest["labels"] == ["negative", "neutral", "positive"]
-    assert manifest["output"] == "logits" and manifest["max_length"] == 128
+    assert set(manifest.files) == expected  # every file but the manifest, hashed
+    assert Manifest.verify(artifact) == manifest
+    # The file on disk is exactly what the typed manifest writes (nothing dropped or added).
+    assert json.loads((artifact / "manifest.json").read_text()) == manifest.to_json()
+    assert manifest.schema_version == 1 and manifest.task == "text-classification"
+    assert manifest.labels == ("negative", "neutral", "positive")
+    assert manifest.classifier.output == "logits" and manifest.max_length == 128
     # The manifest's inputs are exactly the graph's (DistilBERT and RoBERTa-likes: no token_type_ids).
-    for variant in manifest["variants"].values():
-        session = ort.InferenceSession(str(artifact / variant["file"]), providers=["CPUExecutionProvider"])
-        assert [i.name for i in session.get_inputs()] == manifest["inputs"]
+    for variant in manifest.variants.values():
+        session = ort.InferenceSession(str(artifact / variant.file), providers=["CPUExecutionProvider"])
+        assert tuple(i.name for i in session.get_inputs()) == manifest.inputs
         assert [o.name for o in session.get_outputs()] == ["logits"]
-    assert ("token_type_ids" in manifest["inputs"]) == (arch in ("bert", "electra", "deberta-v2"))
-    assert manifest["evaluation"]["n"] == 32 and manifest["evaluation"]["split"] == "all"
-    assert set(manifest["provenance"]) >= {"torch", "transformers", "onnx", "onnxruntime", "opset",
-                                           "data_sha256", "checkpoint"}
+    assert ("token_type_ids" in manifest.inputs) == (arch in ("bert", "electra", "deberta-v2"))
+    rows = manifest.evaluation
+    assert rows.n == 32 and rows.split == "all" and rows.text_column == "text" and len(rows.sha256) == 64
+    assert set(manifest.provenance) >= {"torch", "transformers", "onnx", "onnxruntime", "opset",
+                                        "data_sha256", "checkpoint"}
 
 
 def test_fp32_and_fused_graphs_pass_parity(exported):
     _, _, _, manifest = exported
     for name in ("fp32", "opt"):
-        variant = manifest["variants"][name]
-        assert variant["parity"]["passed"] and variant["servable"], variant["parity"]
-        assert variant["parity"]["max_abs_diff"] <= 1e-4
-        assert variant["parity"]["label_agreement"] == 1.0
-        assert variant["metrics"] == manifest["reference_metrics"]
-    int8 = manifest["variants"]["int8"]
-    assert set(int8["parity"]) >= {"max_abs_diff", "mean_abs_diff", "label_agreement", "passed"}
+        variant = manifest.variants[name]
+        assert variant.parity["passed"] and variant.servable, variant.parity
+        assert variant.parity["max_abs_diff"] <= 1e-4
+        assert variant.parity["label_agreement"] == 1.0
+        assert variant.metrics == manifest.reference_metrics
+    int8 = manifest.variants["int8"]
+    assert set(int8.parity) >= {"max_abs_diff", "mean_abs_diff", "label_agreement", "passed"}
     # The default follows the fixed rule: int8, else opt, else fp32, the first servable.
-    servable = [n for n in ("int8", "opt", "fp32") if manifest["variants"][n]["servable"]]
-    assert manifest["default_variant"] == servable[0]
+    servable = [n for n in ("int8", "opt", "fp32") if manifest.variants[n].servable]
+    assert manifest.default_variant == servable[0]
 
 
 def test_fused_operators_in_optimized_graph(exported):
     arch, _, artifact, manifest = exported
     ops = Counter(n.op_type for n in _graph(artifact / "model.opt.onnx").node)
-    recorded = manifest["variants"]["opt"]["fused_ops"]
+    recorded = manifest.variants["opt"].fused_ops
     assert recorded == {k: v for k, v in sorted(ops.items()) if k in recorded}
     assert ops["SkipLayerNormalization"] >= 2 * LAYERS - 1
     assert ops["BiasGelu"] + ops["Gelu"] + ops["FastGelu"] >= LAYERS
-    missing = manifest["variants"]["opt"]["optimization"]["missing_fusions"]
+    missing = manifest.variants["opt"].optimization["missing_fusions"]
     if arch == "deberta-v2":  # onnxruntime has no attention fusion for DeBERTa's disentangled attention
         assert missing == ["Attention"] and ops["Attention"] == 0
     else:
@@ -109,7 +113,7 @@ def test_fused_operators_in_optimized_graph(exported):
 def test_int8_quantizes_every_matmul(exported):
     arch, _, artifact, manifest = exported
     ops = Counter(n.op_type for n in _graph(artifact / "model.int8.onnx").node)
-    quant = manifest["variants"]["int8"]["quantization"]
+    quant = manifest.variants["int8"].quantization
     assert quant["mode"] == "dynamic" and quant["per_channel"] is True
     assert isinstance(quant["reduce_range"], bool)
     if arch != "deberta-v2":
@@ -124,11 +128,11 @@ def test_int8_quantizes_every_matmul(exported):
 
 def test_static_qdq_variant(bert):
     _, _, artifact, manifest = bert
-    variant = manifest["variants"]["int8-static"]
+    variant = manifest.variants["int8-static"]
     ops = Counter(n.op_type for n in _graph(artifact / "model.int8-static.onnx").node)
-    assert variant["quantization"]["mode"] == "static" and variant["quantization"]["format"] == "QDQ"
+    assert variant.quantization["mode"] == "static" and variant.quantization["format"] == "QDQ"
     assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] >= ops["MatMul"]
-    assert variant["precision"] == "int8" and "label_agreement" in variant["parity"]
+    assert variant.precision == "int8" and "label_agreement" in variant.parity
 
 
 def _lengths_texts(n: int = 64) -> list[str]:
@@ -142,15 +146,16 @@ def _lengths_texts(n: int = 64) -> list[str]:
 def test_parity_at_other_batch_sizes_and_lengths(exported):
     from deploykit import checkpoint as ckpt
     from deploykit.export import parity
+    from deploykit.runtime import Runtime
 
     _, checkpoint, artifact, manifest = exported
     model, tokenizer = ckpt.load_model(checkpoint)
     texts = _lengths_texts() + [LONG_TEXT]
     reference = parity.reference_logits(model, tokenizer, texts, 128, batch_size=len(texts))
     for name in ("fp32", "opt"):
-        sess = parity.session(artifact / manifest["variants"][name]["file"])
+        runtime = Runtime(artifact, name)
         for sizes in ([1], [7], [64]):
-            got = parity.onnx_logits(sess, artifact / "tokenizer.json", texts, 128, sizes)
+            got = parity.runtime_logits(runtime, texts, sizes)
             assert np.abs(got - reference).max() <= 1e-4, (name, sizes)
 
 
@@ -200,13 +205,15 @@ def test_fused_attention_is_scaled_dot_product_attention(bert, tmp_path):
 
 def _rehash(artifact: Path) -> None:
     """Rewrite the manifest's hashes after a deliberate change (a tamper that sha256 cannot catch)."""
-    from deploykit.export import manifest as mf
+    from dataclasses import replace
 
-    doc = json.loads((artifact / "manifest.json").read_text())
-    doc["files"] = mf.file_table(artifact)
-    for variant in doc["variants"].values():
-        variant.update(doc["files"][variant["file"]])
-    mf.write(artifact, doc)
+    from deploykit.manifest import hash_files
+
+    manifest = Manifest.read(artifact)
+    files = hash_files(artifact)
+    variants = {n: replace(v, bytes=files[v.file].bytes, sha256=files[v.file].sha256)
+                for n, v in manifest.variants.items()}
+    replace(manifest, files=files, variants=variants).write(artifact)
 
 
 def _copy(artifact: Path, dst: Path) -> Path:
@@ -230,7 +237,7 @@ def test_int8_gate_flags_label_flips_and_f1_loss(bert, heldout):
 
     _, checkpoint, artifact, manifest = bert
     cfg = ExportConfig(checkpoint=str(checkpoint), data=str(heldout), split="all")
-    held = parity.load_held_out(cfg, ckpt.train_config(checkpoint), manifest["labels"])
+    held = parity.load_held_out(cfg, ckpt.train_config(checkpoint), list(manifest.labels))
     model, tokenizer = ckpt.load_model(checkpoint)
     reference = parity.reference_logits(model, tokenizer, held.texts, 128)
     # Make PyTorch confidently right on every row, so the real INT8 graph disagrees with it
@@ -238,8 +245,7 @@ def test_int8_gate_flags_label_flips_and_f1_loss(bert, heldout):
     fake = np.full_like(reference, -5.0)
     fake[np.arange(len(held.labels)), held.labels] = 5.0
     ref_metrics = parity.classification_metrics(fake, held.labels, 3)
-    result = parity.check_variant("int8", "int8", artifact / "model.int8.onnx", artifact / "tokenizer.json",
-                                  manifest["inputs"], held, fake, ref_metrics, 128, cfg)
+    result = parity.check_variant(artifact, manifest, "int8", held, fake, ref_metrics, cfg)
     checks = {f["check"]: f for f in result.failures}
     assert not result.passed and set(checks) == {"label_agreement", "macro_f1_drop"}
     assert checks["label_agreement"]["missed_by"] == pytest.approx(0.99 - result.label_agreement)
@@ -309,13 +315,13 @@ def test_real_minilm_fuses_all_six_attention_layers(tmp_path, heldout):
                            TrainConfig(data=str(heldout)), {}, tmp_path / "checkpoint")
     artifact = export.run(ExportConfig(checkpoint=str(checkpoint), out=str(tmp_path / "art"), data=str(heldout),
                                        split="all", int8_fallback="off", allow_parity_failure=True))
-    doc = json.loads((artifact / "manifest.json").read_text())
-    opt, int8 = doc["variants"]["opt"], doc["variants"]["int8"]
-    assert opt["fused_ops"]["Attention"] == 6 and opt["fused_ops"]["SkipLayerNormalization"] == 12
-    assert opt["fused_ops"]["EmbedLayerNormalization"] == 1
-    assert int8["fused_ops"]["QAttention"] == 6 and int8["quantization"]["quantized_ops"]["float_MatMul"] == 0
+    manifest = Manifest.verify(artifact)
+    opt, int8 = manifest.variants["opt"], manifest.variants["int8"]
+    assert opt.fused_ops["Attention"] == 6 and opt.fused_ops["SkipLayerNormalization"] == 12
+    assert opt.fused_ops["EmbedLayerNormalization"] == 1
+    assert int8.fused_ops["QAttention"] == 6 and int8.quantization["quantized_ops"]["float_MatMul"] == 0
     for name in ("fp32", "opt"):
-        assert doc["variants"][name]["servable"], doc["variants"][name]["parity"]
+        assert manifest.variants[name].servable, manifest.variants[name].parity
 
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert"])

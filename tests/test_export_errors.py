@@ -1,4 +1,5 @@
-"""Bad input to export/verify: a clear message, the DESIGN.md exit code, nothing half-written."""
+"""Bad input to export/verify: a clear message, the exit code of docs/architecture.md, nothing
+half-written; parity runs the serving runtime; verify re-checks the rows export recorded."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from export_fixtures import heldout_csv
 from factories import make_checkpoint
 
 from deploykit.cli import main
+from deploykit.manifest import Manifest
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +81,9 @@ def test_refuses_to_replace_another_artifact_unless_overwrite(checkpoint, tmp_pa
     assert "already holds another artifact" in caplog.text and "--overwrite" in caplog.text
     assert (out / "manifest.json").read_text() == '{"name": "someone-else"}'
     assert _export(checkpoint, out, heldout, "--overwrite") == 0
-    doc = json.loads((out / "manifest.json").read_text())
-    assert set(doc["variants"]) == {"fp32"} and doc["default_variant"] == "fp32"
-    assert set(doc["files"]) == {"model.onnx", "tokenizer.json", "config.json"}
+    manifest = Manifest.verify(out)
+    assert set(manifest.variants) == {"fp32"} and manifest.default_variant == "fp32"
+    assert set(manifest.files) == {"model.onnx", "tokenizer.json", "config.json"}
     _no_leftovers(out)
 
 
@@ -105,9 +107,8 @@ def test_parity_failure_exits_3_and_marks_variant_not_servable(checkpoint, tmp_p
     # No fused graph matches PyTorch to 1e-12: the opt variant must miss the bound.
     assert main(["export", str(checkpoint), "--out", str(out), "--data", str(heldout), "--split", "all",
                  "--quantize", "none", "--fp32-atol", "1e-12"]) == 3
-    doc = json.loads((out / "manifest.json").read_text())
-    opt = doc["variants"]["opt"]
-    assert opt["servable"] is False and opt["parity"]["failures"][0]["check"] == "max_abs_diff"
+    opt = Manifest.verify(out).variants["opt"]
+    assert opt.servable is False and opt.parity["failures"][0]["check"] == "max_abs_diff"
     assert "FAIL max_abs_diff" in caplog.text and "--allow-parity-failure" in caplog.text
 
 
@@ -125,9 +126,67 @@ def test_export_cli_defaults_to_the_checkpoints_own_held_out_split(checkpoint, t
                            "--max-eval-samples", "40", "--optimize", "O1", "--quantize", "none",
                            "--name", "tweets-sentiment"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads((out / "manifest.json").read_text())
-    assert doc["name"] == "tweets-sentiment"
-    assert doc["evaluation"] == {"data": "tweets", "split": "test", "n": 40, "batch_sizes": [1, 7, 64]}
-    assert doc["provenance"]["data_sha256"] == source_sha256("tweets")
-    assert doc["variants"]["opt"]["optimization"]["level"] == "O1"
-    assert doc["default_variant"] == "opt" and "parity on 40 test rows" in proc.stderr
+    manifest = Manifest.verify(out)
+    assert manifest.name == "tweets-sentiment"
+    rows = manifest.evaluation
+    assert (rows.source, rows.split, rows.n, rows.batch_sizes) == ("tweets", "test", 40, (1, 7, 64))
+    assert (rows.text_column, rows.label_column) == ("text", "label") and len(rows.sha256) == 64
+    assert manifest.provenance["data_sha256"] == source_sha256("tweets")
+    assert manifest.variants["opt"].optimization["level"] == "O1"
+    assert manifest.default_variant == "opt" and "parity on 40 test rows" in proc.stderr
+
+
+def test_parity_runs_the_serving_runtime(checkpoint, tmp_path, heldout, monkeypatch, caplog):
+    """A deliberately broken tokenizer setting in the runtime (truncation at 4 tokens instead of
+    max_length) makes export's parity fail: parity measures exactly what is served."""
+    from deploykit.runtime import Runtime
+
+    load = Runtime._load_tokenizer
+
+    def broken(self, tokenizer_file):
+        tokenizer = load(self, tokenizer_file)
+        tokenizer.enable_truncation(4)
+        return tokenizer
+
+    monkeypatch.setattr(Runtime, "_load_tokenizer", broken)
+    out = tmp_path / "art"
+    assert _export(checkpoint, out, heldout) == 3
+    fp32 = Manifest.read(out).variants["fp32"]
+    assert not fp32.servable and fp32.parity["failures"][0]["check"] == "max_abs_diff"
+    assert "FAIL max_abs_diff" in caplog.text
+    monkeypatch.undo()  # the runtime as shipped: the same export passes
+    assert _export(checkpoint, tmp_path / "art2", heldout) == 0
+
+
+def test_verify_defaults_to_the_rows_export_recorded(checkpoint, tmp_path, heldout, caplog):
+    """Exported with --data (a CSV) from a checkpoint trained on tweets: verify without --data
+    re-checks those CSV rows, says so, and takes other rows only when asked."""
+    import logging
+
+    from deploykit import export
+    from deploykit.config import VerifyConfig
+
+    data = Path(shutil.copy(heldout, tmp_path / "rows.csv"))
+    out = tmp_path / "art"
+    assert _export(checkpoint, out, data) == 0
+    recorded = Manifest.read(out).evaluation
+    assert recorded.source == str(data.resolve()) and recorded.split == "all" and recorded.n == 14
+
+    caplog.set_level(logging.INFO)
+    result = export.verify(VerifyConfig(artifact=str(out), checkpoint=str(checkpoint)))
+    assert result["rows"]["data"] == recorded.source and result["rows"]["n"] == 14
+    assert result["rows"]["rows_sha256"] == recorded.sha256 and result["rows"]["same_as_export"] is True
+    assert "14 all rows of" in caplog.text and "the rows export checked (same sha256)" in caplog.text
+
+    caplog.clear()  # other rows only when asked: the checkpoint's own tweets test split
+    result = export.verify(VerifyConfig(artifact=str(out), checkpoint=str(checkpoint), max_eval_samples=20,
+                                        split="test", data="tweets"))
+    assert (result["rows"]["data"], result["rows"]["split"], result["rows"]["n"]) == ("tweets", "test", 20)
+    assert result["rows"]["as_exported"] is False and "as asked" in caplog.text
+
+    caplog.clear()  # the recorded file changed since export: verify says the rows differ
+    lines = data.read_text(encoding="utf-8").splitlines()
+    data.write_text("\n".join([lines[0], "some entirely different words,positive", *lines[2:]]) + "\n",
+                    encoding="utf-8")
+    assert main(["verify", str(out), "--checkpoint", str(checkpoint)]) == 0
+    assert "not the same rows any more" in caplog.text

@@ -1,8 +1,9 @@
-"""Small pure pieces of export: CPU flag detection, batch plans, the default-variant rule."""
+"""Small pure pieces of export: CPU flag detection and batch plans (the default-variant rule is
+tested with the manifest, tests/test_manifest.py)."""
 
 from __future__ import annotations
 
-from deploykit.export import manifest, parity, quantize
+from deploykit.export import parity, quantize
 
 
 def test_vnni_detection_from_cpuinfo():
@@ -18,9 +19,3 @@ def test_batches_cycle_through_sizes_and_cover_every_row():
     assert [(p.start, p.stop) for p in parts] == [(0, 1), (1, 8), (8, 20)]
     assert parity.batches(0, [3]) == []
 
-
-def test_default_variant_rule():
-    v = {"fp32": {"servable": True}, "opt": {"servable": True}, "int8": {"servable": False}}
-    assert manifest.default_variant(v) == "opt"
-    assert manifest.default_variant(v, "fp32") == "fp32"
-    assert manifest.default_variant({"fp32": {"servable": False}, "opt": {"servable": False}}) == "opt"

@@ -10,6 +10,7 @@ import pytest
 from factories import LABELS, learnable_rows, tiny_model, tiny_tokenizer, write_csv
 
 from deploykit.export.int8_fallback import expected_agreement, predict_float_count, smallest_passing
+from deploykit.manifest import Manifest
 
 LAYERS = 2  # tiny_model's default depth
 OUTLIER_NODE = "/bert/encoder/layer.1/output/dense/MatMul"
@@ -202,8 +203,9 @@ def test_export_searches_on_validation_rows_by_default(outlier_artifact, tmp_pat
     _, data, checkpoint, _ = outlier_artifact
     artifact = export.run(ExportConfig(checkpoint=str(checkpoint), out=str(tmp_path / "art"), data=str(data),
                                        split="test", allow_parity_failure=True))
-    int8 = json.loads((artifact / "manifest.json").read_text())["variants"]["int8"]
-    record = int8["quantization"]["fallback"]
+    manifest = Manifest.read(artifact)
+    quantization = manifest.variants["int8"].quantization
+    record = quantization["fallback"]
     stored = data_module.rebuild_config(ckpt.train_config(checkpoint), data=str(data))
     validation, _ = data_module.held_out(stored, "validation", LABELS)
     test, _ = data_module.held_out(stored, "test", LABELS)
@@ -216,18 +218,17 @@ def test_export_searches_on_validation_rows_by_default(outlier_artifact, tmp_pat
     assert record["reference"] == "model.opt.onnx"
     assert record["met"] == any(t["passed"] for t in record["trials"])
     ops = _nodes(artifact / "model.int8.onnx")
-    assert all(ops[n] in ("MatMul", "Attention", "EmbedLayerNormalization") for n in int8["quantization"]["float_nodes"])
+    assert all(ops[n] in ("MatMul", "Attention", "EmbedLayerNormalization") for n in quantization["float_nodes"])
 
     # The demo's summary reports what the search kept in float.
     from deploykit import demo_summary
 
-    manifest = json.loads((artifact / "manifest.json").read_text())
     facts = demo_summary.export_facts(manifest, checkpoint)
-    assert facts["variants"]["int8"]["fallback"] == {"float_nodes": int8["quantization"]["float_nodes"],
+    assert facts["variants"]["int8"]["fallback"] == {"float_nodes": quantization["float_nodes"],
                                                      "candidates": record.get("candidates"), "rows": record["rows"]}
     report = {"mode": "full", "export": {**facts, "gates": {"int8_min_agreement": 0.99, "int8_max_f1_drop": 0.01}}}
     text = "\n".join(demo_summary._parity(report))
-    kept = len(int8["quantization"]["float_nodes"])
+    kept = len(quantization["float_nodes"])
     assert kept > 0, "precondition: the outlier model's all-INT8 graph misses the gate"
     assert f"INT8 keeps {kept} of {record['candidates']} quantizable operators" in text
     assert f"measured on {record['rows']} validation rows" in text
@@ -240,6 +241,6 @@ def test_export_with_the_fallback_off_quantizes_everything(outlier_artifact, tmp
     _, data, checkpoint, _ = outlier_artifact
     artifact = export.run(ExportConfig(checkpoint=str(checkpoint), out=str(tmp_path / "art"), data=str(data),
                                        split="test", int8_fallback="off", allow_parity_failure=True))
-    quantization = json.loads((artifact / "manifest.json").read_text())["variants"]["int8"]["quantization"]
+    quantization = Manifest.read(artifact).variants["int8"].quantization
     assert quantization["fallback"] == {"mode": "off"} and quantization["float_nodes"] == []
     assert quantization["quantized_ops"]["float_MatMul"] == 0

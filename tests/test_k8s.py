@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from factories import hand_made_artifact
 
 from deploykit.config import KubeConfig
 from deploykit.deploy import k8s, validate
@@ -28,16 +29,9 @@ def by_kind(docs: list[dict]) -> dict[str, dict]:
     return {d["kind"]: d for d in docs}
 
 
-def write_manifest(folder: Path, variants=("int8", "opt", "fp32"), max_length=96) -> Path:
-    """A manifest.json in DESIGN.md's shape (rendering reads nothing else of an artifact)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = {"schema_version": 1, "name": "sentiment", "task": "text-classification",
-                "labels": ["negative", "neutral", "positive"], "max_length": max_length,
-                "inputs": ["input_ids", "attention_mask"], "output": "logits",
-                "default_variant": variants[0],
-                "variants": {v: {"file": f"model.{v}.onnx", "servable": True} for v in variants}}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return folder
+def write_manifest(folder: Path, variants=("int8", "opt", "fp32")) -> Path:
+    """A hand-made artifact (max_length 96); rendering reads its manifest.json and nothing else."""
+    return hand_made_artifact(folder, {v: True for v in variants})
 
 
 @pytest.fixture(scope="session")
@@ -179,7 +173,7 @@ def test_rendered_gpu_overlay_serves_opt_on_cuda(rendered):
 def test_render_refuses_bad_input_and_writes_nothing(tmp_path):
     out = tmp_path / "out"
     proc = cli("k8s", "--image", "x:1", "--artifact", str(tmp_path / "missing"), "--out", str(out))
-    assert proc.returncode == 2 and "not an artifact folder" in proc.stderr
+    assert proc.returncode == 2 and "is not a deploykit artifact" in proc.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == []
     proc = cli("k8s", "--out", str(out))
     assert proc.returncode == 2 and "--image" in proc.stderr
@@ -190,7 +184,7 @@ def test_render_refuses_bad_input_and_writes_nothing(tmp_path):
 def test_gpu_render_needs_a_gpu_variant(tmp_path):
     artifact = write_manifest(tmp_path / "a", variants=("int8",))
     cfg = KubeConfig(image="x:1", out=str(tmp_path / "o"), artifact=str(artifact), gpu=True)
-    with pytest.raises(Exception, match="no servable 'fp32' variant for the GPU image"):
+    with pytest.raises(Exception, match="no servable opt or fp32 variant for a GPU"):
         k8s.render(cfg)
     assert not (tmp_path / "o").exists()
 

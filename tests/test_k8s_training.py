@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from deploykit.cli import build_parser, build_config
 from deploykit.config import TrainConfig
 from deploykit.deploy import validate
+from deploykit.serve.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("kubectl")  # tests/outside_tools.py: fail in CI, else skip
@@ -93,12 +93,6 @@ def test_torchrun_command_launches_deploykit_train(training):
     assert (cfg.max_steps, cfg.batch_size, cfg.out) == (5, 8, "/runs/r1")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_rendered_job_trains_across_two_pods(tmp_path, pretrained_dir, learnable_csv):
     """Two simulated pods run the rendered command unchanged: real torchrun, real training."""
     out = tmp_path / "run"
@@ -115,7 +109,7 @@ def test_rendered_job_trains_across_two_pods(tmp_path, pretrained_dir, learnable
     container = job["spec"]["template"]["spec"]["containers"][0]
     # The kubelet's view of the pod's environment, with the rendezvous host on loopback.
     base_env = {**os.environ, **{k: v for k, v in _env(container).items() if v is not None},
-                "RDZV_HOST": "127.0.0.1", "RDZV_PORT": str(_free_port()), "RDZV_ID": "job-uid-1",
+                "RDZV_HOST": "127.0.0.1", "RDZV_PORT": str(free_port()), "RDZV_ID": "job-uid-1",
                 "HOME": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
                 "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
     nodes = int(base_env["NNODES"])

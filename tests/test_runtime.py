@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 
 from deploykit.errors import BadInputError, IntegrityError
-from deploykit.runtime import Runtime, verify_artifact
+from deploykit.manifest import Manifest
+from deploykit.runtime import Runtime
 
 TEXTS = ["I love this", "terrible, awful day", "ok", "the car drives on the road today " * 5,
          "what a wonderful world", "meh", "x " * 200, "neutral statement about a table"]
@@ -31,12 +33,12 @@ def copy(serve_artifact, tmp_path):
 
 
 def test_loads_the_default_variant_and_contract_attributes(runtime, serve_artifact):
-    manifest = json.loads((serve_artifact / "manifest.json").read_text())
-    assert runtime.variant == manifest["default_variant"]
+    manifest = Manifest.verify(serve_artifact)
+    assert runtime.variant == manifest.default_variant and runtime.manifest == manifest
     assert runtime.name == "classifier"
-    assert runtime.labels == manifest["labels"]
+    assert runtime.labels == list(manifest.labels)
     assert runtime.max_length == 32
-    assert runtime.input_names == manifest["inputs"]
+    assert runtime.input_names == list(manifest.inputs)
 
 
 def torch_reference(checkpoint: Path, texts: list[str], max_length: int = 32):
@@ -101,9 +103,9 @@ def test_encode_pads_to_longest_row(runtime):
 
 def mark_unservable(artifact: Path, variant: str) -> None:
     """Mark a variant not servable, as export does when it fails its parity gate."""
-    manifest = json.loads((artifact / "manifest.json").read_text())
-    manifest["variants"][variant]["servable"] = False
-    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    manifest = Manifest.read(artifact)
+    variants = {**manifest.variants, variant: replace(manifest.variants[variant], servable=False)}
+    replace(manifest, variants=variants).write(artifact)
 
 
 def test_refuses_unservable_and_unknown_variants_and_providers(serve_artifact, copy):
@@ -128,29 +130,29 @@ def test_refuses_a_tampered_file(copy):
 def test_refuses_truncated_missing_and_unlisted_files(copy):
     (copy / "tokenizer.json").write_text("{}")
     with pytest.raises(IntegrityError, match="tokenizer.json has 2 bytes"):
-        verify_artifact(copy)
+        Manifest.verify(copy)
     (copy / "tokenizer.json").unlink()
     with pytest.raises(IntegrityError, match="tokenizer.json is missing"):
-        verify_artifact(copy)
+        Manifest.verify(copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     del manifest["files"]["tokenizer.json"]
-    manifest["files"]["../escape"] = {"bytes": 1, "sha256": "0"}
+    manifest["files"]["../escape"] = {"bytes": 1, "sha256": "0" * 64}
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IntegrityError, match="does not list tokenizer.json"):
-        verify_artifact(copy)
+        Manifest.verify(copy)
 
 
 def test_refuses_what_is_not_an_artifact(tmp_path, copy):
     with pytest.raises(BadInputError, match="not a deploykit artifact"):
         Runtime(tmp_path)
     manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["files"]["../escape"] = {"bytes": 1, "sha256": "0"}
+    manifest["files"]["../escape"] = {"bytes": 1, "sha256": "0" * 64}
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IntegrityError, match="outside the artifact"):
-        verify_artifact(copy)
+        Manifest.verify(copy)
     (copy / "manifest.json").write_text("{not json")
     with pytest.raises(BadInputError, match="not valid JSON"):
-        verify_artifact(copy)
+        Manifest.verify(copy)
 
 
 BLOCKER = """
@@ -178,13 +180,12 @@ assert not any(m.split('.')[0] in ('torch', 'transformers', 'datasets') for m in
 def test_warns_when_serving_with_another_onnxruntime(serve_artifact, copy, caplog):
     import onnxruntime
 
-    manifest = json.loads((copy / "manifest.json").read_text())
-    assert manifest["provenance"]["onnxruntime"] == onnxruntime.__version__
+    manifest = Manifest.read(copy)
+    assert manifest.provenance["onnxruntime"] == onnxruntime.__version__
     with caplog.at_level("WARNING", logger="deploykit.runtime"):
         Runtime(copy, "fp32")
     assert "exported and verified with onnxruntime" not in caplog.text
-    manifest["provenance"]["onnxruntime"] = "1.0.0"
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    replace(manifest, provenance={**manifest.provenance, "onnxruntime": "1.0.0"}).write(copy)
     with caplog.at_level("WARNING", logger="deploykit.runtime"):
         Runtime(copy, "fp32")
     assert f"onnxruntime 1.0.0 but is served with {onnxruntime.__version__}" in caplog.text

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 
 from deploykit.runtime import Runtime
-from deploykit.serve.launch import stop_process_group
+from deploykit.serve.launch import free_port, stop_process_group
 
 ROOT = Path(__file__).parents[1]
 MAX_TEXTS, MAX_QUEUE, MAX_BODY = 200, 150, 64 * 1024
@@ -27,12 +26,6 @@ MAX_TEXTS, MAX_QUEUE, MAX_BODY = 200, 150, 64 * 1024
 # because it quantizes activations per batch), so batched == one-at-a-time holds exactly.
 VARIANT = "opt"
 TEXTS = ["I love this", "terrible, awful day", "ok", "the road to the city " * 10, "meh", "wonderful"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http(url: str, body: bytes | None = None, headers: dict | None = None,

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deploykit.manifest import Manifest
 from deploykit.runtime import Runtime
 from test_runtime import mark_unservable
 from test_serve import post_json, start_server, stop_server
@@ -95,11 +96,11 @@ def test_build_makes_a_bento_without_torch(serve_artifact, tmp_path):
     assert not list(bento.glob("env/python/wheels/*.whl"))
     assert yaml.safe_load((bento / "bento.yaml").read_text())["image"]  # v2, no v1 fallback
     packed = bento / "src/artifact"
-    manifest = json.loads((packed / "manifest.json").read_text())
-    default = json.loads((serve_artifact / "manifest.json").read_text())["default_variant"]
-    assert list(manifest["variants"]) == [default] and manifest["default_variant"] == default
-    assert sorted(manifest["files"]) == sorted(p.name for p in packed.iterdir() if p.name != "manifest.json")
-    assert sum(name.endswith(".onnx") for name in manifest["files"]) == 1
+    manifest = Manifest.verify(packed)
+    default = Manifest.read(serve_artifact).default_variant
+    assert list(manifest.variants) == [default] and manifest.default_variant == default
+    assert sorted(manifest.files) == sorted(p.name for p in packed.iterdir() if p.name != "manifest.json")
+    assert sum(name.endswith(".onnx") for name in manifest.files) == 1
     assert {p: p.stat().st_mtime for p in [*ROOT.glob("build"), *ROOT.glob("*.egg-info")]} == leftovers_before
     # The bento serves its packed artifact with its packed deploykit source.
     proc, url = start_server(None, tmp_path, argv=[sys.executable, "-m", "bentoml", "serve",

@@ -14,7 +14,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,8 +23,9 @@ import numpy as np
 import pytest
 
 from deploykit.config import TritonConfig
+from deploykit.manifest import Manifest
 from deploykit.serve import triton_repo
-from deploykit.serve.launch import stop_process_group
+from deploykit.serve.launch import free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "classifier"
@@ -77,8 +77,8 @@ def artifact(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def manifest(artifact) -> dict:
-    return json.loads((artifact / "manifest.json").read_text())
+def manifest(artifact) -> Manifest:
+    return Manifest.read(artifact)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_onnx_config_matches_the_graph_and_the_options(repo, artifact, manifest)
     graph_in, graph_out = graph_io(model_file)
     assert config.name == f"{NAME}_onnx" and config.platform == "onnxruntime_onnx"
     assert io_of(config.input) == {n: (t, [-1]) for n, t in graph_in.items()}
-    assert io_of(config.output) == {n: (t, [len(manifest["labels"])]) for n, t in graph_out.items()}
+    assert io_of(config.output) == {n: (t, [len(manifest.labels)]) for n, t in graph_out.items()}
     assert config.max_batch_size == 8
     assert list(config.dynamic_batching.preferred_batch_size) == [2, 4, 8]
     assert config.dynamic_batching.max_queue_delay_microseconds == 500
@@ -136,7 +136,7 @@ def test_onnx_config_matches_the_graph_and_the_options(repo, artifact, manifest)
 def test_ensemble_wires_tokenizer_onnx_and_postprocess_consistently(repo, manifest):
     configs = {m: model_config(repo / m / "config.pbtxt") for m in MODELS}
     onnx_cfg, tok, post = (configs[f"{NAME}_{s}"] for s in ("onnx", "tokenizer", "postprocess"))
-    labels = manifest["labels"]
+    labels = list(manifest.labels)
     text_io = {"TEXT": ("TYPE_STRING", [1])}
     result_io = {"LABEL": ("TYPE_STRING", [1]), "SCORES": ("TYPE_FP32", [len(labels)])}
 
@@ -165,15 +165,13 @@ def test_ensemble_wires_tokenizer_onnx_and_postprocess_consistently(repo, manife
     assert {"LABEL", "SCORES"} <= available
 
     assert json.loads(post.parameters["labels"].string_value) == labels
-    assert tok.parameters["max_length"].string_value == str(manifest["max_length"])
+    assert tok.parameters["max_length"].string_value == str(manifest.max_length)
 
 
 def test_python_model_ships_a_verifiable_single_variant_artifact(repo):
-    from deploykit.runtime import verify_artifact
-
-    copy = verify_artifact(repo / f"{NAME}_python" / "1" / "artifact")
-    assert list(copy["variants"]) == ["opt"] and copy["default_variant"] == "opt"
-    assert sorted(copy["files"]) == ["config.json", "model.opt.onnx", "tokenizer.json"]
+    copy = Manifest.verify(repo / f"{NAME}_python" / "1" / "artifact")
+    assert list(copy.variants) == ["opt"] and copy.default_variant == "opt"
+    assert sorted(copy.files) == ["config.json", "model.opt.onnx", "tokenizer.json"]
     config = model_config(repo / f"{NAME}_python" / "config.pbtxt")
     assert config.parameters["variant"].string_value == "opt"
     assert config.parameters["providers"].string_value == "CPUExecutionProvider"
@@ -181,7 +179,7 @@ def test_python_model_ships_a_verifiable_single_variant_artifact(repo):
 
 def test_cpu_kind_ships_the_default_variant(artifact, manifest, tmp_path):
     out = triton_repo.run(TritonConfig(artifact=str(artifact), out=str(tmp_path / "cpu")))
-    assert manifest["default_variant"] == "int8"
+    assert manifest.default_variant == "int8"
     assert (out / f"{NAME}_onnx/1/model.onnx").read_bytes() == (artifact / "model.int8.onnx").read_bytes()
     graph_in, _ = graph_io(out / f"{NAME}_onnx/1/model.onnx")
     assert io_of(model_config(out / f"{NAME}_onnx/config.pbtxt").input) == {n: (t, [-1]) for n, t in graph_in.items()}
@@ -208,23 +206,18 @@ def test_gpu_kind_ships_the_fused_fp32_variant_on_gpu_instances(artifact, tmp_pa
     assert groups(model_config(out / "sentiment_tokenizer" / "config.pbtxt")) == [(1, "KIND_CPU")]
 
 
-def test_choose_variant_rules():
-    manifest = {"default_variant": "int8", "variants": {
-        "int8": {"file": "model.int8.onnx"}, "opt": {"file": "model.opt.onnx"},
-        "fp32": {"file": "model.onnx"}}}
-    assert triton_repo.choose_variant(manifest, "cpu") == "int8"
-    assert triton_repo.choose_variant(manifest, "gpu") == "opt"
-    manifest["variants"]["opt"]["servable"] = False
-    assert triton_repo.choose_variant(manifest, "gpu") == "fp32"
+def test_choose_variant_rules(tmp_path):
+    """--kind maps to the device of the one variant rule (tests/test_manifest.py has the rest)."""
+    from factories import hand_made_artifact
+
     from deploykit.errors import BadInputError
 
-    with pytest.raises(BadInputError, match="--kind gpu"):
-        triton_repo.choose_variant({"variants": {"int8": {"file": "m"}}}, "gpu")
+    manifest = Manifest.read(hand_made_artifact(tmp_path / "a"))
+    assert triton_repo.choose_variant(manifest, "cpu") == "int8"
+    assert triton_repo.choose_variant(manifest, "gpu") == "opt"
     assert triton_repo.choose_variant(manifest, "cpu", "fp32") == "fp32"
-    with pytest.raises(BadInputError, match="CPU format"):
+    with pytest.raises(BadInputError, match="CPU format.*\\(--variant, or --kind\\)"):
         triton_repo.choose_variant(manifest, "gpu", "int8")
-    with pytest.raises(BadInputError, match="not servable"):
-        triton_repo.choose_variant(manifest, "cpu", "opt")
 
 
 def test_templates_ship_in_the_package_and_the_writer_is_torch_free():
@@ -241,18 +234,19 @@ def test_templates_ship_in_the_package_and_the_writer_is_torch_free():
     assert done.stdout.strip() == "[]"
 
 
-def test_a_manifest_name_that_is_no_model_name_needs_name(artifact, tmp_path):
+def test_name_renames_the_models_and_a_bad_manifest_name_is_refused(artifact, tmp_path):
+    """--name renames the repository's models; a manifest recording a name export would refuse
+    is refused as a whole (tests/test_manifest.py checks the rule across every stage)."""
     from deploykit.errors import BadInputError
 
-    renamed = tmp_path / "renamed"
-    shutil.copytree(artifact, renamed)
-    manifest = json.loads((renamed / "manifest.json").read_text())
-    (renamed / "manifest.json").write_text(json.dumps(dict(manifest, name="my model")))
-    with pytest.raises(BadInputError, match="--name"):
-        triton_repo.run(TritonConfig(artifact=str(renamed), out=str(tmp_path / "a")))
+    out = triton_repo.run(TritonConfig(artifact=str(artifact), out=str(tmp_path / "b"), name="mine"))
+    assert (out / "mine_python" / "config.pbtxt").is_file() and (out / "mine" / "config.pbtxt").is_file()
+    renamed = Path(shutil.copytree(artifact, tmp_path / "renamed"))
+    doc = json.loads((renamed / "manifest.json").read_text())
+    (renamed / "manifest.json").write_text(json.dumps(dict(doc, name="my model")))
+    with pytest.raises(BadInputError, match="'name' 'my model' is not a model name"):
+        triton_repo.run(TritonConfig(artifact=str(renamed), out=str(tmp_path / "a"), name="mine"))
     assert not (tmp_path / "a").exists()
-    out = triton_repo.run(TritonConfig(artifact=str(renamed), out=str(tmp_path / "b"), name="mine"))
-    assert (out / "mine_python" / "config.pbtxt").is_file()
 
 
 # --- the command line ----------------------------------------------------------------------
@@ -291,12 +285,6 @@ def test_cli_writes_refuses_to_clobber_and_rejects_a_tampered_artifact(artifact,
 
 # --- a real tritonserver ---------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _venv_paths(venv: Path) -> tuple[Path, Path, str]:
     """(tritonserver dir, nvidia_pytriton.libs, the venv interpreter's lib dir)."""
     site = next(venv.glob("lib/python3*/site-packages"))
@@ -334,7 +322,7 @@ def server(repo, tmp_path_factory, pytriton_venv):
     ensemble_cmd = _readme_command(readme, NAME)
     assert python_cmd[:3] == ensemble_cmd[:3] == ["tritonserver", '--model-repository=$PWD',
                                                   "--model-control-mode=explicit"]
-    ports = {"http": _free_port(), "grpc": _free_port(), "metrics": _free_port()}
+    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     command = [str(server_dir / "bin" / "tritonserver"), f"--model-repository={served}",
                *python_cmd[2:], ensemble_cmd[-1],
                f"--backend-directory={server_dir / 'backends'}",

@@ -24,7 +24,8 @@ from deploykit.bench import report
 from deploykit.bench.inputs import sample_texts, synthetic_texts
 from deploykit.config import BenchOfflineConfig, int_list, to_dict
 from deploykit.errors import BadInputError, DeployKitError
-from deploykit.runtime import available_cpus, select_variant, verify_artifact
+from deploykit.manifest import Manifest
+from deploykit.runtime import available_cpus
 
 log = logging.getLogger(__name__)
 
@@ -87,19 +88,19 @@ class EngineProcess:
         self._log.close()
 
 
-def _checkpoint(cfg: BenchOfflineConfig, manifest: dict[str, Any]) -> str | None:
+def _checkpoint(cfg: BenchOfflineConfig, manifest: Manifest) -> str | None:
     if cfg.checkpoint:
         if not (Path(cfg.checkpoint) / "config.json").is_file():
             raise BadInputError(f"--checkpoint {cfg.checkpoint} is not a checkpoint folder (no "
                                 "config.json); pass the folder written by 'deploykit train'")
         return cfg.checkpoint
-    recorded = manifest.get("provenance", {}).get("checkpoint")
+    recorded = manifest.provenance.get("checkpoint")
     if recorded and (Path(recorded) / "config.json").is_file():
         return str(recorded)
     return None
 
 
-def engine_specs(cfg: BenchOfflineConfig, manifest: dict[str, Any], max_length: int,
+def engine_specs(cfg: BenchOfflineConfig, manifest: Manifest, max_length: int,
                  max_batch: int) -> dict[str, dict[str, Any]]:
     """The engines to start, by result label, with what each subprocess loads.
 
@@ -123,14 +124,14 @@ def engine_specs(cfg: BenchOfflineConfig, manifest: dict[str, Any], max_length: 
                 continue
             specs["pytorch"] = {**common, "kind": "pytorch"}
         elif engine == "optimum":
-            variant = select_variant(manifest)
-            specs[f"optimum:{variant}"] = {**common, "kind": "optimum", "variant": variant,
-                                           "file": manifest["variants"][variant]["file"]}
+            variant = manifest.pick()
+            specs[f"optimum:{variant.name}"] = {**common, "kind": "optimum", "variant": variant.name,
+                                                "file": variant.file}
         else:
             names = ([v.strip() for v in cfg.variants.split(",") if v.strip()] if cfg.variants else
-                     [v for v, spec in manifest["variants"].items() if spec.get("servable", True)])
+                     [name for name, v in manifest.variants.items() if v.servable])
             for variant in names:
-                select_variant(manifest, variant)  # refuses unknown / unservable, naming the fix
+                manifest.pick(variant, option="--variants")  # refuses unknown / unservable, naming the fix
                 specs[f"runtime:{variant}"] = {**common, "kind": "runtime", "variant": variant}
     if not specs:
         raise BadInputError("no engine to run: pass --checkpoint for pytorch, or add optimum/runtime "
@@ -173,10 +174,10 @@ def run(cfg: BenchOfflineConfig) -> Path:
         DeployKitError: An engine subprocess failed.
     """
     artifact = Path(cfg.artifact)
-    manifest = verify_artifact(artifact)
+    manifest = Manifest.verify(artifact)
     sets = input_sets(cfg, artifact)
     # Every engine truncates at the same length: the manifest's, or the longest synthetic input.
-    max_length = max([int(manifest["max_length"])] + int_list(cfg.synthetic_lengths))
+    max_length = max([manifest.max_length] + int_list(cfg.synthetic_lengths))
     max_batch = max(max(s["batch_sizes"]) for s in sets.values())
     specs = engine_specs(cfg, manifest, max_length, max_batch)
     out = Path(cfg.out)
@@ -219,7 +220,7 @@ def run(cfg: BenchOfflineConfig) -> Path:
         peak[name] = {"peak_rss_mb": max((c["peak_rss_mb"] for c in cells if c["engine"] == name),
                                          default=engine.ready["rss_after_load_mb"]),
                       "rss_after_load_mb": engine.ready["rss_after_load_mb"], "load_s": engine.ready["load_s"]}
-    results = {"kind": "offline", "artifact": str(artifact.resolve()), "model": manifest["name"],
+    results = {"kind": "offline", "artifact": str(artifact.resolve()), "model": manifest.name,
                "config": to_dict(cfg), "max_length": max_length, "baseline": BASELINE if BASELINE in engines else None,
                "engines": peak, "specs": {n: {k: v for k, v in s.items() if k != "artifact"} for n, s in specs.items()},
                "inputs": {n: {k: v for k, v in s.items() if k != "texts"} for n, s in sets.items()},

@@ -14,7 +14,6 @@ The training image is ``k8s/training/Dockerfile`` built with the same backends.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import shutil
@@ -29,16 +28,16 @@ import yaml
 from deploykit import __version__
 from deploykit.config import CONTAINER_BACKENDS, ContainerizeConfig
 from deploykit.errors import BadInputError, DeployKitError
+from deploykit.manifest import MANIFEST, Manifest
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
 GPU_PROVIDERS = "CUDAExecutionProvider,CPUExecutionProvider"
-GPU_VARIANTS = ("opt", "fp32")  # in order of preference; dynamic INT8 runs on CPU kernels only
 # The CUDA and cuDNN libraries come as pip wheels through these extras, so the GPU image
 # needs no CUDA base image (the host only needs the NVIDIA driver).
 GPU_RUNTIME = "onnxruntime-gpu[cuda,cudnn]"
-# Never in a serving image (DESIGN.md: serving depends on the artifact alone).
+# Never in a serving image (docs/architecture.md: serving depends on the artifact alone).
 FORBIDDEN = ("torch", "transformers", "datasets", "optimum", "optimum-onnx")
 TRAIN_DOCKERFILE = Path("k8s") / "training" / "Dockerfile"
 
@@ -115,20 +114,16 @@ def pick_backend(requested: str | None) -> str:
 def _bento_dir(source: str, gpu: bool) -> Path:
     """The folder of the bento to containerize, building one first from an artifact folder.
 
-    From an artifact, the bento packs the manifest's default variant, or for the GPU image
-    the fused fp32 ``opt`` variant (dynamic INT8 runs on CPU kernels only).
+    From an artifact, the bento packs the variant ``Manifest.pick`` serves on the image's
+    device: the manifest's default variant, or for the GPU image the fused fp32 one.
     """
     import bentoml
 
-    if (Path(source) / "manifest.json").is_file():
+    if (Path(source) / MANIFEST).is_file():
         from deploykit.config import BuildConfig
         from deploykit.serve import build  # the serving area's `deploykit build`
 
-        variants = None
-        if gpu:
-            manifest = json.loads((Path(source) / "manifest.json").read_text())
-            variants = gpu_variant(manifest, source)
-        source = build.run(BuildConfig(artifact=source, variants=variants))
+        source = build.run(BuildConfig(artifact=source), device="cuda" if gpu else "cpu")
         log.info("built bento %s", source)
     elif Path(source).exists():
         raise BadInputError(f"{source} is neither a bento tag nor an artifact folder "
@@ -140,30 +135,17 @@ def _bento_dir(source: str, gpu: bool) -> Path:
                             "'deploykit build ARTIFACT' or pass the artifact folder") from None
 
 
-def gpu_variant(manifest: dict[str, Any], where: str | Path) -> str:
-    """The variant the GPU image serves: ``opt`` (fused fp32), else ``fp32``.
-
-    Raises:
-        BadInputError: If the manifest has neither as a servable variant.
-    """
-    for name in GPU_VARIANTS:
-        if manifest.get("variants", {}).get(name, {}).get("servable", False):
-            return name
-    raise BadInputError(f"{where} has no servable opt or fp32 variant for the GPU image (dynamic "
-                        "INT8 runs on CPU only); export one, then build with --variants opt")
-
-
-def packed_manifest(bento_dir: Path) -> dict[str, Any]:
+def packed_manifest(bento_dir: Path) -> Manifest:
     """The manifest of the artifact a deploykit bento packs (under ``src/``).
 
     Raises:
         BadInputError: If the bento packs no artifact (it is not a deploykit bento).
     """
-    found = sorted((bento_dir / "src").glob("**/manifest.json"))
+    found = sorted((bento_dir / "src").glob(f"**/{MANIFEST}"))
     if not found:
         raise BadInputError(f"the bento at {bento_dir} packs no artifact (no manifest.json); "
                             "build it with 'deploykit build ARTIFACT'")
-    return json.loads(found[0].read_text())
+    return Manifest.read(found[0].parent)
 
 
 def _requirement_name(line: str) -> str:
@@ -214,7 +196,7 @@ def retarget(info: dict[str, Any], bento_dir: Path, *, base_image: str, gpu: boo
     gpu_command = f"uv pip uninstall onnxruntime && uv pip install '{GPU_RUNTIME}'"
     gpu_env = {}
     if gpu:
-        gpu_env = {"DEPLOYKIT_VARIANT": gpu_variant(packed_manifest(bento_dir), "the bento"),
+        gpu_env = {"DEPLOYKIT_VARIANT": packed_manifest(bento_dir).pick(None, "cuda").name,
                    "DEPLOYKIT_PROVIDERS": GPU_PROVIDERS}
     image, docker = info.get("image"), info.get("docker")
     if image:
@@ -329,7 +311,7 @@ def run(cfg: ContainerizeConfig) -> str:
     tag = cfg.tag or f"{info['name']}:{info['version']}{'-gpu' if cfg.gpu else ''}"
     base_image = cfg.base_image or DEFAULT_BASE_IMAGE
     if cfg.dockerfile_only:
-        from deploykit.checkpoint import atomic_folder
+        from deploykit.files import atomic_folder
 
         with containerfile(bento_dir, base_image=base_image, gpu=cfg.gpu,
                            enable_buildkit=False) as (context, _), \

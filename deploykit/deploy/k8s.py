@@ -9,7 +9,6 @@ replicas, resources and the ``DEPLOYKIT_*`` settings through kustomize's own fie
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shlex
@@ -19,9 +18,10 @@ from typing import Any
 
 import yaml
 
-from deploykit.checkpoint import atomic_folder
 from deploykit.config import KubeConfig
 from deploykit.errors import BadInputError, DeployKitError
+from deploykit.files import atomic_folder
+from deploykit.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -63,50 +63,22 @@ def split_image(image: str) -> dict[str, str]:
     return {"newName": image}
 
 
-def read_manifest(artifact: str | Path) -> dict[str, Any]:
-    """The artifact's manifest.json (only read: rendering does not need the model files).
-
-    Raises:
-        BadInputError: If the folder is not an artifact written by ``deploykit export``.
-    """
-    path = Path(artifact) / "manifest.json"
-    if not path.is_file():
-        raise BadInputError(f"--artifact {artifact} is not an artifact folder (no manifest.json); "
-                            "pass a folder written by 'deploykit export'")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BadInputError(f"{path} is not valid JSON ({exc}); re-run 'deploykit export'") from None
-    for key in ("name", "variants", "default_variant", "max_length"):
-        if key not in manifest:
-            raise BadInputError(f"{path} has no '{key}'; re-run 'deploykit export'")
-    return manifest
-
-
-def serving_values(manifest: dict[str, Any] | None, gpu: bool) -> dict[str, str]:
+def serving_values(manifest: Manifest | None, gpu: bool) -> dict[str, str]:
     """The ``DEPLOYKIT_*`` settings an artifact implies.
 
-    The variant is the manifest's default on CPU and the fused fp32 ``opt`` variant on GPU
-    (dynamic INT8 runs on CPU kernels only). The token budget lets one full batch of
-    maximum-length texts through: max batch size x the manifest's max_length.
+    The variant is the one ``Manifest.pick`` serves on the CPU or the GPU (the manifest's
+    default, or the fused fp32 one on a GPU: dynamic INT8 runs on CPU kernels only). The token
+    budget lets one full batch of maximum-length texts through: max batch size x max_length.
 
     Raises:
         BadInputError: If the artifact lacks a servable variant for the chosen flavour.
     """
     if manifest is None:
         return {}
-    serving = manifest.get("serving", {})
-    batch = int(serving.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE))
-    tokens = int(serving.get("max_batch_tokens", batch * int(manifest["max_length"])))
-    variant = manifest["default_variant"]
-    if gpu:
-        variant = "opt" if "opt" in manifest["variants"] else "fp32"
-    spec = manifest["variants"].get(variant)
-    if spec is None or not spec.get("servable", True):
-        raise BadInputError(f"the artifact has no servable '{variant}' variant for the "
-                            f"{'GPU' if gpu else 'CPU'} image; re-export it with that variant")
-    return {"DEPLOYKIT_VARIANT": variant, "DEPLOYKIT_MAX_BATCH_SIZE": str(batch),
-            "DEPLOYKIT_MAX_BATCH_TOKENS": str(tokens), "name": str(manifest["name"])}
+    variant = manifest.pick(None, "cuda" if gpu else "cpu")
+    return {"DEPLOYKIT_VARIANT": variant.name, "DEPLOYKIT_MAX_BATCH_SIZE": str(DEFAULT_MAX_BATCH_SIZE),
+            "DEPLOYKIT_MAX_BATCH_TOKENS": str(DEFAULT_MAX_BATCH_SIZE * manifest.max_length),
+            "name": manifest.name}
 
 
 def _double(quantity: str) -> str:
@@ -224,7 +196,8 @@ def render(cfg: KubeConfig) -> Path:
     from deploykit.deploy import validate
 
     src = manifests_dir(cfg.manifests)
-    values = serving_values(read_manifest(cfg.artifact) if cfg.artifact else None, cfg.gpu)
+    # Only the manifest is read: rendering does not need the model files.
+    values = serving_values(Manifest.read(cfg.artifact) if cfg.artifact else None, cfg.gpu)
     if cfg.train:
         copies, resource = ["training"], "training"
     else:

@@ -2,9 +2,10 @@
 
 ``run(cfg)`` reads ``RUN/checkpoint/`` and writes ``ARTIFACT/`` in five steps, each in its own
 module: export (``onnx_export``), optimize (``optimize``), quantize (``quantize``; the
-accuracy-aware choice of operators to keep in float is ``int8_fallback``), parity (``parity``)
-and manifest (``manifest``). ``verify(cfg)`` re-checks an existing artifact:
-every file's sha256, then parity of every variant against the checkpoint.
+accuracy-aware choice of operators to keep in float is ``int8_fallback``), parity (``parity``,
+through the serving runtime) and the manifest (the contract ``deploykit.manifest``, with
+``provenance``). ``verify(cfg)`` re-checks an existing artifact: every file's sha256, then
+parity of every variant against the checkpoint, on the rows export recorded unless told others.
 """
 
 from __future__ import annotations
@@ -173,8 +174,10 @@ def run(cfg: ExportConfig) -> Path:
     import onnxruntime as ort
 
     from deploykit import checkpoint as ckpt
-    from deploykit.checkpoint import atomic_folder
-    from deploykit.export import manifest, onnx_export, optimize, parity, quantize
+    from deploykit.export import onnx_export, optimize, parity, provenance, quantize
+    from deploykit.files import atomic_folder
+    from deploykit.manifest import Classification, Manifest, Variant
+    from deploykit.runtime import Runtime
 
     checkpoint = ckpt.validate(cfg.checkpoint)
     onnx_export.check_supported(checkpoint)
@@ -193,11 +196,11 @@ def run(cfg: ExportConfig) -> Path:
         tokenizer_file = onnx_export.write_tokenizer(tokenizer, tmp / "tokenizer.json", max_length)
         shutil.copy(checkpoint / "config.json", tmp / "config.json")
         opt_info = _export_and_optimize(model, checkpoint, tmp, cfg)
-        inputs = [i.name for i in parity.session(tmp / FILES["fp32"]).get_inputs()]
+        inputs = Runtime.of_graph(tmp / FILES["fp32"], tokenizer_file, max_length).input_names
 
-        variants: dict[str, dict[str, Any]] = {"fp32": {"fused_ops": {}}}
+        records: dict[str, dict[str, Any]] = {"fp32": {"fused_ops": {}}}
         if opt_info:
-            variants["opt"] = {"fused_ops": opt_info["fused_ops"], "optimization": {
+            records["opt"] = {"fused_ops": opt_info["fused_ops"], "optimization": {
                 "level": opt_info["level"], "missing_fusions": opt_info["missing_fusions"],
                 "attn_implementation": opt_info["attn_implementation"]}}
         if cfg.quantize != "none":
@@ -205,42 +208,31 @@ def run(cfg: ExportConfig) -> Path:
             source = "opt" if opt_info else "fp32"
             info = _quantize_dynamic(cfg, tmp / FILES[source], tmp / FILES["int8"], reduce_range,
                                      train_cfg, labels, held, max_length)
-            variants["int8"] = {"fused_ops": optimize.fused_ops(tmp / FILES["int8"]), "quantization": info}
+            records["int8"] = {"fused_ops": optimize.fused_ops(tmp / FILES["int8"]), "quantization": info}
             if cfg.quantize == "static":
                 feeds = _calibration_feeds(cfg, train_cfg, tokenizer, inputs, max_length)
                 info = quantize.quantize_static(tmp / FILES["fp32"], tmp / FILES["int8-static"],
                                                 reduce_range, feeds)
-                variants["int8-static"] = {"fused_ops": optimize.fused_ops(tmp / FILES["int8-static"]),
-                                           "quantization": info}
+                records["int8-static"] = {"fused_ops": optimize.fused_ops(tmp / FILES["int8-static"]),
+                                          "quantization": info}
 
-        results = []
-        for name, variant in variants.items():
-            result = parity.check_variant(name, PRECISION[name], tmp / FILES[name], tokenizer_file,
-                                          inputs, held, reference, reference_metrics, max_length, cfg)
-            results.append(result)
-            variants[name] = {"file": FILES[name], "bytes": 0, "sha256": "", "precision": PRECISION[name],
-                              **variant, "parity": result.parity(), "metrics": result.metrics,
-                              "servable": result.passed}
+        # The draft manifest (nothing servable yet) is what the runtime loads each variant by.
+        draft = Manifest.create(
+            tmp, name=cfg.name, head=Classification(tuple(labels)), max_length=max_length, inputs=inputs,
+            variants=[Variant(name, FILES[name], PRECISION[name], servable=False, **record)
+                      for name, record in records.items()],
+            default=cfg.default_variant, reference_metrics=reference_metrics,
+            evaluation=held.record(cfg.batch_size_list),
+            provenance=provenance.provenance(checkpoint, cfg.opset, held.data_sha256, quantize.cpu_has_vnni()))
+        results = [parity.check_variant(tmp, draft, name, held, reference, reference_metrics, cfg)
+                   for name in draft.variants]
         report = parity.table(results, reference_metrics)
         log.info("parity on %d %s rows:\n%s", len(held.texts), held.split, report)
-        if cfg.default_variant and cfg.default_variant not in variants:
-            raise BadInputError(f"--default-variant {cfg.default_variant} is not among the exported "
-                                f"variants ({', '.join(variants)}); change --optimize/--quantize or "
-                                f"--default-variant")
-        provenance = {**manifest.versions(), "opset": cfg.opset, "data_sha256": held.data_sha256,
-                      "checkpoint": str(checkpoint.resolve()),
-                      "checkpoint_sha256": manifest.sha256_file(checkpoint / "model.safetensors")
-                      if (checkpoint / "model.safetensors").is_file() else None,
-                      "cpu_vnni": quantize.cpu_has_vnni()}
-        evaluation = {"data": held.source, "split": held.split, "n": len(held.texts),
-                      "batch_sizes": cfg.batch_size_list}
-        doc = manifest.build(name=cfg.name, labels=labels, max_length=max_length, inputs=inputs,
-                             variants=variants, default=manifest.default_variant(variants, cfg.default_variant),
-                             reference_metrics=reference_metrics, provenance=provenance,
-                             evaluation=evaluation, folder=tmp)
-        manifest.write(tmp, doc)
+        manifest = draft.judged({r.name: (r.parity(), r.metrics, r.passed) for r in results},
+                                cfg.default_variant)
+        manifest.write(tmp)
         tmp.chmod(0o755)  # mkdtemp makes it owner-only; a server may run as another user
-    log.info("wrote %s (default variant %s; onnxruntime %s)", out, doc["default_variant"], ort.__version__)
+    log.info("wrote %s (default variant %s; onnxruntime %s)", out, manifest.default_variant, ort.__version__)
 
     failed = [r for r in results if not r.passed]
     if failed:
@@ -252,14 +244,27 @@ def run(cfg: ExportConfig) -> Path:
     return out
 
 
+def _verify_rows(cfg: VerifyConfig, recorded: Any) -> VerifyConfig:
+    """The rows verify checks: those export recorded, unless the user asked for others."""
+    if cfg.rows_asked() or recorded is None:
+        return replace(cfg, split=cfg.split or "test")
+    return replace(cfg, data=recorded.source, split=recorded.split, text_column=recorded.text_column,
+                   label_column=recorded.label_column, max_eval_samples=recorded.n)
+
+
 def verify(cfg: VerifyConfig) -> dict[str, Any]:
     """Re-check an artifact: every file's sha256 against the manifest, then parity of each variant.
+
+    Parity runs on the rows export checked (source, split, columns and count recorded in the
+    manifest, their hash compared), so verify re-checks what export claimed; ``--data``,
+    ``--split``, ``--text-column``, ``--label-column`` or ``--max-eval-samples`` choose other rows.
 
     Args:
         cfg: The artifact, the checkpoint it came from, data and tolerances.
 
     Returns:
-        ``{"reference_metrics", "variants": {name: {"parity", "metrics"}}, "table"}``.
+        ``{"reference_metrics", "variants": {name: {"parity", "metrics"}}, "table", "rows"}``;
+        ``rows`` says which rows were checked and whether they are the ones export checked.
 
     Raises:
         BadInputError: Not an artifact, not a checkpoint, or a checkpoint with other labels.
@@ -268,39 +273,49 @@ def verify(cfg: VerifyConfig) -> dict[str, Any]:
     """
     from deploykit import checkpoint as ckpt
     from deploykit.export import onnx_export, parity
-    from deploykit.runtime import verify_artifact
+    from deploykit.files import sha256_file
+    from deploykit.manifest import Manifest
 
     artifact = Path(cfg.artifact)
-    doc = verify_artifact(artifact)
-    log.info("all %d files of %s match their sha256", len(doc["files"]), artifact)
+    manifest = Manifest.verify(artifact)
+    log.info("all %d files of %s match their sha256", len(manifest.files), artifact)
     checkpoint = ckpt.validate(cfg.checkpoint)
     labels = ckpt.labels(checkpoint)
-    if labels != list(doc["labels"]):
+    if labels != list(manifest.labels):
         raise BadInputError(f"{checkpoint} has labels {labels} but {artifact} was exported with "
-                            f"{doc['labels']}; pass the checkpoint the artifact came from")
-    recorded = doc.get("provenance", {}).get("checkpoint_sha256")
+                            f"{list(manifest.labels)}; pass the checkpoint the artifact came from")
+    recorded = manifest.provenance.get("checkpoint_sha256")
     weights = checkpoint / "model.safetensors"
-    if recorded and weights.is_file():
-        from deploykit.export.manifest import sha256_file
-
-        if sha256_file(weights) != recorded:
-            log.warning("%s differs from the checkpoint the artifact was exported from "
-                        "(weights sha256 mismatch); parity below compares against it anyway", weights)
+    if recorded and weights.is_file() and sha256_file(weights) != recorded:
+        log.warning("%s differs from the checkpoint the artifact was exported from "
+                    "(weights sha256 mismatch); parity below compares against it anyway", weights)
     train_cfg = ckpt.train_config(checkpoint)
-    held = parity.load_held_out(cfg, train_cfg, labels)
+    rows_cfg = _verify_rows(cfg, manifest.evaluation)
+    held = parity.load_held_out(rows_cfg, train_cfg, labels)
+    rows = held.record(rows_cfg.batch_size_list)
+    exported = manifest.evaluation
+    same = None if exported is None or exported.sha256 is None else rows.sha256 == exported.sha256
+    if cfg.rows_asked():
+        log.info("verify: parity on %s, as asked (export checked %s)", rows.describe(),
+                 exported.describe() if exported else "rows it did not record")
+    elif same is False:
+        log.warning("verify: parity on %s, the rows export recorded, but they are not the same rows "
+                    "any more (their sha256 differs: the data changed since export)", rows.describe())
+    else:
+        log.info("verify: parity on %s, the rows export checked%s", rows.describe(),
+                 " (same sha256)" if same else "")
     model, tokenizer = onnx_export.load_eager(checkpoint)
-    max_length = int(doc["max_length"])
-    reference = parity.reference_logits(model, tokenizer, held.texts, max_length)
+    reference = parity.reference_logits(model, tokenizer, held.texts, manifest.max_length)
     reference_metrics = parity.classification_metrics(reference, held.labels, len(labels))
-    results = [parity.check_variant(name, v.get("precision", "fp32"), artifact / v["file"],
-                                    artifact / "tokenizer.json", doc["inputs"], held, reference,
-                                    reference_metrics, max_length, cfg)
-               for name, v in doc["variants"].items()]
+    results = [parity.check_variant(artifact, manifest, name, held, reference, reference_metrics, cfg)
+               for name in manifest.variants]
     report = parity.table(results, reference_metrics)
-    log.info("parity of %s on %d %s rows:\n%s", artifact, len(held.texts), held.split, report)
-    failed = [r.name for r in results if not r.passed and doc["variants"][r.name].get("servable", True)]
+    log.info("parity of %s on %s:\n%s", artifact, rows.describe(), report)
+    failed = [r.name for r in results if not r.passed and manifest.variants[r.name].servable]
     if failed:
         raise ParityError(f"variant(s) {', '.join(failed)} of {artifact}, marked servable, missed "
-                          f"their parity bounds:\n{report}\nre-export the artifact from this checkpoint")
+                          f"their parity bounds on {rows.describe()}:\n{report}\nre-export the "
+                          "artifact from this checkpoint")
     return {"reference_metrics": reference_metrics, "table": report,
+            "rows": {**rows.to_json(), "as_exported": not cfg.rows_asked(), "same_as_export": same},
             "variants": {r.name: {"parity": r.parity(), "metrics": r.metrics} for r in results}}

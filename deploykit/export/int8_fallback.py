@@ -218,10 +218,12 @@ def search(src: Path, dst: Path, reduce_range: bool, tokenizer_file: Path, rows:
     from tqdm.auto import tqdm
 
     from deploykit.export import parity, quantize
+    from deploykit.runtime import Runtime
 
     def logits(path: Path, texts: Sequence[str], sizes: Sequence[int], desc: str = "") -> np.ndarray:
-        return parity.onnx_logits(parity.session(path), tokenizer_file, texts, max_length, sizes,
-                                  desc=desc, progress=bool(desc))
+        # Scored as served: the runtime's own tokenization, padding and feeds.
+        return parity.runtime_logits(Runtime.of_graph(path, tokenizer_file, max_length), texts, sizes,
+                                     desc=desc, progress=bool(desc))
 
     target = min(1.0, min_agreement + margin)
     # The count is a check against heavy-tailed errors, not the decision: on a few hundred rows it

@@ -1,11 +1,12 @@
 """Step 4: parity of every exported variant against the PyTorch checkpoint on held-out rows.
 
-In the style of optimum's export validation: check the graph's input and output names, then
-the output shape, then the values; collect every failure and report them together. The ONNX
-side tokenizes with the artifact's own ``tokenizer.json`` through the ``tokenizers`` library,
-exactly as the torch-free runtime will, so a mismatched tokenizer shows up here too. Rows are
-scored in batches whose sizes cycle through ``--batch-sizes`` (batch 1 is unpadded, larger
-batches mix padded and full rows), so one pass covers several shapes.
+In the style of optimum's export validation: check the graph's inputs and output against the
+manifest, then the output shape, then the values; collect every failure and report them
+together. The ONNX side runs the very ``deploykit.runtime.Runtime`` that serves (its tokenizer
+set-up, padding and feeds from the artifact's own ``tokenizer.json``), so what parity verifies
+is what is served, and a mismatched tokenizer shows up here too. Rows are scored in batches
+whose sizes cycle through ``--batch-sizes`` (batch 1 is unpadded, larger batches mix padded and
+full rows), one model call per batch, so one pass covers several shapes.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import numpy as np
 
 from deploykit.config import DataConfig, ParityConfig, TrainConfig
 from deploykit.errors import BadInputError
+from deploykit.manifest import Manifest, ParityRows, rows_sha256
 
 log = logging.getLogger(__name__)
 
-OUTPUT = "logits"
 INT8_PRECISIONS = ("int8",)
 
 
@@ -36,6 +37,14 @@ class HeldOut:
     source: str
     split: str
     data_sha256: str
+    text_column: str | None = None
+    label_column: str | None = None
+
+    def record(self, batch_sizes: Sequence[int]) -> ParityRows:
+        """What the manifest records of these rows (``evaluation``), so verify re-checks them."""
+        return ParityRows(source=self.source, split=self.split, n=len(self.texts),
+                          batch_sizes=tuple(batch_sizes), text_column=self.text_column,
+                          label_column=self.label_column, sha256=rows_sha256(self.texts, self.labels))
 
 
 @dataclass
@@ -95,7 +104,9 @@ def load_held_out(cfg: ParityConfig, train_cfg: TrainConfig | None, labels: list
         texts, gold = texts[:cfg.max_eval_samples], gold[:cfg.max_eval_samples]
     if not texts:
         raise BadInputError(f"the {cfg.split} split of {dcfg.data} has no rows to check parity on")
-    return HeldOut(list(texts), list(gold), dcfg.data, cfg.split, sha)
+    # A file is recorded by its absolute path, so that verify finds it from any folder.
+    source = dcfg.data if dcfg.data == "tweets" or not Path(dcfg.data).exists() else str(Path(dcfg.data).resolve())
+    return HeldOut(list(texts), list(gold), source, cfg.split, sha, dcfg.text_column, dcfg.label_column)
 
 
 def training_texts(cfg: ParityConfig, train_cfg: TrainConfig | None, n: int) -> list[str]:
@@ -109,7 +120,7 @@ def training_texts(cfg: ParityConfig, train_cfg: TrainConfig | None, n: int) -> 
 # --- scoring ---------------------------------------------------------------------------------
 
 def classification_metrics(logits: np.ndarray, gold: Sequence[int], num_labels: int) -> dict[str, float]:
-    """Accuracy and macro-F1 of argmax predictions (DESIGN.md's metric keys)."""
+    """Accuracy and macro-F1 of argmax predictions (the metric keys of docs/architecture.md)."""
     from sklearn.metrics import accuracy_score, f1_score
 
     predicted = logits.argmax(axis=-1)
@@ -153,49 +164,26 @@ def batches(n: int, sizes: Sequence[int]) -> list[slice]:
     return result
 
 
-def session(path: Path, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session for a graph."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
-def onnx_logits(sess: Any, tokenizer_file: Path, texts: Sequence[str], max_length: int,
-                sizes: Sequence[int], desc: str = "onnx", progress: bool = True) -> np.ndarray:
-    """Logits of ``texts`` from an ONNX session, tokenized with ``tokenizer.json`` (no transformers).
+def runtime_logits(runtime: Any, texts: Sequence[str], sizes: Sequence[int], desc: str = "onnx",
+                   progress: bool = True) -> np.ndarray:
+    """Logits of ``texts`` through a serving ``Runtime``: its tokenization, padding and feeds.
 
     Args:
-        sess: An onnxruntime session.
-        tokenizer_file: The artifact's ``tokenizer.json``.
+        runtime: A ``deploykit.runtime.Runtime``.
         texts: The rows.
-        max_length: Truncation length.
-        sizes: Batch sizes to cycle through.
+        sizes: Batch sizes to cycle through (one model call per batch, in the rows' order).
         desc: Progress-bar label.
         progress: Show a progress bar.
 
     Returns:
         float32 array [len(texts), num_labels].
     """
-    from tokenizers import Tokenizer
     from tqdm.auto import tqdm
 
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    tokenizer.enable_truncation(max_length)
-    if tokenizer.padding is None:  # an artifact written by export always carries its padding
-        pad = next((t for t in ("[PAD]", "<pad>") if tokenizer.token_to_id(t) is not None), None)
-        tokenizer.enable_padding(pad_id=tokenizer.token_to_id(pad) if pad else 0, pad_token=pad or "[PAD]")
-    types = {i.name: (np.int32 if i.type == "tensor(int32)" else np.int64) for i in sess.get_inputs()}
-    out = []
+    rows = runtime.tokenize(texts)
     quiet = {} if progress else {"disable": True}  # passing disable=False would override TQDM_DISABLE
-    for part in tqdm(batches(len(texts), sizes), desc=desc, unit="batch", leave=False, **quiet):
-        encoded = tokenizer.encode_batch(list(texts[part]))
-        arrays = {"input_ids": [e.ids for e in encoded], "attention_mask": [e.attention_mask for e in encoded],
-                  "token_type_ids": [e.type_ids for e in encoded]}
-        feeds = {name: np.asarray(arrays[name], dtype=dtype) for name, dtype in types.items()}
-        out.append(sess.run([OUTPUT], feeds)[0])
+    out = [runtime.run(rows[part])
+           for part in tqdm(batches(len(rows), sizes), desc=desc, unit="batch", leave=False, **quiet)]
     return np.concatenate(out).astype(np.float32)
 
 
@@ -206,41 +194,37 @@ def bounds_for(precision: str, cfg: ParityConfig) -> dict[str, float]:
     return {"max_abs_diff": cfg.fp32_atol, "min_label_agreement": cfg.fp32_min_agreement}
 
 
-def check_variant(name: str, precision: str, path: Path, tokenizer_file: Path, inputs: Sequence[str],
-                  held: HeldOut, reference: np.ndarray, reference_metrics: dict[str, float],
-                  max_length: int, cfg: ParityConfig) -> VariantResult:
-    """Compare one ONNX variant with the PyTorch reference: names, then shapes, then values.
+def check_variant(folder: Path, manifest: Manifest, name: str, held: HeldOut, reference: np.ndarray,
+                  reference_metrics: dict[str, float], cfg: ParityConfig) -> VariantResult:
+    """Compare one variant, run by the serving runtime, with the PyTorch reference: the graph's
+    interface against the manifest, then shapes, then values.
 
     Args:
-        name: Variant name (fp32, opt, int8, int8-static).
-        precision: ``fp32`` or ``int8`` (chooses the bounds).
-        path: The variant's ONNX file.
-        tokenizer_file: The artifact's ``tokenizer.json``.
-        inputs: Input names the manifest declares.
+        folder: The artifact folder (export's temporary one before it is renamed into place).
+        manifest: Its manifest (export's draft, or the verified one).
+        name: The variant (fp32, opt, int8, int8-static); its precision chooses the bounds.
         held: Held-out rows.
         reference: PyTorch logits of ``held.texts``.
         reference_metrics: PyTorch's accuracy and macro-F1 on them.
-        max_length: Truncation length.
         cfg: Tolerances and batch sizes.
 
     Returns:
         The result; ``result.failures`` lists every missed bound (empty when it passed).
     """
+    from deploykit.runtime import Runtime
+
+    precision = manifest.variants[name].precision
     result = VariantResult(name, precision, bounds=bounds_for(precision, cfg))
 
     def fail(check: str, value: Any, limit: Any, missed_by: float | None = None) -> None:
         result.failures.append({"check": check, "value": value, "limit": limit, "missed_by": missed_by})
 
-    sess = session(path)
-    graph_inputs = [i.name for i in sess.get_inputs()]
-    graph_outputs = [o.name for o in sess.get_outputs()]
-    if set(graph_inputs) != set(inputs):
-        fail("input names", graph_inputs, list(inputs))
-    if OUTPUT not in graph_outputs:
-        fail("output names", graph_outputs, [OUTPUT])
-    if result.failures:  # no point comparing values of a graph with the wrong interface
+    try:
+        runtime = Runtime.of_variant(folder, manifest, name)
+    except BadInputError as exc:  # no point comparing values of a graph with the wrong interface
+        fail("interface", str(exc), "the manifest's inputs and output")
         return result
-    logits = onnx_logits(sess, tokenizer_file, held.texts, max_length, cfg.batch_size_list, desc=name)
+    logits = runtime_logits(runtime, held.texts, cfg.batch_size_list, desc=name)
     if logits.shape != reference.shape:
         fail("output shape", list(logits.shape), list(reference.shape))
         return result

@@ -16,9 +16,7 @@ with a trimmed ``artifact/`` (``--context .`` writes one) gives the same bento.
 
 from __future__ import annotations
 
-import copy
 import filecmp
-import json
 import logging
 import os
 import shutil
@@ -28,7 +26,7 @@ from typing import Any
 
 from deploykit.config import BuildConfig
 from deploykit.errors import BadInputError
-from deploykit.runtime import MANIFEST, select_variant, verify_artifact
+from deploykit.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -37,49 +35,44 @@ TEMPLATE = Path(__file__).with_name("bentofile.yaml")
 ARTIFACT_DIR = "artifact"  # where the bentofile's include and DEPLOYKIT_ARTIFACT expect it
 
 
-def pack_manifest(manifest: dict[str, Any], variants: list[str]) -> dict[str, Any]:
-    """The manifest of an artifact that holds only ``variants``.
-
-    Files of the other variants are dropped from ``variants`` and ``files``; the default
-    variant stays if packed, else becomes the first packed one by the fixed rule
-    (int8, opt, fp32, then the order given).
-
-    Args:
-        manifest: The full artifact's manifest.
-        variants: Names of the variants to keep (validated, servable).
-
-    Returns:
-        A new manifest.
-    """
-    packed = copy.deepcopy(manifest)
-    dropped = {v["file"] for name, v in manifest["variants"].items() if name not in variants}
-    packed["variants"] = {name: v for name, v in packed["variants"].items() if name in variants}
-    packed["files"] = {f: e for f, e in packed["files"].items() if f not in dropped}
-    if packed.get("default_variant") not in packed["variants"]:
-        order = [v for v in ("int8", "opt", "fp32") if v in variants] + variants
-        packed["default_variant"] = order[0]
-    return packed
-
-
-def _choose_variants(manifest: dict[str, Any], requested: str | None) -> list[str]:
+def _choose_variants(manifest: Manifest, requested: str | None, device: str = "cpu") -> list[str]:
+    """The variants to pack: ``--variants`` (each must be servable on ``device``), else the one
+    ``Manifest.pick`` serves on ``device``."""
     if not requested:
-        return [select_variant(manifest, None)]
+        return [manifest.pick(None, device).name]
     names = [v.strip() for v in requested.split(",") if v.strip()]
     if not names:
         raise BadInputError("--variants is empty; name at least one variant, e.g. --variants int8")
     for name in names:
-        select_variant(manifest, name)  # raises on unknown or unservable
+        manifest.pick(name, device, option="--variants")  # raises on unknown or unservable
     return list(dict.fromkeys(names))
 
 
-def write_artifact(source: Path, target: Path, manifest: dict[str, Any], variants: list[str]) -> None:
-    """Copy the files a packed manifest lists from ``source`` to ``target`` and write it."""
-    packed = pack_manifest(manifest, variants)
-    for name in packed["files"]:
+def write_artifact(source: Path, target: Path, manifest: Manifest, variants: list[str]) -> None:
+    """Copy the artifact with only ``variants`` from ``source`` to ``target``; the copy's manifest
+    (``Manifest.for_copy``) lists exactly the files present."""
+    packed = manifest.for_copy(variants)
+    for name in packed.files:
         dest = target.joinpath(*Path(name).parts)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / name, dest)
-    (target / MANIFEST).write_text(json.dumps(packed, indent=2))
+    packed.write(target)
+
+
+def bento_tag(cfg: BuildConfig, manifest: Manifest) -> str:
+    """``--tag``, else ``deploykit-<model name>``, checked against BentoML's tag rule now.
+
+    Raises:
+        BadInputError: If BentoML would refuse the tag.
+    """
+    from bentoml import Tag
+
+    tag = cfg.tag or f"deploykit-{manifest.name}"
+    try:
+        Tag.from_taglike(tag)
+    except ValueError as exc:
+        raise BadInputError(f"bento tag {tag!r}: {exc}; pass another --tag") from None
+    return tag
 
 
 def _copy_file(src: Path, dest: Path) -> None:
@@ -97,7 +90,7 @@ def _copy_file(src: Path, dest: Path) -> None:
     shutil.copy2(src, dest)
 
 
-def write_context(source: Path, manifest: dict[str, Any], variants: list[str], ctx: Path) -> None:
+def write_context(source: Path, manifest: Manifest, variants: list[str], ctx: Path) -> None:
     """Write (or complete) the build context bentofile.yaml describes into ``ctx``.
 
     ``ctx/artifact`` must not exist; the template and deploykit's source are copied unless the
@@ -121,11 +114,13 @@ def write_context(source: Path, manifest: dict[str, Any], variants: list[str], c
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run(cfg: BuildConfig) -> str:
+def run(cfg: BuildConfig, device: str = "cpu") -> str:
     """Build the bento (or, with ``cfg.context``, only write its build context).
 
     Args:
         cfg: The build configuration.
+        device: Where the bento will run (``cuda`` for the GPU image): the variant packed by
+            default is the one ``Manifest.pick`` serves there.
 
     Returns:
         The bento's tag (``name:version``), or the context folder with ``cfg.context``.
@@ -135,15 +130,15 @@ def run(cfg: BuildConfig) -> str:
         IntegrityError: An artifact file does not match its manifest.
     """
     source = Path(cfg.artifact)
-    manifest = verify_artifact(source)
-    variants = _choose_variants(manifest, cfg.variants)
+    manifest = Manifest.verify(source)
+    variants = _choose_variants(manifest, cfg.variants, device)
     if cfg.context:
         ctx = Path(cfg.context)
         write_context(source, manifest, variants, ctx)
         log.info("wrote the build context to %s with variant(s) %s (build with: cd %s && "
                  "bentoml build)", ctx, ", ".join(variants), ctx)
         return str(ctx)
-    tag = cfg.tag or f"deploykit-{manifest['name']}"
+    tag = bento_tag(cfg, manifest)
     name, _, version = tag.partition(":")
     if cfg.bentoml_home:
         os.environ["BENTOML_HOME"] = str(Path(cfg.bentoml_home).resolve())

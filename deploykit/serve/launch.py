@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from deploykit.config import ServeConfig
-from deploykit.runtime import available_providers, select_variant, verify_artifact
 from deploykit.errors import BadInputError
+from deploykit.manifest import Manifest, device_of
+from deploykit.runtime import available_providers
 from deploykit.serve import settings
 
 log = logging.getLogger(__name__)
@@ -33,19 +35,20 @@ def command(cfg: ServeConfig) -> tuple[list[str], dict[str, str]]:
         IntegrityError: An artifact file does not match its manifest.
     """
     artifact = Path(cfg.artifact).resolve()
-    manifest = verify_artifact(artifact)
-    variant = select_variant(manifest, cfg.variant)
+    manifest = Manifest.verify(artifact)
+    variant = manifest.pick(cfg.variant, device_of(cfg.provider_list())).name
     missing = [p for p in cfg.provider_list() if p not in available_providers()]
     if missing:
         raise BadInputError(f"execution provider(s) {', '.join(missing)} are not available (available: "
                             f"{', '.join(available_providers())}); change --providers")
     env = {**os.environ, **settings.to_env(str(artifact), cfg)}
+    env[settings.env_name("variant")] = variant  # the service serves exactly the variant checked here
     env.setdefault("BENTOML_DO_NOT_TRACK", "True")
     # The checkout (or site-packages) that holds this deploykit, so bentoml imports the same one.
     working_dir = str(Path(__file__).resolve().parents[2])
     argv = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", cfg.host,
             "--port", str(cfg.port), "--working-dir", working_dir]
-    log.info("serving %s (variant %s) on http://%s:%d", manifest["name"], variant, cfg.host, cfg.port)
+    log.info("serving %s (variant %s) on http://%s:%d", manifest.name, variant, cfg.host, cfg.port)
     return argv, env
 
 
@@ -55,6 +58,13 @@ def run(cfg: ServeConfig) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(argv[0], argv, env)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for a server started next)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def stop_process_group(proc: subprocess.Popen, timeout: float = 20) -> None:

@@ -64,7 +64,7 @@ v2_app = build_app(lambda: _BACKEND, __version__)
 
 
 class PrometheusBatchMetrics:
-    """The batcher's metrics as Prometheus series named as DESIGN.md fixes."""
+    """The batcher's metrics as Prometheus series named as docs/architecture.md fixes."""
 
     def __init__(self) -> None:
         # Imported here, not at module top: BentoML sets PROMETHEUS_MULTIPROC_DIR in the worker

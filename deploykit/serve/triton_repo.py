@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploykit.checkpoint import atomic_folder
-from deploykit.config import TritonConfig, is_model_name
+from deploykit.config import TritonConfig
 from deploykit.errors import BadInputError
-from deploykit.runtime import MANIFEST, TOKENIZER, select_variant, verify_artifact
+from deploykit.files import atomic_folder
+from deploykit.manifest import TOKENIZER, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -99,34 +99,14 @@ def graph_signature(model_file: Path, num_labels: int) -> tuple[list[Tensor], li
     return inputs, outputs
 
 
-def choose_variant(manifest: dict[str, Any], kind: str, variant: str | None = None) -> str:
-    """The variant a repository for ``kind`` ships.
-
-    ``variant`` if given; else for cpu the manifest's default variant, for gpu the fused fp32
-    ``opt`` variant (dynamic INT8 runs its integer matmuls on the CPU only), else ``fp32``.
+def choose_variant(manifest: Manifest, kind: str, variant: str | None = None) -> str:
+    """The variant a repository for ``kind`` ships: ``Manifest.pick`` on the CPU or the GPU.
 
     Raises:
         BadInputError: If ``variant`` is unknown or not servable, is INT8 on gpu, or no
             servable variant fits ``kind``.
     """
-    if variant:
-        chosen = select_variant(manifest, variant)
-        precision = str(manifest["variants"][chosen].get("precision", chosen))
-        if kind == "gpu" and "int8" in (chosen + precision):
-            raise BadInputError(f"variant {chosen!r} is INT8, a CPU format; use --kind cpu, or "
-                                "ship opt or fp32 with --kind gpu")
-        return chosen
-    if kind == "cpu":
-        return select_variant(manifest)
-    variants = manifest["variants"]
-    for name in ("opt", "fp32"):
-        if name in variants and variants[name].get("servable", True):
-            if name != "opt":
-                log.warning("the artifact has no servable 'opt' variant; shipping 'fp32' for GPU")
-            return name
-    raise BadInputError(f"--kind gpu needs the artifact's fp32 'opt' or 'fp32' variant, but it "
-                        f"has only {', '.join(variants)}; re-export without dropping them, or use "
-                        "--kind cpu")
+    return manifest.pick(variant, "cuda" if kind == "gpu" else "cpu", option="--variant, or --kind").name
 
 
 def _preferred_batch_sizes(max_batch_size: int) -> list[int]:
@@ -209,28 +189,14 @@ def _write_model(folder: Path, config: str, code: str | None = None) -> Path:
     return version
 
 
-def _belongs_to(rel: str, model_file: str) -> bool:
-    """Whether ``rel`` is the variant file or its external data (model.onnx.data, model.onnx_data)."""
-    return rel == model_file or rel.startswith(model_file + ".") or rel.startswith(model_file + "_")
-
-
-def _external_data(manifest: dict[str, Any], variant: str) -> list[str]:
-    model_file = manifest["variants"][variant]["file"]
-    return [rel for rel in manifest["files"] if rel != model_file and _belongs_to(rel, model_file)]
-
-
-def _copy_artifact(src: Path, dst: Path, manifest: dict[str, Any], variant: str) -> None:
+def _copy_artifact(src: Path, dst: Path, manifest: Manifest, variant: str) -> None:
     """Copy the artifact with only ``variant``; the copy's manifest lists exactly its files."""
-    dropped = {v["file"] for k, v in manifest["variants"].items() if k != variant}
-    files = {rel: entry for rel, entry in manifest["files"].items()
-             if not any(_belongs_to(rel, d) for d in dropped)}
-    for rel in files:
+    copy = manifest.for_copy([variant])
+    for rel in copy.files:
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / rel, target)
-    copy = dict(manifest, variants={variant: manifest["variants"][variant]},
-                default_variant=variant, files=files)
-    (dst / MANIFEST).write_text(json.dumps(copy, indent=2) + "\n", encoding="utf-8")
+    copy.write(dst)
 
 
 def _providers(kind: str) -> str:
@@ -271,20 +237,18 @@ def write_repository(cfg: TritonConfig) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg.overwrite:
         raise BadInputError(f"--out {out} exists and is not empty; choose another folder or pass "
                             "--overwrite to replace it")
-    manifest = verify_artifact(src)
-    name = cfg.name or manifest["name"]
-    if not is_model_name(name):
-        raise BadInputError(f"the manifest's name {name!r} is not a valid Triton model name; "
-                            "pass --name with letters, digits, '_', '-' and '.'")
-    labels = list(manifest["labels"])
+    manifest = Manifest.verify(src)
+    name = cfg.name or manifest.name  # both pass the one model-name rule (config, manifest reader)
+    labels = list(manifest.labels)
     variant = choose_variant(manifest, cfg.kind, cfg.variant)
-    model_file = src / manifest["variants"][variant]["file"]
+    model_file, *external = manifest.files_of(variant)
+    model_file = src / model_file
     inputs, outputs = graph_signature(model_file, len(labels))
     graph_names = [t.name for t in inputs]
-    if sorted(graph_names) != sorted(manifest["inputs"]):
-        raise BadInputError(f"{model_file} takes inputs {graph_names} but {src / MANIFEST} lists "
-                            f"{manifest['inputs']}; re-export the artifact")
-    output = manifest.get("output", "logits")
+    if sorted(graph_names) != sorted(manifest.inputs):
+        raise BadInputError(f"{model_file} takes inputs {graph_names} but {manifest.where} lists "
+                            f"{list(manifest.inputs)}; re-export the artifact")
+    output = manifest.classifier.output
     if [t.name for t in outputs] != [output]:
         raise BadInputError(f"{model_file} has outputs {[t.name for t in outputs]}, expected only "
                             f"{output!r}; re-export the artifact")
@@ -295,14 +259,14 @@ def write_repository(cfg: TritonConfig) -> Path:
         shutil.copyfile(model_file, version / "model.onnx")
         # Weights stored beside a large graph (ONNX external data) keep their own file names,
         # which the graph refers to.
-        for rel in _external_data(manifest, variant):
+        for rel in external:
             shutil.copyfile(src / rel, version / Path(rel).name)
 
         # The tokenizer's outputs are the graph's inputs, each [n, max_length].
         version = _write_model(
             tmp / f"{name}_tokenizer",
             python_config(f"{name}_tokenizer", cfg, text_in, inputs,
-                          {"max_length": manifest["max_length"], "inputs": ",".join(graph_names)},
+                          {"max_length": manifest.max_length, "inputs": ",".join(graph_names)},
                           batching=False),
             "tokenizer")
         shutil.copyfile(src / TOKENIZER, version / TOKENIZER)
