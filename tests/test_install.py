@@ -7,7 +7,6 @@ a minute rather than a download.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
