@@ -73,3 +73,19 @@ def translation_csv(tmp_path_factory):
         writer.writerow(["prompt", "completion", "source"])
         writer.writerows((p, c, "short" if len(c.split()) < 4 else "long") for p, c in translation_rows(1000))
     return path
+
+
+@pytest.fixture(scope="session")
+def kubectl():
+    """The kubectl binary (a test that needs it fails under CI without it, else skips)."""
+    from outside_tools import require_binary
+
+    return require_binary("kubectl")
+
+
+@pytest.fixture(scope="session")
+def pytriton_venv():
+    """The virtual environment holding the real tritonserver, built on first use."""
+    from outside_tools import pytriton_venv
+
+    return pytriton_venv()
