@@ -1,8 +1,10 @@
 """The checkpoint folder contract: write it atomically, read and validate it.
 
-A checkpoint is a ``save_pretrained`` folder (safetensors weights, ``config.json`` with
-``id2label``, tokenizer files) plus ``deploykit.yaml`` (the full training config, so later
-stages can rebuild the same splits) and ``metrics.json`` (the best validation metrics).
+A checkpoint is a ``save_pretrained`` folder (safetensors weights, ``config.json`` - with
+``id2label`` for a classifier - and tokenizer files) plus ``deploykit.yaml`` (the full training
+config, its ``task`` included, so later stages can rebuild the same splits) and
+``metrics.json`` (the best validation metrics). A text-generation checkpoint is a plain
+``AutoModelForCausalLM`` folder (LoRA adapters already merged into its weights).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from deploykit.config import TrainConfig, from_dict, save_yaml
+from deploykit.config import CLASSIFICATION, GENERATION, TASKS, TrainConfig, from_dict, save_yaml
 from deploykit.errors import BadInputError
 from deploykit.files import atomic_folder, recover_folder  # noqa: F401  (train and evaluation use them from here)
 
@@ -45,11 +47,32 @@ def save(model: Any, tokenizer: Any, cfg: TrainConfig, metrics: dict[str, Any], 
     return Path(final)
 
 
-def validate(path: str | Path) -> Path:
-    """Check that a folder is a usable checkpoint, or say what is missing.
+def task(path: str | Path) -> str:
+    """A checkpoint's task: the one its deploykit.yaml records, else what config.json's
+    architecture is (a ``*ForCausalLM`` / ``*LMHeadModel`` is text-generation)."""
+    path = Path(path)
+    stored = path / CONFIG_FILE
+    if stored.is_file():
+        recorded = (yaml.safe_load(stored.read_text()) or {}).get("task")
+        if recorded:
+            return recorded
+    try:
+        architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
+    except (OSError, json.JSONDecodeError):
+        return CLASSIFICATION
+    causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    return GENERATION if causal else CLASSIFICATION
+
+
+def validate(path: str | Path, tasks: tuple[str, ...] = (CLASSIFICATION,)) -> Path:
+    """Check that a folder is a usable checkpoint of one of ``tasks``, or say what is missing.
+
+    Args:
+        path: The checkpoint folder.
+        tasks: The tasks the calling stage handles.
 
     Raises:
-        BadInputError: Not a folder, no config/weights, no labels, or no tokenizer.
+        BadInputError: Not a folder, no config/weights, another task, no labels, or no tokenizer.
     """
     path = Path(path)
     if not path.is_dir():
@@ -62,6 +85,13 @@ def validate(path: str | Path) -> Path:
     if not (path / "model.safetensors").is_file() and not list(path.glob("model-*.safetensors")):
         raise BadInputError(f"{path} has no safetensors weights (model.safetensors); deploykit "
                             f"never loads pickled weights - re-save the model with safe_serialization=True")
+    found = task(path)
+    if found not in tasks:
+        known = found in TASKS
+        raise BadInputError(f"{path} is a {found} checkpoint{'' if known else ' (an unknown task)'}; this "
+                            f"command handles {' and '.join(tasks)} checkpoints")
+    if found == GENERATION:
+        return _validate_tokenizer(path)
     try:
         id2label = json.loads(config.read_text()).get("id2label") or {}
     except json.JSONDecodeError as exc:
@@ -69,6 +99,10 @@ def validate(path: str | Path) -> Path:
     if not id2label or all(str(v).startswith("LABEL_") for v in id2label.values()):
         raise BadInputError(f"{config} has no label names (id2label); fine-tune the model with "
                             f"'deploykit train' or set id2label in config.json")
+    return _validate_tokenizer(path)
+
+
+def _validate_tokenizer(path: Path) -> Path:
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         raise BadInputError(f"{path} has no tokenizer files; save the tokenizer into the "
                             f"checkpoint (tokenizer.save_pretrained)")
@@ -89,15 +123,21 @@ def train_config(path: str | Path) -> TrainConfig | None:
     return from_dict(TrainConfig, yaml.safe_load(file.read_text()) or {}, source=str(file))
 
 
-def load_model(path: str | Path, **kwargs: Any):
+def load_model(path: str | Path, tasks: tuple[str, ...] = (CLASSIFICATION,), **kwargs: Any):
     """Load model and tokenizer from a checkpoint with transformers (safetensors only).
 
-    Returns:
-        (model in eval mode, tokenizer).
-    """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    Args:
+        path: The checkpoint folder.
+        tasks: The tasks the caller handles (see ``validate``).
+        **kwargs: Passed to ``from_pretrained``.
 
-    path = validate(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, **kwargs)
+    Returns:
+        (model in eval mode: a sequence classifier or a causal language model, tokenizer).
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    path = validate(path, tasks)
+    model_class = AutoModelForCausalLM if task(path) == GENERATION else AutoModelForSequenceClassification
+    model = model_class.from_pretrained(path, use_safetensors=True, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model.eval(), tokenizer

@@ -15,7 +15,7 @@ import sys
 import typing
 from typing import Any, Callable
 
-from deploykit import __version__
+from deploykit import __version__, extras
 from deploykit.config import (BenchOfflineConfig, BenchOnlineConfig, BuildConfig, EvalConfig,
                               ExportConfig, PredictConfig, ServeConfig, TrainConfig, TritonConfig,
                               VerifyConfig, from_dict, load_yaml)
@@ -24,6 +24,13 @@ from deploykit.config import DemoConfig
 from deploykit.errors import DeployKitError
 
 log = logging.getLogger("deploykit")
+
+# The extra each command needs on every run (the extras themselves are defined in
+# pyproject.toml; deploykit.extras reads them back). Commands that need one only on some runs
+# (k8s with validation, bench offline's PyTorch engines) check where they need it, or fall back
+# on the ModuleNotFoundError handler in main.
+NEEDS = {"train": "train", "evaluate": "train", "export": "train", "verify": "train",
+         "demo": "demo", "bench offline": "bench", "bench online": "bench"}
 
 
 def _flag(name: str) -> str:
@@ -50,7 +57,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, with_con
         kind = base[0] if base[0] in (int, float, str) else str
         parser.add_argument(_flag(f.name), type=kind, choices=meta.get("choices"),
                             default=argparse.SUPPRESS, metavar=f.name.upper() if not meta.get("choices") else None,
-                            help=f"{help_text} (default: {default})")
+                            help=help_text if "(default" in help_text else f"{help_text} (default: {default})")
     if with_config_file:
         parser.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
                             help="Flat YAML file with the same keys as the flags (underscores); "
@@ -81,7 +88,8 @@ def _train(args: argparse.Namespace) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         metrics = json.loads((best / "metrics.json").read_text())
         print(f"best checkpoint: {best} (step {metrics['step']})")
-        print("validation: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in ("macro_f1", "accuracy", "weighted_f1")))
+        keys = ("macro_f1", "accuracy", "weighted_f1", "bleu", "chrf", "exact_match", "loss", "perplexity")
+        print("validation: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -91,6 +99,11 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     out = evaluation.run(build_config(EvalConfig, args))
     metrics = json.loads((out / "metrics.json").read_text())
+    if "bleu" in metrics:
+        print(f"{metrics['split']} ({metrics['n']} prompts): BLEU {metrics['bleu']:.2f}, chrF {metrics['chrf']:.2f}, "
+              f"exact match {metrics['exact_match']:.4f}, loss {metrics['loss']:.4f}, perplexity "
+              f"{metrics['perplexity']:.3f} -> {out}/report.md")
+        return
     print(f"{metrics['split']} ({metrics['n']} rows): accuracy {metrics['accuracy']:.4f}, "
           f"macro-F1 {metrics['macro_f1']:.4f}, weighted-F1 {metrics['weighted_f1']:.4f} -> {out}/report.md")
 
@@ -195,10 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     commands: list[tuple[str, str, type, Callable]] = [
-        ("train", "Fine-tune a pretrained encoder and keep the best checkpoint "
-                  "(also under torchrun for multi-process data parallel).", TrainConfig, _train),
-        ("evaluate", "Score a checkpoint on a split: metrics, per-class report, "
-                     "length buckets, error cases, plots.", EvalConfig, _evaluate),
+        ("train", "Fine-tune a pretrained encoder (text-classification) or decoder-only language "
+                  "model (text-generation) and keep the best checkpoint (also under torchrun for "
+                  "multi-process data parallel).", TrainConfig, _train),
+        ("evaluate", "Score a checkpoint on a split: metrics (classification: accuracy/F1, per "
+                     "class; generation: BLEU, chrF, exact match, loss), length buckets, slices, "
+                     "error cases, plots.", EvalConfig, _evaluate),
         ("export", "Export a checkpoint to an ONNX artifact (fp32, fused, INT8) verified for "
                    "parity against PyTorch on held-out rows.", ExportConfig, _export),
         ("verify", "Re-check an artifact: every file's sha256, then parity of every variant "
@@ -235,11 +250,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    command = " ".join(filter(None, [args.command, getattr(args, "bench_command", None)]))
     try:
+        if command in NEEDS:
+            extras.require(command, NEEDS[command])
         args.func(args)
     except DeployKitError as exc:
         log.error("%s", exc)
         return exc.exit_code
+    except ModuleNotFoundError as exc:
+        # An optional dependency a command reached for: say which extra installs it, exit 2.
+        error = extras.missing_module_error(command, exc)
+        if error is None:
+            raise
+        log.error("%s", error)
+        return error.exit_code
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130

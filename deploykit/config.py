@@ -24,8 +24,14 @@ C = TypeVar("C")
 
 BUILTIN_DATA = ("tweets",)
 BUILTIN_MODELS = ("minilm",)
-STRATEGIES = ("full", "ffn", "layerwise", "head")
-METRICS = ("macro_f1", "accuracy", "weighted_f1", "loss")
+CLASSIFICATION = "text-classification"
+GENERATION = "text-generation"
+TASKS = (CLASSIFICATION, GENERATION)
+STRATEGIES = ("full", "ffn", "layerwise", "head", "lora")
+# Validation metrics that can pick the best checkpoint, per task (the first is the default).
+TASK_METRICS = {CLASSIFICATION: ("macro_f1", "accuracy", "weighted_f1", "loss"),
+                GENERATION: ("loss", "bleu")}
+METRICS = ("macro_f1", "accuracy", "weighted_f1", "loss", "bleu")
 SPLITS = ("test", "validation", "all")
 
 
@@ -46,11 +52,21 @@ def _require(condition: bool, option: str, message: str) -> None:
 class DataConfig:
     """Where the labelled text comes from and how it is split and tokenized."""
 
+    task: str = opt(CLASSIFICATION, "What the model learns: text-classification (a label per "
+                    "text; encoders) or text-generation (a completion per prompt; decoder-only "
+                    "language models).", choices=TASKS)
     data: str = opt("tweets", "Data source: a CSV/JSON/JSONL/Parquet file, a folder saved with "
                     "datasets.save_to_disk, or the built-in name 'tweets'.")
     text_column: str = opt("text", "Name of the column that holds the text.")
     label_column: str = opt("label", "Name of the column that holds the label "
                             "(the built-in 'tweets' data uses its own 'sentiment' column).")
+    prompt_column: str = opt("prompt", "text-generation: the column that holds the prompt.")
+    completion_column: str = opt("completion", "text-generation: the column that holds the "
+                                 "completion the model learns to write after the prompt.")
+    messages_column: str = opt("messages", "text-generation: a column of chat conversations "
+                               "([{role, content}, ...], the last message the assistant's "
+                               "answer), rendered with the tokenizer's chat template; used "
+                               "when the data has no --prompt-column.")
     val_ratio: float = opt(0.1, "Fraction of rows held out for validation when the source has "
                            "no validation split.")
     test_ratio: float = opt(0.1, "Fraction of rows held out for the test split when the source "
@@ -58,9 +74,11 @@ class DataConfig:
     seed: int = opt(42, "Random seed for the split, the shuffling, dropout and initialization.")
     max_train_samples: int | None = opt(None, "Subsample the training split to this many rows "
                                         "(after splitting; validation and test stay whole).")
-    max_length: int = opt(128, "Truncate every text to this many tokens.")
+    max_length: int = opt(128, "Truncate every text (text-generation: prompt + completion, "
+                          "the prompt cut from its left) to this many tokens.")
 
     def __post_init__(self) -> None:
+        _require(self.task in TASKS, "task", f"choose one of {', '.join(TASKS)}")
         _require(0 < self.val_ratio < 1, "val_ratio", f"{self.val_ratio} is not between 0 and 1")
         _require(0 < self.test_ratio < 1, "test_ratio", f"{self.test_ratio} is not between 0 and 1")
         _require(self.val_ratio + self.test_ratio < 1, "val_ratio",
@@ -74,12 +92,14 @@ class DataConfig:
 class TrainConfig(DataConfig):
     """Fine-tuning hyper-parameters. The defaults are tuned for the built-in MiniLM and tweets."""
 
-    model: str = opt("minilm", "Pretrained model: a local Hugging Face folder or the built-in "
-                     "name 'minilm' (the packaged MiniLM-L6).")
+    model: str = opt("minilm", "Pretrained model: a local Hugging Face folder, a Hugging Face Hub "
+                     "name (owner/name; fetched by transformers, safetensors only), or the "
+                     "built-in name 'minilm' (the packaged MiniLM-L6).")
     out: str = opt("runs/train", "Run folder to write (checkpoint/, last/, metrics.jsonl).")
     strategy: str = opt("full", "What to train: full (every weight), ffn (feed-forward sublayers "
                         "+ head), layerwise (gradual unfreezing from the top), head (task head "
-                        "only).", choices=STRATEGIES)
+                        "only; lm_head for text-generation), lora (low-rank adapters via peft, "
+                        "merged into the weights of the saved checkpoint).", choices=STRATEGIES)
     epochs: float = opt(2.0, "Number of passes over the training split.")
     max_steps: int | None = opt(None, "Stop after this many optimizer steps (overrides --epochs).")
     batch_size: int = opt(32, "Rows per micro-batch (per process under torchrun).")
@@ -100,20 +120,46 @@ class TrainConfig(DataConfig):
     log_every: int = opt(10, "Write a training-loss line to metrics.jsonl every N steps.")
     unfreeze_every: int | None = opt(None, "layerwise: unfreeze one more block every N optimizer "
                                      "steps (default: one epoch's steps).")
-    metric: str = opt("macro_f1", "Validation metric that picks the best checkpoint.",
-                      choices=METRICS)
+    metric: str | None = opt(None, "Validation metric that picks the best checkpoint (default: "
+                             "macro_f1 for text-classification; loss for text-generation, which "
+                             "is fast; bleu decodes the validation prompts at every evaluation).",
+                             choices=METRICS)
     patience: int | None = opt(None, "Stop after this many evaluations without improvement.")
     class_weights: str = opt("none", "Weight the loss by inverse class frequency (auto) or not.",
                              choices=("none", "auto"))
     group_by_length: bool = opt(False, "Put rows of similar length in the same batch "
                                 "(less padding, faster).")
     resume: bool = opt(False, "Continue the run in --out from its RUN/last/ state.")
+    lora_r: int = opt(8, "lora: rank of the adapters.")
+    lora_alpha: float = opt(16.0, "lora: scaling numerator (the update is scaled by alpha / r).")
+    lora_dropout: float = opt(0.0, "lora: dropout on the adapters' input.")
+    lora_target: str = opt("auto", "lora: the projections that get adapters: auto (every Linear "
+                           "or Conv1D projection inside the transformer blocks) or a comma-"
+                           "separated list of module names, e.g. q_proj,v_proj.")
+    packing: bool = opt(False, "text-generation: pack several short rows into one sequence of up "
+                        "to --max-length tokens (fewer, fuller batches; rows in a pack attend "
+                        "to the rows before them).")
+    max_new_tokens: int = opt(64, "text-generation with --metric bleu: most tokens generated per "
+                              "validation prompt.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        metrics = TASK_METRICS[self.task]
+        if self.metric is None:
+            self.metric = metrics[0]
         _require(self.strategy in STRATEGIES, "strategy", f"choose one of {', '.join(STRATEGIES)}")
-        _require(self.metric in METRICS, "metric", f"choose one of {', '.join(METRICS)}")
+        _require(self.metric in metrics, "metric", f"{self.metric} does not apply to --task {self.task}; "
+                 f"choose one of {', '.join(metrics)}")
         _require(self.class_weights in ("none", "auto"), "class_weights", "choose none or auto")
+        _require(self.class_weights == "none" or self.task == CLASSIFICATION, "class_weights",
+                 "applies to --task text-classification only; drop it")
+        _require(not self.packing or self.task == GENERATION, "packing",
+                 "applies to --task text-generation only; drop it")
+        _require(self.lora_r > 0, "lora_r", "must be a positive rank")
+        _require(self.lora_alpha > 0, "lora_alpha", "must be positive")
+        _require(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
+        _require(bool(self.lora_target.strip()), "lora_target", "give auto or module names")
+        _require(self.max_new_tokens > 0, "max_new_tokens", "must be positive")
         _require(self.epochs > 0, "epochs", "must be positive")
         _require(self.max_steps is None or self.max_steps > 0, "max_steps", "must be positive")
         _require(self.batch_size > 0, "batch_size", "must be positive")
@@ -155,11 +201,20 @@ class EvalConfig(HeldOutConfig):
     out: str = opt("eval", "Folder for metrics.json, report.md, errors.jsonl and plots.")
     batch_size: int = opt(128, "Rows per batch.")
     max_errors: int = opt(200, "Keep this many error cases in errors.jsonl.")
+    prompt_column: str | None = opt(None, "text-generation: prompt column (default: the checkpoint's).")
+    completion_column: str | None = opt(None, "text-generation: completion column (default: the "
+                                        "checkpoint's).")
+    messages_column: str | None = opt(None, "text-generation: chat messages column (default: the "
+                                      "checkpoint's).")
+    slice_column: str | None = opt(None, "Also report every metric per value of this column "
+                                   "(e.g. a source, domain or language column of --data).")
+    max_new_tokens: int = opt(64, "text-generation: most tokens generated per prompt (greedy).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(bool(self.checkpoint), "checkpoint", "give the checkpoint folder to evaluate")
         _require(self.batch_size > 0, "batch_size", "must be positive")
+        _require(self.max_new_tokens > 0, "max_new_tokens", "must be positive")
 
 
 # --- YAML in and out -------------------------------------------------------------------------
@@ -331,6 +386,9 @@ class BuildConfig:
                                "manifest's default variant).")
     tag: str | None = opt(None, "Bento tag name[:version] (default: deploykit-<model name>).")
     bentoml_home: str | None = opt(None, "BentoML store folder (default: $BENTOML_HOME or ~/bentoml).")
+    context: str | None = opt(None, "Only write the build context (bentofile.yaml, deploykit's source, "
+                              "the packed artifact/) into this folder; 'bentoml build' there builds "
+                              "the same bento. At a checkout's root ('.') it writes ./artifact only.")
 
     def __post_init__(self) -> None:
         _require(bool(self.artifact), "artifact", "give the artifact folder to pack")

@@ -49,8 +49,6 @@ def predict_logits(model: Any, tokenizer: Any, texts: Sequence[str], *, max_leng
                    batch_size: int = 128, bf16: bool = False, progress: bool = False) -> np.ndarray:
     """Logits of a PyTorch sequence classifier for every text, in input order.
 
-    Rows are sorted by length so each batch pads little, then put back in the caller's order.
-
     Args:
         model: A transformers sequence-classification model.
         tokenizer: Its tokenizer.
@@ -63,18 +61,39 @@ def predict_logits(model: Any, tokenizer: Any, texts: Sequence[str], *, max_leng
     Returns:
         float32 array [len(texts), num_labels].
     """
+    # Tokenize once; each batch is then only padded (to its own longest row).
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    rows = [{k: encoded[k][i] for k in encoded.keys()} for i in range(len(texts))]
+    return logits_for_rows(model, tokenizer, rows, batch_size=batch_size, bf16=bf16, progress=progress)
+
+
+def logits_for_rows(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], *, batch_size: int = 128,
+                    bf16: bool = False, progress: bool = False) -> np.ndarray:
+    """Logits for rows tokenized already (unpadded ``input_ids``, masks), in input order.
+
+    Rows are sorted by length so each batch pads little, then put back in the caller's order.
+    Training scores its validation rows this way, tokenized once for every evaluation.
+
+    Args:
+        model: A transformers sequence-classification model.
+        tokenizer: Its tokenizer (pads each batch).
+        rows: One dict of token lists per row, without labels.
+        batch_size: Rows per forward pass.
+        bf16: Run under bfloat16 autocast.
+        progress: Show a progress bar.
+
+    Returns:
+        float32 array [len(rows), num_labels].
+    """
     import torch
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    # Tokenize once; each batch is then only padded (to its own longest row).
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
-    rows = [{k: encoded[k][i] for k in encoded.keys()} for i in range(len(texts))]
     order = np.argsort([len(row["input_ids"]) for row in rows], kind="stable")
-    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    starts = range(0, len(texts), batch_size)
+    out = np.zeros((len(rows), model.config.num_labels), dtype=np.float32)
+    starts = range(0, len(rows), batch_size)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for start in tqdm(starts, desc="scoring", disable=not progress, leave=False):
             index = order[start:start + batch_size]

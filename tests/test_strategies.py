@@ -47,11 +47,15 @@ def _train(tmp_path, pretrained_dir, learnable_csv, strategy, **kw):
     return tmp_path / strategy
 
 
-@pytest.mark.parametrize("strategy", ["full", "ffn", "head"])
+@pytest.mark.parametrize("strategy", ["full", "ffn", "head", "lora"])
 def test_real_steps_change_exactly_the_selected_weights(tmp_path, pretrained_dir, learnable_csv, strategy):
     run_dir = _train(tmp_path, pretrained_dir, learnable_csv, strategy, max_steps=2)
     model = tiny_model("bert")
-    selected = strategies.trainable_names(model, strategy)
+    if strategy == "lora":
+        # The adapters, merged into the projections they adapt, and the new head (which must learn).
+        selected = {f"{t}.weight" for t in strategies.lora_targets(model)} | strategies.head(model)
+    else:
+        selected = strategies.trainable_names(model, strategy)
     changed = _changed(pretrained_dir, run_dir)
     # Every selected tensor moved; every other one is bit-identical.
     assert changed == selected

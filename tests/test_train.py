@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from deploykit import train
+from deploykit import tasks, train
 from deploykit.config import TrainConfig
 from deploykit.serve.launch import free_port as _free_port
 
@@ -75,9 +75,62 @@ def test_early_stopping_stops_after_patience(tmp_path, pretrained_dir, learnable
     assert json.loads((out / "checkpoint" / "metrics.json").read_text())["step"] == 2
 
 
+def test_learning_rate_warms_up_linearly_then_decays_linearly_to_zero(tmp_path, pretrained_dir, learnable_csv):
+    out = tmp_path / "run"
+    train.run(TrainConfig(data=str(learnable_csv), model=str(pretrained_dir), out=str(out), max_steps=12,
+                          batch_size=16, lr=1e-3, warmup_ratio=0.25, log_every=1, eval_every=100))
+    lrs = [(r["step"], r["lr"]) for r in _rows(out, "train")]
+    assert [s for s, _ in lrs] == list(range(1, 13))
+    # 3 warm-up steps (0.25 x 12): the rate after step s is s/3 of the peak, then it falls in
+    # equal steps to 0 at step 12 (the rate logged is the one the next step will use).
+    expected = [1e-3 * (s / 3 if s < 3 else (12 - s) / 9) for s in range(1, 13)]
+    assert [lr for _, lr in lrs] == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    assert max(lr for _, lr in lrs) == pytest.approx(1e-3)
+
+
+def _applied_grad_norms(monkeypatch):
+    """Record the global norm of the gradients each optimizer step applies (after clipping)."""
+    import torch
+
+    seen = []
+    setup = train._setup_optimizer
+
+    def observed(model, cfg):
+        optimizer = setup(model, cfg)
+
+        def before_step(opt, args, kwargs):
+            grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
+            seen.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+        optimizer.register_step_pre_hook(before_step)
+        return optimizer
+
+    monkeypatch.setattr(train, "_setup_optimizer", observed)
+    return seen
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.05, 1e6])
+def test_gradient_clipping_bounds_the_applied_gradient(tmp_path, pretrained_dir, learnable_csv, monkeypatch,
+                                                       max_grad_norm):
+    applied = _applied_grad_norms(monkeypatch)
+    out = tmp_path / "run"
+    train.run(TrainConfig(data=str(learnable_csv), model=str(pretrained_dir), out=str(out), max_steps=6,
+                          batch_size=16, lr=1e-2, warmup_ratio=0.0, log_every=1, eval_every=100,
+                          max_grad_norm=max_grad_norm))
+    logged = [r["grad_norm"] for r in _rows(out, "train")]
+    assert len(logged) == len(applied) == 6
+    if max_grad_norm < 1:
+        # The logged norm is the one before clipping, above the bound; what the optimizer applied is not.
+        assert all(norm > 2 * max_grad_norm for norm in logged)
+        assert all(norm == pytest.approx(max_grad_norm, rel=1e-4) for norm in applied)
+    else:
+        # A bound never reached changes nothing: the applied gradient is the logged one.
+        assert applied == pytest.approx(logged, rel=1e-5)
+
+
 def test_class_weights_auto_follow_inverse_frequency():
     cfg = TrainConfig(class_weights="auto")
-    weights = train._class_weights(cfg, [0] * 6 + [1] * 3 + [2] * 1, 3)
+    weights = tasks.class_weights(cfg, [0] * 6 + [1] * 3 + [2] * 1, 3)
     assert weights.tolist() == pytest.approx([10 / 18, 10 / 9, 10 / 3])
 
 
