@@ -35,6 +35,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 import orjson
 
+from deploykit.errors import BadInputError
 from deploykit.serve.batcher import ClientGone, ServiceError
 
 log = logging.getLogger("deploykit.serve")
@@ -232,6 +233,8 @@ class Front:
                 return  # nobody to answer
             except HTTPError as exc:
                 reply = self._error(exc.status, str(exc), exc.detail, exc.headers, exc.close, scope)
+            except BadInputError as exc:  # e.g. a text the tokenizer cannot take
+                reply = self._error(400, str(exc), None, {}, False, scope)
             except ServiceError as exc:
                 headers = {}
                 if exc.retry_after is not None:
