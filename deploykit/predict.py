@@ -20,8 +20,9 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator
 
-from deploykit.config import PredictConfig
+from deploykit.config import GENERATION, PredictConfig
 from deploykit.errors import BadInputError
+from deploykit.manifest import Manifest
 from deploykit.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,10 @@ def run(cfg: PredictConfig) -> Path:
     """
     from tqdm import tqdm
 
+    if Manifest.read(cfg.artifact).task == GENERATION:
+        from deploykit import predict_generation
+
+        return predict_generation.run(cfg)
     runtime = Runtime(cfg.artifact, cfg.variant, threads=cfg.threads,
                       max_batch_tokens=cfg.max_batch_tokens, max_batch_size=cfg.max_batch_size)
     out = Path(cfg.out)

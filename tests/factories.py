@@ -180,11 +180,14 @@ def lm_tokenizer():
     return tokenizer
 
 
-def lm_config(arch: str, vocab_size: int, hidden: int = 32, layers: int = 2):
-    """A transformers config for a tiny random decoder: Llama (untied lm_head), Qwen2 (tied), GPT-2 (tied, Conv1D)."""
+def lm_config(arch: str, vocab_size: int, hidden: int = 32, layers: int = 2, init: float = 0.02):
+    """A transformers config for a tiny random decoder: Llama (untied lm_head), Qwen2 (tied), GPT-2 (tied, Conv1D).
+
+    ``init`` is the weights' standard deviation: a larger one (0.3) gives peaked logits, so greedy
+    choices are far from ties and float rounding (batching, fused kernels) cannot flip them."""
     import transformers as T
 
-    ids = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    ids = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=init)
     if arch == "llama":
         return T.LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
                              num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
@@ -226,3 +229,16 @@ def translation_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
         rows.append(("translate: " + " ".join(SOURCE_WORDS[w] for w in words) + " =",
                      " " + " ".join(TARGET_WORDS[w] for w in words)))
     return rows
+
+
+def make_lm_checkpoint(path: Path, arch: str, data: Path, seed: int = 0, init: float = 0.3, **cfg) -> Path:
+    """A text-generation checkpoint in deploykit's contract (as 'deploykit train --task
+    text-generation' writes it): a tiny random decoder whose deploykit.yaml names ``data``."""
+    from deploykit import checkpoint
+    from deploykit.config import TrainConfig
+
+    model = tiny_lm(arch, seed, init=init)
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = 2, 0
+    train_cfg = TrainConfig(task="text-generation", data=str(data), model=str(path), out=str(Path(path).parent),
+                            max_length=64, **cfg)
+    return checkpoint.save(model, lm_tokenizer(), train_cfg, {"loss": 0.0}, path)

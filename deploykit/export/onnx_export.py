@@ -73,13 +73,15 @@ def load_eager(checkpoint: Path) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def export_onnx(model: Any, out_file: Path, opset: int) -> Path:
-    """Export a sequence-classification model to ONNX with dynamic batch and sequence axes.
+def export_onnx(model: Any, out_file: Path, opset: int, task: str = TASK) -> Path:
+    """Export a model to ONNX with dynamic batch and sequence axes.
 
     Args:
         model: A transformers model in eval mode, loaded with eager attention.
         out_file: Where to write the graph (``model.onnx``).
         opset: ONNX opset.
+        task: optimum's task: ``text-classification``, or ``text-generation-with-past`` for a
+            decoder with its key/value cache as inputs and outputs.
 
     Returns:
         ``out_file``.
@@ -92,7 +94,7 @@ def export_onnx(model: Any, out_file: Path, opset: int) -> Path:
     try:
         # Validation is ours (parity.py, on real held-out rows at several shapes), so
         # optimum's own dummy-input check would only repeat it.
-        onnx_export_from_model(model, scratch, opset=opset, task=TASK, do_validation=False)
+        onnx_export_from_model(model, scratch, opset=opset, task=task, do_validation=False)
         for item in scratch.iterdir():
             if item.name == MODEL_FILE or item.name.startswith(MODEL_FILE + "_data"):
                 shutil.move(str(item), out_file.parent / item.name.replace(MODEL_FILE, out_file.name))
