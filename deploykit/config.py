@@ -323,9 +323,15 @@ class ServiceConfig:
                          "in order of preference (e.g. CUDAExecutionProvider,CPUExecutionProvider).")
     batcher: str = opt("deploykit", "Who batches /classify: deploykit's own dynamic batcher "
                        "(shared with the v2 routes) or BentoML's adaptive batching.", choices=BATCHERS)
+    max_cache_tokens: int = opt(16384, "text-generation: bound on the batch's key/value cache, in "
+                                "tokens (sequences x the longest prompt + max_new_tokens); a "
+                                "sequence waits for room, one that can never fit is a 400 error.")
+    max_new_tokens: int = opt(1024, "text-generation: the largest max_new_tokens a request may ask "
+                              "for; more is a 400 error.")
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_batch_tokens", "max_texts", "max_queue", "max_body_bytes"):
+        for name in ("max_batch_size", "max_batch_tokens", "max_texts", "max_queue", "max_body_bytes",
+                     "max_cache_tokens", "max_new_tokens"):
             _require(getattr(self, name) > 0, name, "must be positive")
         _require(self.threads is None or self.threads > 0, "threads", "must be positive")
         _require(self.max_latency_ms is None or self.max_latency_ms >= 0, "max_latency_ms", "must be >= 0")
