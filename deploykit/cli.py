@@ -15,7 +15,7 @@ import sys
 import typing
 from typing import Any, Callable
 
-from deploykit import __version__
+from deploykit import __version__, extras
 from deploykit.config import (BenchOfflineConfig, BenchOnlineConfig, BuildConfig, EvalConfig,
                               ExportConfig, PredictConfig, ServeConfig, TrainConfig, TritonConfig,
                               VerifyConfig, from_dict, load_yaml)
@@ -24,6 +24,13 @@ from deploykit.config import DemoConfig
 from deploykit.errors import DeployKitError
 
 log = logging.getLogger("deploykit")
+
+# The extra each command needs on every run (the extras themselves are defined in
+# pyproject.toml; deploykit.extras reads them back). Commands that need one only on some runs
+# (k8s with validation, bench offline's PyTorch engines) check where they need it, or fall back
+# on the ModuleNotFoundError handler in main.
+NEEDS = {"train": "train", "evaluate": "train", "export": "train", "verify": "train",
+         "demo": "demo", "bench offline": "bench", "bench online": "bench"}
 
 
 def _flag(name: str) -> str:
@@ -243,11 +250,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    command = " ".join(filter(None, [args.command, getattr(args, "bench_command", None)]))
     try:
+        if command in NEEDS:
+            extras.require(command, NEEDS[command])
         args.func(args)
     except DeployKitError as exc:
         log.error("%s", exc)
         return exc.exit_code
+    except ModuleNotFoundError as exc:
+        # An optional dependency a command reached for: say which extra installs it, exit 2.
+        error = extras.missing_module_error(command, exc)
+        if error is None:
+            raise
+        log.error("%s", error)
+        return error.exit_code
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130

@@ -366,6 +366,9 @@ class BuildConfig:
                                "manifest's default variant).")
     tag: str | None = opt(None, "Bento tag name[:version] (default: deploykit-<model name>).")
     bentoml_home: str | None = opt(None, "BentoML store folder (default: $BENTOML_HOME or ~/bentoml).")
+    context: str | None = opt(None, "Only write the build context (bentofile.yaml, deploykit's source, "
+                              "the packed artifact/) into this folder; 'bentoml build' there builds "
+                              "the same bento. At a checkout's root ('.') it writes ./artifact only.")
 
     def __post_init__(self) -> None:
         _require(bool(self.artifact), "artifact", "give the artifact folder to pack")

@@ -538,7 +538,7 @@ STAGES = [
     Stage("evaluate", "PyTorch checkpoint on the held-out test split", _evaluate),
     Stage("export", "ONNX fp32, fused attention, INT8; parity on the test split", _export),
     Stage("offline", "deploykit bench offline: PyTorch vs ONNX, one process per engine", _offline),
-    Stage("build", "bento: artifact + service + deploykit wheel", _build),
+    Stage("build", "bento: artifact + service + deploykit source", _build),
     Stage("serve", "deploykit serve on 127.0.0.1", _serve),
     Stage("classify", "real texts through /classify and tritonclient.http (v2)", _classify),
     Stage("online", "deploykit bench online against /classify", _online),

@@ -91,3 +91,19 @@ def generation_artifacts(tmp_path_factory, translation_csv):
         out[arch] = (checkpoint, export.run(ExportConfig(checkpoint=str(checkpoint), out=str(root / f"{arch}-artifact"),
                                                          name=f"tiny-{arch}", max_eval_samples=24)))
     return out
+
+
+@pytest.fixture(scope="session")
+def kubectl():
+    """The kubectl binary (a test that needs it fails under CI without it, else skips)."""
+    from outside_tools import require_binary
+
+    return require_binary("kubectl")
+
+
+@pytest.fixture(scope="session")
+def pytriton_venv():
+    """The virtual environment holding the real tritonserver, built on first use."""
+    from outside_tools import pytriton_venv
+
+    return pytriton_venv()

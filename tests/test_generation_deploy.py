@@ -3,15 +3,13 @@ settings and memory request from the manifest, and a bento packs it without torc
 
 from __future__ import annotations
 
-import pytest
-
 from deploykit.config import ServiceConfig
 from deploykit.deploy import validate
 from deploykit.manifest import Manifest
-from test_k8s import by_kind, cli
+from test_k8s import by_kind, cli, needs_kubectl
 
 
-@pytest.mark.skipif(validate.kubectl() is None, reason="kubectl is not installed (kustomize builds untested)")
+@needs_kubectl
 def test_k8s_overlay_sizes_the_pod_from_the_manifest(generation_artifacts, tmp_path):
     _, artifact = generation_artifacts["gpt2"]
     proc = cli("k8s", "--image", "reg.example.com/gen:1", "--artifact", str(artifact), "--out", str(tmp_path / "o"))

@@ -23,7 +23,7 @@ from deploykit.deploy import validate
 from deploykit.serve.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(validate.kubectl() is None, reason="kubectl is not installed")
+pytestmark = pytest.mark.usefixtures("kubectl")  # tests/outside_tools.py: fail in CI, else skip
 
 
 @pytest.fixture(scope="module")

@@ -107,3 +107,36 @@ def test_every_readme_command_parses():
 @pytest.mark.parametrize("argv", [["demo"], ["demo", "--quick", "--out", "d"], ["demo", "--overwrite"]])
 def test_demo_command_parses(argv):
     assert parse_error(argv) is None
+
+
+def _ci_commands() -> tuple[str, str]:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_commands", README.parent / ".ci" / "readme_commands.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.commands(README.read_text())
+
+
+def _extras(line: str) -> set[str]:
+    """The extras a README line installs deploykit with (pip install -e ".[a,b]")."""
+    found = re.findall(r'pip install -e "\.\[([a-z,]+)\]"', line)
+    assert len(found) == 1, f"no 'pip install -e \".[EXTRAS]\"' in {line!r}"
+    return set(found[0].split(","))
+
+
+def test_ci_runs_the_readme_lines_and_they_install_what_they_run():
+    """.ci/run takes its two commands from the README; each installs the extra its command needs."""
+    import tomllib
+
+    from deploykit import cli
+
+    demo, tests = _ci_commands()
+    assert demo.endswith("deploykit demo --quick") and tests.endswith("python -m pytest")
+    declared = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert _extras(demo) <= set(declared) and _extras(tests) <= set(declared)
+    assert cli.NEEDS["demo"] in _extras(demo)
+    assert "dev" in _extras(tests)
+    # Both pin torch before deploykit (an unpinned one pulls the CUDA build).
+    for line in (demo, tests):
+        assert line.startswith("pip install torch==2.13.0 && ")

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from deploykit.manifest import Manifest
 from deploykit.runtime import Runtime
@@ -90,8 +91,10 @@ def test_build_makes_a_bento_without_torch(serve_artifact, tmp_path):
     assert "onnxruntime" in requirements and "tokenizers" in requirements
     for heavy in ("torch", "transformers", "datasets"):
         assert heavy not in requirements
-    wheels = [p.name for p in (bento / "env/python/wheels").glob("deploykit-*.whl")]
-    assert len(wheels) == 1
+    # deploykit goes in as the bento's own source (no python.wheels: BentoML 1.4's v2 layout).
+    assert (bento / "src/deploykit/serve/service.py").is_file()
+    assert not list(bento.glob("env/python/wheels/*.whl"))
+    assert yaml.safe_load((bento / "bento.yaml").read_text())["image"]  # v2, no v1 fallback
     packed = bento / "src/artifact"
     manifest = Manifest.verify(packed)
     default = Manifest.read(serve_artifact).default_variant
@@ -99,12 +102,10 @@ def test_build_makes_a_bento_without_torch(serve_artifact, tmp_path):
     assert sorted(manifest.files) == sorted(p.name for p in packed.iterdir() if p.name != "manifest.json")
     assert sum(name.endswith(".onnx") for name in manifest.files) == 1
     assert {p: p.stat().st_mtime for p in [*ROOT.glob("build"), *ROOT.glob("*.egg-info")]} == leftovers_before
-    # The bento serves its packed artifact (outside a container, deploykit comes from this
-    # checkout instead of the packed wheel).
+    # The bento serves its packed artifact with its packed deploykit source.
     proc, url = start_server(None, tmp_path, argv=[sys.executable, "-m", "bentoml", "serve",
                                                    "deploykit-test:v1", "--host", "127.0.0.1"],
-                             env={"BENTOML_HOME": str(home), "PYTHONPATH": str(ROOT),
-                                  "DEPLOYKIT_ARTIFACT": ""})
+                             env={"BENTOML_HOME": str(home), "DEPLOYKIT_ARTIFACT": ""})
     try:
         status, results = post_json(url + "/classify", {"texts": TEXTS})
     finally:

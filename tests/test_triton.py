@@ -2,8 +2,9 @@
 protobuf schema and checked against the ONNX graph, the CLI's exit codes, and a real
 ``tritonserver`` (PyTriton's CPU build) serving the repository, queried with tritonclient.
 
-The real-server tests need the virtual environment ``.ci/setup_pytriton.sh`` builds; under CI
-(``CI=true``) they fail when it is missing, elsewhere they skip with the command to run.
+The real-server tests use the virtual environment ``.ci/setup_pytriton.sh`` builds, which the
+``pytriton_venv`` fixture builds on first use; if it cannot be built they fail under CI and skip
+elsewhere (tests/outside_tools.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from deploykit.serve import triton_repo
 from deploykit.serve.launch import free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
-VENV = Path(os.environ.get("DEPLOYKIT_PYTRITON_VENV", ROOT / ".venv-pytriton"))
 NAME = "classifier"
 MODELS = {NAME, f"{NAME}_onnx", f"{NAME}_tokenizer", f"{NAME}_postprocess", f"{NAME}_python"}
 TEXTS = ["what a great day", "this is awful", "", "meh " * 80,
@@ -285,17 +285,10 @@ def test_cli_writes_refuses_to_clobber_and_rejects_a_tampered_artifact(artifact,
 
 # --- a real tritonserver ---------------------------------------------------------------------
 
-def _venv_paths() -> tuple[Path, Path, str]:
-    """(tritonserver dir, nvidia_pytriton.libs, the venv interpreter's lib dir), or fail/skip."""
-    stamp = VENV / ".deploykit-ready"
-    if not stamp.is_file():
-        message = (f"the PyTriton environment {VENV} is missing; build it with "
-                   "'bash .ci/setup_pytriton.sh'")
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    site = next(VENV.glob("lib/python3*/site-packages"))
-    libdir = subprocess.run([str(VENV / "bin" / "python"), "-c",
+def _venv_paths(venv: Path) -> tuple[Path, Path, str]:
+    """(tritonserver dir, nvidia_pytriton.libs, the venv interpreter's lib dir)."""
+    site = next(venv.glob("lib/python3*/site-packages"))
+    libdir = subprocess.run([str(venv / "bin" / "python"), "-c",
                              "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
                             capture_output=True, text=True, check=True).stdout.strip()
     return site / "pytriton" / "tritonserver", site / "nvidia_pytriton.libs", libdir
@@ -310,13 +303,13 @@ def _readme_command(readme: str, model: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def server(repo, tmp_path_factory):
+def server(repo, tmp_path_factory, pytriton_venv):
     """tritonserver on a copy of the repository, started with the README's command lines.
 
     It loads ``NAME_python`` and the ensemble ``NAME``; the ensemble's ONNX step runs through
     tests/triton_onnx_standin.py because PyTriton's build has no ONNX Runtime backend.
     """
-    server_dir, libs, libdir = _venv_paths()
+    server_dir, libs, libdir = _venv_paths(pytriton_venv)
     served = tmp_path_factory.mktemp("served") / "repo"
     shutil.copytree(repo, served)
     onnx_config = served / f"{NAME}_onnx" / "config.pbtxt"
@@ -336,7 +329,7 @@ def server(repo, tmp_path_factory):
                f"--backend-config=python,shm-region-prefix-name=dk{os.getpid()}x",
                *(f"--{k}-address=127.0.0.1" for k in ports),
                *(f"--{k}-port={v}" for k, v in ports.items())]
-    env = dict(os.environ, PATH=f"{VENV / 'bin'}:{os.environ['PATH']}",
+    env = dict(os.environ, PATH=f"{pytriton_venv / 'bin'}:{os.environ['PATH']}",
                LD_LIBRARY_PATH=":".join(filter(None, [libdir, str(libs), os.environ.get("LD_LIBRARY_PATH")])))
     log_path = served.parent / "tritonserver.log"
     with open(log_path, "wb") as log_file:

@@ -19,6 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from deploykit import extras
 from deploykit.bench import report
 from deploykit.bench.inputs import sample_texts, synthetic_texts
 from deploykit.config import GENERATION, BenchOfflineConfig, int_list, to_dict
@@ -112,6 +113,9 @@ def engine_specs(cfg: BenchOfflineConfig, manifest: Manifest, max_length: int,
     common = {"artifact": artifact, "threads": threads, "max_length": max_length,
               "checkpoint": checkpoint, "max_batch_size": max_batch}
     specs: dict[str, dict[str, Any]] = {}
+    if {"pytorch", "optimum"} & set(cfg.engine_list):
+        # Each engine imports in its own subprocess, where a missing module is only a traceback.
+        extras.require("bench offline --engines " + cfg.engines, "train")
     for engine in cfg.engine_list:
         if engine == "pytorch":
             if checkpoint is None:

@@ -172,10 +172,11 @@ def _check_requirements(bento_dir: Path) -> None:
 def retarget(info: dict[str, Any], bento_dir: Path, *, base_image: str, gpu: bool) -> dict[str, Any]:
     """Apply deploykit's container knobs to a bento's ``bento.yaml`` (as a dict).
 
-    Both bento layouts are handled: BentoML >= 1.2's ``image`` section, and the ``docker``
-    section of the layout BentoML falls back to when a bento packs wheels (as ``deploykit
-    build`` does). With ``docker.base_image`` set, BentoML renders its plain ``base.j2``
-    template, which installs no Debian packages at all (so no compiler and no git).
+    Both bento layouts are handled: BentoML >= 1.2's ``image`` section (bento v2, what
+    ``deploykit build`` makes), and the ``docker`` section of the legacy layout BentoML falls
+    back to for older bentos (e.g. ones that packed ``python.wheels``). With
+    ``docker.base_image`` set, BentoML renders its plain ``base.j2`` template, which installs
+    no Debian packages at all (so no compiler and no git).
 
     Args:
         info: The parsed bento.yaml.
@@ -190,7 +191,7 @@ def retarget(info: dict[str, Any], bento_dir: Path, *, base_image: str, gpu: boo
         BadInputError: If the bento requires torch & co., or needs Debian packages.
     """
     _check_requirements(bento_dir)
-    # deploykit's own wheel depends on onnxruntime (CPU); both wheels provide the same
+    # The bento's requirements include onnxruntime (CPU); both wheels provide the same
     # `onnxruntime` module, so the CPU one is removed before the GPU one is installed.
     gpu_command = f"uv pip uninstall onnxruntime && uv pip install '{GPU_RUNTIME}'"
     gpu_env = {}

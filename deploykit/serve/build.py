@@ -1,50 +1,37 @@
 """``deploykit build``: pack the service, an artifact and deploykit itself into a bento.
 
-The build context is generated in a temporary folder:
+The bento is defined once, by bentofile.yaml at the repository root; the package ships a
+byte-identical copy (``TEMPLATE``) so this works from an installed wheel too. ``run`` stages
+the build context that file describes in a temporary folder,
 
-    service.py          re-exports deploykit.serve.service:Classifier
+    bentofile.yaml      the template, as is
+    deploykit/          the installed package's source (the bento's own code: BentoML 1.4's
+                        bento v2 layout has no ``python.wheels``, and deploykit is on no index)
     artifact/           the packed variants only, tokenizer/config files, and a manifest.json
                         rewritten to list exactly the files present
-    wheels/deploykit-*.whl   built from this checkout (deploykit is not on a package index)
-    bentofile.yaml      python.packages = deploykit's base requirements (no torch,
-                        transformers or datasets), lock_packages false, DEPLOYKIT_ARTIFACT=artifact
 
-and ``bentoml build`` (its Python API) stores the bento in ``$BENTOML_HOME``.
+and calls ``bentoml build`` (its Python API) there, so ``bentoml build`` at the repository root
+with a trimmed ``artifact/`` (``--context .`` writes one) gives the same bento.
 """
 
 from __future__ import annotations
 
+import filecmp
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import zipfile
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from deploykit.config import BuildConfig
-from deploykit.errors import BadInputError, DeployKitError
+from deploykit.errors import BadInputError
 from deploykit.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
-SERVICE_SHIM = '''"""Entry point of the bento: deploykit's service, installed from the packed wheel."""
-
-import os
-from pathlib import Path
-
-# DEPLOYKIT_ARTIFACT defaults to the packed artifact, and a relative value is relative to
-# this folder (the bento's src/): the image's working directory is the bento's root, and
-# 'bentoml serve TAG' on a host does not apply the bento's envs at all.
-_value = os.environ.get("DEPLOYKIT_ARTIFACT") or "artifact"
-os.environ["DEPLOYKIT_ARTIFACT"] = str(Path(__file__).resolve().parent / _value)
-
-from deploykit.serve.service import Classifier  # noqa: E402,F401
-'''
+PACKAGE = Path(__file__).resolve().parents[1]  # the deploykit package folder being run
+TEMPLATE = Path(__file__).with_name("bentofile.yaml")
+ARTIFACT_DIR = "artifact"  # where the bentofile's include and DEPLOYKIT_ARTIFACT expect it
 
 
 def _choose_variants(manifest: Manifest, requested: str | None, device: str = "cpu") -> list[str]:
@@ -87,72 +74,47 @@ def bento_tag(cfg: BuildConfig, manifest: Manifest) -> str:
     return tag
 
 
-def source_root() -> Path:
-    """The checkout deploykit is imported from (it must hold pyproject.toml).
+def _copy_file(src: Path, dest: Path) -> None:
+    """Copy one file into a build context; an identical file already there is kept.
 
     Raises:
-        BadInputError: If deploykit runs from an installed wheel rather than a checkout.
+        BadInputError: If a different file is already there (a context is never overwritten).
     """
-    root = Path(__file__).resolve().parents[2]
-    if not (root / "pyproject.toml").is_file():
-        raise BadInputError(f"deploykit build packs deploykit as a wheel built from its source "
-                            f"checkout, but {root} has no pyproject.toml; run it from a git checkout "
-                            "installed with 'pip install -e .'")
-    return root
+    if dest.exists():
+        if not filecmp.cmp(src, dest, shallow=False):
+            raise BadInputError(f"{dest} already exists and differs from deploykit's {src.name}; "
+                                "give --context an empty folder or a deploykit checkout")
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dest)
 
 
-def build_wheel(root: Path, out: Path) -> Path:
-    """Build deploykit's wheel from the checkout into ``out`` (no network, no build isolation)."""
-    out.mkdir(parents=True, exist_ok=True)
-    # A scratch copy of the sources: setuptools writes build/ and *.egg-info into the tree
-    # it builds, and the checkout should stay clean.
-    with tempfile.TemporaryDirectory(prefix="deploykit-src-") as scratch:
-        src = Path(scratch) / "src"
-        src.mkdir()
-        for name in ("pyproject.toml", "README.md"):
-            if (root / name).is_file():
-                shutil.copy2(root / name, src / name)
-        shutil.copytree(root / "deploykit", src / "deploykit",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                                 "--no-index", "-q", "-w", str(out), str(src)],
-                                capture_output=True, text=True)
-    if result.returncode != 0:
-        raise DeployKitError(f"building the deploykit wheel failed:\n{result.stderr[-2000:]}")
-    wheels = sorted(out.glob("deploykit-*.whl"))
-    if not wheels:
-        raise DeployKitError(f"pip wheel wrote no deploykit wheel into {out}")
-    return wheels[-1]
+def write_context(source: Path, manifest: Manifest, variants: list[str], ctx: Path) -> None:
+    """Write (or complete) the build context bentofile.yaml describes into ``ctx``.
 
+    ``ctx/artifact`` must not exist; the template and deploykit's source are copied unless the
+    same files are already there (a checkout's root already holds them).
 
-def wheel_requirements(wheel: Path) -> list[str]:
-    """The base (no extras) requirements a wheel declares."""
-    with zipfile.ZipFile(wheel) as zf:
-        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
-        lines = zf.read(meta).decode("utf-8").splitlines()
-    reqs = [line.split(":", 1)[1].strip() for line in lines if line.startswith("Requires-Dist:")]
-    return [r for r in reqs if "extra ==" not in r]
-
-
-def bentofile(tag: str, wheel_name: str, packages: list[str]) -> dict[str, Any]:
-    """The generated bentofile.yaml content."""
-    name, _, version = tag.partition(":")
-    return {
-        "service": "service:Classifier",
-        "name": name,
-        "labels": {"owner": "deploykit"},
-        "include": ["service.py", "artifact/**"],
-        "python": {"packages": packages, "wheels": [f"wheels/{wheel_name}"],
-                   # deploykit is not on an index, and locking would resolve against one.
-                   "lock_packages": False},
-        # Relative to the bento's src/ (service.py resolves it), so it holds in the image too.
-        "envs": [{"name": "DEPLOYKIT_ARTIFACT", "value": "artifact"},
-                 {"name": "BENTOML_DO_NOT_TRACK", "value": "True"}],
-    }
+    Raises:
+        BadInputError: If ``ctx/artifact`` exists, or ``ctx`` holds other versions of the files.
+    """
+    target = ctx / ARTIFACT_DIR
+    if target.exists():
+        raise BadInputError(f"{target} already exists; remove it or give --context another folder")
+    _copy_file(TEMPLATE, ctx / "bentofile.yaml")
+    for path in sorted(PACKAGE.rglob("*.py")):  # what the bentofile's include takes
+        if "__pycache__" not in path.parts:
+            _copy_file(path, ctx / "deploykit" / path.relative_to(PACKAGE))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{ARTIFACT_DIR}.tmp-", dir=ctx))
+    try:  # written aside, then renamed: never a half-written artifact
+        write_artifact(source, tmp, manifest, variants)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run(cfg: BuildConfig, device: str = "cpu") -> str:
-    """Build the bento.
+    """Build the bento (or, with ``cfg.context``, only write its build context).
 
     Args:
         cfg: The build configuration.
@@ -160,16 +122,21 @@ def run(cfg: BuildConfig, device: str = "cpu") -> str:
             default is the one ``Manifest.pick`` serves there.
 
     Returns:
-        The bento's tag (``name:version``).
+        The bento's tag (``name:version``), or the context folder with ``cfg.context``.
 
     Raises:
-        BadInputError: Bad artifact or variant names, or no source checkout.
+        BadInputError: Bad artifact or variant names, or a context folder in the way.
         IntegrityError: An artifact file does not match its manifest.
     """
     source = Path(cfg.artifact)
     manifest = Manifest.verify(source)
     variants = _choose_variants(manifest, cfg.variants, device)
-    root = source_root()
+    if cfg.context:
+        ctx = Path(cfg.context)
+        write_context(source, manifest, variants, ctx)
+        log.info("wrote the build context to %s with variant(s) %s (build with: cd %s && "
+                 "bentoml build)", ctx, ", ".join(variants), ctx)
+        return str(ctx)
     tag = bento_tag(cfg, manifest)
     name, _, version = tag.partition(":")
     if cfg.bentoml_home:
@@ -177,22 +144,11 @@ def run(cfg: BuildConfig, device: str = "cpu") -> str:
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     with tempfile.TemporaryDirectory(prefix="deploykit-bento-") as tmp:
         ctx = Path(tmp)
-        write_artifact(source, ctx / "artifact", manifest, variants)
-        wheel = build_wheel(root, ctx / "wheels")
-        (ctx / "service.py").write_text(SERVICE_SHIM)
-        spec = bentofile(tag, wheel.name, wheel_requirements(wheel))
-        (ctx / "bentofile.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        write_context(source, manifest, variants, ctx)
         log.info("building bento %s with variant(s) %s", name, ", ".join(variants))
         import bentoml
 
-        # BentoML resolves the wheel path against the working directory and refuses paths
-        # outside it, so build from inside the context.
-        previous = os.getcwd()
-        os.chdir(ctx)
-        try:
-            bento = bentoml.bentos.build_bentofile(str(ctx / "bentofile.yaml"), build_ctx=str(ctx),
-                                                   version=version or None)
-        finally:
-            os.chdir(previous)
+        bento = bentoml.bentos.build_bentofile(str(ctx / "bentofile.yaml"), build_ctx=str(ctx),
+                                               name=name, version=version or None)
     log.info("built bento %s", bento.tag)
     return str(bento.tag)
