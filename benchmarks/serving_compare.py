@@ -1,26 +1,34 @@
 """The same artifact served by deploykit's service and by a real Triton, side by side in one run.
 
-For each system, one at a time on the same machine, with the same texts and the same load
-(``deploykit bench online``'s closed loop at each concurrency; one text per request):
+For each run (``--runs``, default 3; the systems alternate order between runs), each system is
+started on its own, loaded at each concurrency with each number of texts per request, by each
+load generator, then stopped:
 
-- ``deploykit``: ``deploykit serve`` with its own dynamic batcher (the default);
-- ``deploykit-nobatch``: the same service with ``--max-batch-size 1`` (batching off);
-- ``deploykit-bentoml``: the same service with BentoML's adaptive batching (``--batcher bentoml``);
-- ``triton``: the real ``tritonserver`` bundled in ``nvidia-pytriton`` serving the repository
-  ``deploykit triton`` writes, model ``NAME_python`` (deploykit's runtime in Triton's Python
-  backend, behind Triton's dynamic batcher; PyTriton's build has no ONNX Runtime backend).
+- systems: ``deploykit`` (``deploykit serve``: ``/classify`` and the v2 route, the same
+  process), ``deploykit-bentoml`` (``/classify`` with BentoML's adaptive batcher, a reference
+  row), ``deploykit-nobatch`` (``--max-batch-size 1``), ``triton`` (the real ``tritonserver``
+  bundled in ``nvidia-pytriton`` serving the repository ``deploykit triton`` writes, model
+  ``NAME_python``: deploykit's runtime in Triton's Python backend behind Triton's dynamic
+  batcher; PyTriton's build has no ONNX Runtime backend);
+- load generators: ``bench`` (``deploykit bench online``'s asyncio closed loop, plus single
+  requests before the load and right after the heaviest level) and ``wrk`` (the C load
+  generator, Debian package ``wrk``, with ``benchmarks/wrk/post_bodies.lua``: far less of the
+  2 cores for the client);
+- texts per request: ``--texts-per-request`` (default 1 and 8), drawn from real tweets.
 
-Before the servers, the in-process runtime is timed on the same texts at batch sizes equal to
-the concurrency levels: the service's throughput at concurrency C over the runtime's at batch C
-is what the HTTP and batching layers cost. Single-request latency is measured before the load
-and right after the heaviest level, against the runtime's batch-1 latency.
+Before the servers the in-process runtime is timed at the batch sizes the loads make (the
+ceiling of any server). Each figure of the summary is the **median of the runs**; ratios are
+taken within a run (same machine state) and then the median. The load average is recorded
+before and after every system, since numbers taken beside other jobs mean little.
 
     python3 benchmarks/serving_compare.py --artifact runs/art [--variant int8] \\
-        [--concurrency 1,8,32,64] [--duration 5] [--out benchmarks/results/serving]
+        [--concurrency 1,8,32,64] [--texts-per-request 1,8] [--duration 6] [--runs 3] \\
+        [--generators bench,wrk] [--systems deploykit,deploykit-bentoml,triton] \\
+        [--out benchmarks/results/serving]
 
-Needs ``.venv-pytriton/`` (``bash .ci/setup_pytriton.sh``) for the Triton system; without it
-Triton is skipped with a note. Every server binds 127.0.0.1 on a free port and is stopped by
-its process group.
+Needs ``.venv-pytriton/`` (``bash .ci/setup_pytriton.sh``) for Triton and ``wrk`` on PATH for
+the wrk generator; without them those rows are skipped with a note. Every server binds
+127.0.0.1 on a free port and is stopped by its process group.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from deploykit.bench import report  # noqa: E402
 from deploykit.bench.inputs import sample_texts  # noqa: E402
-from deploykit.bench.online import run_levels  # noqa: E402
+from deploykit.bench.online import Target, run_levels  # noqa: E402
 from deploykit.bench.stats import summarize_latencies, time_calls  # noqa: E402
 from deploykit.config import BenchOnlineConfig  # noqa: E402
 from deploykit.manifest import Manifest  # noqa: E402
@@ -49,6 +59,7 @@ from deploykit.runtime import Runtime  # noqa: E402
 from deploykit.serve.launch import free_port, stop_process_group  # noqa: E402
 
 VENV = Path(os.environ.get("DEPLOYKIT_PYTRITON_VENV", ROOT / ".venv-pytriton"))
+WRK_SCRIPT = ROOT / "benchmarks" / "wrk" / "post_bodies.lua"
 
 
 def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 240) -> None:
@@ -64,11 +75,6 @@ def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 240
             pass
         time.sleep(0.5)
     raise RuntimeError(f"server not ready in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Stop exactly the server this script started (its own process group)."""
-    stop_process_group(proc, timeout=60)
 
 
 def start_deploykit(artifact: Path, variant: str, threads: int, work: Path, *extra: str):
@@ -117,7 +123,7 @@ def start_triton(artifact: Path, variant: str, threads: int, work: Path):
 def runtime_baseline(artifact: Path, variant: str, threads: int, texts: list[str], batches: list[int],
                      duration: float) -> dict[str, dict]:
     """In-process runtime at each batch size (texts in, logits out), same texts as the load."""
-    runtime = Runtime(artifact, variant, threads=threads, max_batch_size=max(batches))
+    runtime = Runtime(artifact, variant, threads=threads, max_batch_size=64)
     out = {}
     for batch in batches:
         def call(i: int, batch=batch) -> int:
@@ -130,88 +136,164 @@ def runtime_baseline(artifact: Path, variant: str, threads: int, texts: list[str
     return out
 
 
-def load(url: str, protocol: str, model: str, args, texts: list[str]) -> list[dict]:
+def bench_levels(url: str, protocol: str, model: str, per_request: int, args, texts: list[str]) -> dict[str, dict]:
+    """``deploykit bench online``'s closed loop at each level, keyed by level label."""
     cfg = BenchOnlineConfig(url=url, protocol=protocol, model=model, concurrency=args.concurrency,
-                            duration=args.duration, warmup=args.warmup, single_requests=args.single_requests)
-    return asyncio.run(run_levels(cfg, texts))
+                            duration=args.duration, warmup=args.warmup, single_requests=args.single_requests,
+                            texts_per_request=per_request)
+    return {lv["label"]: lv for lv in asyncio.run(run_levels(cfg, texts))}
+
+
+def wrk_levels(url: str, protocol: str, model: str, per_request: int, args, texts: list[str],
+               work: Path) -> dict[str, dict]:
+    """wrk at each concurrency (one wrk thread, keep-alive connections = concurrency)."""
+    target = Target(BenchOnlineConfig(url=url, protocol=protocol, model=model))
+    bodies = work / f"bodies-{protocol}-{per_request}.jsonl"
+    with open(bodies, "w") as fh:
+        for i in range(0, len(texts) - per_request + 1, per_request):
+            fh.write(json.dumps(target.body(texts[i:i + per_request]), ensure_ascii=False) + "\n")
+    out = {}
+    for concurrency in sorted(int(c) for c in args.concurrency.split(",")):
+        def wrk(seconds: float) -> dict:
+            proc = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency",
+                                   "--timeout", "30s", "-s", str(WRK_SCRIPT), target.url, "--", str(bodies)],
+                                  capture_output=True, text=True, timeout=seconds + 120)
+            line = next((l for l in proc.stdout.splitlines() if l.startswith("WRK_JSON ")), None)
+            if line is None:
+                raise RuntimeError(f"wrk failed: {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
+            return json.loads(line.removeprefix("WRK_JSON "))
+
+        if args.warmup:
+            wrk(args.warmup)
+        result = wrk(args.duration)
+        ok = result["requests"] - result["non_2xx"]
+        out[f"concurrency {concurrency}"] = {**result, "concurrency": concurrency, "ok": ok,
+                                             "errors": {"non_2xx": result["non_2xx"],
+                                                        "socket": result["socket_errors"]},
+                                             "requests_per_s": ok / result["duration_s"],
+                                             "texts_per_s": ok * per_request / result["duration_s"]}
+    return out
+
+
+def one_run(args, artifact: Path, variant: str, model_name: str, threads: int, texts: list[str],
+            systems: list[str], generators: list[str], per_requests: list[int], notes: list[str]) -> dict:
+    """Every system once: {system: {"load": [before, after], route: {generator: {texts: levels}}}}."""
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="dk-serving-") as tmp:
+        work = Path(tmp)
+        for name in systems:
+            print(f"  {name} ...", flush=True)
+            if name == "triton":
+                if not (VENV / ".deploykit-ready").is_file():
+                    notes.append(f"triton skipped: no {VENV} (bash .ci/setup_pytriton.sh)")
+                    continue
+                proc, url, model = start_triton(artifact, variant, threads, work)
+                routes = {"v2": (model, "v2")}
+            else:
+                extra = {"deploykit": (), "deploykit-nobatch": ("--max-batch-size", "1"),
+                         "deploykit-bentoml": ("--batcher", "bentoml")}[name]
+                proc, url = start_deploykit(artifact, variant, threads, work, *extra)
+                routes = {"classify": (model_name, "classify")}
+                if name == "deploykit":
+                    routes["v2"] = (model_name, "v2")
+            system = results[name] = {"load": [list(os.getloadavg())]}
+            try:
+                for route, (model, protocol) in routes.items():
+                    for generator in generators:
+                        for per_request in per_requests:
+                            print(f"    {route} {generator} {per_request} text(s)/request", flush=True)
+                            levels = (bench_levels(url, protocol, model, per_request, args, texts)
+                                      if generator == "bench" else
+                                      wrk_levels(url, protocol, model, per_request, args, texts, work))
+                            system.setdefault(route, {}).setdefault(generator, {})[str(per_request)] = levels
+            finally:
+                stop_process_group(proc, timeout=60)
+            system["load"].append(list(os.getloadavg()))
+    return results
+
+
+def summarize(runs: list[dict], runtime: dict, levels: list[int]) -> dict:
+    """Median over runs of texts/s, p50/p99 and the ratios (each ratio taken within its run)."""
+    rows: dict = {}
+    for run in runs:
+        for system, routes in run.items():
+            triton = run.get("triton", {}).get("v2", {})
+            for route, generators in routes.items():
+                if route == "load":
+                    continue
+                for generator, per in generators.items():
+                    for per_request, lvls in per.items():
+                        for c in levels:
+                            lv = lvls.get(f"concurrency {c}")
+                            if lv is None:
+                                continue
+                            key = f"{system} {route}|{generator}|{per_request}|{c}"
+                            row = rows.setdefault(key, {"texts_per_s": [], "p50_ms": [], "p99_ms": [],
+                                                        "errors": [], "vs_triton": [], "vs_runtime": []})
+                            row["texts_per_s"].append(lv["texts_per_s"])
+                            row["p50_ms"].append(lv["p50_ms"])
+                            row["p99_ms"].append(lv["p99_ms"])
+                            row["errors"].append(sum(lv["errors"].values()))
+                            t = triton.get(generator, {}).get(per_request, {}).get(f"concurrency {c}")
+                            if t and t["texts_per_s"]:
+                                row["vs_triton"].append(lv["texts_per_s"] / t["texts_per_s"])
+                            batch = str(min(c * int(per_request), 256))
+                            if batch in runtime:
+                                row["vs_runtime"].append(lv["texts_per_s"] / runtime[batch]["texts_per_s"])
+                        for phase in ("single, before load", "single, right after"):
+                            lv = next((v for k, v in lvls.items() if k.startswith(phase)), None)
+                            if lv is not None and per_request == "1":
+                                rows.setdefault(f"{system} {route}|{generator}|single|{phase}",
+                                                {"p50_ms": []})["p50_ms"].append(lv["p50_ms"])
+    return {key: {k: (statistics.median(v) if v else None) for k, v in row.items()} | {"runs": len(row["p50_ms"])}
+            for key, row in rows.items()}
 
 
 def markdown(results: dict) -> str:
     levels = [int(c) for c in results["concurrency"].split(",")]
-    systems = list(results["systems"])
-    rt = results["runtime"]
-    lines = [f"# Serving comparison: {results['model']} ({results['variant']})", "",
-             f"One run, systems one after another on the same machine, same texts, closed loop with "
-             f"one text per request, {results['duration']:.0f} s per level (after {results['warmup']:.0f} s "
-             f"warm-up); the load generator runs on the same cores. Wall time {results['wall_s']:.0f} s.", "",
-             report.machine_markdown(results["machine"]),
-             "## Throughput, texts/s (x Triton; x in-process runtime at batch = concurrency)", "",
-             "| system | " + " | ".join(f"c={c}" for c in levels) + " |", "|---|" + "---|" * len(levels),
-             "| runtime in-process (batch = c) | " + " | ".join(f"{rt[str(c)]['texts_per_s']:.1f}" for c in levels) + " |"]
-    for name in systems:
-        row = []
-        for c in levels:
-            lv = results["systems"][name].get(f"concurrency {c}")
-            if lv is None:
-                row.append("-")
-                continue
-            vs_triton = results["ratios"].get(name, {}).get(str(c), {}).get("vs_triton")
-            vs_rt = results["ratios"].get(name, {}).get(str(c), {}).get("vs_runtime")
-            row.append(f"{lv['texts_per_s']:.1f} ({'' if vs_triton is None else f'{vs_triton:.2f}x T, '}"
-                       f"{vs_rt:.2f}x rt)")
-        lines.append(f"| {name} | " + " | ".join(row) + " |")
-    lines += ["", "## Latency p50 / p99 ms (errors)", "",
-              "| system | " + " | ".join(f"c={c}" for c in levels) + " |", "|---|" + "---|" * len(levels),
-              "| runtime in-process (batch = c) | " + " | ".join(
-                  f"{rt[str(c)]['p50_ms']:.1f} / {rt[str(c)]['p99_ms']:.1f}" for c in levels) + " |"]
-    for name in systems:
-        row = []
-        for c in levels:
-            lv = results["systems"][name].get(f"concurrency {c}")
-            errors = sum(lv["errors"].values()) if lv else 0
-            row.append("-" if lv is None else f"{lv['p50_ms']:.1f} / {lv['p99_ms']:.1f}" + (f" ({errors} err)" if errors else ""))
-        lines.append(f"| {name} | " + " | ".join(row) + " |")
-    lines += ["", f"## Single-request latency (one text), runtime batch-1 p50 {rt['1']['p50_ms']:.2f} ms", "",
-              "| system | before load p50 | above runtime | right after c=" + str(max(levels)) + " p50 | above runtime |",
+    summary, rt = results["summary"], results["runtime"]
+    load = [f"{l[0]:.1f}" for run in results["runs"] for s in run.values() for l in s["load"]]
+    lines = [f"# Serving comparison: {results['model']} ({results['variant']}, {results['threads']} threads)", "",
+             f"{len(results['runs'])} run(s); in each, the systems one after another on the same machine, same "
+             f"texts, closed loop, {results['duration']:.0f} s per level after {results['warmup']:.0f} s of warm-up. "
+             "Every figure is the median over the runs; ratios are taken within a run, then the median "
+             f"(x T: deploykit / Triton, same generator and load; x rt: / the in-process runtime at batch = "
+             f"concurrency x texts per request). Wall time {results['wall_s']:.0f} s. 1-minute load average "
+             f"before/after each system: {', '.join(load)}.", "",
+             report.machine_markdown(results["machine"])]
+    if results["notes"]:
+        lines += [f"- Note: {n}" for n in results["notes"]] + [""]
+    lines += ["## In-process runtime (the ceiling)", "",
+              "| batch | texts/s | p50 ms |", "|---|---|---|"]
+    lines += [f"| {b} | {v['texts_per_s']:.1f} | {v['p50_ms']:.2f} |" for b, v in sorted(rt.items(), key=lambda x: int(x[0]))]
+    systems = sorted({k.split("|")[0] for k in summary})
+    for generator in results["generators"]:
+        for per_request in results["texts_per_request"]:
+            lines += ["", f"## {generator}: {per_request} text(s) per request — texts/s (x T, x rt); p50 / p99 ms", "",
+                      "| system route | " + " | ".join(f"c={c}" for c in levels) + " |", "|---|" + "---|" * len(levels)]
+            for system in systems:
+                cells = []
+                for c in levels:
+                    row = summary.get(f"{system}|{generator}|{per_request}|{c}")
+                    if row is None:
+                        cells.append("-")
+                        continue
+                    ratio = ", ".join(x for x in (f"{row['vs_triton']:.2f}x T" if row["vs_triton"] else "",
+                                                  f"{row['vs_runtime']:.2f}x rt" if row["vs_runtime"] else "") if x)
+                    err = f", {row['errors']:.0f} err" if row["errors"] else ""
+                    cells.append(f"{row['texts_per_s']:.1f} ({ratio}); {row['p50_ms']:.1f} / {row['p99_ms']:.1f}{err}")
+                if any(cell != "-" for cell in cells):
+                    lines.append(f"| {system} | " + " | ".join(cells) + " |")
+    lines += ["", f"## A lone request (one text, bench generator), p50 ms; runtime batch 1: {rt['1']['p50_ms']:.2f} ms", "",
+              "| system route | before load | above runtime | right after the heaviest level | above runtime |",
               "|---|---|---|---|---|"]
-    for name in systems:
-        s = results["systems"][name]
-        before = s.get("single, before load")
-        after = next((v for k, v in s.items() if k.startswith("single, right after")), None)
+    for system in systems:
+        before = summary.get(f"{system}|bench|single|single, before load")
+        after = summary.get(f"{system}|bench|single|single, right after")
         if before and after:
-            lines.append(f"| {name} | {before['p50_ms']:.2f} ms | +{before['p50_ms'] - rt['1']['p50_ms']:.2f} ms | "
-                         f"{after['p50_ms']:.2f} ms | +{after['p50_ms'] - rt['1']['p50_ms']:.2f} ms |")
-    return "\n".join(lines) + "\n\n![serving_compare.png](serving_compare.png)\n"
-
-
-def plot(out: Path, results: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    levels = [int(c) for c in results["concurrency"].split(",")]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.plot(levels, [results["runtime"][str(c)]["texts_per_s"] for c in levels], "k--", marker="s",
-              label="runtime in-process (batch = c)")
-    for name, levels_of in results["systems"].items():
-        xs = [c for c in levels if f"concurrency {c}" in levels_of]
-        left.plot(xs, [levels_of[f"concurrency {c}"]["texts_per_s"] for c in xs], marker="o", label=name)
-        line, = right.plot(xs, [levels_of[f"concurrency {c}"]["p50_ms"] for c in xs], marker="o", label=f"{name} p50")
-        right.plot(xs, [levels_of[f"concurrency {c}"]["p99_ms"] for c in xs], linestyle="--",
-                   color=line.get_color(), label=f"{name} p99")
-    left.set_ylabel("texts / s")
-    right.set_ylabel("ms per request")
-    right.set_yscale("log")
-    for ax in (left, right):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("concurrency (one text per request)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"serving: {results['model']} ({results['variant']})")
-    fig.tight_layout()
-    fig.savefig(out / "serving_compare.png", dpi=110)
-    plt.close(fig)
+            lines.append(f"| {system} | {before['p50_ms']:.2f} | +{before['p50_ms'] - rt['1']['p50_ms']:.2f} | "
+                         f"{after['p50_ms']:.2f} | +{after['p50_ms'] - rt['1']['p50_ms']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -219,12 +301,15 @@ def main() -> None:
     parser.add_argument("--artifact", required=True)
     parser.add_argument("--variant", default=None, help="default: the manifest's default_variant")
     parser.add_argument("--concurrency", default="1,8,32,64")
-    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--texts-per-request", default="1,8")
+    parser.add_argument("--duration", type=float, default=6.0)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--single-requests", type=int, default=50)
     parser.add_argument("--threads", type=int, default=None, help="default: every usable CPU")
     parser.add_argument("--samples", type=int, default=1024)
-    parser.add_argument("--systems", default="deploykit,deploykit-nobatch,deploykit-bentoml,triton")
+    parser.add_argument("--systems", default="deploykit,deploykit-bentoml,triton")
+    parser.add_argument("--generators", default="bench,wrk")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serving"))
     args = parser.parse_args()
 
@@ -236,44 +321,31 @@ def main() -> None:
     threads = args.threads or available_cpus()
     texts = sample_texts("tweets", "text", args.samples, 0)
     levels = [int(c) for c in args.concurrency.split(",")]
+    per_requests = [int(n) for n in args.texts_per_request.split(",")]
+    generators = args.generators.split(",")
+    notes: list[str] = []
+    if "wrk" in generators and shutil.which("wrk") is None:
+        notes.append("wrk skipped: not on PATH (apt-get install wrk)")
+        generators.remove("wrk")
     started = time.time()
     results = {"model": manifest.name, "variant": variant, "threads": threads, "concurrency": args.concurrency,
-               "duration": args.duration, "warmup": args.warmup, "machine": report.machine(),
-               "systems": {}, "notes": []}
-    print(f"runtime in-process at batch sizes {levels} ...", flush=True)
-    results["runtime"] = runtime_baseline(artifact, variant, threads, texts, sorted(set(levels) | {1}),
-                                          args.duration)
-    with tempfile.TemporaryDirectory(prefix="dk-serving-") as tmp:
-        work = Path(tmp)
-        for name in args.systems.split(","):
-            print(f"{name} ...", flush=True)
-            if name == "triton":
-                if not (VENV / ".deploykit-ready").is_file():
-                    results["notes"].append(f"triton skipped: no {VENV} (bash .ci/setup_pytriton.sh)")
-                    continue
-                proc, url, model = start_triton(artifact, variant, threads, work)
-                protocol = "v2"
-            else:
-                extra = {"deploykit": (), "deploykit-nobatch": ("--max-batch-size", "1"),
-                         "deploykit-bentoml": ("--batcher", "bentoml")}[name]
-                proc, url = start_deploykit(artifact, variant, threads, work, *extra)
-                protocol, model = "classify", manifest.name
-            try:
-                results["systems"][name] = {lv["label"]: lv for lv in load(url, protocol, model, args, texts)}
-            finally:
-                stop(proc)
-    results["ratios"] = {}
-    for name, lv in results["systems"].items():
-        triton = results["systems"].get("triton", {})
-        results["ratios"][name] = {str(c): {
-            "vs_runtime": lv[f"concurrency {c}"]["texts_per_s"] / results["runtime"][str(c)]["texts_per_s"],
-            "vs_triton": (lv[f"concurrency {c}"]["texts_per_s"] / triton[f"concurrency {c}"]["texts_per_s"]
-                          if f"concurrency {c}" in triton else None)} for c in levels}
+               "texts_per_request": [str(n) for n in per_requests], "generators": generators,
+               "duration": args.duration, "warmup": args.warmup, "machine": report.machine(), "notes": notes,
+               "runs": []}
+    batches = sorted({1, *(min(c * n, 256) for c in levels for n in per_requests)})
+    print(f"runtime in-process at batch sizes {batches} ...", flush=True)
+    results["runtime"] = runtime_baseline(artifact, variant, threads, texts, batches, args.duration)
+    systems = args.systems.split(",")
+    for run in range(args.runs):
+        order = systems if run % 2 == 0 else systems[::-1]  # alternate, so drift hits both sides
+        print(f"run {run + 1}/{args.runs}: {', '.join(order)}", flush=True)
+        results["runs"].append(one_run(args, artifact, variant, manifest.name, threads, texts, order, generators,
+                                       per_requests, notes))
+    results["summary"] = summarize(results["runs"], results["runtime"], levels)
     results["wall_s"] = time.time() - started
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    plot(out, results)
     (out / "results.md").write_text(markdown(results))
     print((out / "results.md").read_text())
 

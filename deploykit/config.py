@@ -309,16 +309,37 @@ class ServiceConfig:
 
     variant: str | None = opt(None, "Model variant to serve (default: the manifest's default_variant).")
     max_batch_size: int = opt(64, "Most texts in one model call.")
-    max_batch_tokens: int = opt(16384, "Token budget of one model call (texts x padded length).")
+    max_batch_tokens: int = opt(4096, "Token budget of one batcher step and model call (texts x padded "
+                                "length): what one request waits for at most behind a big one.")
     max_latency_ms: float | None = opt(None, "deploykit batcher: longest wait for other requests "
                                        "to share a batch, only while under load (default 5). "
                                        "bentoml batcher: BentoML's max_latency_ms, past which "
                                        "requests get 503 (default BentoML's 60000).")
-    threads: int | None = opt(None, "onnxruntime intra-op threads (default: all cores).")
+    threads: int | None = opt(None, "onnxruntime intra-op threads of each worker (default: all cores).")
+    workers: int = opt(1, "Worker processes (BentoML's 'workers'), each with its own model, batcher and "
+                       "queue; with several, set threads to cores / workers.")
     max_texts: int = opt(256, "Most texts in one request; more is a 400 error.")
     max_queue: int = opt(4096, "Most texts waiting in the batcher's queue; more is a 503 error "
                          "(counted in deploykit_rejected_total).")
+    max_queue_wait_ms: float = opt(500.0, "Longest estimated queue wait a request is admitted with "
+                                   "(from the measured cost per token and the tokens queued); more is "
+                                   "an immediate 503 with Retry-After.")
+    request_timeout_ms: float = opt(30000.0, "Deadline of every request; a request not computed by "
+                                    "then is dropped and answered 504 (clients may ask for less with "
+                                    "X-Request-Timeout or the v2 'timeout' parameter).")
+    max_request_tokens: int = opt(32768, "Most tokens (after truncation) in one request; more is a "
+                                  "413 error.")
     max_body_bytes: int = opt(4 * 1024 * 1024, "Largest request body in bytes; larger is a 413 error.")
+    body_timeout_ms: float = opt(10000.0, "Time to receive a request body once its headers are in; "
+                                 "slower is a 408 error and the connection is closed.")
+    max_inflight_body_bytes: int = opt(64 * 1024 * 1024, "Most bytes of request bodies held at once "
+                                       "(being read or served); more is a 503 error.")
+    shutdown_timeout_ms: float = opt(10000.0, "On SIGTERM: time queued requests get to finish before "
+                                     "they are answered 503 (the process exits soon after).")
+    access_log: bool = opt(False, "BentoML's access log (one line per request).")
+    request_metrics: bool = opt(False, "BentoML's per-request metrics (one series per URL path) on "
+                                "/metrics beside deploykit's.")
+    tracing: bool = opt(False, "BentoML's OpenTelemetry tracing of requests (bypassed when off).")
     providers: str = opt("CPUExecutionProvider", "onnxruntime execution providers, comma-separated "
                          "in order of preference (e.g. CUDAExecutionProvider,CPUExecutionProvider).")
     batcher: str = opt("deploykit", "Who batches /classify: deploykit's own dynamic batcher "
@@ -330,9 +351,13 @@ class ServiceConfig:
                               "for; more is a 400 error.")
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_batch_tokens", "max_texts", "max_queue", "max_body_bytes",
-                     "max_cache_tokens", "max_new_tokens"):
-            _require(getattr(self, name) > 0, name, "must be positive")
+        for name in ("max_batch_size", "max_batch_tokens", "max_texts", "max_queue", "max_body_bytes", "workers",
+                     "max_queue_wait_ms", "request_timeout_ms", "max_request_tokens", "body_timeout_ms",
+                     "max_inflight_body_bytes", "shutdown_timeout_ms", "max_cache_tokens", "max_new_tokens"):
+            value = getattr(self, name)
+            _require(value > 0 and value != float("inf"), name, "must be a positive number")
+        _require(self.max_inflight_body_bytes >= self.max_body_bytes, "max_inflight_body_bytes",
+                 "must be at least max_body_bytes (one largest body must fit)")
         _require(self.threads is None or self.threads > 0, "threads", "must be positive")
         _require(self.max_latency_ms is None or self.max_latency_ms >= 0, "max_latency_ms", "must be >= 0")
         _require(self.batcher in BATCHERS, "batcher", f"choose one of {', '.join(BATCHERS)}")

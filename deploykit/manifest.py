@@ -192,13 +192,29 @@ class Classification:
     def to_json(self) -> dict[str, Any]:
         return {"labels": list(self.labels), "output": self.output}
 
-    def check_config(self, config: Mapping[str, Any], where: Path) -> None:
-        """Cross-check the labels against the checkpoint's ``config.json`` copied into the artifact.
+    def check_config(self, config: Any, where: Path, max_length: int) -> None:
+        """Cross-check the manifest against the checkpoint's ``config.json`` copied into the
+        artifact (a hashed file, so it says what the model was trained with).
+
+        Args:
+            config: The parsed ``config.json``.
+            where: The manifest's path (for messages).
+            max_length: The manifest's ``max_length``.
 
         Raises:
-            BadInputError: If ``id2label`` names other labels or another order.
+            BadInputError: If ``id2label`` names other labels or another order, or ``max_length``
+                is more than the model's ``max_position_embeddings``.
         """
+        if not isinstance(config, dict):
+            raise BadInputError(f"{where}: {CONFIG} is not a JSON object; re-export the artifact")
+        positions = config.get("max_position_embeddings")
+        if isinstance(positions, int) and max_length > positions:
+            raise BadInputError(f"{where}: 'max_length' {max_length} is more than the model's "
+                                f"{positions} positions ({CONFIG} max_position_embeddings); re-export "
+                                "the artifact with a smaller --max-length")
         id2label = config.get("id2label") or {}
+        if not isinstance(id2label, dict):
+            id2label = {}
         try:
             labels = [id2label[str(i)] for i in range(len(id2label))]
         except KeyError:
@@ -500,6 +516,9 @@ class Manifest:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadInputError(f"{path} is not valid JSON ({exc}); re-export the artifact") from None
+        except RecursionError:  # nesting deeper than the interpreter's stack: not a manifest
+            raise BadInputError(f"{path} nests JSON too deeply to be a manifest; re-export the "
+                                "artifact") from None
         return cls.from_json(doc, path)
 
     @classmethod
@@ -552,9 +571,12 @@ class Manifest:
     def verify(cls, folder: str | Path) -> "Manifest":
         """Read the manifest, then check every file it lists (size, then sha256) and cross-check it.
 
-        Every variant's file and ``tokenizer.json`` must be listed in ``files``, so nothing the
-        runtime loads escapes verification; each variant's own ``bytes``/``sha256`` must match
-        ``files``; the labels must match the copied ``config.json``'s ``id2label``.
+        Every variant's file, ``tokenizer.json`` and ``config.json`` must be listed in ``files``,
+        so nothing the runtime loads or checks against escapes verification; each variant's own
+        ``bytes``/``sha256`` must match ``files``; the labels (names and order) must match the
+        hashed ``config.json``'s ``id2label`` and ``max_length`` fit its position embeddings. (The
+        runtime then checks the graph itself: its inputs, its output width, and one row of
+        ``max_length`` tokens.)
 
         Args:
             folder: The artifact folder written by ``deploykit export`` (or packed in a bento).
@@ -563,13 +585,13 @@ class Manifest:
             The manifest.
 
         Raises:
-            BadInputError: As ``read``, or labels that contradict ``config.json``.
+            BadInputError: As ``read``, or labels or a ``max_length`` that contradict ``config.json``.
             IntegrityError: Naming the first file that is missing, unlisted, outside the folder,
                 or has the wrong size or sha256.
         """
         root = Path(folder)
         manifest = cls.read(root)
-        needed = {TOKENIZER} | {v.file for v in manifest.variants.values()}
+        needed = {TOKENIZER, CONFIG} | {v.file for v in manifest.variants.values()}
         unlisted = sorted(n for n in needed if n not in manifest.files)
         if unlisted:
             raise IntegrityError(f"{manifest.where} does not list {', '.join(unlisted)} under 'files', "
@@ -594,9 +616,11 @@ class Manifest:
                 if getattr(variant, key) not in (None, getattr(entry, key)):
                     raise IntegrityError(f"variant {variant.name!r} of {manifest.where} records a {key} "
                                          f"for {variant.file} that differs from 'files'; re-export")
-        if CONFIG in manifest.files:
-            manifest.head.check_config(json.loads((root / CONFIG).read_text(encoding="utf-8")),
-                                       manifest.where)
+        try:
+            config = json.loads((root / CONFIG).read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise BadInputError(f"{root / CONFIG} is not valid JSON; re-export the artifact") from None
+        manifest.head.check_config(config, manifest.where, manifest.max_length)
         return manifest
 
     # --- building and writing ----------------------------------------------------------------

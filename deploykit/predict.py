@@ -15,7 +15,10 @@ import csv
 import json
 import logging
 import os
+import signal
 import tempfile
+import threading
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,27 +33,57 @@ log = logging.getLogger(__name__)
 FORMATS = (".csv", ".json", ".jsonl", ".parquet")
 
 
+def _not_utf8(path: Path, where: str) -> BadInputError:
+    return BadInputError(f"{where} of {path} is not UTF-8 text (a binary file, or another encoding such "
+                         "as Latin-1); save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+
+
+def _utf8_lines(path: Path, fh: Any) -> Iterator[str]:
+    """The lines of a binary file as text, refusing the first one that is not UTF-8 by number
+    (decoding line by line names the line; a text-mode file fails somewhere in an 8 KiB block)."""
+    for number, raw in enumerate(fh, 1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _not_utf8(path, f"line {number}") from None
+
+
 def _csv_rows(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        yield from csv.DictReader(fh)
+    with open(path, "rb") as fh:
+        reader = csv.DictReader(_utf8_lines(path, fh))
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                if "field larger than field limit" in str(exc):
+                    raise BadInputError(f"row {reader.line_num} of {path} has a field over {csv.field_size_limit()} "
+                                        "characters (the CSV reader's limit): usually a quote that is never "
+                                        "closed; fix the quoting, or convert the file to JSONL") from None
+                raise BadInputError(f"row {reader.line_num} of {path} is not valid CSV ({exc}); fix the row "
+                                    "or convert the file to JSONL") from None
+            yield row
 
 
 def _jsonl_rows(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for number, line in enumerate(_utf8_lines(path, fh), 1):
             if not line.strip():
                 continue
             try:
                 yield json.loads(line)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise BadInputError(f"line {number} of {path} is not valid JSON ({exc}); fix the line "
                                     "or convert the file") from None
 
 
 def _json_rows(path: Path) -> Iterator[dict[str, Any]]:
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
+        rows = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise _not_utf8(path, "the text") from None
+    except (ValueError, RecursionError) as exc:
         raise BadInputError(f"{path} is not valid JSON ({exc}); for one object per line name the "
                             "file .jsonl") from None
     if not isinstance(rows, list):
@@ -83,7 +116,9 @@ def read_texts(path: str | Path, column: str) -> Iterator[str]:
         Each row's text (non-string values as ``str``).
 
     Raises:
-        BadInputError: Missing file, unknown format, missing column or a row without text.
+        BadInputError: Missing file, unknown format, a file that is not UTF-8 or not valid
+            CSV/JSON, no rows at all, a missing column, or a row without text, with blank text
+            (the service's rule: it answers 400 to blank texts) or with text that is not Unicode.
     """
     path = Path(path)
     if not path.is_file():
@@ -93,13 +128,25 @@ def read_texts(path: str | Path, column: str) -> Iterator[str]:
         raise BadInputError(f"cannot read {path}: use one of {', '.join(FORMATS)}")
     rows = {".csv": lambda: _csv_rows(path), ".jsonl": lambda: _jsonl_rows(path),
             ".json": lambda: _json_rows(path), ".parquet": lambda: _parquet_rows(path, column)}[suffix]()
+    number = 0
     for number, row in enumerate(rows, 1):
         value = row.get(column) if isinstance(row, dict) else None
         if value is None:
             keys = ", ".join(map(str, row)) if isinstance(row, dict) else type(row).__name__
             raise BadInputError(f"row {number} of {path} has no {column!r} value (it has: {keys}); "
                                 "pass the right --text-column or fix the row")
-        yield value if isinstance(value, str) else str(value)
+        text = value if isinstance(value, str) else str(value)
+        if not text.strip():
+            raise BadInputError(f"row {number} of {path} has a blank {column!r} (the service refuses blank "
+                                "texts too); remove or fill the row")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadInputError(f"row {number} of {path} holds a {column!r} that is not Unicode text (a lone "
+                                "surrogate such as \\ud800); fix the row") from None
+        yield text
+    if number == 0:
+        raise BadInputError(f"{path} holds no rows to score; pass a file with at least one row")
 
 
 def _count_rows(path: Path) -> int | None:
@@ -117,6 +164,24 @@ def _count_rows(path: Path) -> int | None:
     return None
 
 
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into ``KeyboardInterrupt`` meanwhile, so the temporary file is removed (a
+    plain SIGTERM kills Python without running any cleanup)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(cfg: PredictConfig) -> Path:
     """Score every row of ``cfg.data`` and write ``cfg.out`` (JSONL, input order).
 
@@ -129,7 +194,8 @@ def run(cfg: PredictConfig) -> Path:
         The predictions file.
 
     Raises:
-        BadInputError: Bad artifact, data file or column.
+        BadInputError: Bad artifact, data file, column or row (see ``read_texts``); nothing is
+            written to ``cfg.out``, and the temporary file is removed (on SIGTERM too).
         IntegrityError: An artifact file does not match its manifest.
     """
     from tqdm import tqdm
@@ -146,7 +212,7 @@ def run(cfg: PredictConfig) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     n = 0
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh, \
+        with _terminate_as_interrupt(), os.fdopen(fd, "w", encoding="utf-8") as fh, \
                 tqdm(total=_count_rows(Path(cfg.data)), unit="row", desc="predict") as bar:
             while chunk := list(islice(texts, cfg.chunk_size)):
                 for result in runtime.predict(chunk):

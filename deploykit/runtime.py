@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -47,6 +48,27 @@ def available_cpus() -> int:
     except (OSError, ValueError):
         pass
     return max(1, cpus)
+
+
+def _load_libc() -> Any:
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _load_libc() if os.name == "posix" else None
+
+
+def _malloc_trim() -> None:
+    """glibc's ``malloc_trim(0)``: return freed heap memory of every arena to the system (a no-op
+    without glibc). Hand-written (ctypes) because no maintained library exposes it."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def available_providers() -> list[str]:
@@ -138,7 +160,8 @@ class Runtime:
     Raises:
         BadInputError: Not an artifact (or not a text-classification one), unknown or
             unservable variant, unavailable provider, a non-positive budget, or a graph whose
-            inputs or output contradict the manifest.
+            inputs or output contradict the manifest, or that fails on a row of ``max_length``
+            tokens (the manifest's ``max_length`` is more than the model takes).
         IntegrityError: A file does not match the manifest.
     """
 
@@ -150,6 +173,7 @@ class Runtime:
         self._setup(Path(artifact) / chosen.file, Path(artifact) / TOKENIZER, manifest=manifest,
                     variant=chosen.name, threads=threads, providers=providers,
                     max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size)
+        self._probe()
 
     @classmethod
     def of_variant(cls, folder: str | Path, manifest: Manifest, variant: str, *,
@@ -232,21 +256,24 @@ class Runtime:
         # while a direct call stayed at 7.3-8.0 ms either way (benchmarks/serve_latency.py).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(model_file), sess_options=options, providers=providers)
+        self._shrink_arena = ort.RunOptions()
+        self._shrink_arena.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self.probe_seconds_per_token: float | None = None
         graph_inputs = {i.name: i for i in self.session.get_inputs()}
         self.input_names: list[str] = list(manifest.inputs) if manifest else list(graph_inputs)
         if set(graph_inputs) != set(self.input_names):
-            raise BadInputError(f"{model_file} takes inputs {sorted(graph_inputs)} but the manifest "
-                                f"lists {self.input_names}; re-export the artifact")
+            raise BadInputError(f"{model_file} takes inputs {sorted(graph_inputs)} but the manifest's "
+                                f"'inputs' lists {self.input_names}; re-export the artifact")
         outputs = {o.name: o.shape for o in self.session.get_outputs()}
         if self.output_name not in outputs:
             raise BadInputError(f"{model_file} has outputs {sorted(outputs)}, not the manifest's "
-                                f"{self.output_name!r}; re-export the artifact")
+                                f"'output' {self.output_name!r}; re-export the artifact")
         width = (outputs[self.output_name] or [None])[-1]
         if not manifest and isinstance(width, int):  # of_graph: the logits' columns by number
             self.labels = [str(i) for i in range(width)]
         if self.labels and isinstance(width, int) and width != len(self.labels):
-            raise BadInputError(f"{model_file} gives {width} logits per text but the manifest lists "
-                                f"{len(self.labels)} labels; re-export the artifact")
+            raise BadInputError(f"{model_file} gives {width} logits per text but the manifest's "
+                                f"'labels' lists {len(self.labels)}; re-export the artifact")
         self._dtypes = {n: _ORT_INT_TYPES.get(graph_inputs[n].type, np.int64) for n in self.input_names}
         # Export's INT8 search loads dozens of candidate graphs: only artifact variants are news.
         log.log(logging.INFO if manifest else logging.DEBUG, "loaded %s variant %s (%s) with %s", self.name,
@@ -268,6 +295,40 @@ class Runtime:
         tokenizer.enable_truncation(self.max_length)
         return tokenizer
 
+    def _probe(self) -> None:
+        """Run the graph once on a row of ``max_length`` tokens, before anything is served.
+
+        The file checks prove the graph is the one export wrote, not that the manifest's numbers
+        fit it: a ``max_length`` beyond the model's position embeddings, or an output of another
+        width than ``labels``, would otherwise fail (or answer wrongly) on the first long request.
+        The second call's time per token seeds the service's admission estimate
+        (``probe_seconds_per_token``); the first one pays onnxruntime's one-off allocations.
+
+        Raises:
+            BadInputError: The graph fails on, or answers in another shape for, such a row.
+        """
+        import onnxruntime as ort
+
+        row = Encoded([self.pad_id] * self.max_length, [0] * self.max_length, False)
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # the failure is reported below, with what to do
+        seconds = 0.0
+        for _ in range(2):
+            start = time.perf_counter()
+            try:
+                (out,) = self.session.run([self.output_name], self.feeds([row]), quiet)
+            except Exception as exc:  # onnxruntime raises its own (Fail, InvalidArgument, ...)
+                raise BadInputError(f"{self.path}: variant {self.variant} fails on a row of 'max_length' "
+                                    f"{self.max_length} tokens ({str(exc).splitlines()[0][:300]}); the "
+                                    "manifest's 'max_length' is more than this model takes: re-export "
+                                    "the artifact with a smaller --max-length") from None
+            seconds = time.perf_counter() - start
+        if out.shape != (1, len(self.labels)):
+            raise BadInputError(f"{self.path}: variant {self.variant} answers {out.shape[-1]} logits per "
+                                f"text but the manifest's 'labels' lists {len(self.labels)}; re-export the "
+                                "artifact")
+        self.probe_seconds_per_token = seconds / self.max_length
+
     # --- tokenization ----------------------------------------------------------------------
 
     def tokenize(self, texts: Sequence[str]) -> list[Encoded]:
@@ -278,8 +339,22 @@ class Runtime:
 
         Returns:
             One ``Encoded`` per text, in order.
+
+        Raises:
+            BadInputError: A text the tokenizer cannot take (not a string, or a string with a
+                lone surrogate such as ``"\\ud800"``, which is not Unicode text); the message
+                names its position.
         """
-        encodings = self.tokenizer.encode_batch(list(texts))
+        try:
+            encodings = self.tokenizer.encode_batch(list(texts))
+        except Exception:  # tokenizers raises TypeError/Exception without saying which text
+            for i, text in enumerate(texts):
+                try:
+                    self.tokenizer.encode(text)
+                except Exception as exc:
+                    raise BadInputError(f"text {i} cannot be tokenized ({exc}); send valid Unicode "
+                                        "strings (no lone surrogates)") from None
+            raise
         return [Encoded(e.ids, e.type_ids, bool(e.overflowing)) for e in encodings]
 
     def feeds(self, rows: Sequence[Encoded]) -> dict[str, np.ndarray]:
@@ -352,6 +427,19 @@ class Runtime:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         (out,) = self.session.run([self.output_name], self.feeds(rows))
         return np.asarray(out, dtype=np.float32)
+
+    def release_memory(self) -> None:
+        """Hand the memory of past big calls back to the system (a server calls this when idle).
+
+        onnxruntime's CPU arena keeps its largest size (it only shrinks at the end of a call
+        run with the shrinkage option: a one-row call here), and glibc keeps freed heap memory
+        (the tokenizer's, numpy's) in its arenas (``malloc_trim``). Measured on MiniLM INT8: 256
+        texts of 15 KB tokenized and run took RSS from 207 to 554 MiB; this brings it back to
+        203 MiB (docs/serving.md).
+        """
+        (self.session.run([self.output_name], self.feeds([Encoded([self.pad_id], [0], False)]),
+                          self._shrink_arena))
+        _malloc_trim()
 
     def logits_of(self, rows: Sequence[Encoded]) -> np.ndarray:
         """Logits of encoded rows of any number, batched by budget, in the rows' order."""

@@ -81,6 +81,23 @@ def generation_artifacts(tmp_path_factory, translation_csv):
     weight-only INT8), parity checked on 24 held-out prompts: {arch: (checkpoint, artifact)}."""
     from factories import DECODERS, make_lm_checkpoint
 
+
+@pytest.fixture(scope="session")
+def small_artifact(tmp_path_factory):
+    """A small random BERT (hidden 256, 4 layers; fp32 only, max_length 64): costly enough that
+    the model, not the HTTP layer, is a server's bottleneck, as with real models on 2 cores."""
+    from export_fixtures import heldout_csv
+    from factories import make_checkpoint
+
+    from deploykit import export
+    from deploykit.config import ExportConfig
+
+def small_artifact(tmp_path_factory):
+    """A small random BERT (hidden 256, 4 layers; fp32 only, max_length 64): costly enough that
+    the model, not the HTTP layer, is a server's bottleneck, as with real models on 2 cores."""
+    from export_fixtures import heldout_csv
+    from factories import make_checkpoint
+
     from deploykit import export
     from deploykit.config import ExportConfig
 
@@ -107,3 +124,20 @@ def pytriton_venv():
     from outside_tools import pytriton_venv
 
     return pytriton_venv()
+
+
+@pytest.fixture(scope="session")
+def small_artifact(tmp_path_factory):
+    """A small random BERT (hidden 256, 4 layers; fp32 only, max_length 64): costly enough that
+    the model, not the HTTP layer, is a server's bottleneck, as with real models on 2 cores."""
+    from export_fixtures import heldout_csv
+    from factories import make_checkpoint
+
+    from deploykit import export
+    from deploykit.config import ExportConfig
+
+    root = tmp_path_factory.mktemp("small-artifact")
+    checkpoint = make_checkpoint(root / "checkpoint", "bert", max_length=64, hidden=256, layers=4)
+    return export.run(ExportConfig(checkpoint=str(checkpoint), out=str(root / "artifact"),
+                                   data=str(heldout_csv(root / "heldout.csv")), split="all",
+                                   optimize="none", quantize="none", allow_parity_failure=True))

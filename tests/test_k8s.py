@@ -145,9 +145,9 @@ def test_rendered_cpu_overlay_takes_values_from_the_artifact(rendered):
     container = _pod(dep)["containers"][0]
     assert container["image"] == "reg.example.com/team/deploykit:1.2"
     env = {e["name"]: e.get("value") for e in container["env"]}
-    # variant = the manifest's default; token budget = batch size x the manifest's max_length
+    # variant = the manifest's default; token budget = the service's step (at least max_length)
     assert env["DEPLOYKIT_VARIANT"] == "int8"
-    assert env["DEPLOYKIT_MAX_BATCH_SIZE"] == "64" and env["DEPLOYKIT_MAX_BATCH_TOKENS"] == str(64 * 96)
+    assert env["DEPLOYKIT_MAX_BATCH_SIZE"] == "64" and env["DEPLOYKIT_MAX_BATCH_TOKENS"] == "4096"
     assert env["DEPLOYKIT_PROVIDERS"] == "CPUExecutionProvider"
     assert dep["spec"]["template"]["metadata"]["annotations"]["deploykit.io/model"] == "sentiment"
     assert dep["spec"]["replicas"] == 3 and hpa["spec"]["minReplicas"] == 3

@@ -189,7 +189,7 @@ def test_for_copy_keeps_only_the_packed_variants_and_their_files(tmp_path):
     manifest = Manifest.verify(folder)
     copy = manifest.for_copy(["opt"])
     assert list(copy.variants) == ["opt"] and copy.default_variant == "opt"
-    assert set(copy.files) == {"model.opt.onnx", "model.opt.onnx.data", "tokenizer.json"}
+    assert set(copy.files) == {"model.opt.onnx", "model.opt.onnx.data", "tokenizer.json", "config.json"}
     assert manifest.files_of("opt") == ["model.opt.onnx", "model.opt.onnx.data"]
     assert manifest.for_copy(["fp32", "int8"]).default_variant == "int8"
     with pytest.raises(BadInputError, match="cannot pack variant\\(s\\) fp16"):

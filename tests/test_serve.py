@@ -78,12 +78,22 @@ def stop_server(proc: subprocess.Popen) -> None:
     stop_process_group(proc)
 
 
+_LOGS: dict[str, Path] = {}
+
+
+def server_log(url: str) -> Path:
+    """The log file of a server started by a fixture here."""
+    return _LOGS[url]
+
+
 @pytest.fixture(scope="session")
 def server(serve_artifact, tmp_path_factory):
     """One real server (deploykit batcher) for the session, stopped by its pid."""
-    proc, url = start_server(serve_artifact, tmp_path_factory.mktemp("server"),
+    folder = tmp_path_factory.mktemp("server")
+    proc, url = start_server(serve_artifact, folder,
                              "--max-texts", str(MAX_TEXTS), "--max-queue", str(MAX_QUEUE),
                              "--max-body-bytes", str(MAX_BODY))
+    _LOGS[url] = folder / "server.log"
     yield url
     stop_server(proc)
 
@@ -211,10 +221,12 @@ def test_body_over_the_limit_is_413(server):
 
 
 def test_full_queue_is_503_and_counted(server):
-    before = metric(server, "deploykit_rejected_total").get("deploykit_rejected_total", 0)
-    status, body = post_json(server + "/classify", {"texts": ["a"] * (MAX_QUEUE + 1)})
-    assert status == 503 and "queue is full" in body["error"]
-    assert metric(server, "deploykit_rejected_total")["deploykit_rejected_total"] == before + 1
+    key = 'deploykit_rejected_total{reason="queue_full"}'
+    before = metric(server, "deploykit_rejected_total").get(key, 0)
+    status, body, headers = http(server + "/classify", json.dumps({"texts": ["a"] * (MAX_QUEUE + 1)}).encode())
+    assert status == 503 and "queue is full" in json.loads(body)["error"]
+    assert int(headers["retry-after"]) >= 1
+    assert metric(server, "deploykit_rejected_total")[key] == before + 1
 
 
 def test_health_and_metrics_routes_and_still_serving(server):
@@ -257,3 +269,41 @@ def test_bentoml_batcher_mode(serve_artifact, tmp_path, runtime):
         assert status == 200 and json.loads(data)["outputs"][0]["data"] == [runtime.predict(["hi"])[0]["label"]]
     finally:
         stop_server(proc)
+
+
+def test_bentomls_per_request_layers_are_off_by_default(server):
+    """No access-log line, no per-path request metrics, tracing bypassed: the lean default."""
+    from deploykit.config import ServiceConfig
+    from deploykit.serve.service import bentoml_config
+
+    config = bentoml_config(ServiceConfig())
+    assert config["logging"]["access"]["enabled"] is False and config["metrics"]["enabled"] is False
+    assert config["tracing"]["excluded_urls"] == [".*"] and "traffic" not in config
+    log = Path(server_log(server)).read_text()
+    for _ in range(3):
+        assert post_json(server + "/classify", {"texts": ["one line each?"]})[0] == 200
+    time.sleep(0.5)
+    new = Path(server_log(server)).read_text()[len(log):]
+    assert "path=/classify" not in new
+    assert "bentoml_service_request" not in http(server + "/metrics")[1].decode()
+    # The worker runs on uvloop and httptools (installed with deploykit; BentoML leaves uvicorn
+    # on "auto").
+    assert "on uvloop / httptools" in log
+
+
+def test_access_log_metrics_and_tracing_come_back_with_their_settings(serve_artifact, tmp_path):
+    proc, url = start_server(serve_artifact, tmp_path, "--access-log", "--request-metrics", "--tracing")
+    try:
+        for _ in range(3):
+            assert post_json(url + "/classify", {"texts": ["logged"]})[0] == 200
+        assert http(url + f"/v2/models/classifier/infer", json.dumps(
+            {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}).encode())[0] == 200
+        time.sleep(0.5)
+        page = http(url + "/metrics")[1].decode()
+    finally:
+        stop_server(proc)
+    log = (tmp_path / "server.log").read_text()
+    lines = [line for line in log.splitlines() if "path=/classify" in line]
+    assert len(lines) == 3 and all(re.search(r"trace=[0-9a-f]{32}", line) and "trace=0000" not in line
+                                   for line in lines)  # one line per request, with a traced span
+    assert 'bentoml_service_request_total{endpoint="/classify"' in page and "deploykit_batch_size" in page

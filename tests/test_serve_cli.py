@@ -131,3 +131,132 @@ def test_serve_settings_layer_environment_under_file_and_flags(serve_artifact, t
                                           "--max-batch-size", "5"])
     cfg = cli.build_config(ServeConfig, args, base=base)
     assert (cfg.max_batch_size, cfg.max_latency_ms) == (5, 9)
+
+
+def _lie(art: Path, **fields) -> None:
+    """Edit manifest.json by hand (it is not hashed: what it claims is checked against the files)."""
+    doc = json.loads((art / "manifest.json").read_text())
+    doc.update(fields)
+    (art / "manifest.json").write_text(json.dumps(doc))
+
+
+LIES = [
+    ("labels swapped", lambda art, doc: _lie(art, labels=[doc["labels"][1], doc["labels"][0], *doc["labels"][2:]]),
+     "'labels'"),
+    ("two labels for three outputs", lambda art, doc: _lie(art, labels=doc["labels"][:2]), "'labels'"),
+    ("inputs without token_type_ids", lambda art, doc: _lie(art, inputs=["input_ids", "attention_mask"]), "'inputs'"),
+    ("max_length not an integer", lambda art, doc: _lie(art, max_length="32"), "'max_length'"),
+    ("max_length beyond the positions", lambda art, doc: _lie(art, max_length=4096), "'max_length'"),
+    ("another output name", lambda art, doc: _lie(art, output="probs"), "'output'"),
+    ("a string for the variants", lambda art, doc: _lie(art, variants="int8"), "'variants'"),
+    # (an unlisted file is an integrity failure, exit 4, like a tampered one)
+    ("config.json not listed", lambda art, doc: _lie(art, files={k: v for k, v in doc["files"].items()
+                                                                  if k != "config.json"}), "config.json"),
+    ("nested 100k deep", lambda art, doc: (art / "manifest.json").write_text("[" * 100_000 + "]" * 100_000),
+     "manifest.json"),
+]
+
+
+@pytest.mark.parametrize("name,lie,field", LIES, ids=[lie[0] for lie in LIES])
+def test_serve_refuses_a_manifest_that_lies_with_exit_2_naming_the_field(serve_artifact, tmp_path, name, lie, field):
+    art = tmp_path / "artifact"
+    shutil.copytree(serve_artifact, art)
+    lie(art, json.loads((art / "manifest.json").read_text()))
+    result = cli("serve", art, "--port", "1", "--variant", "opt")
+    assert result.returncode == (4 if name == "config.json not listed" else 2), result.stderr[-2000:]
+    assert field in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_the_graph_is_probed_at_max_length(serve_artifact, tmp_path):
+    """A max_length the model cannot take is refused before serving even when config.json
+    does not say how many positions the model has."""
+    from dataclasses import replace
+
+    from deploykit.errors import BadInputError
+    from deploykit.manifest import hash_files
+
+    art = tmp_path / "artifact"
+    shutil.copytree(serve_artifact, art)
+    config = json.loads((art / "config.json").read_text())
+    del config["max_position_embeddings"]
+    (art / "config.json").write_text(json.dumps(config))
+    manifest = Manifest.read(art)
+    replace(manifest, files=hash_files(art), max_length=600).write(art)
+    for variant in ("fp32", "opt", "int8"):
+        with pytest.raises(BadInputError, match="fails on a row of 'max_length' 600 tokens"):
+            Runtime(art, variant)
+
+
+def test_a_worker_that_cannot_load_stops_the_server_instead_of_respawning(serve_artifact, tmp_path):
+    """`bentoml serve` (what the container runs) on a lying manifest: the worker logs why once
+    and the whole server exits, instead of its worker being started again and again."""
+    import time
+
+    art = tmp_path / "artifact"
+    shutil.copytree(serve_artifact, art)
+    _lie(art, inputs=["input_ids", "attention_mask"])
+    from deploykit.serve.launch import free_port
+
+    env = {**os.environ, "DEPLOYKIT_ARTIFACT": str(art), "BENTOML_HOME": str(tmp_path / "bentoml"),
+           "BENTOML_DO_NOT_TRACK": "True"}
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "bentoml", "serve", "deploykit.serve.service:Classifier",
+                             "--host", "127.0.0.1", "--port", str(free_port()), "--working-dir", str(ROOT)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    log = result.stdout + result.stderr
+    assert time.monotonic() - start < 120
+    assert log.count("cannot serve:") >= 1 and "'inputs'" in log
+    assert log.count("Starting production") == 1 and log.count("initialized") == 0
+
+
+PREDICT_REFUSALS = [
+    ("latin1.csv", "text\ncaf\xe9 au lait\n".encode("latin-1"), "not UTF-8"),
+    ("binary.csv", b"text\nfine\n\x00\x9f\x92\x96\xff" * 20, "line 3"),
+    ("huge.csv", b'text\n"' + b"x" * 140_000 + b'"\n', "over 131072 characters"),
+    ("unclosed.csv", b'text\n"never closed ' + b"y" * 140_000, "row"),
+    ("empty.csv", b"", "no rows"),
+    ("header_only.csv", b"text\n", "no rows"),
+    ("empty.jsonl", b"\n\n", "no rows"),
+    ("blank.csv", b"text\nfine\n   \nalso fine\n", "row 2 of"),
+    ("blank.jsonl", b'{"text": "ok"}\n{"text": ""}\n', "blank"),
+    ("surrogate.jsonl", b'{"text": "\\ud800"}\n', "not Unicode"),
+    ("latin1.jsonl", '{"text": "caf\xe9"}\n'.encode("latin-1"), "line 1"),
+    ("deep.json", b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("name,content,message", PREDICT_REFUSALS, ids=[p[0] for p in PREDICT_REFUSALS])
+def test_predict_refuses_bad_files_with_exit_2_and_leaves_nothing(serve_artifact, tmp_path, name, content, message):
+    data = tmp_path / name
+    data.write_bytes(content)
+    out = tmp_path / "out" / "predictions.jsonl"
+    result = cli("predict", serve_artifact, "--data", data, "--out", out, "--chunk-size", "1")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert not out.exists() and not list(out.parent.glob("*"))
+
+
+def test_predict_removes_its_temporary_file_on_sigterm(serve_artifact, tmp_path):
+    import signal
+    import time
+
+    data = tmp_path / "many.jsonl"
+    data.write_text("".join(json.dumps({"text": f"text number {i} " + "word " * (i % 20)}) + "\n"
+                            for i in range(200_000)))
+    out = tmp_path / "out" / "predictions.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "deploykit", "predict", str(serve_artifact), "--data", str(data),
+                             "--out", str(out), "--chunk-size", "64"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.parent.glob(".predictions.jsonl.*")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            time.sleep(0.1)
+        assert list(out.parent.glob(".predictions.jsonl.*")), "predict never started writing"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert not out.exists() and not list(out.parent.glob("*"))

@@ -14,7 +14,7 @@ from deploykit.config import ServiceConfig
 from deploykit.errors import BadInputError
 from deploykit.runtime import Runtime
 from deploykit.serve import settings, v2
-from deploykit.serve.batcher import DynamicBatcher, QueueFullError
+from deploykit.serve.batcher import DynamicBatcher, Overloaded
 
 TEXTS = [f"text number {i} " + "word " * (i % 13) for i in range(40)]
 
@@ -26,7 +26,7 @@ def runtime(serve_artifact):
 
 class Recorder:
     def __init__(self):
-        self.batches, self.waits, self.rejections = [], [], 0
+        self.batches, self.waits, self.rejections, self.drops = [], [], 0, {}
 
     def batch(self, size, tokens, seconds):
         self.batches.append((size, tokens))
@@ -34,8 +34,14 @@ class Recorder:
     def queue_wait(self, seconds):
         self.waits.append(seconds)
 
-    def rejected(self):
+    def rejected(self, reason="queue_wait"):
         self.rejections += 1
+
+    def dropped(self, reason, texts):
+        self.drops[reason] = self.drops.get(reason, 0) + texts
+
+    def unread(self, texts):
+        self.drops["unread"] = self.drops.get("unread", 0) + texts
 
 
 def test_batcher_merges_concurrent_requests_and_keeps_each_order(runtime):
@@ -66,7 +72,7 @@ def test_batcher_rejects_when_the_queue_is_full(runtime):
     async def main():
         batcher = DynamicBatcher(runtime, max_queue=5, metrics=metrics)
         try:
-            with pytest.raises(QueueFullError, match="queue is full"):
+            with pytest.raises(Overloaded, match="queue is full"):
                 await batcher.submit(TEXTS[:6])
             return await batcher.classify(TEXTS[:5])
         finally:
@@ -75,6 +81,164 @@ def test_batcher_rejects_when_the_queue_is_full(runtime):
     results = asyncio.run(main())
     assert [r["label"] for r in results] == [r["label"] for r in runtime.predict(TEXTS[:5])]
     assert metrics.rejections == 1
+
+
+class Slowed:
+    """The real runtime with every model call made ``seconds`` longer: a model slow enough that
+    the order of events around a running step is certain."""
+
+    def __init__(self, runtime, seconds):
+        self._runtime, self.seconds = runtime, seconds
+
+    def __getattr__(self, name):
+        return getattr(self._runtime, name)
+
+    def run(self, rows, **options):
+        import time
+
+        time.sleep(self.seconds)
+        return self._runtime.run(rows, **options)
+
+
+def _computed(metrics):
+    return sum(size for size, _ in metrics.batches)
+
+
+def test_a_big_request_is_split_into_steps_that_later_requests_interleave_with(runtime):
+    metrics, order = Recorder(), []
+    big_texts = TEXTS * 3  # 120 texts, 15 steps of 8
+
+    async def main():
+        batcher = DynamicBatcher(Slowed(runtime, 0.01), max_batch_size=8, max_batch_tokens=128,
+                                 max_latency_ms=0, metrics=metrics)
+
+        async def one(name, texts):
+            _, logits = await batcher.submit(texts)
+            order.append(name)
+            return logits
+
+        try:
+            big = asyncio.create_task(one("big", big_texts))
+            await asyncio.sleep(0.015)  # the big request's first step is running
+            small = await one("small", ["a short one"])
+            return await big, small
+        finally:
+            batcher.close()
+
+    big, small = asyncio.run(main())
+    assert order == ["small", "big"]  # the small request did not wait for the whole big one
+    np.testing.assert_allclose(big, runtime.logits(big_texts), atol=1e-5)
+    np.testing.assert_allclose(small, runtime.logits(["a short one"]), atol=1e-5)
+    assert _computed(metrics) == len(big_texts) + 1
+    assert all(size <= 8 and (size == 1 or tokens <= 128) for size, tokens in metrics.batches)
+
+
+def test_admission_by_estimated_wait_and_the_token_cap(runtime, monkeypatch):
+    from deploykit.serve.batcher import DeadlineExceeded, TooLarge
+
+    metrics = Recorder()
+    # Ten seconds a token: the estimated wait behind anything queued is far over the bounds.
+    monkeypatch.setattr(runtime, "probe_seconds_per_token", 10.0)
+
+    async def main():
+        batcher = DynamicBatcher(runtime, max_queue_wait_ms=100, max_request_tokens=20, metrics=metrics)
+        try:
+            first = asyncio.create_task(batcher.submit(["first in line"]))
+            await asyncio.sleep(0)  # queued (an empty queue admits anything)
+            with pytest.raises(Overloaded, match="DEPLOYKIT_MAX_QUEUE_WAIT_MS") as info:
+                await batcher.submit(["second"])
+            assert info.value.reason == "queue_wait" and info.value.retry_after > 10
+            with pytest.raises(TooLarge, match="DEPLOYKIT_MAX_REQUEST_TOKENS") as info:
+                await batcher.submit(["word " * 50])
+            assert info.value.status == 413
+            await first
+            batcher.max_queue_wait = None  # no bound by time: the request's own deadline decides
+            blocker = asyncio.create_task(batcher.submit(["another one"]))
+            await asyncio.sleep(0)
+            with pytest.raises(DeadlineExceeded):
+                await batcher.submit(["late"], deadline=batcher.deadline(1.0))
+            await blocker
+        finally:
+            batcher.close()
+
+    asyncio.run(main())
+    assert metrics.rejections == 1 and metrics.drops == {"deadline": 1}
+    assert _computed(metrics) == 2  # "first in line" and "another one" only
+
+
+@pytest.mark.parametrize("event", ["deadline", "disconnected"])
+def test_a_request_that_expires_or_whose_client_leaves_while_queued_is_never_computed(runtime, event):
+    from deploykit.serve.batcher import ClientGone, DeadlineExceeded
+
+    metrics = Recorder()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        batcher = DynamicBatcher(Slowed(runtime, 0.3), max_batch_size=8, max_latency_ms=0, metrics=metrics)
+        try:
+            big = asyncio.create_task(batcher.submit(TEXTS[:8]))
+            await asyncio.sleep(0.02)  # the big request's step is running (300 ms)
+            gone = loop.create_future()
+            if event == "deadline":
+                late = batcher.submit(["too late"], deadline=batcher.deadline(0.03))
+            else:
+                loop.call_later(0.03, gone.set_result, {"type": "http.disconnect"})
+                late = batcher.submit(["client left"], disconnected=lambda: gone)
+            with pytest.raises(DeadlineExceeded if event == "deadline" else ClientGone):
+                await late
+            await big
+            await asyncio.sleep(0.4)  # one more step's time: nothing else is computed
+        finally:
+            batcher.close()
+
+    asyncio.run(main())
+    assert metrics.drops == {event: 1}
+    assert _computed(metrics) == 8
+
+
+def test_a_client_leaving_during_its_step_is_counted_as_unread(runtime):
+    from deploykit.serve.batcher import ClientGone
+
+    metrics = Recorder()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        batcher = DynamicBatcher(Slowed(runtime, 0.1), metrics=metrics)
+        try:
+            gone = loop.create_future()
+            loop.call_later(0.03, gone.set_result, {"type": "http.disconnect"})
+            with pytest.raises(ClientGone):
+                await batcher.submit(["computing when the client left"], disconnected=lambda: gone)
+            await asyncio.sleep(0.15)
+        finally:
+            batcher.close()
+
+    asyncio.run(main())
+    assert _computed(metrics) == 1 and metrics.drops == {"unread": 1}
+
+
+def test_draining_refuses_new_requests_and_answers_the_queue(runtime):
+    metrics = Recorder()
+
+    async def main():
+        batcher = DynamicBatcher(Slowed(runtime, 0.1), max_batch_size=2, max_latency_ms=0, metrics=metrics)
+        try:
+            running = asyncio.create_task(batcher.submit(TEXTS[:2]))
+            await asyncio.sleep(0.02)
+            queued = asyncio.create_task(batcher.submit(TEXTS[2:4]))
+            await asyncio.sleep(0)
+            batcher.drain()
+            with pytest.raises(Overloaded, match="shutting down"):
+                await batcher.submit(["new"])
+            assert batcher.fail_queued() == 1
+            with pytest.raises(Overloaded, match="shutting down"):
+                await queued
+            await running  # the step in progress still answers
+        finally:
+            batcher.close()
+
+    asyncio.run(main())
+    assert _computed(metrics) == 2 and metrics.drops == {"shutdown": 2}
 
 
 def test_v2_bytes_codec_matches_tritonclient():

@@ -70,7 +70,8 @@ def serving_values(manifest: Manifest | None, gpu: bool) -> dict[str, str]:
 
     The variant is the one ``Manifest.pick`` serves on the CPU or the GPU (the manifest's
     default, or the fused fp32 one on a GPU: dynamic INT8 runs on CPU kernels only). The token
-    budget lets one full batch of maximum-length texts through: max batch size x max_length.
+    budget is the service's default step (what one request waits for at most behind a big one,
+    docs/serving.md), and at least one text of max_length tokens.
 
     Raises:
         BadInputError: If the artifact lacks a servable variant for the chosen flavour.
@@ -79,7 +80,7 @@ def serving_values(manifest: Manifest | None, gpu: bool) -> dict[str, str]:
         return {}
     variant = manifest.pick(None, "cuda" if gpu else "cpu")
     values = {"DEPLOYKIT_VARIANT": variant.name, "DEPLOYKIT_MAX_BATCH_SIZE": str(DEFAULT_MAX_BATCH_SIZE),
-              "DEPLOYKIT_MAX_BATCH_TOKENS": str(DEFAULT_MAX_BATCH_SIZE * manifest.max_length),
+              "DEPLOYKIT_MAX_BATCH_TOKENS": str(max(ServiceConfig().max_batch_tokens, manifest.max_length)),
               "name": manifest.name}
     if manifest.task == GENERATION:
         values.update(generation_values(manifest, variant.name))

@@ -1,14 +1,38 @@
-"""One dynamic batcher per process, shared by ``/classify`` and the v2 ``infer`` route.
+"""One dynamic batcher per process, shared by every inference route of the service.
 
-Requests are tokenized on arrival, wait in a bounded queue, and are grouped by a token budget
-(rows x padded length, as text-embeddings-inference does) and a batch size; the group runs as
-length-sorted model calls on one worker thread while the event loop keeps accepting requests.
+Requests are tokenized on arrival, **admitted by time**, wait in a queue, and are computed in
+*steps*: one step is one bounded piece of model work (at most ``max_batch_size`` texts and
+``max_batch_tokens`` tokens), run as length-sorted model calls on one worker thread while the
+event loop keeps accepting requests.
+
+- **Admission by time, not count.** The batcher keeps a running estimate of the model's cost
+  per token (measured on every step, seeded by the runtime's load probe) and, for each new
+  request, estimates how long it would wait: the rest of the step in progress plus one turn of
+  the queue ahead of it. Beyond ``max_queue_wait_ms`` the request is refused at once
+  (``Overloaded``: HTTP 503 with ``Retry-After``) instead of queueing seconds of work.
+  ``max_queue`` (texts) stays as a memory bound.
+- **Deadlines.** Every request carries a deadline; a request still queued at its deadline is
+  dropped, and the waiter gets ``DeadlineExceeded`` (HTTP 504). A request whose deadline cannot
+  be met even by the estimate is refused the same way on arrival.
+- **No dead work.** ``submit`` takes an optional ``disconnected`` (the service passes "the
+  client's connection closed"); when that happens first, the request leaves the queue before
+  any more of it is computed.
+- **Fairness.** A step takes the queued requests in turn, each as much as still fits the step,
+  and a request with rows left goes to the back of the queue: a request of 256 long texts is
+  computed in several steps interleaved with the requests that arrive meanwhile, so a one-text
+  request waits at most about one step, not for the whole big request.
+- **Continuous batching.** A step starts as soon as the model is free; while under load (the
+  previous step held more than one request) it waits up to ``max_latency_ms`` for company; a
+  lone request never waits.
+- **Memory back after big requests.** After calls of at least ``_RELEASE_TOKENS`` padded tokens,
+  once no step has run for a second, the runtime hands their memory back
+  (``Runtime.release_memory``); under steady load nothing is released (it would be taken again
+  at once), so the process holds at most what its biggest step needs.
 
 Why hand-written rather than BentoML's ``batchable=True``: BentoML's batcher serves only its
-own route (the v2 routes could reach it only through a second HTTP hop), and its scheduler's
-wait grows after a burst. This batcher runs as soon as the model is free (continuous
-batching) and waits up to ``max_latency_ms`` for company only while under load, i.e. when
-the previous group held more than one request; a lone request never waits.
+own route (the v2 routes could reach it only through a second HTTP hop), it cannot drop a
+request whose client left, split a big request or refuse by time, and its scheduler's wait
+grows after a burst (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -16,10 +40,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -29,10 +54,59 @@ log = logging.getLogger(__name__)
 
 # Requests with more characters than this are tokenized on a thread, not on the event loop.
 _INLINE_TOKENIZE_CHARS = 20_000
+# Weight of the newest step in the running cost-per-token estimate.
+_COST_SMOOTHING = 0.2
+# After model calls of at least this many padded tokens, memory is handed back once the queue
+# is empty (onnxruntime's arena, the C heap): one big request must not keep its memory.
+_RELEASE_TOKENS = 2048
+_IDLE_BEFORE_RELEASE = 1.0  # seconds
 
 
-class QueueFullError(Exception):
-    """The batcher's queue holds ``max_queue`` texts already; the caller should answer 503."""
+class ServiceError(Exception):
+    """A request the batcher refuses or gives up on; ``status`` is the HTTP answer.
+
+    Attributes:
+        status: HTTP status code.
+        reason: Short label for metrics (``queue_wait``, ``deadline``, ...).
+        retry_after: Seconds a client should wait before retrying (``Retry-After``), or None.
+    """
+
+    status = 500
+    reason = "error"
+
+    def __init__(self, message: str, *, reason: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or self.reason
+        self.retry_after = retry_after
+
+
+class Overloaded(ServiceError):
+    """Refused on arrival: the queue's estimated wait (or size) is over its bound, or the
+    server is shutting down. HTTP 503 with ``Retry-After``."""
+
+    status = 503
+    reason = "queue_wait"
+
+
+class DeadlineExceeded(ServiceError):
+    """The request's deadline passed (or cannot be met) before it was computed. HTTP 504."""
+
+    status = 504
+    reason = "deadline"
+
+
+class TooLarge(ServiceError):
+    """The request holds more tokens than one request may (``max_request_tokens``). HTTP 413."""
+
+    status = 413
+    reason = "too_large"
+
+
+class ClientGone(ServiceError):
+    """The client disconnected; the request was dropped (nobody reads the answer)."""
+
+    status = 499
+    reason = "disconnected"
 
 
 class BatchMetrics(Protocol):
@@ -42,7 +116,11 @@ class BatchMetrics(Protocol):
 
     def queue_wait(self, seconds: float) -> None: ...
 
-    def rejected(self) -> None: ...
+    def rejected(self, reason: str = "queue_wait") -> None: ...
+
+    def dropped(self, reason: str, texts: int) -> None: ...
+
+    def unread(self, texts: int) -> None: ...
 
 
 class NoMetrics:
@@ -54,87 +132,252 @@ class NoMetrics:
     def queue_wait(self, seconds: float) -> None:
         pass
 
-    def rejected(self) -> None:
+    def rejected(self, reason: str = "queue_wait") -> None:
+        pass
+
+    def dropped(self, reason: str, texts: int) -> None:
+        pass
+
+    def unread(self, texts: int) -> None:
         pass
 
 
-@dataclass
-class _Pending:
+@dataclass(eq=False)
+class _Request:
+    """A queued request: its rows, what is left to compute (longest first) and its answer."""
+
     rows: list[Encoded]
     future: asyncio.Future
+    deadline: float
     enqueued: float = field(default_factory=time.perf_counter)
-
-    @property
-    def width(self) -> int:
-        return max((r.length for r in self.rows), default=0)
+    left: list[int] = field(default_factory=list)  # row indices not yet taken, longest last
+    tokens_left: int = 0
+    done_rows: int = 0
+    started: bool = False
+    logits: np.ndarray | None = None
 
 
 class DynamicBatcher:
-    """Groups concurrent requests into model calls within a token budget and a batch size.
+    """Admits requests by their estimated wait and computes them in fair, bounded steps.
 
     Args:
         runtime: The loaded artifact.
-        max_batch_size: Most texts in one model call.
-        max_batch_tokens: Token budget of one model call (texts x padded length).
+        max_batch_size: Most texts in one step (and one model call).
+        max_batch_tokens: Token budget of one step (and one model call: texts x padded length).
         max_latency_ms: Longest wait for more requests, applied only under load.
-        max_queue: Most texts waiting; ``submit`` raises ``QueueFullError`` beyond it.
-        metrics: Where batch size, tokens, inference time, queue wait and rejections go.
+        max_queue: Most texts waiting; more is ``Overloaded`` (reason ``queue_full``).
+        max_queue_wait_ms: Longest estimated wait a request is admitted with; more is
+            ``Overloaded`` (reason ``queue_wait``). None: no bound by time.
+        request_timeout_ms: Default deadline of a request (from its arrival).
+        max_request_tokens: Most tokens (after truncation) in one request; more is ``TooLarge``.
+        metrics: Where batch size, tokens, inference time, queue wait, refusals and drops go.
     """
 
     def __init__(self, runtime: Runtime, *, max_batch_size: int = 64, max_batch_tokens: int = 16384,
-                 max_latency_ms: float = 5.0, max_queue: int = 4096,
+                 max_latency_ms: float = 5.0, max_queue: int = 4096, max_queue_wait_ms: float | None = None,
+                 request_timeout_ms: float = 30_000, max_request_tokens: int | None = None,
                  metrics: BatchMetrics | None = None) -> None:
         self.runtime = runtime
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max(max_batch_tokens, runtime.max_length)
         self.max_latency = max_latency_ms / 1000
         self.max_queue = max_queue
+        self.max_queue_wait = None if max_queue_wait_ms is None else max_queue_wait_ms / 1000
+        self.request_timeout = request_timeout_ms / 1000
+        self.max_request_tokens = max_request_tokens
         self.metrics = metrics or NoMetrics()
-        self._queue: collections.deque[_Pending] = collections.deque()
+        self._queue: collections.deque[_Request] = collections.deque()
         self._queued_rows = 0
+        # One turn of the queue in tokens: sum over queued requests of min(tokens left, step).
+        self._turn_tokens = 0
+        self._cost_per_token: float | None = getattr(runtime, "probe_seconds_per_token", None)
+        self._step_tokens = 0  # tokens of the step in progress
+        self._step_started = 0.0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._draining = False
         # One model call at a time: onnxruntime already spreads one call over the cores.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deploykit-infer")
         self._under_load = False
+        self._big_since_release = False  # a call of _RELEASE_TOKENS or more since the last release
+        self._release_task: asyncio.Task | None = None
+        self._last_step_end = 0.0
 
-    async def submit(self, texts: Sequence[str]) -> tuple[list[Encoded], np.ndarray]:
-        """Tokenize texts, queue them for the next batch and wait for their logits.
+    # --- the public API ----------------------------------------------------------------------
+
+    async def submit(self, texts: Sequence[str], *, deadline: float | None = None,
+                     disconnected: Callable[[], Awaitable] | None = None) -> tuple[list[Encoded], np.ndarray]:
+        """Tokenize texts, queue them and wait for their logits.
 
         Args:
             texts: Validated, non-empty strings.
+            deadline: ``time.perf_counter()`` value after which the request is given up
+                (default: now + ``request_timeout_ms``).
+            disconnected: Optional function returning an awaitable that completes when the
+                client leaves (called once the request is admitted); if it does before the
+                answer, the request leaves the queue and ``ClientGone`` is raised.
 
         Returns:
             ``(rows, logits)``: the encoded rows (with their ``truncated`` flags) and float32
             logits [len(texts), num_labels], in the given order.
 
         Raises:
-            QueueFullError: If the queue is full (the request is not queued).
+            Overloaded: Refused on arrival (estimated wait over the bound, queue full, shutting
+                down); nothing was queued.
+            TooLarge: More tokens than ``max_request_tokens``.
+            DeadlineExceeded: The deadline passed, or could not be met, before the request was
+                computed.
+            ClientGone: The client left first.
+            BadInputError: A text the tokenizer cannot take.
         """
         if sum(map(len, texts)) > _INLINE_TOKENIZE_CHARS:
             # A large request would stall every other request on the event loop meanwhile.
             rows = await asyncio.get_running_loop().run_in_executor(None, self.runtime.tokenize, texts)
         else:
             rows = self.runtime.tokenize(texts)
-        return await self.submit_rows(rows)
+        return rows, await self.submit_rows(rows, deadline=deadline, disconnected=disconnected)
 
-    async def classify(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+    async def classify(self, texts: Sequence[str], **options: Any) -> list[dict[str, Any]]:
         """``submit`` turned into the runtime's result dicts (label, score, scores, truncated)."""
-        rows, logits = await self.submit(texts)
+        rows, logits = await self.submit(texts, **options)
         return self.runtime.results(logits, rows)
 
-    async def submit_rows(self, rows: list[Encoded]) -> tuple[list[Encoded], np.ndarray]:
-        """Like ``submit`` for rows tokenized already; returns ``(rows, logits)``."""
+    def deadline(self, timeout_s: float | None = None) -> float:
+        """The deadline of a request arriving now: the client's own timeout if shorter than the
+        server's ``request_timeout_ms``."""
+        timeout = self.request_timeout if timeout_s is None else min(timeout_s, self.request_timeout)
+        return time.perf_counter() + timeout
+
+    async def submit_rows(self, rows: list[Encoded], *, deadline: float | None = None,
+                          disconnected: Callable[[], Awaitable] | None = None) -> np.ndarray:
+        """Like ``submit`` for rows tokenized already; returns the logits."""
+        request = self._admit(rows, self.deadline() if deadline is None else deadline)
+        waiters: set[Any] = {request.future}
+        until = None
+        if disconnected is not None:
+            until = asyncio.ensure_future(disconnected())
+            waiters.add(until)
+        try:
+            while True:
+                timeout = request.deadline - time.perf_counter()
+                done, _ = await asyncio.wait(waiters, timeout=max(timeout, 0),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if request.future.done():
+                    return request.future.result()
+                if until is not None and until in done:
+                    if until.cancelled() or until.exception() is not None or _is_disconnect(until.result()):
+                        self._drop(request, "disconnected", ClientGone("the client disconnected"))
+                        return request.future.result()  # raises
+                    waiters.discard(until)  # something else arrived; keep waiting for the answer
+                    continue
+                self._drop(request, "deadline", DeadlineExceeded(
+                    f"no answer within the request's deadline ({self._deadline_hint()})"))
+                return request.future.result()  # raises
+        finally:
+            if until is not None and not until.done():
+                until.cancel()
+
+    def estimated_wait(self) -> float:
+        """Seconds a request arriving now would wait before its first step (0 when unknown)."""
+        cost = self._cost_per_token
+        if cost is None:
+            return 0.0
+        running = 0.0
+        if self._step_tokens:
+            running = max(0.0, self._step_tokens * cost - (time.perf_counter() - self._step_started))
+        return running + self._turn_tokens * cost
+
+    @property
+    def cost_per_token(self) -> float | None:
+        """The running estimate of model seconds per token (None before any measurement)."""
+        return self._cost_per_token
+
+    def drain(self) -> None:
+        """Stop admitting (``Overloaded``, reason ``draining``); queued requests still run."""
+        self._draining = True
+
+    def fail_queued(self, reason: str = "shutdown") -> int:
+        """Answer every queued request with ``Overloaded`` now (shutdown past its bound).
+
+        Returns:
+            How many requests were dropped.
+        """
+        dropped = 0
+        for request in list(self._queue):
+            if not request.future.done():
+                self._drop(request, reason, Overloaded("the server is shutting down; retry on another "
+                                                       "replica", reason=reason, retry_after=1))
+                dropped += 1
+        return dropped
+
+    @property
+    def idle(self) -> bool:
+        """Whether nothing is queued or running."""
+        return not self._queue and not self._step_tokens
+
+    def close(self) -> None:
+        """Stop the worker task and thread."""
+        for task in (self._task, self._release_task):
+            if task is not None:
+                task.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- admission ---------------------------------------------------------------------------
+
+    def _admit(self, rows: list[Encoded], deadline: float) -> _Request:
+        tokens = sum(r.length for r in rows)
+        if self.max_request_tokens is not None and tokens > self.max_request_tokens:
+            raise TooLarge(f"the request holds {tokens} tokens, more than the limit of {self.max_request_tokens} "
+                           "per request (DEPLOYKIT_MAX_REQUEST_TOKENS); split it into smaller requests")
+        if self._draining:
+            self.metrics.rejected("draining")
+            raise Overloaded("the server is shutting down; retry on another replica", reason="draining",
+                             retry_after=1)
         if self._queued_rows + len(rows) > self.max_queue:
-            self.metrics.rejected()
-            raise QueueFullError(f"the batching queue is full ({self._queued_rows} texts waiting, "
-                                 f"limit {self.max_queue}); retry later or raise DEPLOYKIT_MAX_QUEUE")
+            self.metrics.rejected("queue_full")
+            raise Overloaded(f"the batching queue is full ({self._queued_rows} texts waiting, limit "
+                             f"{self.max_queue}); retry later or raise DEPLOYKIT_MAX_QUEUE",
+                             reason="queue_full", retry_after=max(1.0, self.estimated_wait()))
+        now = time.perf_counter()
+        wait = self.estimated_wait()
+        if self.max_queue_wait is not None and wait > self.max_queue_wait and self._queue:
+            self.metrics.rejected("queue_wait")
+            raise Overloaded(f"the server is at capacity: the estimated queue wait is {wait * 1000:.0f} ms, "
+                             f"over the bound of {self.max_queue_wait * 1000:.0f} ms "
+                             "(DEPLOYKIT_MAX_QUEUE_WAIT_MS); retry after the Retry-After seconds",
+                             reason="queue_wait", retry_after=wait)
+        if now + wait >= deadline:
+            self.metrics.dropped("deadline", len(rows))
+            raise DeadlineExceeded(f"the estimated queue wait ({wait * 1000:.0f} ms) is longer than the "
+                                   f"request's deadline ({self._deadline_hint()})")
         self._ensure_started()
-        pending = _Pending(rows, asyncio.get_running_loop().create_future())
-        self._queue.append(pending)
+        # Rows left shortest first, so that the next (longest) one pops off the end.
+        request = _Request(rows, asyncio.get_running_loop().create_future(), deadline, now,
+                           sorted(range(len(rows)), key=lambda i: rows[i].length), tokens)
+        self._queue.append(request)
         self._queued_rows += len(rows)
+        self._turn_tokens += min(tokens, self.max_batch_tokens)
         self._wakeup.set()
-        return rows, await pending.future
+        return request
+
+    @staticmethod
+    def _deadline_hint() -> str:
+        return ("DEPLOYKIT_REQUEST_TIMEOUT_MS, or the client's X-Request-Timeout header / v2 'timeout' "
+                "parameter")
+
+    def _drop(self, request: _Request, reason: str, error: ServiceError) -> None:
+        """Take a request out of the queue (lazily: the next step skips it) and answer its waiter
+        with ``error``; its rows not yet taken are never computed."""
+        if request.future.done():
+            return
+        if request.left:
+            self.metrics.dropped(reason, len(request.left))
+            self._queued_rows -= len(request.left)
+            self._turn_tokens -= min(request.tokens_left, self.max_batch_tokens)
+            request.left, request.tokens_left = [], 0
+        request.future.set_exception(error)
+
+    # --- the worker --------------------------------------------------------------------------
 
     def _ensure_started(self) -> None:
         # Started lazily so that the task lives on the event loop that serves requests.
@@ -142,24 +385,51 @@ class DynamicBatcher:
             self._wakeup = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
-    def _take(self) -> list[_Pending]:
-        """Pop queued requests (FIFO) while they fit the size and token budgets together."""
-        group: list[_Pending] = []
-        rows = width = 0
-        while self._queue:
-            nxt = self._queue[0]
-            new_rows, new_width = rows + len(nxt.rows), max(width, nxt.width)
-            if group and (new_rows > self.max_batch_size or new_rows * new_width > self.max_batch_tokens):
-                break
-            group.append(self._queue.popleft())
-            self._queued_rows -= len(nxt.rows)
-            rows, width = new_rows, new_width
-        return group
-
     def _full(self) -> bool:
-        rows = sum(len(p.rows) for p in self._queue)
-        width = max((p.width for p in self._queue), default=0)
-        return rows >= self.max_batch_size or rows * width >= self.max_batch_tokens
+        rows = tokens = 0
+        for request in self._queue:
+            rows += len(request.left)
+            tokens += request.tokens_left
+            if rows >= self.max_batch_size or tokens >= self.max_batch_tokens:
+                return True
+        return False
+
+    def _take(self) -> list[tuple[_Request, list[int]]]:
+        """One step: the queued requests in turn, each as much as still fits (longest rows first);
+        a request with rows left goes to the back of the queue."""
+        now = time.perf_counter()
+        step: list[tuple[_Request, list[int]]] = []
+        rows = tokens = 0
+        for _ in range(len(self._queue)):
+            if rows >= self.max_batch_size or tokens >= self.max_batch_tokens:
+                break
+            request = self._queue.popleft()
+            if request.future.done():
+                continue
+            if request.deadline <= now:
+                self._drop(request, "deadline", DeadlineExceeded(
+                    f"no answer within the request's deadline ({self._deadline_hint()})"))
+                continue
+            taken: list[int] = []
+            before = min(request.tokens_left, self.max_batch_tokens)
+            while request.left and rows < self.max_batch_size:
+                length = request.rows[request.left[-1]].length
+                if rows and tokens + length > self.max_batch_tokens:
+                    break
+                taken.append(request.left.pop())
+                rows += 1
+                tokens += length
+                request.tokens_left -= length
+            if taken:
+                if not request.started:
+                    request.started = True
+                    self.metrics.queue_wait(now - request.enqueued)
+                step.append((request, taken))
+                self._queued_rows -= len(taken)
+            self._turn_tokens += min(request.tokens_left, self.max_batch_tokens) - before
+            if request.left:
+                self._queue.append(request)  # its next turn comes after everyone queued now
+        return step
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -176,42 +446,69 @@ class DynamicBatcher:
                         await asyncio.wait_for(self._wakeup.wait(), deadline - time.perf_counter())
                     except asyncio.TimeoutError:
                         break
-            group = self._take()
-            group = [p for p in group if not p.future.done()]  # drop requests whose client left
-            if not group:
+            step = self._take()
+            if not step:
                 continue
-            self._under_load = len(group) > 1 or bool(self._queue)
-            start = time.perf_counter()
-            for p in group:
-                self.metrics.queue_wait(start - p.enqueued)
-            rows = [r for p in group for r in p.rows]
+            self._under_load = len(step) > 1 or bool(self._queue)
+            rows = [request.rows[i] for request, taken in step for i in taken]
+            self._step_tokens = sum(r.length for r in rows)
+            self._step_started = time.perf_counter()
             try:
                 logits = await loop.run_in_executor(self._executor, self._infer, rows)
-            except Exception as exc:  # a model failure fails this group only; keep serving
-                log.exception("inference failed for a batch of %d texts", len(rows))
-                for p in group:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
+            except Exception as exc:  # a model failure answers these requests, not the others
+                log.exception("model call failed for a step of %d texts", len(rows))
+                for request, _ in step:
+                    self._drop(request, "error", ServiceError(f"the model failed on this request ({exc})"))
+                self._step_tokens = 0
                 continue
+            seconds = time.perf_counter() - self._step_started
+            sample = seconds / max(self._step_tokens, 1)
+            self._cost_per_token = (sample if self._cost_per_token is None else
+                                    (1 - _COST_SMOOTHING) * self._cost_per_token + _COST_SMOOTHING * sample)
+            self._step_tokens = 0
             offset = 0
-            for p in group:
-                if not p.future.done():
-                    p.future.set_result(logits[offset:offset + len(p.rows)])
-                offset += len(p.rows)
+            for request, taken in step:
+                part = logits[offset:offset + len(taken)]
+                offset += len(taken)
+                if request.future.done():  # the client left or the deadline passed while this step ran
+                    self.metrics.unread(len(taken))
+                    continue
+                if request.logits is None:
+                    request.logits = np.zeros((len(request.rows), part.shape[1]), dtype=np.float32)
+                request.logits[taken] = part
+                request.done_rows += len(taken)
+                if request.done_rows == len(request.rows):
+                    request.future.set_result(request.logits)
+            self._last_step_end = time.perf_counter()
+            if self._big_since_release and self._release_task is None:
+                self._release_task = loop.create_task(self._release_when_idle())
+
+    async def _release_when_idle(self) -> None:
+        """Hand memory back once no step has run for ``_IDLE_BEFORE_RELEASE`` seconds (under
+        steady load the memory would be taken again at once, so it is kept)."""
+        try:
+            while True:
+                await asyncio.sleep(_IDLE_BEFORE_RELEASE)
+                if (not self._queue and not self._step_tokens
+                        and time.perf_counter() - self._last_step_end >= _IDLE_BEFORE_RELEASE):
+                    break
+            self._big_since_release = False
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.runtime.release_memory)
+        finally:
+            self._release_task = None
 
     def _infer(self, rows: list[Encoded]) -> np.ndarray:
         """Run rows as length-sorted model calls within the budgets (on the worker thread)."""
         out = np.zeros((len(rows), len(self.runtime.labels)), dtype=np.float32)
         for batch in self.runtime.plan(rows):
             batch_rows = [rows[i] for i in batch]
+            tokens = len(batch) * batch_rows[0].length
+            self._big_since_release |= tokens >= _RELEASE_TOKENS
             start = time.perf_counter()
             out[batch] = self.runtime.run(batch_rows)
-            self.metrics.batch(len(batch), len(batch) * batch_rows[0].length,
-                               time.perf_counter() - start)
+            self.metrics.batch(len(batch), tokens, time.perf_counter() - start)
         return out
 
-    def close(self) -> None:
-        """Stop the worker task and thread."""
-        if self._task is not None:
-            self._task.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+
+def _is_disconnect(message: Any) -> bool:
+    return isinstance(message, dict) and message.get("type") == "http.disconnect"

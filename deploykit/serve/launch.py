@@ -1,9 +1,12 @@
 """``deploykit serve``: check the artifact, then hand the process over to ``bentoml serve``.
 
-The artifact is verified here first (sha256 of every file, the variant servable, the
-providers available) so that a bad artifact fails with its exit code (2 or 4) and a clear
-message, instead of a worker process crashing at start-up. The settings travel to the
-service as the ``DEPLOYKIT_*`` environment variables the container uses, too.
+The artifact is loaded here first, exactly as the service's worker will load it (``Runtime``:
+sha256 of every file, the manifest cross-checked against ``config.json``, the variant servable,
+the providers available, the graph's inputs, output width and a ``max_length`` row), so that a
+bad artifact fails with its exit code (2 or 4) and a clear message before anything listens.
+(A worker that still cannot load stops the whole server: ``deploykit.serve.lifecycle``.) The
+settings travel to the service as the ``DEPLOYKIT_*`` environment variables the container
+uses, too.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 from deploykit.config import ServeConfig
 from deploykit.errors import BadInputError
 from deploykit.manifest import Manifest, device_of
-from deploykit.runtime import available_providers
+from deploykit.runtime import Runtime, available_providers
 from deploykit.serve import settings
 
 log = logging.getLogger(__name__)
@@ -31,7 +34,8 @@ def command(cfg: ServeConfig) -> tuple[list[str], dict[str, str]]:
     """The ``bentoml serve`` command line and environment that serve ``cfg``.
 
     Raises:
-        BadInputError: Bad artifact, variant or provider.
+        BadInputError: Bad artifact (a manifest that contradicts its files or graph), variant
+            or provider.
         IntegrityError: An artifact file does not match its manifest.
     """
     artifact = Path(cfg.artifact).resolve()
@@ -48,13 +52,26 @@ def command(cfg: ServeConfig) -> tuple[list[str], dict[str, str]]:
     working_dir = str(Path(__file__).resolve().parents[2])
     argv = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", cfg.host,
             "--port", str(cfg.port), "--working-dir", working_dir]
-    log.info("serving %s (variant %s) on http://%s:%d", manifest.name, variant, cfg.host, cfg.port)
     return argv, env
+
+
+def preflight(cfg: ServeConfig, variant: str) -> None:
+    """Load the artifact as the worker will (``Runtime``), so that whatever the manifest claims
+    about its graph is checked before ``bentoml serve`` starts.
+
+    Raises:
+        BadInputError: The graph contradicts the manifest (inputs, output width, max_length).
+    """
+    Runtime(cfg.artifact, variant, threads=1, providers=cfg.provider_list(),
+            max_batch_tokens=cfg.max_batch_tokens, max_batch_size=cfg.max_batch_size)
 
 
 def run(cfg: ServeConfig) -> None:
     """Serve until stopped: replaces this process with ``bentoml serve`` (same pid)."""
     argv, env = command(cfg)
+    preflight(cfg, env[settings.env_name("variant")])
+    log.info("serving %s (variant %s) on http://%s:%s", Manifest.read(cfg.artifact).name,
+             env[settings.env_name("variant")], cfg.host, cfg.port)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(argv[0], argv, env)

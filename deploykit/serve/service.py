@@ -1,17 +1,25 @@
 """The BentoML service: ``/classify``, the KServe v2 routes, health and Prometheus metrics.
 
-Thin on purpose (as BentoML's own examples are): the runtime is loaded once in ``__init__``,
-``/classify`` is one list-in/list-out endpoint, and every knob comes from the ``DEPLOYKIT_*``
+Thin on purpose (as BentoML's own examples are): the artifact is loaded once in ``__init__``
+into the backend of its task (``BACKENDS``), and every knob comes from the ``DEPLOYKIT_*``
 environment variables (``deploykit/serve/settings.py``). Start it with
-``deploykit serve ARTIFACT`` or ``bentoml serve deploykit.serve.service:Classifier``.
+``deploykit serve ARTIFACT`` or ``bentoml serve deploykit.serve.service:Classifier``; the bento,
+``bentoml containerize`` and the Kubernetes manifests run it the same way.
 
-Batching: by default deploykit's ``DynamicBatcher`` (one per process) serves both ``/classify``
-and ``/v2/models/{name}/infer``; ``DEPLOYKIT_BATCHER=bentoml`` switches ``/classify`` to
-BentoML's adaptive batching (the v2 routes keep deploykit's batcher, since BentoML's batcher
-can only be reached through its own HTTP route).
+The inference routes run on deploykit's lean layer (``deploykit.serve.app.Front``, installed
+with ``add_asgi_middleware``): BentoML stays the server (process manager, uvicorn, health
+checks, bento and container), but its per-request layers are off unless asked for:
+``DEPLOYKIT_ACCESS_LOG`` (BentoML's access log), ``DEPLOYKIT_REQUEST_METRICS`` (its per-path
+request metrics) and ``DEPLOYKIT_TRACING`` (its OpenTelemetry middleware, otherwise bypassed for
+every URL); no ``traffic.timeout`` (deploykit's deadlines replace BentoML's timeout layer).
 
-Imports only numpy, onnxruntime, tokenizers, bentoml/starlette/pydantic/prometheus_client and
-deploykit's runtime/serve/config/errors: never torch, transformers or datasets.
+``/classify`` is still declared as a BentoML API, so ``/schema.json`` and
+``bentoml.SyncHTTPClient`` know it; with the default deploykit batcher the lean layer answers
+it first. ``DEPLOYKIT_BATCHER=bentoml`` hands ``/classify`` to BentoML's adaptive batching
+instead (kept for comparison; the v2 routes keep deploykit's batcher).
+
+Imports only numpy, onnxruntime, tokenizers, bentoml/pydantic/prometheus_client/orjson and
+deploykit's runtime/serve/config/errors/manifest: never torch, transformers or datasets.
 """
 
 from __future__ import annotations
@@ -20,119 +28,100 @@ import logging
 from typing import Annotated, Any
 
 import bentoml
+from bentoml.exceptions import InvalidArgument
 from bentoml.validators import ContentType
-from pydantic import BaseModel, Field, StringConstraints
-from starlette.responses import JSONResponse
+from pydantic import Field
 
 from deploykit import __version__
-from deploykit.runtime import Runtime
+from deploykit.config import ServiceConfig
+from deploykit.errors import BadInputError, DeployKitError
+from deploykit.manifest import Manifest
+from deploykit.serve import lifecycle, metrics
 from deploykit.serve import settings as settings_mod
-from deploykit.serve.batcher import DynamicBatcher, QueueFullError
-from deploykit.serve.http import BodyLimitMiddleware
-from deploykit.serve.v2 import build_app
+from deploykit.serve.app import FRONTS, Front
+from deploykit.serve.classify import ClassificationBackend, Result, Text
+from deploykit.serve.routes import shared_routes
 
 log = logging.getLogger(__name__)
 
-# Read at import: the request schema (max texts), the body limit and the batching mode are
-# part of the service's definition. The artifact itself is only needed in __init__, so
-# 'bentoml build' can import this module without one.
+# Read at import: the request schema (max texts), the body limits, the batching mode and the
+# BentoML layers are part of the service's definition. The artifact itself is only needed in
+# __init__, so 'bentoml build' can import this module without one.
 SETTINGS = settings_mod.from_env()
 
-Text = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
+# One backend class per task (the manifest's "task"); each brings its own routes.
+BACKENDS: dict[str, Any] = {ClassificationBackend.task: ClassificationBackend}
+
 Texts = Annotated[list[Text], Field(min_length=1, max_length=SETTINGS.max_texts,
                                     description="Texts to classify (non-empty strings).")]
-
-
-class Result(BaseModel):
-    """The classification of one text."""
-
-    label: str
-    score: float
-    scores: dict[str, float]
-    truncated: bool
-
-
 # The declared media type spares BentoML from rebuilding the output's JSON schema on every
-# response just to find it (IOMixin.mime_type): 11% of the server's CPU samples under load
-# in py-spy (docs/benchmarks.md).
+# response just to find it (IOMixin.mime_type).
 Results = Annotated[list[Result], ContentType("application/json")]
 
-
-DEFAULT_WAIT_MS = 5.0  # deploykit batcher's wait under load when DEPLOYKIT_MAX_LATENCY_MS is unset
-_BACKEND: Any = None  # the loaded Classifier of this process, for the v2 routes
-v2_app = build_app(lambda: _BACKEND, __version__)
+_BACKEND: Any = None  # the loaded backend of this process, for the lean layer
 
 
-class PrometheusBatchMetrics:
-    """The batcher's metrics as Prometheus series named as docs/architecture.md fixes."""
+def bentoml_config(settings: ServiceConfig) -> dict[str, Any]:
+    """BentoML's service configuration: the per-request layers deploykit switches off by default.
 
-    def __init__(self) -> None:
-        # Imported here, not at module top: BentoML sets PROMETHEUS_MULTIPROC_DIR in the worker
-        # after importing the service module, and prometheus_client reads it on import.
-        import prometheus_client as prom
-
-        self._batch_size = prom.Histogram("deploykit_batch_size", "Texts per model call",
-                                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-        self._batch_tokens = prom.Histogram("deploykit_batch_tokens", "Padded tokens per model call",
-                                            buckets=(64, 256, 1024, 2048, 4096, 8192, 16384, 32768))
-        self._queue_wait = prom.Histogram("deploykit_queue_wait_seconds",
-                                          "Time a request waited in the batching queue",
-                                          buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1))
-        self._inference = prom.Histogram("deploykit_inference_seconds", "Time of one model call",
-                                         buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
-        self._rejected = prom.Counter("deploykit_rejected", "Requests refused because the queue was full")
-
-    def batch(self, size: int, tokens: int, seconds: float) -> None:
-        self._batch_size.observe(size)
-        self._batch_tokens.observe(tokens)
-        self._inference.observe(seconds)
-
-    def queue_wait(self, seconds: float) -> None:
-        self._queue_wait.observe(seconds)
-
-    def rejected(self) -> None:
-        self._rejected.inc()
+    BentoML 1.4 installs an OpenTelemetry middleware on every app, which only
+    ``tracing.excluded_urls`` bypasses; ``metrics.enabled: false`` removes its per-path request
+    metrics (and its ``/metrics`` route: deploykit serves its own); ``logging.access`` is its
+    access log; no ``traffic.timeout`` means no timeout layer.
+    """
+    config: dict[str, Any] = {"name": "deploykit", "http": {"port": 3000}, "workers": settings.workers,
+                              "metrics": {"enabled": settings.request_metrics},
+                              "logging": {"access": {"enabled": settings.access_log}}}
+    if not settings.tracing:
+        config["tracing"] = {"excluded_urls": [".*"]}
+    return config
 
 
-_METRICS: PrometheusBatchMetrics | None = None
-
-
-def _metrics() -> PrometheusBatchMetrics:
-    global _METRICS
-    if _METRICS is None:  # one set per process: Prometheus refuses duplicate names
-        _METRICS = PrometheusBatchMetrics()
-    return _METRICS
-
-
-def _error(message: str, status: int) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-@bentoml.service(name="deploykit", http={"port": 3000}, traffic={"timeout": 60})
-@bentoml.asgi_app(v2_app, path="/")
+@bentoml.service(**bentoml_config(SETTINGS))
 class Classifier:
     """Text classification with an exported deploykit artifact."""
 
     def __init__(self) -> None:
         global _BACKEND
+        logging.getLogger("deploykit").setLevel(logging.INFO)  # BentoML's root logger is at WARNING
         self.settings = SETTINGS
-        self.runtime = Runtime(settings_mod.artifact_from_env(), self.settings.variant,
-                               threads=self.settings.threads, providers=self.settings.provider_list(),
-                               max_batch_tokens=self.settings.max_batch_tokens,
-                               max_batch_size=self.settings.max_batch_size)
-        wait_ms = self.settings.max_latency_ms
-        self.batcher = DynamicBatcher(self.runtime, max_batch_size=self.settings.max_batch_size,
-                                      max_batch_tokens=self.settings.max_batch_tokens,
-                                      max_latency_ms=DEFAULT_WAIT_MS if wait_ms is None else wait_ms,
-                                      max_queue=self.settings.max_queue, metrics=_metrics())
-        _BACKEND = self
-        log.info("serving %s (variant %s, labels %s) with the %s batcher", self.runtime.name,
-                 self.runtime.variant, self.runtime.labels, self.settings.batcher)
+        try:
+            artifact = settings_mod.artifact_from_env()
+            task = Manifest.read(artifact).task
+            if task not in BACKENDS:
+                raise BadInputError(f"{artifact} is a {task} artifact; this service serves "
+                                    f"{', '.join(BACKENDS)}")
+            backend = BACKENDS[task](artifact, self.settings, metrics.get())
+        except DeployKitError as exc:
+            if not lifecycle.in_bentoml_worker():
+                raise
+            lifecycle.exit_server(str(exc), exc.exit_code)  # never returns
+        self.backend = backend
+        self.runtime, self.batcher = backend.runtime, backend.batcher
+        _BACKEND = backend
+        log.info("serving %s (variant %s, labels %s) with the %s batcher on %s", self.runtime.name,
+                 self.runtime.variant, self.runtime.labels, self.settings.batcher, lifecycle.http_stack())
+        lifecycle.drain_on_sigterm(self._begin_drain, self.settings.shutdown_timeout_ms / 1000)
+
+    def _begin_drain(self) -> None:
+        """SIGTERM: stop admitting, answer body readers, answer the queue after the bound."""
+        import asyncio
+
+        log.info("SIGTERM: draining (queued requests get %.1f s)", self.settings.shutdown_timeout_ms / 1000)
+        self.backend.draining = True
+        self.batcher.drain()
+        for front in FRONTS:
+            front.drain()
+        asyncio.get_running_loop().call_later(self.settings.shutdown_timeout_ms / 1000, self.batcher.fail_queued)
+
+    async def __is_ready__(self) -> bool:
+        """BentoML's /readyz: ready once loaded, until shutdown starts (load shows as 503s, not here)."""
+        return not self.backend.draining
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
         """Stop the batcher's worker."""
-        self.batcher.close()
+        self.backend.close()
 
     if SETTINGS.batcher == "bentoml":
         @bentoml.api(route="/classify", batchable=True, max_batch_size=SETTINGS.max_batch_size,
@@ -142,15 +131,20 @@ class Classifier:
             """Classify texts; BentoML's adaptive batcher merges concurrent requests."""
             # BentoML concatenates the lists of concurrent requests; the runtime splits them by
             # the token budget again and keeps their order.
-            return self.runtime.predict(texts)
+            try:
+                return self.runtime.predict(texts)
+            except BadInputError as exc:
+                raise InvalidArgument(str(exc)) from None
     else:
         @bentoml.api(route="/classify")
         async def classify(self, texts: Texts) -> Results:
-            """Classify texts; deploykit's dynamic batcher merges concurrent requests."""
-            try:
-                return await self.batcher.classify(texts)
-            except QueueFullError as exc:
-                return _error(str(exc), 503)
+            """Classify texts (served by the lean layer first; declared for /schema.json and
+            BentoML's clients)."""
+            return await self.batcher.classify(texts)
 
 
-Classifier.add_asgi_middleware(BodyLimitMiddleware, max_bytes=SETTINGS.max_body_bytes)
+Classifier.add_asgi_middleware(
+    Front, get_backend=lambda: _BACKEND,
+    routes=shared_routes(__version__, lambda: _BACKEND.routes() if _BACKEND is not None else []),
+    max_body_bytes=SETTINGS.max_body_bytes, body_timeout_ms=SETTINGS.body_timeout_ms,
+    max_inflight_body_bytes=SETTINGS.max_inflight_body_bytes)

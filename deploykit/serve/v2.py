@@ -7,20 +7,24 @@ Routes (``name`` is the manifest's): ``GET /v2``, ``GET /v2/health/live``,
 [n, 1] (JSON data or the binary-tensor extension) and returning ``LABEL`` (BYTES [n]) and
 ``SCORES`` (FP32 [n, k], probabilities). ``tritonclient.http`` works against it unchanged.
 
-Requests go straight to the process's shared ``DynamicBatcher``: no second HTTP hop.
-The protocol is parsed by hand because no maintained library offers a server-side parser of
-the v2 JSON + binary-tensor format outside Triton itself; the format is small and fixed.
+This module is the codec (request parsing, response encoding, metadata); the routes that use
+it are the served task's (``deploykit.serve.classify``), on the service's lean HTTP layer, so
+requests go straight to the process's shared ``DynamicBatcher``: no second HTTP hop. The
+protocol is parsed by hand because no maintained library offers a server-side parser of the v2
+JSON + binary-tensor format outside Triton itself; the format is small and fixed. Every way a
+body can break it is a ``ProtocolError`` (HTTP 400 ``{"error": ...}``, the shape tritonclient
+reads), never an exception that would become a 500.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+import orjson
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,7 @@ class InferRequest:
     texts: list[str]
     request_id: str | None
     outputs: dict[str, bool]  # output name -> as binary data
+    timeout_us: int | None = None  # the request's 'timeout' parameter (tritonclient's, microseconds)
 
 
 def serialize_bytes(items: list[bytes]) -> bytes:
@@ -84,10 +89,9 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any],
     else:
         head, binary = body, b""
     try:
-        request = json.loads(head.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ProtocolError("the request's JSON is not valid UTF-8") from None
-    except ValueError as exc:
+        # orjson refuses invalid UTF-8, lone surrogates ("\ud800") and nesting deeper than 1024
+        request = orjson.loads(head)
+    except orjson.JSONDecodeError as exc:
         raise ProtocolError(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(request, dict):
         raise ProtocolError("the request must be a JSON object with an 'inputs' list")
@@ -108,8 +112,12 @@ def _texts_of(tensor: dict[str, Any], binary: bytes, max_texts: int) -> list[str
     if n > max_texts:
         raise ProtocolError(f"input {INPUT} holds {n} texts, more than the limit of {max_texts} "
                             "(DEPLOYKIT_MAX_TEXTS); split the request")
-    params = tensor.get("parameters") or {}
+    params = _parameters(tensor, f"input {INPUT}")
     if "binary_data_size" in params:
+        size = params["binary_data_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or size != len(binary):
+            raise ProtocolError(f"input {INPUT} declares binary_data_size {size!r} but {len(binary)} bytes "
+                                f"follow the JSON header ({HEADER_LENGTH})")
         raw = deserialize_bytes(binary)
         try:
             items = [b.decode("utf-8") for b in raw]
@@ -120,7 +128,7 @@ def _texts_of(tensor: dict[str, Any], binary: bytes, max_texts: int) -> list[str
         if not isinstance(data, list):
             raise ProtocolError(f"input {INPUT} needs a 'data' list (or binary data)")
         items = [x for row in data for x in row] if data and all(isinstance(r, list) for r in data) else data
-        if not all(isinstance(x, str) for x in items):
+        if not all(type(x) is str for x in items):
             raise ProtocolError(f"input {INPUT} must hold strings only")
     if len(items) != n:
         raise ProtocolError(f"input {INPUT} declares shape {shape} but holds {len(items)} elements")
@@ -153,7 +161,11 @@ def parse_infer(body: bytes, header_length: str | None, max_texts: int) -> Infer
         raise ProtocolError(f"unknown input {inputs[0].get('name')!r}; this model takes one input "
                             f"named {INPUT}")
     texts = _texts_of(inputs[0], binary, max_texts)
-    binary_default = bool((request.get("parameters") or {}).get("binary_data_output", False))
+    params = _parameters(request, "the request")
+    binary_default = _flag(params, "binary_data_output", False, "the request")
+    timeout = params.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0):
+        raise ProtocolError(f"parameter 'timeout' must be a positive integer of microseconds, got {timeout!r}")
     wanted = request.get("outputs")
     if wanted is None:
         outputs = {name: binary_default for name in OUTPUTS}
@@ -162,11 +174,33 @@ def parse_infer(body: bytes, header_length: str | None, max_texts: int) -> Infer
             raise ProtocolError("'outputs' must be a list of objects with a 'name'")
         outputs = {}
         for o in wanted:
-            if o.get("name") not in OUTPUTS:
-                raise ProtocolError(f"unknown output {o.get('name')!r}; choose from {', '.join(OUTPUTS)}")
-            outputs[o["name"]] = bool((o.get("parameters") or {}).get("binary_data", binary_default))
+            name = o.get("name")
+            if not isinstance(name, str) or name not in OUTPUTS:
+                raise ProtocolError(f"unknown output {name!r}; choose from {', '.join(OUTPUTS)}")
+            outputs[name] = _flag(_parameters(o, f"output {name}"), "binary_data", binary_default,
+                                  f"output {name}")
     request_id = request.get("id")
-    return InferRequest(texts, str(request_id) if request_id is not None else None, outputs)
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError(f"'id' must be a string, got {orjson.dumps(request_id)[:40].decode()}")
+    return InferRequest(texts, request_id, outputs, timeout)
+
+
+def _parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:
+    """The ``parameters`` object of the request, an input or an output (absent or null: empty)."""
+    params = holder.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ProtocolError(f"'parameters' of {where} must be a JSON object, got "
+                            f"{orjson.dumps(params)[:40].decode()}")
+    return params
+
+
+def _flag(params: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"parameter {key!r} of {where} must be true or false, got {value!r}")
+    return value
 
 
 def encode_response(model: str, req: InferRequest, labels: list[str],
@@ -203,7 +237,7 @@ def encode_response(model: str, req: InferRequest, labels: list[str],
     head: dict[str, Any] = {"model_name": model, "model_version": VERSION, "outputs": outputs}
     if req.request_id is not None:
         head["id"] = req.request_id
-    head_bytes = json.dumps(head).encode("utf-8")
+    head_bytes = orjson.dumps(head)
     if not blobs:
         return head_bytes, {"Content-Type": "application/json"}
     return head_bytes + b"".join(blobs), {"Content-Type": "application/octet-stream",
@@ -216,84 +250,3 @@ def model_metadata(name: str, num_labels: int, platform: str = "onnxruntime_onnx
             "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
             "outputs": [{"name": "LABEL", "datatype": "BYTES", "shape": [-1]},
                         {"name": "SCORES", "datatype": "FP32", "shape": [-1, num_labels]}]}
-
-
-def build_app(get_backend: Callable[[], Any], server_version: str) -> Any:
-    """The Starlette app serving the v2 routes.
-
-    Args:
-        get_backend: Returns the loaded service (with ``runtime``, ``batcher``, ``settings``)
-            or None while it is still loading.
-        server_version: Reported by ``GET /v2``.
-
-    Returns:
-        A Starlette application (mounted at ``/`` of the BentoML server, routes under ``/v2``).
-    """
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
-
-    from deploykit.runtime import softmax
-    from deploykit.serve.batcher import QueueFullError
-
-    def error(message: str, status: int) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
-
-    def backend_for(request: Request) -> Any:
-        backend = get_backend()
-        if backend is None:
-            raise ProtocolError("the model is still loading", 503)
-        name = request.path_params.get("name")
-        if name is not None and name != backend.runtime.name:
-            raise ProtocolError(f"unknown model {name!r}; this server serves {backend.runtime.name!r}", 404)
-        version = request.path_params.get("version")
-        if version is not None and version != VERSION:
-            raise ProtocolError(f"unknown version {version!r} of model {name!r}; available: {VERSION}", 404)
-        return backend
-
-    async def server_metadata(request: Request) -> Response:
-        return JSONResponse({"name": "deploykit", "version": server_version,
-                             "extensions": ["binary_tensor_data"]})
-
-    async def live(request: Request) -> Response:
-        return Response(status_code=200)
-
-    async def ready(request: Request) -> Response:
-        return Response(status_code=200 if get_backend() is not None else 503)
-
-    async def metadata(request: Request) -> Response:
-        try:
-            backend = backend_for(request)
-        except ProtocolError as exc:
-            return error(str(exc), exc.status)
-        return JSONResponse(model_metadata(backend.runtime.name, len(backend.runtime.labels)))
-
-    async def model_ready(request: Request) -> Response:
-        try:
-            backend_for(request)
-        except ProtocolError as exc:
-            return error(str(exc), exc.status)
-        return Response(status_code=200)
-
-    async def infer(request: Request) -> Response:
-        try:
-            backend = backend_for(request)
-            body = await request.body()
-            req = parse_infer(body, request.headers.get(HEADER_LENGTH), backend.settings.max_texts)
-            _, logits = await backend.batcher.submit(req.texts)
-        except ProtocolError as exc:
-            return error(str(exc), exc.status)
-        except QueueFullError as exc:
-            return error(str(exc), 503)
-        probs = softmax(logits)
-        labels = [backend.runtime.labels[i] for i in probs.argmax(axis=-1)]
-        body, headers = encode_response(backend.runtime.name, req, labels, probs)
-        return Response(body, headers=headers)
-
-    routes = [Route("/v2", server_metadata), Route("/v2/health/live", live),
-              Route("/v2/health/ready", ready)]
-    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        routes += [Route(prefix, metadata), Route(prefix + "/ready", model_ready),
-                   Route(prefix + "/infer", infer, methods=["POST"])]
-    return Starlette(routes=routes)

@@ -1,0 +1,155 @@
+"""Back-to-back A/B of the service's hot-path choices, with wrk, on one artifact.
+
+Each variant is a ``deploykit serve`` started with its own flags/environment; the variants are
+measured in turn (A, B, C, ..., then again in reverse, ``--rounds`` times), each with wrk at one
+concurrency for ``--duration`` seconds, so that the machine's drift hits every variant alike.
+The summary is the median per variant (texts/s, p50, p99) and its ratio to the first variant.
+This is how the decisions in docs/benchmarks.md were (and are to be re-)measured.
+
+Variants (``--variants``, comma-separated; the first is the reference):
+
+- ``lean``: this checkout's defaults (deploykit's lean layer, uvloop + httptools, orjson).
+- ``asyncio-h11``: the same with uvloop and httptools hidden from the worker (uvicorn falls
+  back to asyncio and h11).
+- ``layers-on``: the lean layer with BentoML's per-request layers switched back on
+  (``--access-log --request-metrics --tracing``).
+- ``no-wait``: ``--max-latency-ms 0`` (never wait for company under load).
+- ``threads1``: ``--threads 1``; ``workers2``: ``--workers 2 --threads 1``.
+- ``main=PATH``: the service of another checkout (e.g. ``main=/work/main``), run with this
+  interpreter: the before/after of a change.
+
+    python3 benchmarks/serving_ab.py --artifact ART --variants lean,asyncio-h11,threads1 \\
+        [--concurrency 32] [--texts-per-request 1] [--protocol classify] [--duration 8] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from deploykit.bench.inputs import sample_texts  # noqa: E402
+from deploykit.bench.online import Target  # noqa: E402
+from deploykit.config import BenchOnlineConfig  # noqa: E402
+from deploykit.manifest import Manifest  # noqa: E402
+from deploykit.serve.launch import free_port, stop_process_group  # noqa: E402
+
+WRK_SCRIPT = ROOT / "benchmarks" / "wrk" / "post_bodies.lua"
+FLAGS = {"lean": [], "asyncio-h11": [], "layers-on": ["--access-log", "--request-metrics", "--tracing"],
+         "no-wait": ["--max-latency-ms", "0"], "threads1": ["--threads", "1"],
+         "workers2": ["--workers", "2", "--threads", "1"]}
+
+
+def hide_fast_io(folder: Path) -> str:
+    """A folder to put first on PYTHONPATH that makes ``import uvloop``/``import httptools`` fail."""
+    for name in ("uvloop", "httptools"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / "__init__.py").write_text(f"raise ImportError('{name} hidden for an A/B run')\n")
+    return str(folder)
+
+
+def start(variant: str, artifact: Path, work: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
+    checkout, flags = ROOT, FLAGS.get(variant, [])
+    if variant == "asyncio-h11":
+        env["PYTHONPATH"] = hide_fast_io(work / "hidden")
+    if variant.startswith("main="):
+        checkout = Path(variant.split("=", 1)[1]).resolve()
+        env["PYTHONPATH"] = str(checkout)
+    log = work / f"{variant.replace('/', '_')}-{port}.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "deploykit", "serve", str(artifact), "--port", str(port),
+                                 *flags], cwd=checkout, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    import urllib.request
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{variant} exited:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.5)
+    stop_process_group(proc)
+    raise RuntimeError(f"{variant} not ready:\n{log.read_text()[-3000:]}")
+
+
+def wrk(url: str, bodies: Path, concurrency: int, seconds: float) -> dict:
+    proc = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency",
+                           "--timeout", "30s", "-s", str(WRK_SCRIPT), url, "--", str(bodies)],
+                          capture_output=True, text=True, timeout=seconds + 120)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("WRK_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed: {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
+    return json.loads(line.removeprefix("WRK_JSON "))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--artifact", required=True)
+    parser.add_argument("--variants", default="lean,asyncio-h11")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--texts-per-request", type=int, default=1)
+    parser.add_argument("--protocol", default="classify", choices=("classify", "v2"))
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+
+    artifact = Path(args.artifact).resolve()
+    name = Manifest.read(artifact).name
+    variants = args.variants.split(",")
+    texts = sample_texts("tweets", "text", 1024, 0)
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+    loads = [list(os.getloadavg())]
+    with tempfile.TemporaryDirectory(prefix="dk-ab-") as tmp:
+        work = Path(tmp)
+        target = Target(BenchOnlineConfig(url="http://x", protocol=args.protocol, model=name))
+        bodies = work / "bodies.jsonl"
+        per = args.texts_per_request
+        bodies.write_text("".join(json.dumps(target.body(texts[i:i + per]), ensure_ascii=False) + "\n"
+                                  for i in range(0, len(texts) - per + 1, per)))
+        route = target.url.removeprefix("http://x")
+        for round_ in range(args.rounds):
+            for variant in (variants if round_ % 2 == 0 else variants[::-1]):
+                proc, url = start(variant, artifact, work)
+                try:
+                    wrk(url + route, bodies, args.concurrency, args.warmup)
+                    r = wrk(url + route, bodies, args.concurrency, args.duration)
+                finally:
+                    stop_process_group(proc, timeout=60)
+                ok = r["requests"] - r["non_2xx"]
+                r["texts_per_s"] = ok * per / r["duration_s"]
+                results[variant].append(r)
+                print(f"round {round_ + 1} {variant}: {r['texts_per_s']:.1f} texts/s, p50 {r['p50_ms']:.1f} ms, "
+                      f"p99 {r['p99_ms']:.1f} ms, {r['non_2xx']} non-2xx", flush=True)
+                loads.append(list(os.getloadavg()))
+    ref = statistics.median(r["texts_per_s"] for r in results[variants[0]])
+    print(f"\nwrk c={args.concurrency}, {per} text(s)/request, {args.protocol}, {args.duration:.0f} s x "
+          f"{args.rounds} rounds; 1-min load average {min(l[0] for l in loads):.1f}-{max(l[0] for l in loads):.1f}")
+    print("| variant | texts/s (median) | x first | p50 ms | p99 ms |\n|---|---|---|---|---|")
+    for variant, runs in results.items():
+        tps = statistics.median(r["texts_per_s"] for r in runs)
+        print(f"| {variant} | {tps:.1f} | {tps / ref:.2f} | {statistics.median(r['p50_ms'] for r in runs):.1f} | "
+              f"{statistics.median(r['p99_ms'] for r in runs):.1f} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": vars(args), "load_average": loads, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""The text-classification task on the service: its backend (runtime + batcher) and its routes.
+
+``POST /classify`` (deploykit's JSON API) and the KServe v2 model routes
+(``/v2/models/{name}[/versions/{version}]``, ``.../ready``, ``.../infer``) are served by the same
+lean layer (``deploykit.serve.app``) and the same batcher, so they answer alike. A second task
+(text generation) provides its own backend class and ``routes()`` in a module like this one and
+registers it in ``deploykit.serve.service.BACKENDS``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, StringConstraints, ValidationError
+
+from deploykit.config import ServiceConfig
+from deploykit.manifest import Classification
+from deploykit.runtime import Runtime, softmax
+from deploykit.serve import v2
+from deploykit.serve.app import Call, HTTPError, Reply, Route, json_reply, request_timeout
+from deploykit.serve.batcher import DynamicBatcher
+
+log = logging.getLogger(__name__)
+
+# The deploykit batcher's wait for company under load when DEPLOYKIT_MAX_LATENCY_MS is unset.
+DEFAULT_WAIT_MS = 5.0
+
+Text = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
+
+
+class Result(BaseModel):
+    """The classification of one text."""
+
+    label: str = Field(description="The most probable label.")
+    score: float = Field(description="Its probability.")
+    scores: dict[str, float] = Field(description="Every label's probability.")
+    truncated: bool = Field(description="Whether the text was cut at the model's max_length tokens.")
+
+
+@functools.lru_cache(maxsize=None)
+def request_model(max_texts: int) -> type[BaseModel]:
+    """The ``/classify`` body: ``{"texts": [...]}``, 1 to ``max_texts`` non-blank strings.
+
+    One pydantic model validates the body (pydantic-core parses the JSON too: invalid UTF-8,
+    lone surrogates and deep nesting are validation errors, not crashes) and gives
+    ``/docs.json`` its schema, so the two cannot disagree.
+    """
+
+    class ClassifyRequest(BaseModel):
+        texts: Annotated[list[Text], Field(min_length=1, max_length=max_texts,
+                                           description="Texts to classify (non-empty, not only spaces).")]
+
+    return ClassifyRequest
+
+
+class ClassificationBackend:
+    """The loaded classifier of one service process: runtime, batcher, settings.
+
+    Args:
+        artifact: The artifact folder.
+        settings: The service settings.
+        metrics: Where the batcher reports (``deploykit.serve.metrics``).
+
+    Raises:
+        BadInputError, IntegrityError: As ``Runtime`` (the artifact is refused before serving).
+    """
+
+    task = Classification.TASK
+
+    def __init__(self, artifact: str, settings: ServiceConfig, metrics: Any) -> None:
+        self.settings = settings
+        self.runtime = Runtime(artifact, settings.variant, threads=settings.threads,
+                               providers=settings.provider_list(), max_batch_tokens=settings.max_batch_tokens,
+                               max_batch_size=settings.max_batch_size)
+        wait_ms = settings.max_latency_ms
+        self.batcher = DynamicBatcher(
+            self.runtime, max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
+            max_latency_ms=DEFAULT_WAIT_MS if wait_ms is None else wait_ms, max_queue=settings.max_queue,
+            max_queue_wait_ms=settings.max_queue_wait_ms, request_timeout_ms=settings.request_timeout_ms,
+            max_request_tokens=settings.max_request_tokens, metrics=metrics)
+        self.name = self.runtime.name
+        self.metrics = metrics
+        self.draining = False
+
+    def routes(self) -> list[Route]:
+        """``/classify`` (unless BentoML's batcher serves it) and the v2 model routes."""
+        return routes(self.settings)
+
+    def close(self) -> None:
+        self.batcher.close()
+
+
+# --- handlers ---------------------------------------------------------------------------------
+
+# Bodies that cannot be JSON. Any other content type is read as JSON: curl -d and urllib send
+# JSON labelled application/x-www-form-urlencoded by default.
+_NOT_JSON = (b"multipart/", b"application/vnd.bentoml+pickle")
+
+
+async def classify(call: Call) -> Reply:
+    backend: ClassificationBackend = call.backend
+    content_type = (call.header(b"content-type") or b"application/json").lower()
+    if content_type.startswith(_NOT_JSON):
+        raise HTTPError(415, f"/classify takes a JSON body, not {content_type.decode(errors='replace')}; "
+                        "send Content-Type: application/json and {\"texts\": [...]}")
+    model = request_model(backend.settings.max_texts)
+    try:
+        texts = model.model_validate_json(call.body).texts
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        raise HTTPError(400, f"{len(errors)} validation error{'s' if len(errors) > 1 else ''} in the request "
+                        f"body: {errors[0]['msg']} at {_where(errors[0]['loc'])}; send "
+                        f"{{\"texts\": [1 to {backend.settings.max_texts} non-empty strings]}}",
+                        detail=errors) from None
+    batcher = backend.batcher
+    rows, logits = await batcher.submit(texts, deadline=batcher.deadline(request_timeout(call)),
+                                        disconnected=call.disconnected)
+    return json_reply(backend.runtime.results(logits, rows))
+
+
+def _where(loc: tuple) -> str:
+    return ".".join(map(str, loc)) or "the body"
+
+
+def _model(call: Call) -> ClassificationBackend:
+    backend: ClassificationBackend = call.backend
+    name, version = call.params.get("name"), call.params.get("version")
+    if name != backend.name:
+        raise HTTPError(404, f"unknown model {name!r}; this server serves {backend.name!r}")
+    if version is not None and version != v2.VERSION:
+        raise HTTPError(404, f"unknown version {version!r} of model {name!r}; available: {v2.VERSION}")
+    return backend
+
+
+async def model_metadata(call: Call) -> Reply:
+    backend = _model(call)
+    return json_reply(v2.model_metadata(backend.name, len(backend.runtime.labels)))
+
+
+async def model_ready(call: Call) -> Reply:
+    backend = _model(call)
+    return Reply(b"", 503 if backend.draining else 200)
+
+
+async def infer(call: Call) -> Reply:
+    backend = _model(call)
+    header = call.header(v2.HEADER_LENGTH.lower().encode())
+    try:
+        req = v2.parse_infer(call.body, None if header is None else header.decode("latin-1"),
+                             backend.settings.max_texts)
+    except v2.ProtocolError as exc:
+        raise HTTPError(exc.status, str(exc)) from None
+    batcher = backend.batcher
+    _, logits = await batcher.submit(req.texts, deadline=batcher.deadline(request_timeout(call, req.timeout_us)),
+                                     disconnected=call.disconnected)
+    probs = softmax(logits)
+    labels = [backend.runtime.labels[i] for i in probs.argmax(axis=-1)]
+    body, headers = v2.encode_response(backend.name, req, labels, probs)
+    content_type = headers.pop("Content-Type").encode()
+    return Reply(body, content_type=content_type,
+                 headers=[(k.lower().encode(), v.encode()) for k, v in headers.items()])
+
+
+# --- routes and their OpenAPI operations --------------------------------------------------------
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _responses(ok: dict[str, Any], *codes: int) -> dict[str, Any]:
+    text = {400: "Malformed request (the body, a parameter or a header); the message says what to fix.",
+            404: "Unknown model or version.", 405: "Method not allowed.",
+            408: "The body did not arrive within DEPLOYKIT_BODY_TIMEOUT_MS.",
+            413: "Body over DEPLOYKIT_MAX_BODY_BYTES, or more tokens than DEPLOYKIT_MAX_REQUEST_TOKENS.",
+            415: "Not a JSON body.",
+            503: "Overloaded (estimated queue wait over DEPLOYKIT_MAX_QUEUE_WAIT_MS, queue or body memory "
+                 "full), loading or shutting down; see Retry-After.",
+            504: "The request's deadline passed before it was computed."}
+    responses = {"200": ok}
+    for code in codes:
+        responses[str(code)] = {"description": text[code], "content": {"application/json": {"schema": ERROR}}}
+    return responses
+
+
+def routes(settings: ServiceConfig) -> list[Route]:
+    """The classification routes (``/classify`` only with deploykit's batcher)."""
+    body_errors = (400, 408, 413, 503, 504)
+    timeout_header = {"name": "X-Request-Timeout", "in": "header", "required": False,
+                      "description": "This request's deadline in milliseconds (at most "
+                                     "DEPLOYKIT_REQUEST_TIMEOUT_MS); past it: 504.",
+                      "schema": {"type": "number", "minimum": 0, "exclusiveMinimum": True}}
+    model_params = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+    version_param = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+    out: list[Route] = []
+    if settings.batcher == "deploykit":
+        schema = request_model(settings.max_texts).model_json_schema()
+        out.append(Route("/classify", ("POST",), classify, "classify", body=True, openapi={"post": {
+            "summary": "Classify texts", "operationId": "classify",
+            "parameters": [timeout_header],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+            "responses": _responses({"description": "One result per text, in order.", "content": {
+                "application/json": {"schema": {"type": "array",
+                                                "items": Result.model_json_schema()}}}},
+                *body_errors, 415)}}))
+    for prefix, extra in (("/v2/models/{name}", []), ("/v2/models/{name}/versions/{version}", [version_param])):
+        params = model_params + extra
+        suffix = "_versioned" if extra else ""
+        out += [
+            Route(prefix, ("GET",), model_metadata, "v2_metadata", openapi={"get": {
+                "summary": "v2 model metadata", "operationId": "v2_model_metadata" + suffix, "parameters": params,
+                "responses": _responses({"description": "Inputs and outputs of the model.",
+                                         "content": {"application/json": {"schema": {"type": "object"}}}}, 404)}}),
+            Route(prefix + "/ready", ("GET",), model_ready, "v2_health", openapi={"get": {
+                "summary": "v2 model readiness", "operationId": "v2_model_ready" + suffix, "parameters": params,
+                "responses": {"200": {"description": "Ready."}, "503": {"description": "Shutting down."},
+                              "404": {"description": "Unknown model or version.",
+                                      "content": {"application/json": {"schema": ERROR}}}}}}),
+            Route(prefix + "/infer", ("POST",), infer, "v2_infer", body=True, openapi={"post": {
+                "summary": "v2 inference: TEXT (BYTES [n] or [n, 1]) -> LABEL, SCORES",
+                "operationId": "v2_infer" + suffix, "parameters": [*params, timeout_header],
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": _responses({"description": "LABEL and SCORES (JSON, or binary after the JSON "
+                                                        "header with Inference-Header-Content-Length).",
+                                         "content": {"application/json": {"schema": {"type": "object"}}}},
+                                        *body_errors, 404)}}),
+        ]
+    return out

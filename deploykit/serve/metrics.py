@@ -1,0 +1,99 @@
+"""deploykit's Prometheus series and the ``/metrics`` page that shows them.
+
+BentoML's own per-request metrics are off by default (they label every series with the raw
+URL path, so requests to random paths grow ``/metrics`` and the metrics folder without bound,
+and they cost time on every request). deploykit's series have fixed labels only: the route
+label is one of ``ROUTES``, whatever path was asked for.
+
+BentoML runs each worker with ``PROMETHEUS_MULTIPROC_DIR`` set, and ``prometheus_client``
+then keeps values in files there, one set per process; ``exposition`` merges them, so the page
+is right with any number of workers, and includes BentoML's series when a user turns them on.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+# The values of the ``route`` label of deploykit_requests_total (a fixed set: bounded series).
+ROUTES = ("classify", "v2_infer", "v2_metadata", "v2_health", "metrics", "docs")
+
+
+class PrometheusMetrics:
+    """The batcher's and the routes' series, named as docs/architecture.md fixes.
+
+    Create one per process (Prometheus refuses duplicate names): ``get()``.
+    """
+
+    def __init__(self) -> None:
+        # Imported here, not at module top: BentoML sets PROMETHEUS_MULTIPROC_DIR in the worker
+        # after importing the service module, and prometheus_client reads it on import.
+        import prometheus_client as prom
+
+        self._batch_size = prom.Histogram("deploykit_batch_size", "Texts per model call",
+                                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self._batch_tokens = prom.Histogram("deploykit_batch_tokens", "Padded tokens per model call",
+                                            buckets=(64, 256, 1024, 2048, 4096, 8192, 16384, 32768))
+        self._queue_wait = prom.Histogram("deploykit_queue_wait_seconds",
+                                          "Time a request waited in the batching queue before its first step",
+                                          buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+        self._inference = prom.Histogram("deploykit_inference_seconds", "Time of one model call",
+                                         buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+        self._rejected = prom.Counter("deploykit_rejected", "Requests refused on arrival with 503, by "
+                                      "reason (queue_wait, queue_full, draining, memory)", ["reason"])
+        self._dropped = prom.Counter("deploykit_dropped_texts", "Texts left uncomputed because their "
+                                     "request's deadline passed or its client left, by reason", ["reason"])
+        self._unread = prom.Counter("deploykit_unread_texts", "Texts computed whose answer nobody read: "
+                                    "the client left or the deadline passed while their step ran")
+        self._requests = prom.Counter("deploykit_requests", "Requests answered by deploykit's routes, by "
+                                      "route and status code", ["route", "code"])
+
+    def batch(self, size: int, tokens: int, seconds: float) -> None:
+        self._batch_size.observe(size)
+        self._batch_tokens.observe(tokens)
+        self._inference.observe(seconds)
+
+    def queue_wait(self, seconds: float) -> None:
+        self._queue_wait.observe(seconds)
+
+    def rejected(self, reason: str = "queue_wait") -> None:
+        self._rejected.labels(reason).inc()
+
+    def dropped(self, reason: str, texts: int) -> None:
+        self._dropped.labels(reason).inc(texts)
+
+    def unread(self, texts: int) -> None:
+        self._unread.inc(texts)
+
+    def request(self, route: str, code: int) -> None:
+        self._requests.labels(route, str(code)).inc()
+
+
+_METRICS: PrometheusMetrics | None = None
+
+
+def get() -> PrometheusMetrics:
+    """This process's metrics (created on first use)."""
+    global _METRICS
+    if _METRICS is None:
+        _METRICS = PrometheusMetrics()
+    return _METRICS
+
+
+def exposition() -> tuple[bytes, str]:
+    """The ``/metrics`` page: every process's series when multiprocess, else this one's.
+
+    Returns:
+        ``(body, content type)``.
+    """
+    import prometheus_client as prom
+
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder and os.path.isdir(folder):
+        from prometheus_client import multiprocess
+
+        registry: Any = prom.CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=folder)
+    else:
+        registry = prom.REGISTRY
+    return prom.generate_latest(registry), prom.CONTENT_TYPE_LATEST
