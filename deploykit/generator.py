@@ -429,6 +429,17 @@ class Scheduler:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def pending(self) -> list[Seq]:
+        """The sequences waiting for a place, oldest first (a copy)."""
+        with self._lock:
+            return list(self._waiting)
+
+    def reset(self) -> None:
+        """Forget the running batch (after a failed step: its cache may be half updated)."""
+        for seq in self.running:
+            seq.finish_reason = seq.finish_reason or "cancelled"
+        self.running, self._cache, self._mask = [], [], np.zeros((0, 0), np.int64)
+
     @property
     def busy(self) -> bool:
         return bool(self.running or self._waiting)

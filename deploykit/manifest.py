@@ -316,12 +316,19 @@ class Generation:
                 "tokens": {"eos": list(self.eos_token_ids), "pad": self.pad_token_id, "bos": self.bos_token_id},
                 "chat_template": self.chat_template, "generation": dict(self.defaults)}
 
-    def check_config(self, config: Mapping[str, Any], where: Path) -> None:
-        """Cross-check the cache depth and vocabulary against the copied ``config.json``.
+    def check_config(self, config: Any, where: Path, max_length: int) -> None:
+        """Cross-check the cache depth, vocabulary and context against the copied ``config.json``.
 
         Raises:
-            BadInputError: If the layer count or vocabulary size differ.
+            BadInputError: If the layer count or vocabulary size differ, or ``max_length`` is more
+                than the model's positions.
         """
+        if not isinstance(config, dict):
+            raise BadInputError(f"{where}: {CONFIG} is not a JSON object; re-export the artifact")
+        positions = config.get("max_position_embeddings", config.get("n_positions"))
+        if isinstance(positions, int) and max_length > positions:
+            raise BadInputError(f"{where}: 'max_length' {max_length} is more than the model's {positions} "
+                                f"positions ({CONFIG}); re-export the artifact")
         layers = config.get("num_hidden_layers", config.get("n_layer"))
         vocab = config.get("vocab_size")
         if (layers is not None and layers != self.cache.layers) or (vocab is not None and vocab != self.vocab_size):

@@ -88,6 +88,16 @@ class ClassificationBackend:
         """``/classify`` (unless BentoML's batcher serves it) and the v2 model routes."""
         return routes(self.settings)
 
+    def describe(self) -> str:
+        r = self.runtime
+        return f"{r.name} (variant {r.variant}, labels {r.labels}) with the {self.settings.batcher} batcher"
+
+    def drain(self) -> None:
+        self.batcher.drain()
+
+    def fail_queued(self) -> int:
+        return self.batcher.fail_queued()
+
     def close(self) -> None:
         self.batcher.close()
 
