@@ -718,7 +718,7 @@ class DemoConfig:
 # --- benchmarks (deploykit bench offline / online) ---------------------------------------------
 
 BENCH_ENGINES = ("pytorch", "optimum", "runtime")
-BENCH_PROTOCOLS = ("classify", "v2")
+BENCH_PROTOCOLS = ("classify", "v2", "generate")
 
 
 def int_list(value: str) -> list[int]:
@@ -797,9 +797,11 @@ class BenchOnlineConfig:
 
     url: str = opt("http://127.0.0.1:3000", "Base URL of the service (deploykit serve or a Triton "
                    "server's HTTP endpoint).")
-    protocol: str = opt("classify", "classify (POST /classify) or v2 (POST "
-                        "/v2/models/MODEL/infer, the KServe v2 / Triton protocol).",
+    protocol: str = opt("classify", "classify (POST /classify), v2 (POST /v2/models/MODEL/infer, the "
+                        "KServe v2 / Triton protocol) or generate (streaming POST /generate of a "
+                        "text-generation service: TTFT and tokens/s per client and in total).",
                         choices=BENCH_PROTOCOLS)
+    new_tokens: int = opt(64, "--protocol generate: tokens generated per request (EOS ignored).")
     model: str = opt("classifier", "Model name for --protocol v2.")
     concurrency: str = opt("1,8,32,64", "Closed-loop levels: this many requests in flight, each "
                            "sent as soon as the previous one answered.")
@@ -821,7 +823,8 @@ class BenchOnlineConfig:
 
     def __post_init__(self) -> None:
         _require_int_list(self.concurrency, "concurrency")
-        _require(self.protocol in BENCH_PROTOCOLS, "protocol", "choose classify or v2")
+        _require(self.protocol in BENCH_PROTOCOLS, "protocol", "choose classify, v2 or generate")
+        _require(self.new_tokens > 0, "new_tokens", "must be positive")
         _require(self.rate is None or self.rate > 0, "rate", "must be positive requests per second")
         _require(self.duration > 0, "duration", "must be positive seconds")
         _require(self.warmup >= 0, "warmup", "must be >= 0 seconds")

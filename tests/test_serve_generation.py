@@ -198,3 +198,22 @@ def test_metrics_and_docs_describe_generation(gen_server):
     docs = json.loads(http(gen_server + "/docs.json")[1])
     assert {"/generate", "/v1/completions", "/v1/chat/completions", "/v1/models"} <= set(docs["paths"])
     assert http(gen_server + "/readyz")[0] == 200
+
+
+def test_bench_online_generation_mode(gen_server, translation_csv, tmp_path):
+    from test_bench import deploykit
+
+    out = tmp_path / "online"
+    proc = deploykit("bench", "online", "--url", gen_server, "--protocol", "generate", "--concurrency", "1,3",
+                     "--duration", "1.5", "--warmup", "0", "--new-tokens", "8", "--data", str(translation_csv),
+                     "--text-column", "prompt", "--samples", "20", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert [lvl["concurrency"] for lvl in results["levels"]] == [1, 3]
+    for lvl in results["levels"]:
+        assert lvl["ok"] >= 1 and not lvl["errors"]
+        assert 0 < lvl["ttft_p50_ms"] <= lvl["ttft_p95_ms"] and lvl["itl_p50_ms"] > 0
+        # every request streamed exactly 8 tokens (EOS ignored): total = 8 x requests / window
+        assert lvl["tokens_per_s_total"] * lvl["window_s"] == pytest.approx(8 * lvl["ok"])
+        assert lvl["tokens_per_s_per_client"] > 0
+    assert "tokens/s total" in (out / "results.md").read_text()

@@ -255,6 +255,7 @@ class GenerateRequest(_Sampling):
     messages: list[Message] | None = Field(None, min_length=1, description="A conversation, rendered with "
                                                                           "the model's chat template.")
     max_new_tokens: int | None = Field(None, ge=1, description="Tokens to generate at most.")
+    ignore_eos: bool = Field(False, description="Go on past the end-of-sequence token (benchmarks).")
 
 
 class StreamOptions(BaseModel):
@@ -299,7 +300,7 @@ def _parse(model: type[BaseModel], call: Call) -> Any:
                         f"{first['msg']} at {where}", detail=errors) from None
 
 
-def _start(call: Call, prompt: Any, max_new_tokens: int | None, req: _Sampling) -> Stream:
+def _start(call: Call, prompt: Any, max_new_tokens: int | None, req: _Sampling, ignore_eos: bool = False) -> Stream:
     """Tokenize, check the settings and queue the sequence (400 for what the request got wrong)."""
     backend: GenerationBackend = call.backend
     limit = backend.settings.max_new_tokens
@@ -311,7 +312,7 @@ def _start(call: Call, prompt: Any, max_new_tokens: int | None, req: _Sampling) 
         ids = g.encode(prompt if isinstance(prompt, str) else [m.model_dump(exclude_none=True) for m in prompt])
         sampling = g.sampling(max_new_tokens=max_new_tokens or min(g.head.defaults["max_new_tokens"], limit),
                               temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=req.seed,
-                              stop=req.stop)
+                              stop=req.stop, ignore_eos=ignore_eos)
         return backend.engine.submit(ids, sampling, request_timeout(call))
     except BadInputError as exc:
         raise HTTPError(400, str(exc)) from None
@@ -378,7 +379,8 @@ async def generate(call: Call) -> Reply:
     req = _parse(GenerateRequest, call)
     if (req.prompt is None) == (req.messages is None):
         raise HTTPError(400, "give exactly one of 'prompt' (a non-empty string) or 'messages' (a conversation)")
-    stream = _start(call, req.prompt if req.prompt is not None else req.messages, req.max_new_tokens, req)
+    stream = _start(call, req.prompt if req.prompt is not None else req.messages, req.max_new_tokens, req,
+                    ignore_eos=req.ignore_eos)
     model = call.backend.name
     if not req.stream:
         seq = await _collect(call, stream)
