@@ -81,23 +81,6 @@ def generation_artifacts(tmp_path_factory, translation_csv):
     weight-only INT8), parity checked on 24 held-out prompts: {arch: (checkpoint, artifact)}."""
     from factories import DECODERS, make_lm_checkpoint
 
-
-@pytest.fixture(scope="session")
-def small_artifact(tmp_path_factory):
-    """A small random BERT (hidden 256, 4 layers; fp32 only, max_length 64): costly enough that
-    the model, not the HTTP layer, is a server's bottleneck, as with real models on 2 cores."""
-    from export_fixtures import heldout_csv
-    from factories import make_checkpoint
-
-    from deploykit import export
-    from deploykit.config import ExportConfig
-
-def small_artifact(tmp_path_factory):
-    """A small random BERT (hidden 256, 4 layers; fp32 only, max_length 64): costly enough that
-    the model, not the HTTP layer, is a server's bottleneck, as with real models on 2 cores."""
-    from export_fixtures import heldout_csv
-    from factories import make_checkpoint
-
     from deploykit import export
     from deploykit.config import ExportConfig
 

@@ -3,6 +3,8 @@ settings and memory request from the manifest, and a bento packs it without torc
 
 from __future__ import annotations
 
+import pytest
+
 from deploykit.config import ServiceConfig
 from deploykit.deploy import validate
 from deploykit.manifest import Manifest
@@ -33,3 +35,31 @@ def test_k8s_overlay_sizes_the_pod_from_the_manifest(generation_artifacts, tmp_p
     assert container["resources"]["limits"]["memory"] == f"{2 * request}Mi"
     # the probes are the base's (the service answers them for every task)
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+@pytest.mark.slow
+def test_build_packs_a_generation_artifact_and_the_bento_serves_it(generation_artifacts, tmp_path):
+    import sys
+
+    from deploykit.generator import Generator
+    from test_serve import post_json, start_server, stop_server
+
+    _, artifact = generation_artifacts["qwen2"]
+    home = tmp_path / "bentoml"
+    result = cli("build", str(artifact), "--bentoml-home", str(home), "--tag", "deploykit-gen:v1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    bento = home / "bentos" / "deploykit-gen" / "v1"
+    requirements = (bento / "env/python/requirements.txt").read_text().lower()
+    assert "torch" not in requirements and "transformers" not in requirements
+    packed = bento / "src/artifact"
+    manifest = Manifest.verify(packed)
+    assert manifest.task == "text-generation" and list(manifest.variants) == [manifest.default_variant]
+    proc, url = start_server(None, tmp_path, argv=[sys.executable, "-m", "bentoml", "serve", "deploykit-gen:v1",
+                                                   "--host", "127.0.0.1"],
+                             env={"BENTOML_HOME": str(home), "DEPLOYKIT_ARTIFACT": ""})
+    try:
+        status, body = post_json(url + "/generate", {"prompt": "translate: red =", "max_new_tokens": 6})
+    finally:
+        stop_server(proc)
+    assert status == 200
+    assert body["text"] == Generator(packed).generate(["translate: red ="], max_new_tokens=6)[0].text
