@@ -158,7 +158,7 @@ class Generator:
                  providers: Sequence[str] | None = None, max_batch_size: int = 32,
                  max_cache_tokens: int = 65536) -> None:
         manifest = Manifest.verify(artifact)
-        manifest.generator  # refuses another task before anything loads
+        _ = manifest.generator  # refuses another task before anything loads
         chosen = manifest.pick(variant, device_of(providers))
         self._setup(Path(artifact), manifest, chosen.name, threads=threads, providers=providers,
                     max_batch_size=max_batch_size, max_cache_tokens=max_cache_tokens)
@@ -434,11 +434,16 @@ class Scheduler:
         with self._lock:
             return list(self._waiting)
 
-    def reset(self) -> None:
-        """Forget the running batch (after a failed step: its cache may be half updated)."""
-        for seq in self.running:
-            seq.finish_reason = seq.finish_reason or "cancelled"
+    def abort(self) -> list[Event]:
+        """Cancel every running and waiting sequence now (after a failed step: the batch cache
+        may be half updated); returns their final events."""
+        with self._lock:
+            seqs = [*self.running, *self._waiting]
+            self._waiting.clear()
         self.running, self._cache, self._mask = [], [], np.zeros((0, 0), np.int64)
+        for seq in seqs:
+            seq.finish_reason = seq.finish_reason or "cancelled"
+        return [Event(seq, None, "", True) for seq in seqs]
 
     @property
     def busy(self) -> bool:

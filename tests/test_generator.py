@@ -13,6 +13,7 @@ import pytest
 from deploykit.errors import BadInputError
 from deploykit.generator import Generator, Sampling, _held_back
 from factories import DECODERS, lm_tokenizer
+from test_runtime import BLOCKER
 
 PROMPTS = ["translate: red cat =", "translate: blue dog sun moon tree =", "the quick brown fox",
            "translate: fish =", "0123456789 jumps over the lazy dog, translate: red blue ="]
@@ -188,16 +189,6 @@ def test_predict_writes_completions(generation_artifacts, tmp_path):
     assert [r["row"] for r in rows] == list(range(len(PROMPTS)))
     assert [r["completion"] for r in rows] == [c.text for c in expected]
     assert [r["completion_tokens"] for r in rows] == [c.completion_tokens for c in expected]
-
-
-BLOCKER = """
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'transformers', 'datasets', 'optimum', 'sklearn'):
-            raise ImportError('blocked import of ' + name)
-sys.meta_path.insert(0, Block())
-"""
 
 
 def test_generator_never_imports_torch(generation_artifacts):

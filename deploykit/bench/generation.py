@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -249,13 +247,7 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    """Entry point of the engine subprocess; the protocol uses a private copy of stdout."""
-    replies = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    serve(json.loads(sys.argv[1]), sys.stdin, replies)
-
-
 if __name__ == "__main__":
-    main()
+    from deploykit.bench.engines import main
+
+    main(serve)

@@ -270,6 +270,9 @@ class Front:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:  # the client went away mid-stream (uvicorn's ClientDisconnected)
             pass
+        except ServiceError as exc:  # given up mid-stream (shutdown): the status is sent, end it short
+            log.info("%s %s stream ended early: %s", scope["method"], scope["path"], exc)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         except Exception:  # a failure mid-stream: the status is sent, so end the stream short
             log.exception("%s %s failed while streaming", scope["method"], scope["path"])
             await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -60,7 +60,10 @@ class Stream:
         self.error: Exception | None = None
 
     def push(self, item: Any) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # its event loop is closed (shutdown): nobody to tell
+            pass
 
 
 class Engine:
@@ -163,11 +166,9 @@ class Engine:
                 self.scheduler.cancel(seq)
 
     def _fail_all(self, exc: Exception) -> None:
-        for seq in [*self.scheduler.running, *self.scheduler.pending()]:
-            seq.tag.error = exc
-            self.scheduler.cancel(seq)
-        self.scheduler.step()  # drops them (their events carry the error)
-        self.scheduler.reset()
+        for event in self.scheduler.abort():
+            event.seq.tag.error = exc
+            self._deliver(event, time.perf_counter())
 
     def drain(self) -> None:
         """Stop admitting; running and waiting sequences go on."""
