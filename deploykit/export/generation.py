@@ -412,6 +412,7 @@ def run(cfg: ExportConfig) -> Path:
         raise BadInputError("--quantize static is for text-classification; a text-generation export "
                             "quantizes weights only (--quantize dynamic, the default) or not at all (none)")
     checkpoint = ckpt.validate(cfg.checkpoint, (GENERATION,))
+    onnx_export.check_supported(checkpoint, TASK)
     train_cfg = ckpt.train_config(checkpoint)
     out = _prepare_out(cfg)
     model, tokenizer = load_model(checkpoint)

@@ -27,11 +27,12 @@ def model_type(checkpoint: Path) -> str:
     return str(json.loads((checkpoint / "config.json").read_text()).get("model_type", ""))
 
 
-def check_supported(checkpoint: Path) -> str:
-    """Refuse an architecture optimum-onnx cannot export for sequence classification.
+def check_supported(checkpoint: Path, task: str = TASK) -> str:
+    """Refuse an architecture optimum-onnx cannot export for ``task``.
 
     Args:
         checkpoint: A validated checkpoint folder.
+        task: optimum's task (sequence classification by default).
 
     Returns:
         The checkpoint's model type.
@@ -47,11 +48,11 @@ def check_supported(checkpoint: Path) -> str:
         tasks = TasksManager.get_supported_tasks_for_model_type(kind, "onnx", library_name="transformers")
     except KeyError:
         tasks = {}
-    if TASK not in tasks:
+    if task not in tasks:
         known = TasksManager._LIBRARY_TO_SUPPORTED_MODEL_TYPES["transformers"]
-        supported = sorted(m for m, t in known.items() if TASK in t.get("onnx", {}))
+        supported = sorted(m for m, t in known.items() if task in t.get("onnx", {}))
         raise BadInputError(f"{checkpoint}: architecture '{kind or 'unknown'}' cannot be exported to "
-                            f"ONNX for {TASK} by optimum-onnx; fine-tune one of: "
+                            f"ONNX for {task} by optimum-onnx; fine-tune one of: "
                             f"{', '.join(supported[:40])}{' ...' if len(supported) > 40 else ''}")
     return kind
 
