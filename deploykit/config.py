@@ -185,6 +185,11 @@ class HeldOutConfig:
     label_column: str | None = opt(None, "Label column (default: the checkpoint's).")
     split: str = opt("test", "Rows to score: test (held-out), validation, or all rows of --data "
                      "(for a file that is a test set already).", choices=SPLITS)
+    prompt_column: str | None = opt(None, "text-generation: prompt column (default: the checkpoint's).")
+    completion_column: str | None = opt(None, "text-generation: completion column (default: the "
+                                        "checkpoint's).")
+    messages_column: str | None = opt(None, "text-generation: chat messages column (default: the "
+                                      "checkpoint's).")
 
     def __post_init__(self) -> None:
         self._check_split()
@@ -201,11 +206,6 @@ class EvalConfig(HeldOutConfig):
     out: str = opt("eval", "Folder for metrics.json, report.md, errors.jsonl and plots.")
     batch_size: int = opt(128, "Rows per batch.")
     max_errors: int = opt(200, "Keep this many error cases in errors.jsonl.")
-    prompt_column: str | None = opt(None, "text-generation: prompt column (default: the checkpoint's).")
-    completion_column: str | None = opt(None, "text-generation: completion column (default: the "
-                                        "checkpoint's).")
-    messages_column: str | None = opt(None, "text-generation: chat messages column (default: the "
-                                      "checkpoint's).")
     slice_column: str | None = opt(None, "Also report every metric per value of this column "
                                    "(e.g. a source, domain or language column of --data).")
     max_new_tokens: int = opt(64, "text-generation: most tokens generated per prompt (greedy).")
@@ -344,11 +344,16 @@ class ServiceConfig:
                          "in order of preference (e.g. CUDAExecutionProvider,CPUExecutionProvider).")
     batcher: str = opt("deploykit", "Who batches /classify: deploykit's own dynamic batcher "
                        "(shared with the v2 routes) or BentoML's adaptive batching.", choices=BATCHERS)
+    max_cache_tokens: int = opt(16384, "text-generation: bound on the batch's key/value cache, in "
+                                "tokens (sequences x the longest prompt + max_new_tokens); a "
+                                "sequence waits for room, one that can never fit is a 400 error.")
+    max_new_tokens: int = opt(1024, "text-generation: the largest max_new_tokens a request may ask "
+                              "for; more is a 400 error.")
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_batch_tokens", "max_texts", "max_queue", "max_body_bytes", "workers",
                      "max_queue_wait_ms", "request_timeout_ms", "max_request_tokens", "body_timeout_ms",
-                     "max_inflight_body_bytes", "shutdown_timeout_ms"):
+                     "max_inflight_body_bytes", "shutdown_timeout_ms", "max_cache_tokens", "max_new_tokens"):
             value = getattr(self, name)
             _require(value > 0 and value != float("inf"), name, "must be a positive number")
         _require(self.max_inflight_body_bytes >= self.max_body_bytes, "max_inflight_body_bytes",
@@ -400,13 +405,18 @@ class PredictConfig:
 
     artifact: str = opt("", "Artifact folder written by 'deploykit export'.", positional=True)
     data: str = opt("", "CSV, JSON (a list of objects), JSONL or Parquet file to score.")
-    text_column: str = opt("text", "Column that holds the text.")
+    text_column: str = opt("text", "Column that holds the text (for a text-generation artifact: "
+                           "the prompt).")
     out: str = opt("predictions.jsonl", "JSONL file to write: one line per input row, in order.")
     variant: str | None = opt(None, "Model variant (default: the manifest's default_variant).")
     threads: int | None = opt(None, "onnxruntime intra-op threads (default: all cores).")
     max_batch_tokens: int = opt(16384, "Token budget of one model call.")
     max_batch_size: int = opt(64, "Most texts in one model call.")
     chunk_size: int = opt(1024, "Rows read, scored and written per step (bounds memory).")
+    max_new_tokens: int | None = opt(None, "text-generation: most tokens generated per prompt "
+                                     "(default: the manifest's generation default).")
+    temperature: float = opt(0.0, "text-generation: sampling temperature (0 = greedy).")
+    seed: int = opt(0, "text-generation: seed of sampling (row i samples with seed + i).")
 
     def __post_init__(self) -> None:
         _require(bool(self.artifact), "artifact", "give the artifact folder to score with")
@@ -414,6 +424,8 @@ class PredictConfig:
         for name in ("max_batch_tokens", "max_batch_size", "chunk_size"):
             _require(getattr(self, name) > 0, name, "must be positive")
         _require(self.threads is None or self.threads > 0, "threads", "must be positive")
+        _require(self.max_new_tokens is None or self.max_new_tokens > 0, "max_new_tokens", "must be positive")
+        _require(self.temperature >= 0, "temperature", "must be >= 0 (0 = greedy)")
 
 # --- export and verify (the artifact stage) ---------------------------------------------------
 
@@ -438,6 +450,16 @@ class ParityConfig(HeldOutConfig):
                                     "for INT8 variants.")
     int8_max_f1_drop: float = opt(0.01, "Largest macro-F1 loss (0.01 = 1 point) allowed for INT8 "
                                   "variants against PyTorch.")
+    generation_tokens: int = opt(32, "text-generation: greedy tokens compared with PyTorch's per "
+                                 "prompt (fp32 and fused variants must match on every prompt, "
+                                 "see --fp32-min-agreement).")
+    int8_generation_tokens: int = opt(16, "text-generation: the first tokens an INT8 variant must "
+                                      "match PyTorch's on (see --int8-min-prompt-agreement).")
+    int8_min_prompt_agreement: float = opt(0.95, "text-generation: smallest share of prompts whose "
+                                           "first --int8-generation-tokens greedy tokens equal "
+                                           "PyTorch's, for INT8 variants.")
+    int8_max_bleu_drop: float = opt(1.0, "text-generation: largest BLEU loss (points, 0-100 scale) "
+                                    "allowed for INT8 variants against PyTorch's own generations.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -453,6 +475,12 @@ class ParityConfig(HeldOutConfig):
         for name in ("fp32_min_agreement", "int8_min_agreement"):
             _require(0 <= getattr(self, name) <= 1, name, "must be a fraction in [0, 1]")
         _require(0 <= self.int8_max_f1_drop <= 1, "int8_max_f1_drop", "must be in [0, 1]")
+        _require(self.generation_tokens > 0, "generation_tokens", "must be a positive number of tokens")
+        _require(0 < self.int8_generation_tokens <= self.generation_tokens, "int8_generation_tokens",
+                 f"must be in [1, --generation-tokens {self.generation_tokens}]")
+        _require(0 <= self.int8_min_prompt_agreement <= 1, "int8_min_prompt_agreement",
+                 "must be a fraction in [0, 1]")
+        _require(0 <= self.int8_max_bleu_drop <= 100, "int8_max_bleu_drop", "must be in [0, 100] BLEU points")
 
     @property
     def batch_size_list(self) -> list[int]:
@@ -488,6 +516,8 @@ class ExportConfig(ParityConfig):
                                      "layers in float in model.int8.onnx, instead of searching "
                                      "(0: let --int8-fallback decide).")
     calibration_samples: int = opt(128, "Training rows that calibrate static quantization.")
+    int8_block_size: int = opt(32, "text-generation: weights per quantization block of the INT8 "
+                               "weight-only MatMuls (MatMulNBits; a power of two, at least 16).")
     reduce_range: str = opt("auto", "7-bit weights for INT8: auto (on when the CPU lacks VNNI), "
                             "on, off.", choices=("auto", "on", "off"))
     default_variant: str | None = opt(None, "Variant to serve by default (default: int8, else "
@@ -507,6 +537,8 @@ class ExportConfig(ParityConfig):
         _require(self.quantize in QUANTIZE_MODES, "quantize", f"choose one of {', '.join(QUANTIZE_MODES)}")
         _require(self.reduce_range in ("auto", "on", "off"), "reduce_range", "choose auto, on or off")
         _require(self.calibration_samples > 0, "calibration_samples", "must be positive")
+        _require(self.int8_block_size >= 16 and self.int8_block_size & (self.int8_block_size - 1) == 0,
+                 "int8_block_size", f"{self.int8_block_size} is not a power of two >= 16")
         _require(self.int8_float_ffn_layers >= 0, "int8_float_ffn_layers", "must be >= 0")
         _require(self.int8_fallback in ("auto", "off"), "int8_fallback", "choose auto or off")
         _require(self.int8_search_samples > 0, "int8_search_samples", "must be a positive number of rows")
@@ -539,8 +571,9 @@ class VerifyConfig(ParityConfig):
 
     def rows_asked(self) -> bool:
         """Whether the user chose rows other than the ones the manifest records."""
-        return any(value is not None for value in (self.data, self.split, self.text_column,
-                                                   self.label_column, self.max_eval_samples))
+        return any(value is not None for value in (self.data, self.split, self.text_column, self.label_column,
+                                                   self.prompt_column, self.completion_column,
+                                                   self.messages_column, self.max_eval_samples))
 
 
 TRITON_KINDS = ("cpu", "gpu")
@@ -685,7 +718,7 @@ class DemoConfig:
 # --- benchmarks (deploykit bench offline / online) ---------------------------------------------
 
 BENCH_ENGINES = ("pytorch", "optimum", "runtime")
-BENCH_PROTOCOLS = ("classify", "v2")
+BENCH_PROTOCOLS = ("classify", "v2", "generate")
 
 
 def int_list(value: str) -> list[int]:
@@ -729,9 +762,15 @@ class BenchOfflineConfig:
     min_duration: float = opt(2.0, "Timed seconds per cell, at least.")
     max_iters: int = opt(1000, "Timed calls per cell, at most (ends cells of tiny models).")
     threads: int | None = opt(None, "Threads of every engine (default: the CPUs this process may use).")
+    generation_batch_sizes: str = opt("1,8,32", "text-generation: sequences generated together per call.")
+    prompt_tokens: int = opt(128, "text-generation: tokens of every prompt.")
+    new_tokens: int = opt(64, "text-generation: tokens generated per sequence (EOS ignored).")
 
     def __post_init__(self) -> None:
         _require(bool(self.artifact), "artifact", "give the artifact folder to benchmark")
+        _require_int_list(self.generation_batch_sizes, "generation_batch_sizes")
+        _require(self.prompt_tokens > 0 and self.new_tokens > 0, "prompt_tokens",
+                 "--prompt-tokens and --new-tokens must be positive")
         engines = [e.strip() for e in self.engines.split(",") if e.strip()]
         _require(bool(engines) and all(e in BENCH_ENGINES for e in engines), "engines",
                  f"{self.engines!r}: choose from {', '.join(BENCH_ENGINES)}")
@@ -758,9 +797,11 @@ class BenchOnlineConfig:
 
     url: str = opt("http://127.0.0.1:3000", "Base URL of the service (deploykit serve or a Triton "
                    "server's HTTP endpoint).")
-    protocol: str = opt("classify", "classify (POST /classify) or v2 (POST "
-                        "/v2/models/MODEL/infer, the KServe v2 / Triton protocol).",
+    protocol: str = opt("classify", "classify (POST /classify), v2 (POST /v2/models/MODEL/infer, the "
+                        "KServe v2 / Triton protocol) or generate (streaming POST /generate of a "
+                        "text-generation service: TTFT and tokens/s per client and in total).",
                         choices=BENCH_PROTOCOLS)
+    new_tokens: int = opt(64, "--protocol generate: tokens generated per request (EOS ignored).")
     model: str = opt("classifier", "Model name for --protocol v2.")
     concurrency: str = opt("1,8,32,64", "Closed-loop levels: this many requests in flight, each "
                            "sent as soon as the previous one answered.")
@@ -782,7 +823,8 @@ class BenchOnlineConfig:
 
     def __post_init__(self) -> None:
         _require_int_list(self.concurrency, "concurrency")
-        _require(self.protocol in BENCH_PROTOCOLS, "protocol", "choose classify or v2")
+        _require(self.protocol in BENCH_PROTOCOLS, "protocol", "choose classify, v2 or generate")
+        _require(self.new_tokens > 0, "new_tokens", "must be positive")
         _require(self.rate is None or self.rate > 0, "rate", "must be positive requests per second")
         _require(self.duration > 0, "duration", "must be positive seconds")
         _require(self.warmup >= 0, "warmup", "must be >= 0 seconds")

@@ -77,7 +77,8 @@ def token_nll(model: Any, collate: Any, rows: Sequence[dict[str, list[int]]], *,
 
 
 def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, max_new_tokens: int,
-             batch_size: int = 32, bf16: bool = False, progress: bool = False) -> list[list[int]]:
+             batch_size: int = 32, bf16: bool = False, progress: bool = False,
+             eos_token_ids: Sequence[int] | None = None) -> list[list[int]]:
     """Greedy continuations of token-id prompts, batched with left padding.
 
     Args:
@@ -88,6 +89,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, max_ne
         batch_size: Prompts per ``generate`` call.
         bf16: Run under bfloat16 autocast.
         progress: Show a progress bar.
+        eos_token_ids: The ids that end a completion (default: the tokenizer's EOS).
 
     Returns:
         Each prompt's new tokens, up to (not including) the first EOS.
@@ -97,9 +99,10 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, max_ne
     from transformers import GenerationConfig
 
     device = next(model.parameters()).device
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    ends = list(eos_token_ids) if eos_token_ids else [tokenizer.eos_token_id]
+    pad = tokenizer.pad_token_id
     # An explicit config: greedy whatever sampling settings the model's generation_config holds.
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos,
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=ends,
                               pad_token_id=pad, bos_token_id=model.generation_config.bos_token_id)
     was_training = model.training
     model.eval()
@@ -114,7 +117,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, max_ne
                                 device=device)
             new = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, width:]
             for i, tokens in zip(index, new.tolist()):
-                out[i] = tokens[:tokens.index(eos)] if eos in tokens else tokens
+                stops = [j for j, t in enumerate(tokens) if t in ends]
+                out[i] = tokens[:stops[0]] if stops else tokens
     model.train(was_training)
     return out
 

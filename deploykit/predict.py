@@ -21,10 +21,11 @@ import threading
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
-from deploykit.config import PredictConfig
+from deploykit.config import GENERATION, PredictConfig
 from deploykit.errors import BadInputError
+from deploykit.manifest import Manifest
 from deploykit.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,38 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def write_rows(cfg: PredictConfig, score: Callable[[list[str], int], Iterable[dict[str, Any]]]) -> tuple[Path, int]:
+    """Read ``cfg.data``'s column in chunks, ``score(chunk, first_row)`` each, and write one JSON
+    line per row (``{"row": i, **result}``) to a temporary file renamed to ``cfg.out`` at the end.
+
+    Returns:
+        (the output file, the number of rows written).
+
+    Raises:
+        BadInputError: As ``read_texts``; the temporary file is removed (on SIGTERM too).
+    """
+    from tqdm import tqdm
+
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    texts = read_texts(cfg.data, cfg.text_column)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    n = 0
+    try:
+        with _terminate_as_interrupt(), os.fdopen(fd, "w", encoding="utf-8") as fh, \
+                tqdm(total=_count_rows(Path(cfg.data)), unit="row", desc="predict") as bar:
+            while chunk := list(islice(texts, cfg.chunk_size)):
+                for result in score(chunk, n):
+                    fh.write(json.dumps({"row": n, **result}) + "\n")
+                    n += 1
+                bar.update(len(chunk))
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out, n
+
+
 def run(cfg: PredictConfig) -> Path:
     """Score every row of ``cfg.data`` and write ``cfg.out`` (JSONL, input order).
 
@@ -197,26 +230,12 @@ def run(cfg: PredictConfig) -> Path:
             written to ``cfg.out``, and the temporary file is removed (on SIGTERM too).
         IntegrityError: An artifact file does not match its manifest.
     """
-    from tqdm import tqdm
+    if Manifest.read(cfg.artifact).task == GENERATION:
+        from deploykit import predict_generation
 
+        return predict_generation.run(cfg)
     runtime = Runtime(cfg.artifact, cfg.variant, threads=cfg.threads,
                       max_batch_tokens=cfg.max_batch_tokens, max_batch_size=cfg.max_batch_size)
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    texts = read_texts(cfg.data, cfg.text_column)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    n = 0
-    try:
-        with _terminate_as_interrupt(), os.fdopen(fd, "w", encoding="utf-8") as fh, \
-                tqdm(total=_count_rows(Path(cfg.data)), unit="row", desc="predict") as bar:
-            while chunk := list(islice(texts, cfg.chunk_size)):
-                for result in runtime.predict(chunk):
-                    fh.write(json.dumps({"row": n, **result}) + "\n")
-                    n += 1
-                bar.update(len(chunk))
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    out, n = write_rows(cfg, lambda chunk, start: runtime.predict(chunk))
     log.info("wrote %d predictions (%s, variant %s) to %s", n, runtime.name, runtime.variant, out)
     return out

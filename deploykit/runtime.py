@@ -78,6 +78,50 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def session(model_file: Path, manifest: Manifest | None, *, threads: int | None = None,
+            providers: Sequence[str] | None = None) -> Any:
+    """An onnxruntime session set up as deploykit serves: sequential, no spinning, all graph
+    optimizations, on the given providers (an unavailable one is an error, not a CPU fallback).
+
+    Args:
+        model_file: The ONNX graph.
+        manifest: The artifact's manifest (warns when it was verified with another onnxruntime).
+        threads: Intra-op threads (default: ``available_cpus()``).
+        providers: Execution providers in order of preference (default: CPU).
+
+    Raises:
+        BadInputError: A non-positive thread count or an unavailable provider.
+    """
+    import onnxruntime as ort
+
+    if threads is not None and threads < 1:
+        raise BadInputError(f"threads must be a positive number, got {threads} (DEPLOYKIT_THREADS)")
+    exported_with = manifest.provenance.get("onnxruntime") if manifest else None
+    if exported_with and exported_with != ort.__version__:
+        # Fused contrib operators and quantized kernels can change between releases.
+        log.warning("artifact %s was exported and verified with onnxruntime %s but is served with %s; "
+                    "run 'deploykit verify' with this version or pin onnxruntime==%s",
+                    model_file.parent, exported_with, ort.__version__, exported_with)
+    providers = list(providers or ["CPUExecutionProvider"])
+    missing = [p for p in providers if p not in ort.get_available_providers()]
+    if missing:
+        raise BadInputError(f"execution provider(s) {', '.join(missing)} are not available in "
+                            f"this onnxruntime build (available: {', '.join(ort.get_available_providers())}); "
+                            "change DEPLOYKIT_PROVIDERS / --providers, or install onnxruntime-gpu for CUDA")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or available_cpus()
+    # One model call at a time per session; parallelism comes from intra-op threads.
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No busy-waiting of idle pool threads: when the session is called from a worker thread
+    # (the service's batcher), spinning threads starve the event loop and the tokenizer; on
+    # 2 cores, one request through the batcher took 14.0 ms with spinning vs 7.5 ms without,
+    # while a direct call stayed at 7.3-8.0 ms either way (benchmarks/serve_latency.py).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(model_file), sess_options=options, providers=providers)
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise probabilities of logits [n, k] (computed in float64 for stability)."""
     logits = np.asarray(logits, dtype=np.float64)
@@ -175,8 +219,6 @@ class Runtime:
         if max_batch_size < 1 or max_batch_tokens < 1:
             raise BadInputError("max_batch_size and max_batch_tokens must be positive "
                                 "(DEPLOYKIT_MAX_BATCH_SIZE / DEPLOYKIT_MAX_BATCH_TOKENS)")
-        if threads is not None and threads < 1:
-            raise BadInputError(f"threads must be a positive number, got {threads} (DEPLOYKIT_THREADS)")
         self.manifest = manifest
         self.path = model_file.parent
         self.variant: str = variant or model_file.name
@@ -191,30 +233,7 @@ class Runtime:
         self.max_batch_tokens = max(self.max_batch_tokens, self.max_length)
         self.tokenizer = self._load_tokenizer(tokenizer_file)
 
-        exported_with = manifest.provenance.get("onnxruntime") if manifest else None
-        if exported_with and exported_with != ort.__version__:
-            # Fused contrib operators and quantized kernels can change between releases.
-            log.warning("artifact %s was exported and verified with onnxruntime %s but is served with %s; "
-                        "run 'deploykit verify' with this version or pin onnxruntime==%s",
-                        self.path, exported_with, ort.__version__, exported_with)
-        providers = list(providers or ["CPUExecutionProvider"])
-        missing = [p for p in providers if p not in ort.get_available_providers()]
-        if missing:
-            raise BadInputError(f"execution provider(s) {', '.join(missing)} are not available in "
-                                f"this onnxruntime build (available: {', '.join(ort.get_available_providers())}); "
-                                "change DEPLOYKIT_PROVIDERS / --providers, or install onnxruntime-gpu for CUDA")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or available_cpus()
-        # One model call at a time per session; parallelism comes from intra-op threads.
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # No busy-waiting of idle pool threads: when the session is called from a worker thread
-        # (the service's batcher), spinning threads starve the event loop and the tokenizer; on
-        # 2 cores, one request through the batcher took 14.0 ms with spinning vs 7.5 ms without,
-        # while a direct call stayed at 7.3-8.0 ms either way (benchmarks/serve_latency.py).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(model_file), sess_options=options, providers=providers)
+        self.session = session(model_file, manifest, threads=threads, providers=providers)
         self._shrink_arena = ort.RunOptions()
         self._shrink_arena.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.probe_seconds_per_token: float | None = None

@@ -93,6 +93,24 @@ def translation_csv(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def generation_artifacts(tmp_path_factory, translation_csv):
+    """Tiny random Llama, Qwen2 and GPT-2 checkpoints exported with their KV cache (fp32, fused,
+    weight-only INT8), parity checked on 24 held-out prompts: {arch: (checkpoint, artifact)}."""
+    from factories import DECODERS, make_lm_checkpoint
+
+    from deploykit import export
+    from deploykit.config import ExportConfig
+
+    root = tmp_path_factory.mktemp("generation")
+    out = {}
+    for arch in DECODERS:
+        checkpoint = make_lm_checkpoint(root / f"{arch}-checkpoint", arch, translation_csv)
+        out[arch] = (checkpoint, export.run(ExportConfig(checkpoint=str(checkpoint), out=str(root / f"{arch}-artifact"),
+                                                         name=f"tiny-{arch}", max_eval_samples=24)))
+    return out
+
+
+@pytest.fixture(scope="session")
 def kubectl():
     """The kubectl binary (a test that needs it fails under CI without it, else skips)."""
     from outside_tools import require_binary

@@ -183,21 +183,25 @@ def lm_tokenizer():
     return tokenizer
 
 
-def lm_config(arch: str, vocab_size: int, hidden: int = 32, layers: int = 2):
-    """A transformers config for a tiny random decoder: Llama (untied lm_head), Qwen2 (tied), GPT-2 (tied, Conv1D)."""
+def lm_config(arch: str, vocab_size: int, hidden: int = 32, layers: int = 2, init: float = 0.02,
+              positions: int = 256):
+    """A transformers config for a tiny random decoder: Llama (untied lm_head), Qwen2 (tied), GPT-2 (tied, Conv1D).
+
+    ``init`` is the weights' standard deviation: a larger one (0.3) gives peaked logits, so greedy
+    choices are far from ties and float rounding (batching, fused kernels) cannot flip them."""
     import transformers as T
 
-    ids = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    ids = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=init)
     if arch == "llama":
         return T.LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
                              num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                             max_position_embeddings=256, tie_word_embeddings=False, **ids)
+                             max_position_embeddings=positions, tie_word_embeddings=False, **ids)
     if arch == "qwen2":
         return T.Qwen2Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
                              num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                             max_position_embeddings=256, tie_word_embeddings=True, **ids)
+                             max_position_embeddings=positions, tie_word_embeddings=True, **ids)
     if arch == "gpt2":
-        return T.GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4, n_positions=256,
+        return T.GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4, n_positions=positions,
                             tie_word_embeddings=True, **ids)
     raise ValueError(arch)
 
@@ -229,3 +233,18 @@ def translation_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
         rows.append(("translate: " + " ".join(SOURCE_WORDS[w] for w in words) + " =",
                      " " + " ".join(TARGET_WORDS[w] for w in words)))
     return rows
+
+
+def make_lm_checkpoint(path: Path, arch: str, data: Path, seed: int = 0, init: float = 0.3,
+                       shape: dict | None = None, **cfg) -> Path:
+    """A text-generation checkpoint in deploykit's contract (as 'deploykit train --task
+    text-generation' writes it): a tiny random decoder whose deploykit.yaml names ``data``;
+    ``shape`` overrides lm_config's hidden/layers/positions."""
+    from deploykit import checkpoint
+    from deploykit.config import TrainConfig
+
+    model = tiny_lm(arch, seed, init=init, **(shape or {}))
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = 2, 0
+    train_cfg = TrainConfig(task="text-generation", data=str(data), model=str(path), out=str(Path(path).parent),
+                            max_length=64, **cfg)
+    return checkpoint.save(model, lm_tokenizer(), train_cfg, {"loss": 0.0}, path)

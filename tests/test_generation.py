@@ -182,14 +182,23 @@ def test_evaluate_reports_bleu_chrf_exact_match_buckets_slices_and_worst_cases(b
     assert f"{metrics['bleu']:.2f}" in report and "sacrebleu signatures" in report and "## By source" in report
 
 
-def test_export_refuses_a_generation_checkpoint_clearly(bleu_run, tmp_path):
+def test_a_trained_generation_checkpoint_exports_to_a_servable_artifact(bleu_run, tmp_path):
+    """What 'deploykit train --task text-generation' writes, 'deploykit export' takes as is: the
+    held-out prompts come from its deploykit.yaml, and the fp32 and fused graphs match PyTorch's
+    greedy tokens on every one of them."""
     from deploykit import export
     from deploykit.config import ExportConfig
-    from deploykit.errors import BadInputError
+    from deploykit.manifest import Manifest
 
-    with pytest.raises(BadInputError, match="is a text-generation checkpoint; this command handles text-classification"):
-        export.run(ExportConfig(checkpoint=str(bleu_run / "checkpoint"), out=str(tmp_path / "artifact")))
-    assert not (tmp_path / "artifact").exists()
+    artifact = export.run(ExportConfig(checkpoint=str(bleu_run / "checkpoint"), out=str(tmp_path / "artifact"),
+                                       max_eval_samples=40))
+    manifest = Manifest.verify(artifact)
+    assert manifest.task == "text-generation" and manifest.evaluation.split == "test"
+    assert manifest.evaluation.n == 40 and manifest.evaluation.prompt_column == "prompt"
+    for name in ("fp32", "opt"):
+        assert manifest.variants[name].servable and manifest.variants[name].parity["token_agreement"] == 1.0
+    int8 = manifest.variants["int8"].parity
+    assert int8["passed"] == (int8["token_agreement"] >= 0.95 and int8["bleu_drop"] <= 1.0)
 
 
 def test_packing_puts_several_rows_in_one_sequence(tmp_path, decoder_dirs, translation_csv):

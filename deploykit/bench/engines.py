@@ -149,13 +149,17 @@ def serve(spec: dict[str, Any], requests, replies) -> None:
         replies.flush()
 
 
-def main() -> None:
-    """Entry point of the engine subprocess; the protocol uses a private copy of stdout."""
+def main(serve_fn: Callable[..., None] | None = None) -> None:
+    """Entry point of the engine subprocess; the protocol uses a private copy of stdout.
+
+    Args:
+        serve_fn: The request loop (default ``serve``; the generation benchmark passes its own).
+    """
     # Libraries may print to stdout; keep the protocol channel clean by pointing fd 1 at stderr.
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    serve(json.loads(sys.argv[1]), sys.stdin, replies)
+    (serve_fn or serve)(json.loads(sys.argv[1]), sys.stdin, replies)
 
 
 if __name__ == "__main__":

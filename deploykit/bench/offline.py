@@ -22,7 +22,7 @@ from tqdm import tqdm
 from deploykit import extras
 from deploykit.bench import report
 from deploykit.bench.inputs import sample_texts, synthetic_texts
-from deploykit.config import BenchOfflineConfig, int_list, to_dict
+from deploykit.config import GENERATION, BenchOfflineConfig, int_list, to_dict
 from deploykit.errors import BadInputError, DeployKitError
 from deploykit.manifest import Manifest
 from deploykit.runtime import available_cpus
@@ -43,11 +43,11 @@ class EngineProcess:
         DeployKitError: If the engine fails to load (its stderr tail is in the message).
     """
 
-    def __init__(self, name: str, spec: dict[str, Any], log_dir: Path) -> None:
+    def __init__(self, name: str, spec: dict[str, Any], log_dir: Path, module: str = "deploykit.bench.engines") -> None:
         self.name = name
         self.log_path = log_dir / f"{name.replace(':', '-')}.log"
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "deploykit.bench.engines", json.dumps(spec)],
+        self.proc = subprocess.Popen([sys.executable, "-m", module, json.dumps(spec)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                                      text=True, bufsize=1)
         self.ready: dict[str, Any] = {}
@@ -175,6 +175,10 @@ def run(cfg: BenchOfflineConfig) -> Path:
     """
     artifact = Path(cfg.artifact)
     manifest = Manifest.verify(artifact)
+    if manifest.task == GENERATION:
+        from deploykit.bench import generation
+
+        return generation.run(cfg, manifest)
     sets = input_sets(cfg, artifact)
     # Every engine truncates at the same length: the manifest's, or the longest synthetic input.
     max_length = max([manifest.max_length] + int_list(cfg.synthetic_lengths))

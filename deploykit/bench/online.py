@@ -263,6 +263,10 @@ def run(cfg: BenchOnlineConfig) -> Path:
         BadInputError: Non-loopback URL without ``allow_remote``, nothing listening, a wrong
             route or model name, or unreadable ``--data`` (exit 2).
     """
+    if cfg.protocol == "generate":
+        from deploykit.bench import online_generation
+
+        return online_generation.run(cfg)
     check_target(cfg)
     texts = sample_texts(cfg.data, cfg.text_column, cfg.samples, cfg.seed)
     started = time.time()

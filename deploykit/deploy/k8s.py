@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from deploykit.config import KubeConfig, ServiceConfig
+from deploykit.config import GENERATION, KubeConfig, ServiceConfig
 from deploykit.errors import BadInputError, DeployKitError
 from deploykit.files import atomic_folder
 from deploykit.manifest import Manifest
@@ -30,6 +30,8 @@ TRAINER = "deploykit-train"   # Job and headless Service name in k8s/training
 SERVE_IMAGE = "deploykit"     # image placeholders replaced through kustomize's `images:`
 TRAIN_IMAGE = "deploykit-train"
 DEFAULT_MAX_BATCH_SIZE = 64
+GENERATION_MAX_BATCH_SIZE = 32  # sequences decoded together
+GENERATION_BASE_MIB = 512  # Python, BentoML, onnxruntime and the tokenizer without the model
 
 
 def manifests_dir(cfg_value: str | None = None) -> Path:
@@ -77,9 +79,28 @@ def serving_values(manifest: Manifest | None, gpu: bool) -> dict[str, str]:
     if manifest is None:
         return {}
     variant = manifest.pick(None, "cuda" if gpu else "cpu")
-    return {"DEPLOYKIT_VARIANT": variant.name, "DEPLOYKIT_MAX_BATCH_SIZE": str(DEFAULT_MAX_BATCH_SIZE),
-            "DEPLOYKIT_MAX_BATCH_TOKENS": str(max(ServiceConfig().max_batch_tokens, manifest.max_length)),
-            "name": manifest.name}
+    values = {"DEPLOYKIT_VARIANT": variant.name, "DEPLOYKIT_MAX_BATCH_SIZE": str(DEFAULT_MAX_BATCH_SIZE),
+              "DEPLOYKIT_MAX_BATCH_TOKENS": str(max(ServiceConfig().max_batch_tokens, manifest.max_length)),
+              "name": manifest.name}
+    if manifest.task == GENERATION:
+        values.update(generation_values(manifest, variant.name))
+    return values
+
+
+def generation_values(manifest: Manifest, variant: str) -> dict[str, str]:
+    """A text-generation artifact's settings and memory request, from the manifest's sizes.
+
+    The memory request is twice the served graph's weights (onnxruntime keeps the initializers
+    and its pre-packed copies), twice the key/value cache at its bound (a step's new cache is
+    allocated while the old one is alive) and a fixed allowance for Python, BentoML and the
+    tokenizer; the limit is twice the request, as for ``--memory``.
+    """
+    cache_tokens = ServiceConfig().max_cache_tokens
+    weights = sum(manifest.files[rel].bytes for rel in manifest.files_of(variant))
+    cache = cache_tokens * manifest.generator.cache.bytes_per_token()
+    mib = (2 * weights + 2 * cache) / 2**20 + GENERATION_BASE_MIB
+    return {"DEPLOYKIT_MAX_BATCH_SIZE": str(GENERATION_MAX_BATCH_SIZE),
+            "DEPLOYKIT_MAX_CACHE_TOKENS": str(cache_tokens), "memory": f"{int(-(-mib // 64) * 64)}Mi"}
 
 
 def _double(quantity: str) -> str:
@@ -89,8 +110,10 @@ def _double(quantity: str) -> str:
     return f"{int(value) if value.is_integer() else value}{unit}"
 
 
-def _resources(cfg: KubeConfig) -> dict[str, Any]:
-    requests = {k: v for k, v in (("cpu", cfg.cpu), ("memory", cfg.memory)) if v}
+def _resources(cfg: KubeConfig, memory: str | None = None) -> dict[str, Any]:
+    """Requests (and limits at twice them) from --cpu/--memory; ``memory`` is the artifact's
+    estimate, used when --memory is not given."""
+    requests = {k: v for k, v in (("cpu", cfg.cpu), ("memory", cfg.memory or memory)) if v}
     if not requests:
         return {}
     return {"resources": {"requests": requests,
@@ -99,7 +122,7 @@ def _resources(cfg: KubeConfig) -> dict[str, Any]:
 
 def _server_patches(cfg: KubeConfig, values: dict[str, str]) -> list[dict[str, Any]]:
     env = [{"name": k, "value": v} for k, v in values.items() if k.startswith("DEPLOYKIT_")]
-    container: dict[str, Any] = {"name": "server", **_resources(cfg)}
+    container: dict[str, Any] = {"name": "server", **_resources(cfg, values.get("memory"))}
     if env:
         container["env"] = env
     annotations = {"prometheus.io/port": str(cfg.port)}

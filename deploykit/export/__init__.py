@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from deploykit.config import ExportConfig, VerifyConfig
+from deploykit.config import GENERATION, ExportConfig, VerifyConfig
 from deploykit.errors import BadInputError, ParityError
 
 log = logging.getLogger(__name__)
@@ -179,6 +179,10 @@ def run(cfg: ExportConfig) -> Path:
     from deploykit.manifest import Classification, Manifest, Variant
     from deploykit.runtime import Runtime
 
+    if ckpt.task(cfg.checkpoint) == GENERATION:
+        from deploykit.export import generation
+
+        return generation.run(cfg)
     checkpoint = ckpt.validate(cfg.checkpoint)
     onnx_export.check_supported(checkpoint)
     labels = ckpt.labels(checkpoint)
@@ -279,6 +283,10 @@ def verify(cfg: VerifyConfig) -> dict[str, Any]:
     artifact = Path(cfg.artifact)
     manifest = Manifest.verify(artifact)
     log.info("all %d files of %s match their sha256", len(manifest.files), artifact)
+    if manifest.task == GENERATION:
+        from deploykit.export import generation
+
+        return generation.verify(cfg, manifest, ckpt.validate(cfg.checkpoint, (GENERATION,)))
     checkpoint = ckpt.validate(cfg.checkpoint)
     labels = ckpt.labels(checkpoint)
     if labels != list(manifest.labels):

@@ -27,11 +27,12 @@ def model_type(checkpoint: Path) -> str:
     return str(json.loads((checkpoint / "config.json").read_text()).get("model_type", ""))
 
 
-def check_supported(checkpoint: Path) -> str:
-    """Refuse an architecture optimum-onnx cannot export for sequence classification.
+def check_supported(checkpoint: Path, task: str = TASK) -> str:
+    """Refuse an architecture optimum-onnx cannot export for ``task``.
 
     Args:
         checkpoint: A validated checkpoint folder.
+        task: optimum's task (sequence classification by default).
 
     Returns:
         The checkpoint's model type.
@@ -47,11 +48,11 @@ def check_supported(checkpoint: Path) -> str:
         tasks = TasksManager.get_supported_tasks_for_model_type(kind, "onnx", library_name="transformers")
     except KeyError:
         tasks = {}
-    if TASK not in tasks:
+    if task not in tasks:
         known = TasksManager._LIBRARY_TO_SUPPORTED_MODEL_TYPES["transformers"]
-        supported = sorted(m for m, t in known.items() if TASK in t.get("onnx", {}))
+        supported = sorted(m for m, t in known.items() if task in t.get("onnx", {}))
         raise BadInputError(f"{checkpoint}: architecture '{kind or 'unknown'}' cannot be exported to "
-                            f"ONNX for {TASK} by optimum-onnx; fine-tune one of: "
+                            f"ONNX for {task} by optimum-onnx; fine-tune one of: "
                             f"{', '.join(supported[:40])}{' ...' if len(supported) > 40 else ''}")
     return kind
 
@@ -73,13 +74,15 @@ def load_eager(checkpoint: Path) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def export_onnx(model: Any, out_file: Path, opset: int) -> Path:
-    """Export a sequence-classification model to ONNX with dynamic batch and sequence axes.
+def export_onnx(model: Any, out_file: Path, opset: int, task: str = TASK) -> Path:
+    """Export a model to ONNX with dynamic batch and sequence axes.
 
     Args:
         model: A transformers model in eval mode, loaded with eager attention.
         out_file: Where to write the graph (``model.onnx``).
         opset: ONNX opset.
+        task: optimum's task: ``text-classification``, or ``text-generation-with-past`` for a
+            decoder with its key/value cache as inputs and outputs.
 
     Returns:
         ``out_file``.
@@ -92,7 +95,7 @@ def export_onnx(model: Any, out_file: Path, opset: int) -> Path:
     try:
         # Validation is ours (parity.py, on real held-out rows at several shapes), so
         # optimum's own dummy-input check would only repeat it.
-        onnx_export_from_model(model, scratch, opset=opset, task=TASK, do_validation=False)
+        onnx_export_from_model(model, scratch, opset=opset, task=task, do_validation=False)
         for item in scratch.iterdir():
             if item.name == MODEL_FILE or item.name.startswith(MODEL_FILE + "_data"):
                 shutil.move(str(item), out_file.parent / item.name.replace(MODEL_FILE, out_file.name))

@@ -62,7 +62,7 @@ def heads_and_hidden(config: Any) -> tuple[int, int]:
     return int(heads or 0), int(hidden or 0)
 
 
-def optimize(src: Path, dst: Path, level: str, config: Any) -> dict[str, Any]:
+def optimize(src: Path, dst: Path, level: str, config: Any, model_type: str | None = None) -> dict[str, Any]:
     """Write an optimized copy of ``src`` to ``dst``.
 
     Args:
@@ -70,6 +70,7 @@ def optimize(src: Path, dst: Path, level: str, config: Any) -> dict[str, Any]:
         dst: Where to write ``model.opt.onnx``.
         level: ``O1`` (onnxruntime basic optimizations) or ``O2`` (plus transformer fusions).
         config: The model's transformers config (model type, heads, hidden size).
+        model_type: The optimizer's model type (default: ``ort_model_type`` of the config's).
 
     Returns:
         ``{"level", "fused_ops", "missing_fusions"}`` for the manifest.
@@ -83,7 +84,7 @@ def optimize(src: Path, dst: Path, level: str, config: Any) -> dict[str, Any]:
         # opt_level=1 lets onnxruntime fold constants first (the shape subgraphs of the
         # attention pattern), then the Python fusions match; higher levels emit
         # hardware-specific nodes that would tie the file to this machine.
-        model = optimize_model(str(src), model_type=ort_model_type(config.model_type),
+        model = optimize_model(str(src), model_type=model_type or ort_model_type(config.model_type),
                                num_heads=heads, hidden_size=hidden, opt_level=1)
     model.save_model_to_file(str(dst))
     ops = fused_ops(dst)

@@ -31,7 +31,7 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 import orjson
 
@@ -73,6 +73,8 @@ class Reply:
     status: int = 200
     content_type: bytes = JSON
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # A streamed body (server-sent events): sent chunk by chunk, without Content-Length.
+    stream: AsyncIterator[bytes] | None = None
 
 
 def json_reply(payload: Any, status: int = 200) -> Reply:
@@ -245,6 +247,10 @@ class Front:
                 reply = Reply(orjson.dumps({"error": "internal error; see the server log"}), 500)
             if self.draining and (b"connection", b"close") not in reply.headers:
                 reply.headers.append((b"connection", b"close"))
+            if reply.stream is not None:
+                await self._stream(reply, scope, send)
+                self._count(route, reply.status)
+                return
             await send({"type": "http.response.start", "status": reply.status,
                         "headers": [(b"content-type", reply.content_type),
                                     (b"content-length", str(len(reply.body)).encode()), *reply.headers]})
@@ -253,6 +259,28 @@ class Front:
         finally:
             if call is not None:
                 self.budget.give(call.reserved)
+
+    @staticmethod
+    async def _stream(reply: Reply, scope: Scope, send: Send) -> None:
+        """Send a streamed reply chunk by chunk (chunked transfer encoding), and close its
+        iterator however the stream ends (the handler frees what the request held there)."""
+        try:
+            await send({"type": "http.response.start", "status": reply.status,
+                        "headers": [(b"content-type", reply.content_type), (b"cache-control", b"no-cache"),
+                                    *reply.headers]})
+            async for chunk in reply.stream:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:  # the client went away mid-stream (uvicorn's ClientDisconnected)
+            pass
+        except ServiceError as exc:  # given up mid-stream (shutdown): the status is sent, end it short
+            log.info("%s %s stream ended early: %s", scope["method"], scope["path"], exc)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except Exception:  # a failure mid-stream: the status is sent, so end the stream short
+            log.exception("%s %s failed while streaming", scope["method"], scope["path"])
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await reply.stream.aclose()
 
     def _count(self, route: Route, status: int) -> None:
         backend = self.get_backend()

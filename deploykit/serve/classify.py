@@ -89,6 +89,10 @@ class ClassificationBackend:
         """``/classify`` (unless BentoML's batcher serves it) and the v2 model routes."""
         return routes(self.settings)
 
+    def describe(self) -> str:
+        r = self.runtime
+        return f"{r.name} (variant {r.variant}, labels {r.labels}) with the {self.settings.batcher} batcher"
+
     def drain(self, timeout_s: float) -> None:
         """Shutdown: refuse new requests now, answer what is still queued after ``timeout_s``."""
         self.draining = True

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deploykit.config import ServeConfig
+from deploykit.config import GENERATION, ServeConfig
 from deploykit.errors import BadInputError
 from deploykit.manifest import Manifest, device_of
 from deploykit.runtime import Runtime, available_providers
@@ -62,6 +62,12 @@ def preflight(cfg: ServeConfig, variant: str) -> None:
     Raises:
         BadInputError: The graph contradicts the manifest (inputs, output width, max_length).
     """
+    if Manifest.read(cfg.artifact).task == GENERATION:
+        from deploykit.generator import Generator
+
+        Generator(cfg.artifact, variant, threads=1, providers=cfg.provider_list(),
+                  max_batch_size=cfg.max_batch_size, max_cache_tokens=cfg.max_cache_tokens)
+        return
     Runtime(cfg.artifact, variant, threads=1, providers=cfg.provider_list(),
             max_batch_tokens=cfg.max_batch_tokens, max_batch_size=cfg.max_batch_size)
 

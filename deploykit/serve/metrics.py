@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 # The values of the ``route`` label of deploykit_requests_total (a fixed set: bounded series).
-ROUTES = ("classify", "v2_infer", "v2_metadata", "v2_health", "metrics", "docs")
+ROUTES = ("classify", "v2_infer", "v2_metadata", "v2_health", "metrics", "docs", "generate", "openai")
 
 
 class PrometheusMetrics:
@@ -47,6 +47,21 @@ class PrometheusMetrics:
                                     "the client left or the deadline passed while their step ran")
         self._requests = prom.Counter("deploykit_requests", "Requests answered by deploykit's routes, by "
                                       "route and status code", ["route", "code"])
+        # text-generation: tokens (their rate is tokens/s), the step's own rate, time to first
+        # token, inter-token latency, and the batch (running and waiting sequences, cached tokens).
+        self._tokens = prom.Counter("deploykit_generated_tokens", "Tokens generated (rate: tokens/s)")
+        self._tokens_per_s = prom.Gauge("deploykit_generation_tokens_per_second", "Tokens per second of the "
+                                        "latest decoding step (all running sequences)", multiprocess_mode="livesum")
+        self._ttft = prom.Histogram("deploykit_time_to_first_token_seconds", "From a request's arrival to its "
+                                    "first generated token", buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+        self._itl = prom.Histogram("deploykit_inter_token_seconds", "Between two tokens of one sequence",
+                                   buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1))
+        self._running = prom.Gauge("deploykit_running_sequences", "Sequences in the decoding batch",
+                                   multiprocess_mode="livesum")
+        self._waiting = prom.Gauge("deploykit_waiting_sequences", "Sequences waiting for a place in the batch",
+                                   multiprocess_mode="livesum")
+        self._cache = prom.Gauge("deploykit_cache_tokens", "Tokens the batch's key/value cache holds "
+                                 "(padding included)", multiprocess_mode="livesum")
 
     def batch(self, size: int, tokens: int, seconds: float) -> None:
         self._batch_size.observe(size)
@@ -67,6 +82,23 @@ class PrometheusMetrics:
 
     def request(self, route: str, code: int) -> None:
         self._requests.labels(route, str(code)).inc()
+
+    def generation_step(self, rows: int, tokens: int, seconds: float) -> None:
+        self._tokens.inc(tokens)
+        self._tokens_per_s.set(tokens / seconds if seconds > 0 else 0.0)
+        self._batch_size.observe(rows)
+        self._inference.observe(seconds)
+
+    def first_token(self, seconds: float) -> None:
+        self._ttft.observe(seconds)
+
+    def inter_token(self, seconds: float) -> None:
+        self._itl.observe(seconds)
+
+    def sequences(self, running: int, waiting: int, cache_tokens: int) -> None:
+        self._running.set(running)
+        self._waiting.set(waiting)
+        self._cache.set(cache_tokens)
 
 
 _METRICS: PrometheusMetrics | None = None

@@ -56,7 +56,8 @@ def openapi(routes: list[Route], version: str) -> dict[str, Any]:
         paths.setdefault(route.path, {}).update(route.openapi)
     return {"openapi": "3.0.3",
             "info": {"title": "deploykit", "version": version,
-                     "description": "Text classification: /classify and the KServe v2 (Triton) protocol. "
+                     "description": "Text classification (/classify, the KServe v2 / Triton protocol) or text "
+                                    "generation (/generate, the OpenAI /v1 routes), by the artifact's task. "
                                     "Every error is a JSON object with an 'error' message."},
             "paths": paths,
             "components": {"schemas": {"Error": _ERROR, "InferRequest": _INFER_REQUEST}}}

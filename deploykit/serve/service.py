@@ -40,6 +40,7 @@ from deploykit.serve import lifecycle, metrics
 from deploykit.serve import settings as settings_mod
 from deploykit.serve.app import FRONTS, Front
 from deploykit.serve.classify import ClassificationBackend, Result, Text
+from deploykit.serve.generation import GenerationBackend
 from deploykit.serve.routes import shared_routes
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ log = logging.getLogger(__name__)
 SETTINGS = settings_mod.from_env()
 
 # One backend class per task (the manifest's "task"); each brings its own routes.
-BACKENDS: dict[str, Any] = {ClassificationBackend.task: ClassificationBackend}
+BACKENDS: dict[str, Any] = {ClassificationBackend.task: ClassificationBackend,
+                            GenerationBackend.task: GenerationBackend}
 
 Texts = Annotated[list[Text], Field(min_length=1, max_length=SETTINGS.max_texts,
                                     description="Texts to classify (non-empty strings).")]
@@ -97,10 +99,10 @@ class Classifier:
                 raise
             lifecycle.exit_server(str(exc), exc.exit_code)  # never returns
         self.backend = backend
-        self.runtime, self.batcher = backend.runtime, backend.batcher
+        # /classify under BentoML's own batcher (a classifier only) reaches these.
+        self.runtime, self.batcher = getattr(backend, "runtime", None), getattr(backend, "batcher", None)
         _BACKEND = backend
-        log.info("serving %s (variant %s, labels %s) with the %s batcher on %s", self.runtime.name,
-                 self.runtime.variant, self.runtime.labels, self.settings.batcher, lifecycle.http_stack())
+        log.info("serving %s on %s", backend.describe(), lifecycle.http_stack())
         lifecycle.drain_on_sigterm(self._begin_drain, self.settings.shutdown_timeout_ms / 1000)
 
     def _begin_drain(self) -> None:

@@ -1,0 +1,532 @@
+"""The text-generation task on the service: its backend (generator + engine) and its routes.
+
+Routes, on the same lean layer (``deploykit.serve.app``), body limits and metrics as
+classification:
+
+- ``POST /generate``: ``{"prompt": ...}`` or ``{"messages": [...]}`` with sampling settings;
+  JSON back, or with ``"stream": true`` server-sent events, one per text chunk, the last one
+  with the finish reason and the token counts;
+- ``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /v1/models``: the OpenAI API
+  (streaming and not), so OpenAI clients work unchanged (``model`` must be the served name).
+
+Continuous batching: one ``Engine`` per process runs the generator's iteration-level scheduler
+on a worker thread, stepping while any sequence runs; requests join between steps and leave as
+they finish. A client that disconnects (or a request past its deadline before its first token)
+is cancelled at once: it leaves the batch at the next step and its cache is freed.
+Admission: at most ``DEPLOYKIT_MAX_QUEUE`` sequences wait for a place (503 + Retry-After past
+it), and none while shutting down.
+
+Imports only numpy, onnxruntime, tokenizers, jinja2, pydantic, orjson and deploykit's
+generator/serve/config/errors/manifest: never torch, transformers or datasets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+import uuid
+from typing import Annotated, Any, AsyncIterator, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from deploykit.config import ServiceConfig
+from deploykit.errors import BadInputError
+from deploykit.generator import Event, Generator, Sampling, Seq
+from deploykit.manifest import Generation
+from deploykit.serve.app import Call, HTTPError, Reply, Route, json_reply, request_timeout
+from deploykit.serve.batcher import DeadlineExceeded, Overloaded
+
+log = logging.getLogger(__name__)
+
+NonBlank = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
+SSE = b"text/event-stream"
+
+
+# --- the engine: the scheduler on a worker thread ----------------------------------------------
+
+class Stream:
+    """The events of one sequence, handed from the engine's thread to the request's event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.seq: Seq | None = None
+        self.submitted = time.perf_counter()
+        self.last: float | None = None  # when its latest token came (inter-token latency)
+        self.error: Exception | None = None
+
+    def push(self, item: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # its event loop is closed (shutdown): nobody to tell
+            pass
+
+
+class Engine:
+    """The generator's scheduler stepped on one worker thread while any sequence runs.
+
+    Args:
+        generator: The loaded model.
+        settings: The service settings (batch size, cache bound, queue bound, deadlines).
+        metrics: Where tokens, TTFT, inter-token latency and running sequences go.
+    """
+
+    def __init__(self, generator: Generator, settings: ServiceConfig, metrics: Any) -> None:
+        self.generator, self.metrics = generator, metrics
+        self.scheduler = generator.scheduler(settings.max_batch_size)
+        self.max_waiting = settings.max_queue
+        self.request_timeout = settings.request_timeout_ms / 1000
+        self._wake = threading.Event()
+        self._closed = False
+        self._draining = False
+        self._thread: threading.Thread | None = None
+        self._deadlines: dict[int, float] = {}  # id(seq) -> deadline of its first token
+
+    def submit(self, prompt: list[int], sampling: Sampling, timeout_s: float | None = None) -> Stream:
+        """Queue a sequence; its events arrive on the returned stream.
+
+        Raises:
+            Overloaded: Shutting down, or ``DEPLOYKIT_MAX_QUEUE`` sequences wait already.
+            BadInputError: The prompt cannot fit (context or cache bound).
+        """
+        if self._draining:
+            self.metrics.rejected("draining")
+            raise Overloaded("the server is shutting down; retry on another replica", reason="draining",
+                             retry_after=1)
+        if self.scheduler.waiting >= self.max_waiting:
+            self.metrics.rejected("queue_full")
+            raise Overloaded(f"{self.scheduler.waiting} sequences wait for a place in the batch, the limit "
+                             "(DEPLOYKIT_MAX_QUEUE); retry later", reason="queue_full", retry_after=1)
+        stream = Stream(asyncio.get_running_loop())
+        timeout = self.request_timeout if timeout_s is None else min(timeout_s, self.request_timeout)
+        stream.seq = self.scheduler.submit(prompt, sampling, tag=stream)
+        self._deadlines[id(stream.seq)] = stream.submitted + timeout
+        self._start()
+        self._wake.set()
+        return stream
+
+    def cancel(self, seq: Seq) -> None:
+        """Drop a sequence now (its client left): it leaves the batch at the next step."""
+        if not seq.finished:
+            self.scheduler.cancel(seq)
+            self._wake.set()
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="deploykit-generate", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closed:
+            if not self.scheduler.busy:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            self._expire()
+            try:
+                start = time.perf_counter()
+                events = self.scheduler.step()
+                now = time.perf_counter()
+            except Exception as exc:  # a model failure fails the running sequences; keep serving
+                log.exception("a generation step failed")
+                self._fail_all(exc)
+                continue
+            tokens = sum(e.token is not None for e in events)
+            if tokens:
+                self.metrics.generation_step(len(self.scheduler.running), tokens, now - start)
+            for event in events:
+                self._deliver(event, now)
+            self.metrics.sequences(len(self.scheduler.running), self.scheduler.waiting,
+                                   self.scheduler.cache_tokens)
+
+    def _deliver(self, event: Event, now: float) -> None:
+        stream: Stream = event.seq.tag
+        if event.token is not None:
+            if stream.last is None:
+                self.metrics.first_token(now - stream.submitted)
+            else:
+                self.metrics.inter_token(now - stream.last)
+            stream.last = now
+        if event.finished:
+            self._deadlines.pop(id(event.seq), None)
+        stream.push(event)
+
+    def _expire(self) -> None:
+        """Cancel waiting sequences whose deadline for a first token has passed (504)."""
+        now = time.perf_counter()
+        for seq in list(self.scheduler.pending()):
+            if now > self._deadlines.get(id(seq), float("inf")):
+                seq.tag.error = DeadlineExceeded("the request's deadline passed before the model had a place "
+                                                 "for it; retry, or raise X-Request-Timeout")
+                self.metrics.dropped("deadline", 1)
+                self.scheduler.cancel(seq)
+
+    def _fail_all(self, exc: Exception) -> None:
+        for event in self.scheduler.abort():
+            event.seq.tag.error = exc
+            self._deliver(event, time.perf_counter())
+
+    def drain(self) -> None:
+        """Stop admitting; running and waiting sequences go on."""
+        self._draining = True
+
+    def fail_queued(self, reason: str = "shutdown") -> int:
+        """Answer every sequence still waiting or running with 503 now (shutdown past its bound)."""
+        seqs = [*self.scheduler.running, *self.scheduler.pending()]
+        for seq in seqs:
+            seq.tag.error = Overloaded("the server is shutting down; retry on another replica", reason=reason,
+                                       retry_after=1)
+            self.cancel(seq)
+        return len(seqs)
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+
+# --- the backend ------------------------------------------------------------------------------
+
+class GenerationBackend:
+    """The loaded text-generation model of one service process: generator, engine, settings.
+
+    Raises:
+        BadInputError, IntegrityError: As ``Generator`` (the artifact is refused before serving).
+    """
+
+    task = Generation.TASK
+
+    def __init__(self, artifact: str, settings: ServiceConfig, metrics: Any) -> None:
+        self.settings, self.metrics = settings, metrics
+        self.generator = Generator(artifact, settings.variant, threads=settings.threads,
+                                   providers=settings.provider_list(), max_batch_size=settings.max_batch_size,
+                                   max_cache_tokens=settings.max_cache_tokens)
+        self.engine = Engine(self.generator, settings, metrics)
+        self.name = self.generator.name
+        self.draining = False
+
+    def describe(self) -> str:
+        g = self.generator
+        return (f"{g.name} (text-generation, variant {g.variant}; up to {g.max_batch_size} sequences, "
+                f"{g.max_cache_tokens} cached tokens)")
+
+    def routes(self) -> list[Route]:
+        return routes()
+
+    def drain(self, timeout_s: float) -> None:
+        """Shutdown: refuse new sequences now, end what is still waiting after ``timeout_s``."""
+        self.draining = True
+        self.engine.drain()
+        asyncio.get_running_loop().call_later(timeout_s, self.engine.fail_queued)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: NonBlank
+    content: str
+    name: str | None = None
+
+
+class _Sampling(BaseModel):
+    """Settings every route takes; omitted ones fall back on the model's generation defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(None, ge=0, le=100, description="0 is greedy.")
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0, description="/generate only: 0 keeps every token.")
+    seed: int | None = Field(None, description="Reproducible sampling.")
+    stop: NonBlank | list[NonBlank] | None = Field(None, description="Stop string(s), not part of the text.")
+    stream: bool = Field(False, description="Server-sent events instead of one JSON answer.")
+
+
+class GenerateRequest(_Sampling):
+    """``POST /generate``."""
+
+    prompt: NonBlank | None = Field(None, description="The text to continue.")
+    messages: list[Message] | None = Field(None, min_length=1, description="A conversation, rendered with "
+                                                                          "the model's chat template.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Tokens to generate at most.")
+    ignore_eos: bool = Field(False, description="Go on past the end-of-sequence token (benchmarks).")
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False
+
+
+class _OpenAI(_Sampling):
+    """What the OpenAI API's completion requests share (unsupported options are refused by name)."""
+
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    n: Literal[1] = 1
+    user: str | None = None
+    stream_options: StreamOptions | None = None
+    presence_penalty: Literal[0, 0.0] | None = None
+    frequency_penalty: Literal[0, 0.0] | None = None
+
+
+class CompletionRequest(_OpenAI):
+    """``POST /v1/completions``."""
+
+    prompt: NonBlank | Annotated[list[NonBlank], Field(min_length=1, max_length=1)]
+
+
+class ChatRequest(_OpenAI):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+def _parse(model: type[BaseModel], call: Call) -> Any:
+    try:
+        return model.model_validate_json(call.body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        first = errors[0]
+        where = ".".join(map(str, first["loc"])) or "the body"
+        raise HTTPError(400, f"{len(errors)} validation error{'s' if len(errors) > 1 else ''} in the request body: "
+                        f"{first['msg']} at {where}", detail=errors) from None
+
+
+def _start(call: Call, prompt: Any, max_new_tokens: int | None, req: _Sampling, ignore_eos: bool = False) -> Stream:
+    """Tokenize, check the settings and queue the sequence (400 for what the request got wrong)."""
+    backend: GenerationBackend = call.backend
+    limit = backend.settings.max_new_tokens
+    if max_new_tokens is not None and max_new_tokens > limit:
+        raise HTTPError(400, f"max_new_tokens {max_new_tokens} is over this server's limit of {limit} "
+                        "(DEPLOYKIT_MAX_NEW_TOKENS)")
+    g = backend.generator
+    try:
+        ids = g.encode(prompt if isinstance(prompt, str) else [m.model_dump(exclude_none=True) for m in prompt])
+        sampling = g.sampling(max_new_tokens=max_new_tokens or min(g.head.defaults["max_new_tokens"], limit),
+                              temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=req.seed,
+                              stop=req.stop, ignore_eos=ignore_eos)
+        return backend.engine.submit(ids, sampling, request_timeout(call))
+    except BadInputError as exc:
+        raise HTTPError(400, str(exc)) from None
+
+
+async def _events(call: Call, stream: Stream) -> AsyncIterator[Event]:
+    """The sequence's events as they come; the client leaving cancels the sequence at once."""
+    engine: Engine = call.backend.engine
+    gone = asyncio.ensure_future(call.disconnected())
+    try:
+        while True:
+            get = asyncio.ensure_future(stream.queue.get())
+            done, _ = await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if get not in done:
+                get.cancel()
+                call.backend.metrics.dropped("disconnected", 1)
+                return
+            event: Event = get.result()
+            if stream.error is not None and event.token is None:
+                raise stream.error
+            yield event
+            if event.finished:
+                return
+    finally:
+        gone.cancel()
+        engine.cancel(stream.seq)
+
+
+def _usage(seq: Seq) -> dict[str, int]:
+    return {"prompt_tokens": len(seq.prompt), "completion_tokens": len(seq.tokens),
+            "total_tokens": len(seq.prompt) + len(seq.tokens)}
+
+
+def _sse(payload: Any) -> bytes:
+    return b"data: " + (payload if isinstance(payload, bytes) else orjson.dumps(payload)) + b"\n\n"
+
+
+async def _first(call: Call, stream: Stream) -> tuple[AsyncIterator[Event], Event]:
+    """Wait for the sequence's first event, so that refusals (deadline, shutdown) are still a
+    plain error status rather than an event stream."""
+    events = _events(call, stream)
+    try:
+        return events, await events.__anext__()
+    except StopAsyncIteration:
+        from deploykit.serve.batcher import ClientGone
+
+        raise ClientGone("the client disconnected before the first token") from None
+
+
+async def _collect(call: Call, stream: Stream) -> Seq:
+    events, _ = await _first(call, stream)
+    async for _ in events:
+        pass
+    return stream.seq
+
+
+def _finish(seq: Seq) -> str:
+    return "length" if seq.finish_reason == "length" else "stop"
+
+
+# --- handlers ---------------------------------------------------------------------------------
+
+async def generate(call: Call) -> Reply:
+    req = _parse(GenerateRequest, call)
+    if (req.prompt is None) == (req.messages is None):
+        raise HTTPError(400, "give exactly one of 'prompt' (a non-empty string) or 'messages' (a conversation)")
+    stream = _start(call, req.prompt if req.prompt is not None else req.messages, req.max_new_tokens, req,
+                    ignore_eos=req.ignore_eos)
+    model = call.backend.name
+    if not req.stream:
+        seq = await _collect(call, stream)
+        return json_reply({"model": model, "text": seq.text, "finish_reason": _finish(seq), "usage": _usage(seq)})
+    events, first = await _first(call, stream)
+
+    async def body() -> AsyncIterator[bytes]:
+        async for event in _chain(first, events):
+            if event.delta:
+                yield _sse({"text": event.delta})
+            if event.finished:
+                seq = event.seq
+                yield _sse({"text": "", "finish_reason": _finish(seq), "usage": _usage(seq)})
+
+    return Reply(b"", content_type=SSE, stream=_closing(body(), events))
+
+
+async def _chain(first: Event, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    yield first
+    if not first.finished:
+        async for event in events:
+            yield event
+
+
+async def _closing(body: AsyncIterator[bytes], events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+    """``body``, closing the event iterator (which cancels the sequence) however it ends."""
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        await events.aclose()
+
+
+def _openai_model(call: Call, name: str) -> None:
+    if name != call.backend.name:
+        raise HTTPError(404, f"the model {name!r} does not exist here; this server serves {call.backend.name!r} "
+                        "(GET /v1/models)")
+
+
+async def completions(call: Call) -> Reply:
+    req = _parse(CompletionRequest, call)
+    _openai_model(call, req.model)
+    prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
+    return await _openai(call, req, _start(call, prompt, req.max_tokens, req), chat=False)
+
+
+async def chat_completions(call: Call) -> Reply:
+    req = _parse(ChatRequest, call)
+    _openai_model(call, req.model)
+    stream = _start(call, req.messages, req.max_completion_tokens or req.max_tokens, req)
+    return await _openai(call, req, stream, chat=True)
+
+
+async def _openai(call: Call, req: _OpenAI, stream: Stream, *, chat: bool) -> Reply:
+    """The OpenAI answer of a completion or chat completion, whole or as server-sent events."""
+    ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+    created, model = int(time.time()), call.backend.name
+    kind = "chat.completion" if chat else "text_completion"
+
+    def choice(text: str | None, finish: str | None, *, delta: bool) -> dict[str, Any]:
+        if not chat:
+            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        if delta:
+            return {"index": 0, "delta": {} if text is None else {"content": text}, "logprobs": None,
+                    "finish_reason": finish}
+        return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                "finish_reason": finish}
+
+    if not req.stream:
+        seq = await _collect(call, stream)
+        return json_reply({"id": ident, "object": kind, "created": created, "model": model,
+                           "choices": [choice(seq.text, _finish(seq), delta=False)], "usage": _usage(seq)})
+    events, first = await _first(call, stream)
+    chunk_kind = "chat.completion.chunk" if chat else "text_completion"
+    usage_chunk = req.stream_options is not None and req.stream_options.include_usage
+
+    def chunk(choices: list[dict[str, Any]], usage: Any = None) -> bytes:
+        payload = {"id": ident, "object": chunk_kind, "created": created, "model": model, "choices": choices}
+        if usage_chunk:
+            payload["usage"] = usage
+        return _sse(payload)
+
+    async def body() -> AsyncIterator[bytes]:
+        if chat:  # the role comes first, as OpenAI sends it
+            yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                          "finish_reason": None}])
+        async for event in _chain(first, events):
+            if event.delta:
+                yield chunk([choice(event.delta, None, delta=True)])
+            if event.finished:
+                yield chunk([choice(None if chat else "", _finish(event.seq), delta=True)])
+                if usage_chunk:
+                    yield chunk([], _usage(event.seq))
+                yield _sse(b"[DONE]")
+
+    return Reply(b"", content_type=SSE, stream=_closing(body(), events))
+
+
+async def models(call: Call) -> Reply:
+    return json_reply({"object": "list", "data": [{"id": call.backend.name, "object": "model", "created": 0,
+                                                   "owned_by": "deploykit"}]})
+
+
+async def not_a_classifier(call: Call) -> Reply:
+    raise HTTPError(404, f"this server serves the text-generation model {call.backend.name!r}; use POST "
+                    "/generate, /v1/completions or /v1/chat/completions")
+
+
+# --- routes and their OpenAPI operations --------------------------------------------------------
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+_ERRORS = {400: "Malformed request: a field, setting or prompt the message names (too long, empty, unknown "
+                "field, max_new_tokens over DEPLOYKIT_MAX_NEW_TOKENS).",
+           404: "Unknown model (OpenAI routes).",
+           408: "The body did not arrive within DEPLOYKIT_BODY_TIMEOUT_MS.",
+           413: "Body over DEPLOYKIT_MAX_BODY_BYTES.",
+           503: "Overloaded (DEPLOYKIT_MAX_QUEUE sequences waiting), loading or shutting down; see Retry-After.",
+           504: "No place in the batch before the request's deadline."}
+
+
+@functools.lru_cache(maxsize=None)
+def routes() -> list[Route]:
+    """``/generate``, the OpenAI routes, and a ``/classify`` that says what this server serves."""
+    def op(summary: str, op_id: str, request: type[BaseModel] | None, ok: str) -> dict[str, Any]:
+        doc: dict[str, Any] = {"summary": summary, "operationId": op_id, "responses": {
+            "200": {"description": ok, "content": {"application/json": {"schema": {"type": "object"}},
+                                                   "text/event-stream": {"schema": {"type": "string"}}}},
+            **{str(c): {"description": t, "content": {"application/json": {"schema": ERROR}}}
+               for c, t in _ERRORS.items()}}}
+        if request is not None:
+            doc["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": request.model_json_schema()}}}
+        return doc
+
+    return [
+        Route("/generate", ("POST",), generate, "generate", body=True, openapi={"post": op(
+            "Generate a completion (JSON, or server-sent events with stream: true)", "generate", GenerateRequest,
+            "{model, text, finish_reason, usage}; streamed: data: {text} per chunk, then {text: '', "
+            "finish_reason, usage}.")}),
+        Route("/v1/completions", ("POST",), completions, "openai", body=True, openapi={"post": op(
+            "OpenAI completions", "openai_completions", CompletionRequest, "An OpenAI text_completion.")}),
+        Route("/v1/chat/completions", ("POST",), chat_completions, "openai", body=True, openapi={"post": op(
+            "OpenAI chat completions", "openai_chat_completions", ChatRequest, "An OpenAI chat.completion.")}),
+        Route("/v1/models", ("GET",), models, "openai", openapi={"get": {
+            "summary": "OpenAI model list", "operationId": "openai_models",
+            "responses": {"200": {"description": "The served model."}}}}),
+        Route("/classify", ("POST",), not_a_classifier, "classify", openapi={}),
+    ]
