@@ -685,7 +685,7 @@ class DemoConfig:
 
 # --- benchmarks (deploykit bench offline / online) ---------------------------------------------
 
-BENCH_ENGINES = ("pytorch", "optimum", "runtime")
+BENCH_ENGINES = ("pytorch", "optimum", "optimum-quantized", "runtime")
 BENCH_PROTOCOLS = ("classify", "v2")
 
 
@@ -716,7 +716,12 @@ class BenchOfflineConfig:
     out: str = opt("bench-offline", "Folder for results.json, results.md and the PNG plots.")
     engines: str = opt("pytorch,optimum,runtime", "Comma-separated engines: pytorch (transformers "
                        "eager on the checkpoint), optimum (ORTModelForSequenceClassification on "
-                       "the default variant's ONNX file), runtime (deploykit's, once per variant).")
+                       "the default variant's ONNX file), optimum-quantized (Optimum's own best "
+                       "INT8 of the checkpoint: the better of its dynamic and static avx512_vnni "
+                       "configs, built in --out the first time), runtime (deploykit's, once per "
+                       "variant).")
+    optimum_quantized_rows: int = opt(1000, "Validation rows that choose between Optimum's dynamic "
+                                      "and static INT8 (label agreement with PyTorch).")
     variants: str | None = opt(None, "Comma-separated variants for the runtime engine (default: "
                                "every servable variant).")
     batch_sizes: str = opt("1,8,32,128", "Batch sizes for the data set's texts.")
@@ -741,7 +746,7 @@ class BenchOfflineConfig:
         _require_int_list(self.synthetic_batch_sizes, "synthetic_batch_sizes")
         _require(all(n >= 8 for n in int_list(self.synthetic_lengths)), "synthetic_lengths",
                  "every length must be at least 8 tokens")
-        for name in ("samples", "min_iters", "max_iters"):
+        for name in ("samples", "min_iters", "max_iters", "optimum_quantized_rows"):
             _require(getattr(self, name) > 0, name, "must be positive")
         _require(self.warmup >= 0, "warmup", "must be >= 0")
         _require(self.min_duration >= 0, "min_duration", "must be >= 0 seconds")

@@ -133,8 +133,9 @@ def run(cfg: PredictConfig) -> Path:
     """
     from tqdm import tqdm
 
-    runtime = Runtime(cfg.artifact, cfg.variant, threads=cfg.threads,
-                      max_batch_tokens=cfg.max_batch_tokens, max_batch_size=cfg.max_batch_size)
+    # One caller calling back to back: idle threads may spin (see Runtime's ``spin``).
+    runtime = Runtime(cfg.artifact, cfg.variant, threads=cfg.threads, max_batch_tokens=cfg.max_batch_tokens,
+                      max_batch_size=cfg.max_batch_size, spin=True)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     texts = read_texts(cfg.data, cfg.text_column)

@@ -93,6 +93,11 @@ class Runtime:
             that this onnxruntime build lacks is an error rather than a silent CPU fallback.
         max_batch_tokens: Token budget of one model call (rows x padded length).
         max_batch_size: Most rows in one model call.
+        spin: Let idle intra-op threads busy-wait for the next call (onnxruntime's own default).
+            For a single caller that calls back to back (``predict``, ``bench offline``): it saves
+            waking the threads on every call, which made batch-1 latency 0.85x Optimum's on the
+            same file. Off by default: the server calls from its batcher thread beside the event
+            loop and the tokenizer, which spinning threads starve (see ``_setup``).
 
     Raises:
         BadInputError: Not an artifact (or not a text-classification one), unknown or
@@ -103,12 +108,12 @@ class Runtime:
 
     def __init__(self, artifact: str | Path, variant: str | None = None, *, threads: int | None = None,
                  providers: Sequence[str] | None = None, max_batch_tokens: int = 16384,
-                 max_batch_size: int = 64) -> None:
+                 max_batch_size: int = 64, spin: bool = False) -> None:
         manifest = Manifest.verify(artifact)
         chosen = manifest.pick(variant, device_of(providers))
         self._setup(Path(artifact) / chosen.file, Path(artifact) / TOKENIZER, manifest=manifest,
                     variant=chosen.name, threads=threads, providers=providers,
-                    max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size)
+                    max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size, spin=spin)
 
     @classmethod
     def of_variant(cls, folder: str | Path, manifest: Manifest, variant: str, *,
@@ -144,7 +149,7 @@ class Runtime:
     def _setup(self, model_file: Path, tokenizer_file: Path, *, manifest: Manifest | None = None,
                variant: str | None = None, max_length: int | None = None, threads: int | None = None,
                providers: Sequence[str] | None = None, max_batch_tokens: int = 16384,
-               max_batch_size: int = 64) -> None:
+               max_batch_size: int = 64, spin: bool = False) -> None:
         """Load the tokenizer and the session, and check the graph against the manifest."""
         import onnxruntime as ort
 
@@ -185,11 +190,12 @@ class Runtime:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # No busy-waiting of idle pool threads: when the session is called from a worker thread
-        # (the service's batcher), spinning threads starve the event loop and the tokenizer; on
-        # 2 cores, one request through the batcher took 14.0 ms with spinning vs 7.5 ms without,
-        # while a direct call stayed at 7.3-8.0 ms either way (benchmarks/serve_latency.py).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # No busy-waiting of idle pool threads unless a single caller asks (``spin``): when the
+        # session is called from a worker thread (the service's batcher), spinning threads starve
+        # the event loop and the tokenizer; on 2 cores, one request through the batcher took
+        # 14.0 ms with spinning vs 7.5 ms without (benchmarks/serve_latency.py).
+        self.spin = bool(spin)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.session = ort.InferenceSession(str(model_file), sess_options=options, providers=providers)
         graph_inputs = {i.name: i for i in self.session.get_inputs()}
         self.input_names: list[str] = list(manifest.inputs) if manifest else list(graph_inputs)
