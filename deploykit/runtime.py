@@ -132,7 +132,7 @@ class Runtime:
 
     @classmethod
     def of_graph(cls, model_file: str | Path, tokenizer_file: str | Path, max_length: int, *,
-                 threads: int | None = None) -> "Runtime":
+                 threads: int | None = None, spin: bool = False) -> "Runtime":
         """A graph that is not (yet) a variant of an artifact, with the artifact's tokenizer:
         export's INT8 search scores its candidate graphs with this, as they would be served.
 
@@ -141,9 +141,10 @@ class Runtime:
             tokenizer_file: The artifact's ``tokenizer.json``.
             max_length: Truncation length.
             threads: onnxruntime intra-op threads.
+            spin: As the constructor's (benchmarks of candidate graphs are single callers).
         """
         runtime = cls.__new__(cls)
-        runtime._setup(Path(model_file), Path(tokenizer_file), max_length=max_length, threads=threads)
+        runtime._setup(Path(model_file), Path(tokenizer_file), max_length=max_length, threads=threads, spin=spin)
         return runtime
 
     def _setup(self, model_file: Path, tokenizer_file: Path, *, manifest: Manifest | None = None,

@@ -158,17 +158,12 @@ def _quantize_static(cfg: ExportConfig, src: Path, dst: Path, reduce_range: bool
     Returns:
         (the ``quantization`` entry of model.int8.onnx, or None when none was written; the choice's record).
     """
-    from deploykit.export import int8_schemes, parity, quantize
-    from deploykit.runtime import Runtime
+    from deploykit.export import int8_schemes
 
     tokenizer_file = dst.parent / "tokenizer.json"
-    rows = parity.training_rows(cfg, train_cfg, cfg.calibration_samples)
-    # Tokenized as served (the runtime's truncation and input dtypes), never padded.
-    feeds = quantize.calibration_feeds(Runtime.of_graph(src, tokenizer_file, max_length), rows.texts)
-    calibration = int8_schemes.Calibration(feeds, rows.source, rows.split, rows.texts, rows.text_column,
-                                           rows.label_column)
-    log.info("int8: calibrating on %d training rows of %s (%d unpadded batches)", len(rows.texts), rows.source,
-             len(feeds))
+    calibration = int8_schemes.calibration(cfg, train_cfg, src, tokenizer_file, max_length)
+    log.info("int8: calibrating on %d training rows of %s (%d unpadded batches)", len(calibration.texts),
+             calibration.source, len(calibration.feeds))
     scorer = _scorer(cfg, src, tokenizer_file, train_cfg, labels, held, max_length)
     scratch = Path(tempfile.mkdtemp(prefix="deploykit-int8-schemes-", dir=dst.parent.parent))
     try:

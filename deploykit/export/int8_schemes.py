@@ -68,6 +68,26 @@ class Calibration:
         return record
 
 
+def calibration(cfg: Any, train_cfg: Any, src: Path, tokenizer_file: Path, max_length: int) -> Calibration:
+    """The first ``cfg.calibration_samples`` training rows (``parity.training_rows``: the
+    checkpoint's source and split seed, never a held-out row) as unpadded calibration feeds,
+    tokenized as served (the runtime's truncation and input dtypes).
+
+    Args:
+        cfg: Export options (data source, columns, ``calibration_samples``).
+        train_cfg: The checkpoint's training config.
+        src: The graph to calibrate (its inputs).
+        tokenizer_file: The artifact's ``tokenizer.json``.
+        max_length: Truncation length.
+    """
+    from deploykit.export import parity, quantize
+    from deploykit.runtime import Runtime
+
+    rows = parity.training_rows(cfg, train_cfg, cfg.calibration_samples)
+    feeds = quantize.calibration_feeds(Runtime.of_graph(src, tokenizer_file, max_length), rows.texts)
+    return Calibration(feeds, rows.source, rows.split, rows.texts, rows.text_column, rows.label_column)
+
+
 def method_of(scheme: str) -> str:
     """The calibration method a static scheme name carries (``static-entropy-fallback`` -> entropy)."""
     return scheme.split("-")[1]

@@ -267,7 +267,7 @@ def check_variant(folder: Path, manifest: Manifest, name: str, held: HeldOut, re
     Args:
         folder: The artifact folder (export's temporary one before it is renamed into place).
         manifest: Its manifest (export's draft, or the verified one).
-        name: The variant (fp32, opt, int8, int8-static); its precision chooses the bounds.
+        name: The variant (fp32, opt, int8); its precision chooses the bounds.
         held: Held-out rows.
         reference: PyTorch logits of ``held.texts``.
         reference_metrics: PyTorch's accuracy and macro-F1 on them.
