@@ -1,7 +1,7 @@
 """Side-by-side benchmark of PyTorch eager and the exported ONNX variants on held-out rows.
 
-For PyTorch eager, the plain ONNX graph, the fused graph and the INT8 graph (and the static
-INT8 graph when the artifact has one): file size, macro-F1 on the whole held-out split,
+For PyTorch eager, the plain ONNX graph, the fused graph and the INT8 graph (and, when export
+kept operators float, the same scheme's all-INT8 graph): file size, macro-F1 on the whole held-out split,
 latency p50/p95/p99 at batch 1, and throughput at batch 32, all measured in one run on the
 same machine with the same thread count, so the ratios between rows are what to read.
 
@@ -23,6 +23,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -135,21 +136,28 @@ def main() -> None:
     log.info("%d %s rows, %d threads", len(held.texts), held.split, args.threads)
 
     engines = [("pytorch eager", lambda: _torch_engine(checkpoint, held.texts, max_length, args.threads))]
-    for name, label in (("fp32", "onnx fp32"), ("opt", "onnx fused (opt)"), ("int8", "onnx int8 dynamic"),
-                        ("int8-static", "onnx int8 static")):
+    int8 = manifest.variants["int8"].quantization if "int8" in manifest.variants else None
+    scheme = (int8 or {}).get("scheme") or (int8 or {}).get("mode", "")
+    for name, label in (("fp32", "onnx fp32"), ("opt", "onnx fused (opt)"), ("int8", f"onnx int8 {scheme}")):
         if name in manifest.variants:
             file = artifact / manifest.variants[name].file
             engines.append((label, lambda f=file: _onnx_engine(f, artifact / "tokenizer.json", max_length,
                                                                 args.threads)))
-    int8 = manifest.variants["int8"].quantization if "int8" in manifest.variants else None
     if int8 and int8.get("float_nodes"):
-        # What the INT8 fallback costs: the all-INT8 graph (--int8-fallback off), measured alongside.
-        from deploykit.export import quantize
+        # What the INT8 fallback costs: the same scheme's all-INT8 graph, measured alongside.
+        from deploykit.export import int8_schemes, quantize
 
         source = artifact / int8["source"]
         scratch = tempfile.TemporaryDirectory(prefix="export-variants-")  # removed when main() returns
         every = Path(scratch.name) / "model.int8-all.onnx"
-        quantize.write_dynamic(source, every, int8["reduce_range"])
+        if int8["mode"] == "dynamic":
+            quantize.write_dynamic(source, every, int8["reduce_range"])
+        else:  # recalibrated on the same training rows (the manifest's record)
+            calib_cfg = replace(cfg, data=int8["calibration"]["data"], calibration_samples=int8["calibration"]["rows"])
+            feeds = int8_schemes.calibration(calib_cfg, ckpt.train_config(checkpoint), source,
+                                             artifact / "tokenizer.json", max_length).feeds
+            quantize.Static(int8["calibration_method"], int8["reduce_range"], feeds,
+                            Path(scratch.name) / "calibration.json").write(source, every)
         engines.append(("onnx int8, every operator (--int8-fallback off)",
                         lambda: _onnx_engine(every, artifact / "tokenizer.json", max_length, args.threads)))
     rows = []

@@ -430,8 +430,10 @@ class PredictConfig:
 # --- export and verify (the artifact stage) ---------------------------------------------------
 
 OPTIMIZE_LEVELS = ("none", "O1", "O2")
-QUANTIZE_MODES = ("none", "dynamic", "static")
-VARIANT_NAMES = ("fp32", "opt", "int8", "int8-static")
+QUANTIZE_MODES = ("auto", "static", "dynamic", "none")
+# Static INT8 schemes (deploykit.export.int8_schemes, which checks this list against its own).
+INT8_SCHEMES = ("auto", "static-minmax", "static-entropy", "static-minmax-fallback", "static-entropy-fallback")
+VARIANT_NAMES = ("fp32", "opt", "int8")
 
 
 @dataclass
@@ -498,30 +500,42 @@ class ExportConfig(ParityConfig):
                         "optimizations), O2 (plus transformer fusions: Attention, "
                         "SkipLayerNormalization, BiasGelu), none (no opt variant).",
                         choices=OPTIMIZE_LEVELS)
-    quantize: str = opt("dynamic", "INT8 variants: dynamic (model.int8.onnx), static (also "
-                        "model.int8-static.onnx, QDQ calibrated on training rows), none.",
-                        choices=QUANTIZE_MODES)
-    int8_fallback: str = opt("auto", "auto: when the all-INT8 graph misses the INT8 bounds on "
+    quantize: str = opt("auto", "model.int8.onnx: auto (static INT8, the fastest scheme that meets the "
+                        "target bounds on validation rows and is batch-independent; none if no "
+                        "scheme does, and the fused fp32 graph is served), static (the same "
+                        "choice, but the most accurate scheme is written even when none meets "
+                        "them; parity judges it), dynamic (activation scales per call: servable, "
+                        "never the default, since a text's answer moves with its batch mates), "
+                        "none.", choices=QUANTIZE_MODES)
+    int8_scheme: str = opt("auto", "Static INT8 scheme: auto (static-minmax, then static-entropy, then "
+                           "the accuracy-aware fallback on the better of the two: the first that "
+                           "meets the target bounds), or one scheme by name.", choices=INT8_SCHEMES)
+    int8_target_f1_drop: float | None = opt(None, "Largest macro-F1 loss (0.005 = half a point) an INT8 "
+                                            "scheme may show on validation rows to be chosen "
+                                            "(default: half of --int8-max-f1-drop, the gate's bound).")
+    int8_fallback: str = opt("auto", "auto: when the all-INT8 graphs miss the target bounds on "
                              "validation rows, keep the operators that quantize worst in float, "
                              "the fewest that meet them (measured, recorded in the manifest); "
                              "off: quantize every operator.", choices=("auto", "off"))
-    int8_search_samples: int = opt(2000, "Validation rows the INT8 fallback search scores each "
-                                   "candidate graph on.")
+    int8_search_samples: int = opt(2000, "Validation rows the INT8 scheme choice and the fallback "
+                                   "search score each candidate graph on.")
     int8_search_margin: float | None = opt(None, "How far above --int8-min-agreement the INT8 "
-                                           "fallback search wants the expected agreement (a low-noise "
+                                           "choice wants the expected agreement (a low-noise "
                                            "estimate) on validation rows, so that the held-out split "
                                            "passes too (default: two standard errors of the gate's "
                                            "count on the held-out rows, 0.0032 for 3,816 rows).")
-    int8_float_ffn_layers: int = opt(0, "Keep the feed-forward MatMuls of the first N transformer "
-                                     "layers in float in model.int8.onnx, instead of searching "
+    int8_float_ffn_layers: int = opt(0, "With --quantize dynamic: keep the feed-forward MatMuls of "
+                                     "the first N transformer layers in float, instead of searching "
                                      "(0: let --int8-fallback decide).")
-    calibration_samples: int = opt(128, "Training rows that calibrate static quantization.")
+    calibration_samples: int = opt(512, "Training rows (the first N of the training split, never "
+                                   "held-out ones) that calibrate static INT8.")
     int8_block_size: int = opt(32, "text-generation: weights per quantization block of the INT8 "
                                "weight-only MatMuls (MatMulNBits; a power of two, at least 16).")
     reduce_range: str = opt("auto", "7-bit weights for INT8: auto (on when the CPU lacks VNNI), "
                             "on, off.", choices=("auto", "on", "off"))
     default_variant: str | None = opt(None, "Variant to serve by default (default: int8, else "
-                                      "opt, else fp32, the first that passes parity).",
+                                      "opt, else fp32, the first that passes parity and is "
+                                      "batch-independent).",
                                       choices=VARIANT_NAMES)
     opset: int = opt(17, "ONNX opset of the exported graph.")
     overwrite: bool = opt(False, "Replace an existing artifact folder at --out.")
@@ -535,6 +549,14 @@ class ExportConfig(ParityConfig):
         _require(name_problem(self.name) is None, "name", f"{name_problem(self.name)} (it names the served model)")
         _require(self.optimize in OPTIMIZE_LEVELS, "optimize", f"choose one of {', '.join(OPTIMIZE_LEVELS)}")
         _require(self.quantize in QUANTIZE_MODES, "quantize", f"choose one of {', '.join(QUANTIZE_MODES)}")
+        _require(self.int8_scheme in INT8_SCHEMES, "int8_scheme", f"choose one of {', '.join(INT8_SCHEMES)}")
+        _require(self.int8_scheme == "auto" or self.quantize in ("auto", "static"), "int8_scheme",
+                 f"{self.int8_scheme} is a static scheme; it needs --quantize auto or static, not {self.quantize}")
+        _require(not self.int8_float_ffn_layers or self.quantize == "dynamic", "int8_float_ffn_layers",
+                 "applies to --quantize dynamic; static INT8 chooses its float operators with "
+                 "--int8-scheme static-minmax-fallback (or auto)")
+        _require(self.int8_target_f1_drop is None or 0 <= self.int8_target_f1_drop <= 1, "int8_target_f1_drop",
+                 "must be in [0, 1]")
         _require(self.reduce_range in ("auto", "on", "off"), "reduce_range", "choose auto, on or off")
         _require(self.calibration_samples > 0, "calibration_samples", "must be positive")
         _require(self.int8_block_size >= 16 and self.int8_block_size & (self.int8_block_size - 1) == 0,
@@ -547,6 +569,11 @@ class ExportConfig(ParityConfig):
         _require(self.default_variant is None or self.default_variant in VARIANT_NAMES,
                  "default_variant", f"choose one of {', '.join(VARIANT_NAMES)}")
         _require(11 <= self.opset <= 21, "opset", f"{self.opset} is not in [11, 21]")
+
+    @property
+    def int8_target_f1(self) -> float:
+        """The macro-F1 loss an INT8 scheme may show on validation rows to be chosen."""
+        return self.int8_max_f1_drop / 2 if self.int8_target_f1_drop is None else self.int8_target_f1_drop
 
 
 @dataclass
@@ -717,7 +744,7 @@ class DemoConfig:
 
 # --- benchmarks (deploykit bench offline / online) ---------------------------------------------
 
-BENCH_ENGINES = ("pytorch", "optimum", "runtime")
+BENCH_ENGINES = ("pytorch", "optimum", "optimum-quantized", "runtime")
 BENCH_PROTOCOLS = ("classify", "v2", "generate")
 
 
@@ -748,7 +775,12 @@ class BenchOfflineConfig:
     out: str = opt("bench-offline", "Folder for results.json, results.md and the PNG plots.")
     engines: str = opt("pytorch,optimum,runtime", "Comma-separated engines: pytorch (transformers "
                        "eager on the checkpoint), optimum (ORTModelForSequenceClassification on "
-                       "the default variant's ONNX file), runtime (deploykit's, once per variant).")
+                       "the default variant's ONNX file), optimum-quantized (Optimum's own best "
+                       "INT8 of the checkpoint: the better of its dynamic and static avx512_vnni "
+                       "configs, built in --out the first time), runtime (deploykit's, once per "
+                       "variant).")
+    optimum_quantized_rows: int = opt(1000, "Validation rows that choose between Optimum's dynamic "
+                                      "and static INT8 (label agreement with PyTorch).")
     variants: str | None = opt(None, "Comma-separated variants for the runtime engine (default: "
                                "every servable variant).")
     batch_sizes: str = opt("1,8,32,128", "Batch sizes for the data set's texts.")
@@ -779,7 +811,7 @@ class BenchOfflineConfig:
         _require_int_list(self.synthetic_batch_sizes, "synthetic_batch_sizes")
         _require(all(n >= 8 for n in int_list(self.synthetic_lengths)), "synthetic_lengths",
                  "every length must be at least 8 tokens")
-        for name in ("samples", "min_iters", "max_iters"):
+        for name in ("samples", "min_iters", "max_iters", "optimum_quantized_rows"):
             _require(getattr(self, name) > 0, name, "must be positive")
         _require(self.warmup >= 0, "warmup", "must be >= 0")
         _require(self.min_duration >= 0, "min_duration", "must be >= 0 seconds")

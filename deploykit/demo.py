@@ -81,6 +81,9 @@ class Plan:
     int8_min_agreement: float
     int8_max_f1_drop: float
     int8_fallback: str
+    # Full: export's default choice of INT8 scheme (none when no scheme meets the bounds). Quick:
+    # static INT8 is written whatever it scores, so every stage has an INT8 variant to show.
+    quantize: str
 
 
 # Full: 4,000 training rows reach ~0.72 validation macro-F1 after one epoch, above TF-IDF + LR
@@ -90,11 +93,13 @@ FULL = Plan(sample_rows=None, val_ratio=0.02, test_ratio=0.05, max_train_samples
             max_steps=None, batch_size=32,
             max_length=128, latency_texts=64, offline_seconds=2.0, throughput_texts=512, online_single=30,
             online_concurrency="1,8", online_seconds=8.0, online_warmup=1.0,
-            allow_parity_failure=False, int8_min_agreement=0.99, int8_max_f1_drop=0.01, int8_fallback="auto")
+            allow_parity_failure=False, int8_min_agreement=0.99, int8_max_f1_drop=0.01, int8_fallback="auto",
+            quantize="auto")
 QUICK = Plan(sample_rows=600, val_ratio=0.1, test_ratio=0.1, max_train_samples=None, epochs=1.0,
              max_steps=4, batch_size=16, max_length=64, latency_texts=8, offline_seconds=0.5,
              throughput_texts=64, online_single=10, online_concurrency="4", online_seconds=3.0, online_warmup=0.5,
-             allow_parity_failure=True, int8_min_agreement=0.8, int8_max_f1_drop=0.1, int8_fallback="off")
+             allow_parity_failure=True, int8_min_agreement=0.8, int8_max_f1_drop=0.1, int8_fallback="off",
+             quantize="static")
 
 
 class StageFailed(DeployKitError):
@@ -375,7 +380,7 @@ def _export(s: DemoState) -> str:
     s.artifact = export.run(ExportConfig(
         checkpoint=str(s.checkpoint), out=str(s.out / "artifact"), name="sentiment",
         allow_parity_failure=s.plan.allow_parity_failure, int8_min_agreement=s.plan.int8_min_agreement,
-        int8_max_f1_drop=s.plan.int8_max_f1_drop, int8_fallback=s.plan.int8_fallback))
+        int8_max_f1_drop=s.plan.int8_max_f1_drop, int8_fallback=s.plan.int8_fallback, quantize=s.plan.quantize))
     s.manifest = Manifest.read(s.artifact)
     s.export = {**demo_summary.export_facts(s.manifest, s.checkpoint),
                 "gates": {"int8_min_agreement": s.plan.int8_min_agreement,

@@ -9,8 +9,7 @@ from typing import Any
 
 from deploykit.manifest import Manifest, Variant
 
-VARIANT_TITLES = {"fp32": "ONNX fp32", "opt": "ONNX fused attention (opt)", "int8": "ONNX INT8",
-                  "int8-static": "ONNX INT8 (static)"}
+VARIANT_TITLES = {"fp32": "ONNX fp32", "opt": "ONNX fused attention (opt)", "int8": "ONNX INT8"}
 
 
 def export_facts(manifest: Manifest, checkpoint: Path) -> dict[str, Any]:

@@ -37,10 +37,15 @@ CONFIG = "config.json"
 # this reader understands in READABLE_VERSIONS.
 SCHEMA_VERSION = 1
 READABLE_VERSIONS = (1,)
-# The default variant is the first servable of these (export writes it as default_variant).
+# The default variant is the first servable and batch-independent of these (export writes it as
+# default_variant). ``int8`` holds whichever INT8 scheme export chose (its ``quantization.scheme``).
 DEFAULT_ORDER = ("int8", "opt", "fp32")
-# On a GPU: dynamic INT8 runs its integer matmuls on CPU kernels only, so the fused fp32 graph,
-# else the plain one.
+# A variant served by default must give every text the same logits, within this, alone and in any
+# batch (parity records the worst difference): a user's answer must not change with other users'
+# traffic. Static INT8 and float graphs meet it; dynamic INT8, whose activation scales come from
+# the whole batch, does not (it stays servable when asked for by name).
+BATCH_INDEPENDENCE_ATOL = 1e-4
+# On a GPU: INT8 runs its integer matmuls on CPU kernels, so the fused fp32 graph, else the plain one.
 GPU_ORDER = ("opt", "fp32")
 DEVICES = ("cpu", "cuda")
 PRECISIONS = ("fp32", "int8")
@@ -396,6 +401,21 @@ class Variant:
         doc.update(parity=dict(self.parity), metrics=dict(self.metrics), servable=self.servable)
         return {**doc, **self.extra}
 
+    @property
+    def batch_dependence(self) -> float | None:
+        """The worst |Δlogit| parity measured between a text alone and in mixed batches (None when
+        the artifact predates the measurement)."""
+        record = self.parity.get("batch_independence")
+        value = record.get("max_abs_diff") if isinstance(record, Mapping) else None
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    @property
+    def batch_independent(self) -> bool:
+        """Whether a text's logits stay within ``BATCH_INDEPENDENCE_ATOL`` whatever its batch mates
+        (taken as true when not measured: artifacts written before the measurement)."""
+        dependence = self.batch_dependence
+        return dependence is None or dependence <= BATCH_INDEPENDENCE_ATOL
+
     def why_not_servable(self) -> str:
         """The parity bounds this variant missed, as one line (for error messages)."""
         failures = self.parity.get("failures") or []
@@ -456,15 +476,18 @@ def rows_sha256(texts: Sequence[str], labels: Sequence[int]) -> str:
 
 
 def default_name(variants: Mapping[str, Variant], requested: str | None = None) -> str:
-    """The fixed default-variant rule: ``requested`` if given, else int8, opt, fp32, the first servable.
+    """The fixed default-variant rule: ``requested`` if given, else int8, opt, fp32, the first that
+    is servable and batch-independent (``Variant.batch_independent``).
 
-    When no variant is servable (only with --allow-parity-failure) the order applies to all,
-    and ``pick`` then refuses the default, naming why it is not servable.
+    When none is both, the first servable; when no variant is servable (only with
+    --allow-parity-failure) the order applies to all, and ``pick`` then refuses the default,
+    naming why it is not servable.
     """
     if requested:
         return requested
-    for candidates in ([n for n in DEFAULT_ORDER if n in variants and variants[n].servable],
-                       [n for n in DEFAULT_ORDER if n in variants]):
+    present = [n for n in DEFAULT_ORDER if n in variants]
+    for candidates in ([n for n in present if variants[n].servable and variants[n].batch_independent],
+                       [n for n in present if variants[n].servable], present):
         if candidates:
             return candidates[0]
     return next(iter(variants))
@@ -636,12 +659,14 @@ class Manifest:
     def create(cls, folder: Path, *, name: str, head: Head, max_length: int,
                inputs: Sequence[str], variants: Iterable[Variant], default: str | None,
                reference_metrics: Mapping[str, float], evaluation: ParityRows,
-               provenance: Mapping[str, Any]) -> "Manifest":
+               provenance: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> "Manifest":
         """The manifest of the artifact in ``folder``, its files hashed now (export's step 5).
 
         Each variant's ``bytes``/``sha256`` come from the hashed files, so they cannot drift from
         ``files``; the default variant follows ``default_name``. The result passes through the
         same checks as ``read``, so export never writes what a later stage would refuse.
+        ``extra`` holds top-level keys outside the typed fields (``int8_selection`` when export
+        wrote no INT8 variant).
 
         Raises:
             BadInputError: If ``default`` is not among ``variants`` or a field breaks the contract
@@ -656,7 +681,7 @@ class Manifest:
         manifest = cls(name=name, task=head.TASK, head=head, max_length=int(max_length), inputs=tuple(inputs),
                        default_variant=default_name(typed, default), variants=typed, files=files,
                        reference_metrics=dict(reference_metrics), evaluation=evaluation,
-                       provenance=dict(provenance), where=Path(folder) / MANIFEST)
+                       provenance=dict(provenance), extra=dict(extra or {}), where=Path(folder) / MANIFEST)
         return cls.from_json(manifest.to_json(), manifest.where)
 
     def judged(self, verdicts: Mapping[str, tuple[Mapping[str, Any], Mapping[str, float], bool]],
@@ -735,8 +760,9 @@ class Manifest:
         """The one variant rule: what serve, build, containerize, k8s, triton, bench and demo serve.
 
         ``requested`` if given (it must exist, be servable, and not be INT8 on a GPU); else on
-        ``cpu`` the manifest's ``default_variant``; else on ``cuda`` the first servable of
-        ``GPU_ORDER`` (fused fp32 ``opt``, then ``fp32``), since dynamic INT8 runs on CPU kernels.
+        ``cpu`` the manifest's ``default_variant`` (``default_name``: int8, opt, fp32, the first
+        servable and batch-independent one); else on ``cuda`` the first servable of ``GPU_ORDER``
+        (fused fp32 ``opt``, then ``fp32``), since INT8 runs its integer matmuls on CPU kernels.
 
         Args:
             requested: A variant name, or None for the rule's choice.
@@ -755,8 +781,8 @@ class Manifest:
         if requested:
             variant = self._servable(requested, option)
             if device == "cuda" and variant.precision == "int8":
-                raise BadInputError(f"variant {requested!r} is INT8, a CPU format (dynamic INT8 runs its "
-                                    f"integer matmuls on CPU kernels only); serve one of "
+                raise BadInputError(f"variant {requested!r} is INT8, a CPU format (INT8 runs its "
+                                    f"integer matmuls on CPU kernels); serve one of "
                                     f"{', '.join(GPU_ORDER)} on a GPU ({option})")
             return variant
         if device == "cpu":
@@ -769,7 +795,7 @@ class Manifest:
                                 GPU_ORDER[0], name)
                 return variant
         raise BadInputError(f"{self.where} has no servable {' or '.join(GPU_ORDER)} variant for a GPU "
-                            f"(it has {self._listing()}; dynamic INT8 runs on CPU kernels only); "
+                            f"(it has {self._listing()}; INT8 runs on CPU kernels); "
                             "re-export with --optimize O2, or serve on the CPU")
 
     def _servable(self, name: str, option: str) -> Variant:

@@ -234,8 +234,9 @@ def run(cfg: PredictConfig) -> Path:
         from deploykit import predict_generation
 
         return predict_generation.run(cfg)
-    runtime = Runtime(cfg.artifact, cfg.variant, threads=cfg.threads,
-                      max_batch_tokens=cfg.max_batch_tokens, max_batch_size=cfg.max_batch_size)
+    # One caller calling back to back: idle threads may spin (see Runtime's ``spin``).
+    runtime = Runtime(cfg.artifact, cfg.variant, threads=cfg.threads, max_batch_tokens=cfg.max_batch_tokens,
+                      max_batch_size=cfg.max_batch_size, spin=True)
     out, n = write_rows(cfg, lambda chunk, start: runtime.predict(chunk))
     log.info("wrote %d predictions (%s, variant %s) to %s", n, runtime.name, runtime.variant, out)
     return out

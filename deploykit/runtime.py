@@ -79,15 +79,18 @@ def available_providers() -> list[str]:
 
 
 def session(model_file: Path, manifest: Manifest | None, *, threads: int | None = None,
-            providers: Sequence[str] | None = None) -> Any:
-    """An onnxruntime session set up as deploykit serves: sequential, no spinning, all graph
-    optimizations, on the given providers (an unavailable one is an error, not a CPU fallback).
+            providers: Sequence[str] | None = None, spin: bool = False) -> Any:
+    """An onnxruntime session set up as deploykit serves: sequential, no spinning (unless a
+    single caller asks), all graph optimizations, on the given providers (an unavailable one is
+    an error, not a CPU fallback).
 
     Args:
         model_file: The ONNX graph.
         manifest: The artifact's manifest (warns when it was verified with another onnxruntime).
         threads: Intra-op threads (default: ``available_cpus()``).
         providers: Execution providers in order of preference (default: CPU).
+        spin: Let idle pool threads busy-wait: only for one caller calling back to back
+            (``deploykit predict``, ``bench offline``), never behind the service's batcher.
 
     Raises:
         BadInputError: A non-positive thread count or an unavailable provider.
@@ -114,11 +117,11 @@ def session(model_file: Path, manifest: Manifest | None, *, threads: int | None 
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # No busy-waiting of idle pool threads: when the session is called from a worker thread
-    # (the service's batcher), spinning threads starve the event loop and the tokenizer; on
-    # 2 cores, one request through the batcher took 14.0 ms with spinning vs 7.5 ms without,
-    # while a direct call stayed at 7.3-8.0 ms either way (benchmarks/serve_latency.py).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # No busy-waiting of idle pool threads unless a single caller asks (``spin``): when the
+    # session is called from a worker thread (the service's batcher), spinning threads starve
+    # the event loop and the tokenizer; on 2 cores, one request through the batcher took
+    # 14.0 ms with spinning vs 7.5 ms without (benchmarks/serve_latency.py).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return ort.InferenceSession(str(model_file), sess_options=options, providers=providers)
 
 
@@ -159,6 +162,11 @@ class Runtime:
             that this onnxruntime build lacks is an error rather than a silent CPU fallback.
         max_batch_tokens: Token budget of one model call (rows x padded length).
         max_batch_size: Most rows in one model call.
+        spin: Let idle intra-op threads busy-wait for the next call (onnxruntime's own default).
+            For a single caller that calls back to back (``predict``, ``bench offline``): it saves
+            waking the threads on every call, which made batch-1 latency 0.85x Optimum's on the
+            same file. Off by default: the server calls from its batcher thread beside the event
+            loop and the tokenizer, which spinning threads starve (see ``session``).
 
     Raises:
         BadInputError: Not an artifact (or not a text-classification one), unknown or
@@ -170,12 +178,12 @@ class Runtime:
 
     def __init__(self, artifact: str | Path, variant: str | None = None, *, threads: int | None = None,
                  providers: Sequence[str] | None = None, max_batch_tokens: int = 16384,
-                 max_batch_size: int = 64) -> None:
+                 max_batch_size: int = 64, spin: bool = False) -> None:
         manifest = Manifest.verify(artifact)
         chosen = manifest.pick(variant, device_of(providers))
         self._setup(Path(artifact) / chosen.file, Path(artifact) / TOKENIZER, manifest=manifest,
                     variant=chosen.name, threads=threads, providers=providers,
-                    max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size)
+                    max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size, spin=spin)
         self._probe()
 
     @classmethod
@@ -195,7 +203,7 @@ class Runtime:
 
     @classmethod
     def of_graph(cls, model_file: str | Path, tokenizer_file: str | Path, max_length: int, *,
-                 threads: int | None = None) -> "Runtime":
+                 threads: int | None = None, spin: bool = False) -> "Runtime":
         """A graph that is not (yet) a variant of an artifact, with the artifact's tokenizer:
         export's INT8 search scores its candidate graphs with this, as they would be served.
 
@@ -204,15 +212,16 @@ class Runtime:
             tokenizer_file: The artifact's ``tokenizer.json``.
             max_length: Truncation length.
             threads: onnxruntime intra-op threads.
+            spin: As the constructor's (benchmarks of candidate graphs are single callers).
         """
         runtime = cls.__new__(cls)
-        runtime._setup(Path(model_file), Path(tokenizer_file), max_length=max_length, threads=threads)
+        runtime._setup(Path(model_file), Path(tokenizer_file), max_length=max_length, threads=threads, spin=spin)
         return runtime
 
     def _setup(self, model_file: Path, tokenizer_file: Path, *, manifest: Manifest | None = None,
                variant: str | None = None, max_length: int | None = None, threads: int | None = None,
                providers: Sequence[str] | None = None, max_batch_tokens: int = 16384,
-               max_batch_size: int = 64) -> None:
+               max_batch_size: int = 64, spin: bool = False) -> None:
         """Load the tokenizer and the session, and check the graph against the manifest."""
         import onnxruntime as ort
 
@@ -233,7 +242,8 @@ class Runtime:
         self.max_batch_tokens = max(self.max_batch_tokens, self.max_length)
         self.tokenizer = self._load_tokenizer(tokenizer_file)
 
-        self.session = session(model_file, manifest, threads=threads, providers=providers)
+        self.spin = bool(spin)
+        self.session = session(model_file, manifest, threads=threads, providers=providers, spin=spin)
         self._shrink_arena = ort.RunOptions()
         self._shrink_arena.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.probe_seconds_per_token: float | None = None

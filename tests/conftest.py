@@ -45,10 +45,11 @@ def serve_artifact(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve-artifact")
     checkpoint = make_checkpoint(root / "checkpoint", "bert", max_length=32)
     # Tiny random models have near-tied logits: INT8 may fail its gate, which is fine here; the
-    # fallback search is off so that model.int8.onnx is the all-INT8 graph the tests expect.
+    # fallback search is off so that model.int8.onnx is an all-INT8 static graph, written even
+    # if it misses the target bounds (--quantize static).
     return export.run(ExportConfig(checkpoint=str(checkpoint), out=str(root / "artifact"),
                                    data=str(heldout_csv(root / "heldout.csv")), split="all",
-                                   int8_fallback="off", allow_parity_failure=True))
+                                   quantize="static", int8_fallback="off", allow_parity_failure=True))
 
 
 @pytest.fixture(scope="session")

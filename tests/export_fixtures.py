@@ -26,8 +26,9 @@ def export_artifact(root: Path, arch: str, data: Path, **options) -> tuple[Path,
     checkpoint = make_checkpoint(root / f"{arch}-checkpoint", arch)
     # Tiny random models have near-tied logits, so INT8 may flip labels: the INT8 gate's
     # mechanics and the fallback search (which would keep most of such a graph in float) are
-    # tested separately, and fp32/opt parity is asserted per test.
-    options = {"int8_fallback": "off", **options}
+    # tested separately, and fp32/opt parity is asserted per test. --quantize static writes the
+    # INT8 graph even when no scheme meets the target bounds (auto would then write none).
+    options = {"int8_fallback": "off", "quantize": "static", **options}
     cfg = ExportConfig(checkpoint=str(checkpoint), out=str(root / f"{arch}-artifact"), data=str(data),
                        split="all", allow_parity_failure=True, **options)
     return checkpoint, export.run(cfg)

@@ -47,6 +47,7 @@ def offline(serve_artifact, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "offline"
     # The manifest's provenance names the tiny checkpoint, so PyTorch eager runs without --checkpoint.
     proc = deploykit("bench", "offline", str(serve_artifact), "--data", "tweets", "--samples", "48",
+                     "--engines", "pytorch,optimum,optimum-quantized,runtime", "--optimum-quantized-rows", "20",
                      "--variants", "fp32,opt", "--batch-sizes", "1,8", "--synthetic-lengths", "40",
                      "--synthetic-batch-sizes", "4", "--warmup", "1", "--min-iters", "3",
                      "--min-duration", "0", "--out", str(out))
@@ -56,7 +57,7 @@ def offline(serve_artifact, tmp_path_factory):
 
 def test_offline_runs_every_engine_on_every_cell(offline):
     results = assert_outputs(offline, ["offline_throughput.png", "offline_latency.png"])
-    engines = ["pytorch", "optimum:int8", "runtime:fp32", "runtime:opt"]
+    engines = ["pytorch", "optimum:int8", "optimum-quantized", "runtime:fp32", "runtime:opt"]
     assert sorted(results["engines"]) == sorted(engines)
     expected = {(s, b) for s, b in [("data", 1), ("data", 8), ("synthetic-40", 4)]}
     cells = results["cells"]
@@ -83,8 +84,31 @@ def test_offline_runs_every_engine_on_every_cell(offline):
 
 def test_offline_engines_alternate(offline):
     cells = json.loads((offline / "results.json").read_text())["cells"]
-    firsts = [cells[i]["engine"] for i in range(0, len(cells), 4)]
+    firsts = [cells[i]["engine"] for i in range(0, len(cells), 5)]
     assert len(set(firsts)) == len(firsts)  # a different engine opens each cell
+
+
+def test_optimum_quantized_is_the_better_of_optimums_two_int8_models(offline, serve_artifact):
+    """Optimum's dynamic and static avx512_vnni INT8 of the checkpoint, the static one calibrated
+    on the training rows deploykit calibrated on; the engine runs the one that agrees more."""
+    import onnx
+
+    from deploykit.manifest import Manifest
+
+    choice = json.loads((offline / "optimum-quantized" / "choice.json").read_text())
+    candidates = choice["candidates"]
+    assert set(candidates) == {"dynamic", "static"}
+    best = max(candidates, key=lambda c: (candidates[c]["agreement"], c == "dynamic"))
+    assert choice["config"] == best and choice["folder"] == candidates[best]["folder"]
+    calibration = Manifest.read(serve_artifact).variants["int8"].quantization["calibration"]
+    assert choice["calibration"]["rows_sha256"] == calibration["rows_sha256"]
+    assert choice["calibration"]["rows"] == calibration["rows"] and choice["rows"]["split"] == "validation"
+    ops = {c: {n.op_type for n in onnx.load(str(Path(v["folder"]) / "model_quantized.onnx")).graph.node}
+           for c, v in candidates.items()}
+    assert "MatMulInteger" in ops["dynamic"] and "DynamicQuantizeLinear" in ops["dynamic"]
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops["static"] and "DynamicQuantizeLinear" not in ops["static"]
+    spec = json.loads((offline / "results.json").read_text())["specs"]["optimum-quantized"]
+    assert spec["kind"] == "optimum" and spec["variant"] == best and spec["file"] == "model_quantized.onnx"
 
 
 def test_synthetic_texts_have_the_exact_token_length(serve_artifact):

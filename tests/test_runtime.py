@@ -189,3 +189,34 @@ def test_warns_when_serving_with_another_onnxruntime(serve_artifact, copy, caplo
     with caplog.at_level("WARNING", logger="deploykit.runtime"):
         Runtime(copy, "fp32")
     assert f"onnxruntime 1.0.0 but is served with {onnxruntime.__version__}" in caplog.text
+
+
+def test_single_callers_spin_and_the_server_does_not(serve_artifact, tmp_path, monkeypatch):
+    """Idle intra-op threads busy-wait only for a single caller (predict, bench offline), which
+    calls back to back; the server's sessions (the default) never spin."""
+    from deploykit import predict
+    from deploykit.bench import engines
+    from deploykit.config import PredictConfig
+
+    def spinning(runtime: Runtime) -> str:
+        return runtime.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+    assert spinning(Runtime(serve_artifact)) == "0"
+    assert spinning(Runtime(serve_artifact, spin=True)) == "1"
+    made: list[Runtime] = []
+
+    class Recording(Runtime):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(predict, "Runtime", Recording)
+    data = tmp_path / "texts.jsonl"
+    data.write_text('{"text": "hello"}\n')
+    predict.run(PredictConfig(artifact=str(serve_artifact), data=str(data), out=str(tmp_path / "out.jsonl")))
+    import deploykit.runtime
+
+    monkeypatch.setattr(deploykit.runtime, "Runtime", Recording)
+    engines.BUILDERS["runtime"]({"artifact": str(serve_artifact), "variant": None, "threads": 1,
+                                 "max_batch_size": 8, "max_length": 32})
+    assert [spinning(r) for r in made] == ["1", "1"]

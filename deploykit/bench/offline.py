@@ -101,11 +101,15 @@ def _checkpoint(cfg: BenchOfflineConfig, manifest: Manifest) -> str | None:
 
 
 def engine_specs(cfg: BenchOfflineConfig, manifest: Manifest, max_length: int,
-                 max_batch: int) -> dict[str, dict[str, Any]]:
+                 max_batch: int, out: Path) -> dict[str, dict[str, Any]]:
     """The engines to start, by result label, with what each subprocess loads.
 
+    Building ``optimum-quantized`` (Optimum's INT8 models of the checkpoint) happens here, in
+    ``out``, before any engine starts.
+
     Raises:
-        BadInputError: Unknown variant, or no checkpoint where only PyTorch was asked for.
+        BadInputError: Unknown variant, or no checkpoint where only PyTorch or Optimum's own
+            INT8 were asked for.
     """
     threads = cfg.threads or available_cpus()
     artifact = str(Path(cfg.artifact).resolve())
@@ -113,7 +117,7 @@ def engine_specs(cfg: BenchOfflineConfig, manifest: Manifest, max_length: int,
     common = {"artifact": artifact, "threads": threads, "max_length": max_length,
               "checkpoint": checkpoint, "max_batch_size": max_batch}
     specs: dict[str, dict[str, Any]] = {}
-    if {"pytorch", "optimum"} & set(cfg.engine_list):
+    if {"pytorch", "optimum", "optimum-quantized"} & set(cfg.engine_list):
         # Each engine imports in its own subprocess, where a missing module is only a traceback.
         extras.require("bench offline --engines " + cfg.engines, "train")
     for engine in cfg.engine_list:
@@ -127,6 +131,18 @@ def engine_specs(cfg: BenchOfflineConfig, manifest: Manifest, max_length: int,
             variant = manifest.pick()
             specs[f"optimum:{variant.name}"] = {**common, "kind": "optimum", "variant": variant.name,
                                                 "file": variant.file}
+        elif engine == "optimum-quantized":
+            if checkpoint is None:
+                log.warning("no checkpoint (give --checkpoint): skipping optimum-quantized, which "
+                            "quantizes the checkpoint with Optimum")
+                continue
+            from deploykit.bench import optimum_quantized
+
+            choice = optimum_quantized.prepare(checkpoint, manifest, out, cfg.optimum_quantized_rows, max_length)
+            # ORTModel loads the folder Optimum wrote; the tokenizer is the checkpoint's, as for "optimum".
+            specs["optimum-quantized"] = {**common, "kind": "optimum", "artifact": choice["folder"],
+                                          "file": choice["file"], "variant": choice["config"],
+                                          "candidates": choice["candidates"]}
         else:
             names = ([v.strip() for v in cfg.variants.split(",") if v.strip()] if cfg.variants else
                      [name for name, v in manifest.variants.items() if v.servable])
@@ -183,8 +199,8 @@ def run(cfg: BenchOfflineConfig) -> Path:
     # Every engine truncates at the same length: the manifest's, or the longest synthetic input.
     max_length = max([manifest.max_length] + int_list(cfg.synthetic_lengths))
     max_batch = max(max(s["batch_sizes"]) for s in sets.values())
-    specs = engine_specs(cfg, manifest, max_length, max_batch)
     out = Path(cfg.out)
+    specs = engine_specs(cfg, manifest, max_length, max_batch, out)
     out.mkdir(parents=True, exist_ok=True)
     log_dir = out / "logs"
     log_dir.mkdir(exist_ok=True)

@@ -1,10 +1,10 @@
 """Export: a checkpoint to a verified ONNX artifact folder (fp32, fused, INT8), and its re-check.
 
 ``run(cfg)`` reads ``RUN/checkpoint/`` and writes ``ARTIFACT/`` in five steps, each in its own
-module: export (``onnx_export``), optimize (``optimize``), quantize (``quantize``; the
-accuracy-aware choice of operators to keep in float is ``int8_fallback``), parity (``parity``,
-through the serving runtime) and the manifest (the contract ``deploykit.manifest``, with
-``provenance``). ``verify(cfg)`` re-checks an existing artifact: every file's sha256, then
+module: export (``onnx_export``), optimize (``optimize``), quantize (``quantize``; the choice of
+INT8 scheme is ``int8_schemes``, the accuracy-aware choice of operators to keep in float
+``int8_fallback``), parity (``parity``, through the serving runtime) and the manifest (the
+contract ``deploykit.manifest``, with ``provenance``). ``verify(cfg)`` re-checks an existing artifact: every file's sha256, then
 parity of every variant against the checkpoint, on the rows export recorded unless told others.
 """
 
@@ -24,9 +24,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["run", "verify"]
 
-FILES = {"fp32": "model.onnx", "opt": "model.opt.onnx", "int8": "model.int8.onnx",
-         "int8-static": "model.int8-static.onnx"}
-PRECISION = {"fp32": "fp32", "opt": "fp32", "int8": "int8", "int8-static": "int8"}
+FILES = {"fp32": "model.onnx", "opt": "model.opt.onnx", "int8": "model.int8.onnx"}
+PRECISION = {"fp32": "fp32", "opt": "fp32", "int8": "int8"}
 
 
 def _prepare_out(cfg: ExportConfig) -> Path:
@@ -103,20 +102,6 @@ def _try_sdpa(checkpoint: Path, tmp: Path, cfg: ExportConfig, eager: dict[str, A
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _calibration_feeds(cfg: ExportConfig, train_cfg: Any, tokenizer: Any, inputs: list[str],
-                       max_length: int) -> list[dict[str, Any]]:
-    """Training rows, one unpadded row per batch, as feeds for static calibration."""
-    import numpy as np
-
-    from deploykit.export import parity
-
-    feeds = []
-    for text in parity.training_texts(cfg, train_cfg, cfg.calibration_samples):
-        encoded = tokenizer([text], truncation=True, max_length=max_length, return_tensors="np")
-        feeds.append({name: np.asarray(encoded[name], dtype=np.int64) for name in inputs})
-    return feeds
-
-
 def _search_rows(cfg: ExportConfig, train_cfg: Any, labels: list[str], held: Any) -> Any:
     """The INT8 search's rows: the validation split, else (with a warning) the parity rows."""
     from deploykit.export import parity
@@ -132,28 +117,60 @@ def _search_rows(cfg: ExportConfig, train_cfg: Any, labels: list[str], held: Any
         return SearchRows(held.texts[:cfg.int8_search_samples], held.labels[:cfg.int8_search_samples], held.split)
 
 
-def _quantize_dynamic(cfg: ExportConfig, src: Path, dst: Path, reduce_range: bool, train_cfg: Any,
-                      labels: list[str], held: Any, max_length: int) -> dict[str, Any]:
-    """Step 3 (dynamic): float FFN layers as asked, else the accuracy-aware search, else all INT8."""
-    from deploykit.export import int8_fallback, quantize
+def _scorer(cfg: ExportConfig, reference: Path, tokenizer_file: Path, train_cfg: Any, labels: list[str],
+            held: Any, max_length: int) -> Any:
+    """The INT8 choice's judge: validation rows, the target bounds and the margin, against ``reference``."""
+    from deploykit.export import int8_fallback
 
-    if cfg.int8_float_ffn_layers:
-        info = quantize.quantize_dynamic(src, dst, reduce_range, quantize.ffn_matmuls(src, cfg.int8_float_ffn_layers))
-        info["fallback"] = {"mode": "float_ffn_layers", "layers": cfg.int8_float_ffn_layers}
-        return info
-    if cfg.int8_fallback == "off":
-        info = quantize.quantize_dynamic(src, dst, reduce_range)
-        info["fallback"] = {"mode": "off"}
-        return info
     rows = _search_rows(cfg, train_cfg, labels, held)
     if len(rows.texts) < 200:
-        log.warning("the int8 search has only %d %s rows: agreement moves in steps of %.3f", len(rows.texts),
+        log.warning("the int8 choice has only %d %s rows: agreement moves in steps of %.3f", len(rows.texts),
                     rows.split, 1 / len(rows.texts))
     margin = cfg.int8_search_margin
     if margin is None:  # the gate's own count on the parity rows wanders this far around the truth
         margin = int8_fallback.sampling_slack(cfg.int8_min_agreement, len(held.texts))
-    return int8_fallback.search(src, dst, reduce_range, Path(dst).parent / "tokenizer.json", rows, max_length,
-                                cfg.batch_size_list, cfg.int8_min_agreement, cfg.int8_max_f1_drop, margin=margin)
+    return int8_fallback.Scorer(reference, tokenizer_file, rows, max_length, cfg.batch_size_list,
+                                cfg.int8_min_agreement, cfg.int8_target_f1, margin=margin)
+
+
+def _quantize_dynamic(cfg: ExportConfig, src: Path, dst: Path, reduce_range: bool, train_cfg: Any,
+                      labels: list[str], held: Any, max_length: int) -> dict[str, Any]:
+    """Step 3 (--quantize dynamic): float FFN layers as asked, else the accuracy-aware search, else all INT8."""
+    from deploykit.export import int8_fallback, quantize
+
+    scheme = quantize.Dynamic(reduce_range)
+    if cfg.int8_float_ffn_layers:
+        float_nodes = quantize.ffn_matmuls(src, cfg.int8_float_ffn_layers)
+        scheme.write(src, dst, float_nodes)
+        return {**scheme.info(src, dst, float_nodes),
+                "fallback": {"mode": "float_ffn_layers", "layers": cfg.int8_float_ffn_layers}}
+    if cfg.int8_fallback == "off":
+        scheme.write(src, dst)
+        return {**scheme.info(src, dst, []), "fallback": {"mode": "off"}}
+    scorer = _scorer(cfg, src, dst.parent / "tokenizer.json", train_cfg, labels, held, max_length)
+    return int8_fallback.search(src, dst, scheme, scorer)
+
+
+def _quantize_static(cfg: ExportConfig, src: Path, dst: Path, reduce_range: bool, train_cfg: Any,
+                     labels: list[str], held: Any, max_length: int) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Step 3 (--quantize auto/static): calibrate on training rows, then ``int8_schemes.choose``.
+
+    Returns:
+        (the ``quantization`` entry of model.int8.onnx, or None when none was written; the choice's record).
+    """
+    from deploykit.export import int8_schemes
+
+    tokenizer_file = dst.parent / "tokenizer.json"
+    calibration = int8_schemes.calibration(cfg, train_cfg, src, tokenizer_file, max_length)
+    log.info("int8: calibrating on %d training rows of %s (%d unpadded batches)", len(calibration.texts),
+             calibration.source, len(calibration.feeds))
+    scorer = _scorer(cfg, src, tokenizer_file, train_cfg, labels, held, max_length)
+    scratch = Path(tempfile.mkdtemp(prefix="deploykit-int8-schemes-", dir=dst.parent.parent))
+    try:
+        return int8_schemes.choose(src, dst, cfg.int8_scheme, scorer, calibration, reduce_range, scratch,
+                                   fallback=cfg.int8_fallback == "auto", keep_best=cfg.quantize == "static")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def run(cfg: ExportConfig) -> Path:
@@ -176,7 +193,7 @@ def run(cfg: ExportConfig) -> Path:
     from deploykit import checkpoint as ckpt
     from deploykit.export import onnx_export, optimize, parity, provenance, quantize
     from deploykit.files import atomic_folder
-    from deploykit.manifest import Classification, Manifest, Variant
+    from deploykit.manifest import BATCH_INDEPENDENCE_ATOL, Classification, Manifest, Variant
     from deploykit.runtime import Runtime
 
     if ckpt.task(cfg.checkpoint) == GENERATION:
@@ -207,18 +224,21 @@ def run(cfg: ExportConfig) -> Path:
             records["opt"] = {"fused_ops": opt_info["fused_ops"], "optimization": {
                 "level": opt_info["level"], "missing_fusions": opt_info["missing_fusions"],
                 "attn_implementation": opt_info["attn_implementation"]}}
+        extra: dict[str, Any] = {}
         if cfg.quantize != "none":
             reduce_range = quantize.choose_reduce_range(cfg.reduce_range)
-            source = "opt" if opt_info else "fp32"
-            info = _quantize_dynamic(cfg, tmp / FILES[source], tmp / FILES["int8"], reduce_range,
-                                     train_cfg, labels, held, max_length)
-            records["int8"] = {"fused_ops": optimize.fused_ops(tmp / FILES["int8"]), "quantization": info}
-            if cfg.quantize == "static":
-                feeds = _calibration_feeds(cfg, train_cfg, tokenizer, inputs, max_length)
-                info = quantize.quantize_static(tmp / FILES["fp32"], tmp / FILES["int8-static"],
-                                                reduce_range, feeds)
-                records["int8-static"] = {"fused_ops": optimize.fused_ops(tmp / FILES["int8-static"]),
-                                          "quantization": info}
+            if cfg.quantize == "dynamic":
+                source = "opt" if opt_info else "fp32"
+                info = _quantize_dynamic(cfg, tmp / FILES[source], tmp / FILES["int8"], reduce_range,
+                                         train_cfg, labels, held, max_length)
+            else:
+                info, selection = _quantize_static(cfg, tmp / FILES["fp32"], tmp / FILES["int8"], reduce_range,
+                                                   train_cfg, labels, held, max_length)
+                log.log(logging.INFO if selection["met"] else logging.WARNING, "int8: %s", selection["reason"])
+                if info is None:
+                    extra["int8_selection"] = selection
+            if info is not None:
+                records["int8"] = {"fused_ops": optimize.fused_ops(tmp / FILES["int8"]), "quantization": info}
 
         # The draft manifest (nothing servable yet) is what the runtime loads each variant by.
         draft = Manifest.create(
@@ -227,7 +247,8 @@ def run(cfg: ExportConfig) -> Path:
                       for name, record in records.items()],
             default=cfg.default_variant, reference_metrics=reference_metrics,
             evaluation=held.record(cfg.batch_size_list),
-            provenance=provenance.provenance(checkpoint, cfg.opset, held.data_sha256, quantize.cpu_has_vnni()))
+            provenance=provenance.provenance(checkpoint, cfg.opset, held.data_sha256, quantize.cpu_has_vnni()),
+            extra=extra)
         results = [parity.check_variant(tmp, draft, name, held, reference, reference_metrics, cfg)
                    for name in draft.variants]
         report = parity.table(results, reference_metrics)
@@ -235,7 +256,13 @@ def run(cfg: ExportConfig) -> Path:
         manifest = draft.judged({r.name: (r.parity(), r.metrics, r.passed) for r in results},
                                 cfg.default_variant)
         manifest.write(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only; a server may run as another user
+        tmp.chmod(0o755)
+    int8 = manifest.variants.get("int8")
+    if int8 is not None and int8.servable and not int8.batch_independent and manifest.default_variant != "int8":
+        log.warning("int8 (%s) passed parity, but a text's logits move by up to %.3g with its batch mates "
+                    "(more than %g), so the default variant is %s; serve it by name (--variant int8) to accept "
+                    "that", (int8.quantization or {}).get("scheme"), int8.batch_dependence,
+                    BATCH_INDEPENDENCE_ATOL, manifest.default_variant)  # mkdtemp makes it owner-only; a server may run as another user
     log.info("wrote %s (default variant %s; onnxruntime %s)", out, manifest.default_variant, ort.__version__)
 
     failed = [r for r in results if not r.passed]

@@ -1,9 +1,10 @@
-"""Accuracy-aware dynamic INT8: keep in float the few operators that quantize worst.
+"""Accuracy-aware INT8: keep in float the few operators that quantize worst.
 
-Dynamic quantization scales each operator's activations per tensor at run time. On the
-fine-tuned MiniLM a handful of operators (the early layers' feed-forward MatMuls, whose GELU
-outputs have outliers) carry most of the error: the all-INT8 graph flips 2% of labels where
-the bound is 1%. This is the accuracy-aware tuning of Intel Neural Compressor, kept small:
+Per-tensor activation scales (computed per call by the dynamic scheme, calibrated once by the
+static one) lose precision on a handful of operators: on the fine-tuned MiniLM the early
+layers' feed-forward MatMuls, whose GELU outputs have outliers, carry most of the error, and
+the all-INT8 graphs flip 2% of labels where the bound is 1%. This is the accuracy-aware tuning
+of Intel Neural Compressor, kept small, for either scheme (``quantize.Static``/``Dynamic``):
 
 1. quantize every operator; if that graph meets the INT8 bounds on validation rows, stop
    (judged by an estimate of the agreement that is far less noisy than a count of flipped labels
@@ -19,9 +20,10 @@ Written here rather than taken from a library: neural-compressor 3.x dropped its
 backend, and onnx-neural-compressor (1.0, 2024) is unmaintained; the loop is short and
 onnxruntime's own quantizer does all the quantizing.
 
-The search scores candidates against the float source graph, not PyTorch (the two agree within
-1e-4, which parity checks for that graph too), and on the validation split, so that the
-held-out split that gates the variant afterwards stays an independent check.
+The search scores candidates against a float graph, not PyTorch (the two agree within 1e-4,
+which parity checks for that graph too), and on the validation split, so that the held-out
+split that gates the variant afterwards stays an independent check. ``Scorer`` holds those rows
+and the bounds; ``int8_schemes`` uses the same one to compare whole schemes.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -58,6 +60,19 @@ class SearchRows:
     texts: list[str]
     labels: list[int]
     split: str
+
+
+class Quantizer(Protocol):
+    """What the search needs of a scheme (``quantize.Static`` and ``quantize.Dynamic``)."""
+
+    scheme: str
+
+    def candidates(self, src: Path) -> dict[str, int]: ...
+
+    def write(self, src: Path, dst: Path, float_nodes: Sequence[str] = (),
+              only_nodes: Sequence[str] = ()) -> None: ...
+
+    def info(self, src: Path, dst: Path, float_nodes: Sequence[str]) -> dict[str, Any]: ...
 
 
 def candidate_nodes(path: Path) -> dict[str, int]:
@@ -189,107 +204,150 @@ def smallest_passing(n: int, guess: int, passes: Callable[[int], bool]) -> int |
     return passed
 
 
-def search(src: Path, dst: Path, reduce_range: bool, tokenizer_file: Path, rows: SearchRows,
-           max_length: int, batch_sizes: Sequence[int], min_agreement: float, max_f1_drop: float,
-           margin: float = 0.0, damage_rows: int = 128) -> dict[str, Any]:
-    """Write ``dst``: the dynamic INT8 graph of ``src`` with the fewest float operators that
-    meets the bounds on ``rows``.
+class Scorer:
+    """Scores candidate INT8 graphs on the search rows, as served, against a float graph.
 
     Args:
-        src: The float graph to quantize (fused, or plain when optimization is off).
-        dst: Where to write the INT8 graph.
-        reduce_range: Quantize weights to 7 bits.
+        reference: The float graph candidates are compared with.
         tokenizer_file: The artifact's ``tokenizer.json``.
         rows: Search rows (the validation split).
         max_length: Truncation length.
         batch_sizes: Batch sizes the scoring cycles through (as parity does).
-        min_agreement: The INT8 gate (top-1 agreement with ``src``).
-        max_f1_drop: Largest macro-F1 loss against ``src`` on ``rows``.
+        min_agreement: The INT8 gate (top-1 agreement with ``reference``).
+        max_f1_drop: Largest macro-F1 loss against ``reference`` on ``rows``.
         margin: What a candidate's expected agreement (``expected_agreement``) must add to
             ``min_agreement``; its counted agreement must reach ``min_agreement`` less two
             standard errors of a count on ``rows``.
+    """
+
+    def __init__(self, reference: Path, tokenizer_file: Path, rows: SearchRows, max_length: int,
+                 batch_sizes: Sequence[int], min_agreement: float, max_f1_drop: float, margin: float = 0.0) -> None:
+        from deploykit.export import parity
+
+        self.reference_path, self.tokenizer_file, self.rows = Path(reference), Path(tokenizer_file), rows
+        self.max_length, self.batch_sizes = max_length, list(batch_sizes)
+        self.min_agreement, self.max_f1_drop = min_agreement, max_f1_drop
+        self.target = min(1.0, min_agreement + margin)
+        # The count is a check against heavy-tailed errors, not the decision: on a few hundred rows it
+        # swings by more than the margin from one candidate to the next.
+        self.count_floor = min_agreement - sampling_slack(min_agreement, len(rows.texts))
+        self.reference = self.logits(self.reference_path, rows.texts, self.batch_sizes, "int8 search: float reference")
+        self.num_labels = self.reference.shape[1]
+        self.reference_f1 = parity.classification_metrics(self.reference, rows.labels, self.num_labels)["macro_f1"]
+
+    def runtime(self, path: Path) -> Any:
+        """The candidate loaded as served: the runtime's own tokenization, padding and feeds."""
+        from deploykit.runtime import Runtime
+
+        return Runtime.of_graph(path, self.tokenizer_file, self.max_length)
+
+    def logits(self, path: Path, texts: Sequence[str], sizes: Sequence[int], desc: str = "") -> np.ndarray:
+        from deploykit.export import parity
+
+        return parity.runtime_logits(self.runtime(path), texts, sizes, desc=desc, progress=bool(desc))
+
+    def trial(self, path: Path, float_nodes: int, desc: str = "") -> Trial:
+        """Score one candidate on every search row."""
+        from deploykit.export import parity
+
+        out = self.logits(path, self.rows.texts, self.batch_sizes, desc or f"int8 search: {float_nodes} float")
+        agreement = float((out.argmax(-1) == self.reference.argmax(-1)).mean())
+        expected = expected_agreement(self.reference, out)
+        drop = self.reference_f1 - parity.classification_metrics(out, self.rows.labels, self.num_labels)["macro_f1"]
+        return Trial(float_nodes, agreement, expected, float(drop),
+                     expected >= self.target and agreement >= self.count_floor and drop <= self.max_f1_drop)
+
+    def batch_independence(self, path: Path, rows: int | None = None) -> dict[str, Any]:
+        """The first ``rows`` search rows alone vs in mixed batches (``parity.batch_independence``)."""
+        from deploykit.export import parity
+
+        return parity.batch_independence(self.runtime(path), self.rows.texts[:rows])
+
+    def record(self) -> dict[str, Any]:
+        """The rows and bounds, for the manifest."""
+        return {"split": self.rows.split, "rows": len(self.rows.texts), "min_agreement": self.min_agreement,
+                "min_expected_agreement": self.target, "min_counted_agreement": self.count_floor,
+                "max_macro_f1_drop": self.max_f1_drop, "reference": self.reference_path.name}
+
+
+def search(src: Path, dst: Path, quantizer: Quantizer, scorer: Scorer, first: Trial | None = None,
+           damage_rows: int = 128) -> dict[str, Any]:
+    """Write ``dst``: the INT8 graph of ``src`` with the fewest float operators that meets the
+    scorer's bounds.
+
+    Args:
+        src: The float graph to quantize.
+        dst: Where to write the INT8 graph.
+        quantizer: The scheme (``quantize.Static`` or ``quantize.Dynamic``).
+        scorer: The search rows and bounds.
+        first: The all-INT8 graph's trial when the caller has scored it already (it is not
+            written again unless chosen).
         damage_rows: Rows each operator's damage is measured on.
 
     Returns:
-        The manifest's ``quantization`` entry, with a ``fallback`` record of the search: its rows,
-        target, each operator's damage and every trial. When no k passes, ``dst`` keeps every
-        candidate in float and the record says ``met: false``; parity then judges it.
+        The manifest's ``quantization`` entry (``quantizer.info``), with a ``fallback`` record of
+        the search: its rows, target, each operator's damage and every trial. When no k passes,
+        ``dst`` keeps every candidate in float and the record says ``met: false``; parity then
+        judges it.
     """
     from tqdm.auto import tqdm
 
-    from deploykit.export import parity, quantize
-    from deploykit.runtime import Runtime
-
-    def logits(path: Path, texts: Sequence[str], sizes: Sequence[int], desc: str = "") -> np.ndarray:
-        # Scored as served: the runtime's own tokenization, padding and feeds.
-        return parity.runtime_logits(Runtime.of_graph(path, tokenizer_file, max_length), texts, sizes,
-                                     desc=desc, progress=bool(desc))
-
-    target = min(1.0, min_agreement + margin)
-    # The count is a check against heavy-tailed errors, not the decision: on a few hundred rows it
-    # swings by more than the margin from one candidate to the next.
-    count_floor = min_agreement - sampling_slack(min_agreement, len(rows.texts))
-    reference = logits(src, rows.texts, batch_sizes, "int8 search: float reference")
-    num_labels = reference.shape[1]
-    reference_f1 = parity.classification_metrics(reference, rows.labels, num_labels)["macro_f1"]
     scratch = Path(tempfile.mkdtemp(prefix="deploykit-int8-", dir=dst.parent.parent))
     trials: dict[int, Trial] = {}
     try:
         def attempt(float_nodes: Sequence[str]) -> Trial:
             path = scratch / f"float{len(float_nodes)}.onnx"
-            quantize.write_dynamic(src, path, reduce_range, float_nodes)
-            out = logits(path, rows.texts, batch_sizes, f"int8 search: {len(float_nodes)} float")
-            agreement = float((out.argmax(-1) == reference.argmax(-1)).mean())
-            expected = expected_agreement(reference, out)
-            drop = reference_f1 - parity.classification_metrics(out, rows.labels, num_labels)["macro_f1"]
-            trial = Trial(len(float_nodes), agreement, expected, float(drop),
-                          expected >= target and agreement >= count_floor and drop <= max_f1_drop)
+            quantizer.write(src, path, float_nodes)
+            trial = scorer.trial(path, len(float_nodes))
             trials[len(float_nodes)] = trial
-            log.info("int8 search: %d operator(s) in float -> agreement %.4f (expected %.4f), macro-F1 drop "
-                     "%+.4f (%s)", trial.float_nodes, agreement, expected, drop,
-                     "meets the bounds" if trial.passed else "misses")
+            log.info("int8 search (%s): %d operator(s) in float -> agreement %.4f (expected %.4f), macro-F1 "
+                     "drop %+.4f (%s)", quantizer.scheme, trial.float_nodes, trial.agreement,
+                     trial.expected_agreement, trial.macro_f1_drop, "meets the bounds" if trial.passed else "misses")
             return trial
 
-        record: dict[str, Any] = {"mode": "auto", "split": rows.split, "rows": len(rows.texts),
-                                  "min_agreement": min_agreement, "min_expected_agreement": target,
-                                  "min_counted_agreement": count_floor,
-                                  "max_macro_f1_drop": max_f1_drop, "reference": src.name}
-        first = attempt([])
+        record: dict[str, Any] = {"mode": "auto", **scorer.record()}
+        if first is not None:
+            trials[0] = first
+        first = first or attempt([])
         order: list[str] = []
         if first.passed:
             chosen: int | None = 0
         else:
-            candidates = candidate_nodes(src)
-            sample = sorted(rows.texts[:damage_rows], key=len)  # similar lengths batch with less padding
-            sample_reference = logits(src, sample, [DAMAGE_BATCH])
+            candidates = quantizer.candidates(src)
+            sample = sorted(scorer.rows.texts[:damage_rows], key=len)  # similar lengths batch with less padding
+            sample_reference = scorer.logits(src, sample, [DAMAGE_BATCH])
             damage = {}
             for node in tqdm(candidates, desc="int8 search: damage per operator", unit="op", leave=False):
                 path = scratch / "one.onnx"
-                quantize.write_dynamic(src, path, reduce_range, only_nodes=[node])
-                damage[node] = float(np.abs(logits(path, sample, [DAMAGE_BATCH]) - sample_reference).mean())
+                quantizer.write(src, path, only_nodes=[node])
+                damage[node] = float(np.abs(scorer.logits(path, sample, [DAMAGE_BATCH]) - sample_reference).mean())
             # Most error removed per float weight first: errors add in variance (damage squared),
             # and the size of the graph and the time of its MatMuls grow with its float weights;
             # so the embeddings (half of MiniLM's weights, and no MatMul to speed up) go float last.
             order = sorted(candidates, key=lambda n: -damage[n] ** 2 / candidates[n])  # stable on ties
             guess = predict_float_count([damage[n] for n in order], 1 - min(first.agreement, first.expected_agreement),
-                                        1 - target)
+                                        1 - scorer.target)
             chosen = smallest_passing(len(order), guess, lambda k: (trials.get(k) or attempt(order[:k])).passed)
             record.update(damage_rows=len(sample), candidates=len(candidates), first_guess=guess,
                           ranking="damage^2 per weight", damage={n: float(f"{damage[n]:.4g}") for n in order},
                           weights={n: candidates[n] for n in order})
         met = chosen is not None
         float_nodes = order[:chosen] if met else order  # smallest_passing tried them all before None
-        shutil.move(str(scratch / f"float{len(float_nodes)}.onnx"), dst)
+        written = scratch / f"float{len(float_nodes)}.onnx"
+        if not written.is_file():  # the caller's all-INT8 graph
+            quantizer.write(src, written, float_nodes)
+        shutil.move(str(written), dst)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
     record.update(met=met, trials=[asdict(trials[k]) for k in sorted(trials)])
-    info = {**quantize.dynamic_info(src, dst, reduce_range, float_nodes), "fallback": record}
+    info = {**quantizer.info(src, dst, float_nodes), "fallback": record}
     if not met:
-        log.warning("int8 search: no graph met agreement >= %.4f (expected >= %.4f) and macro-F1 drop <= %.4f "
-                    "on %d %s rows even with all %d operators in float", min_agreement, target, max_f1_drop,
-                    len(rows.texts), rows.split, len(order))
+        log.warning("int8 search (%s): no graph met agreement >= %.4f (expected >= %.4f) and macro-F1 drop <= "
+                    "%.4f on %d %s rows even with all %d operators in float", quantizer.scheme,
+                    scorer.min_agreement, scorer.target, scorer.max_f1_drop, len(scorer.rows.texts),
+                    scorer.rows.split, len(order))
     elif float_nodes:
-        log.info("int8 search: kept %d of %d quantizable operator(s) in float: %s", len(float_nodes),
-                 record["candidates"], ", ".join(float_nodes))
+        log.info("int8 search (%s): kept %d of %d quantizable operator(s) in float: %s", quantizer.scheme,
+                 len(float_nodes), record["candidates"], ", ".join(float_nodes))
     return info

@@ -6,7 +6,9 @@ together. The ONNX side runs the very ``deploykit.runtime.Runtime`` that serves 
 set-up, padding and feeds from the artifact's own ``tokenizer.json``), so what parity verifies
 is what is served, and a mismatched tokenizer shows up here too. Rows are scored in batches
 whose sizes cycle through ``--batch-sizes`` (batch 1 is unpadded, larger batches mix padded and
-full rows), one model call per batch, so one pass covers several shapes.
+full rows), one model call per batch, so one pass covers several shapes. Each variant's batch
+independence is measured too: every row alone against the same row in mixed batches (the
+variant rule serves by default only a variant whose logits do not move with batch mates).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from deploykit.manifest import Manifest, ParityRows, rows_sha256
 log = logging.getLogger(__name__)
 
 INT8_PRECISIONS = ("int8",)
+# Rows per batch of the batch-independence check's shuffled pass (tweets of mixed lengths).
+MIXED_BATCH = 32
 
 
 @dataclass
@@ -59,6 +63,7 @@ class VariantResult:
     metrics: dict[str, float] = field(default_factory=dict)
     bounds: dict[str, float] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    batch_independence: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -66,9 +71,12 @@ class VariantResult:
 
     def parity(self) -> dict[str, Any]:
         """The manifest's ``parity`` entry."""
-        return {"max_abs_diff": self.max_abs_diff, "mean_abs_diff": self.mean_abs_diff,
-                "label_agreement": self.label_agreement, "passed": self.passed,
-                "bounds": self.bounds, "failures": self.failures}
+        record = {"max_abs_diff": self.max_abs_diff, "mean_abs_diff": self.mean_abs_diff,
+                  "label_agreement": self.label_agreement, "passed": self.passed,
+                  "bounds": self.bounds, "failures": self.failures}
+        if self.batch_independence:
+            record["batch_independence"] = self.batch_independence
+        return record
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -79,6 +87,12 @@ def _data_config(cfg: ParityConfig, train_cfg: TrainConfig | None) -> DataConfig
 
     return data.rebuild_config(train_cfg, data=cfg.data, text_column=cfg.text_column,
                                label_column=cfg.label_column)
+
+
+def _source(dcfg: DataConfig) -> str:
+    """How the manifest names a data source: a file by its absolute path, so that verify finds
+    it from any folder."""
+    return dcfg.data if dcfg.data == "tweets" or not Path(dcfg.data).exists() else str(Path(dcfg.data).resolve())
 
 
 def load_held_out(cfg: ParityConfig, train_cfg: TrainConfig | None, labels: list[str]) -> HeldOut:
@@ -104,17 +118,24 @@ def load_held_out(cfg: ParityConfig, train_cfg: TrainConfig | None, labels: list
         texts, gold = texts[:cfg.max_eval_samples], gold[:cfg.max_eval_samples]
     if not texts:
         raise BadInputError(f"the {cfg.split} split of {dcfg.data} has no rows to check parity on")
-    # A file is recorded by its absolute path, so that verify finds it from any folder.
-    source = dcfg.data if dcfg.data == "tweets" or not Path(dcfg.data).exists() else str(Path(dcfg.data).resolve())
-    return HeldOut(list(texts), list(gold), source, cfg.split, sha, dcfg.text_column, dcfg.label_column)
+    return HeldOut(list(texts), list(gold), _source(dcfg), cfg.split, sha, dcfg.text_column, dcfg.label_column)
 
 
-def training_texts(cfg: ParityConfig, train_cfg: TrainConfig | None, n: int) -> list[str]:
-    """The first ``n`` rows of the training split (static-quantization calibration)."""
+def training_rows(cfg: ParityConfig, train_cfg: TrainConfig | None, n: int) -> HeldOut:
+    """The first ``n`` rows of the training split (static-quantization calibration), from the
+    same source and split seed as ``load_held_out``; the held-out rows are never among them.
+
+    Raises:
+        BadInputError: Bad data source, or a training split with no rows.
+    """
     from deploykit import data
 
-    splits = data.load_splits(_data_config(cfg, train_cfg))
-    return splits.train.texts[:n]
+    dcfg = _data_config(cfg, train_cfg)
+    splits = data.load_splits(dcfg)
+    if not splits.train.texts:
+        raise BadInputError(f"the training split of {dcfg.data} has no rows to calibrate INT8 on")
+    return HeldOut(list(splits.train.texts[:n]), list(splits.train.labels[:n]), _source(dcfg), "train",
+                   splits.data_sha256, dcfg.text_column, dcfg.label_column)
 
 
 # --- scoring ---------------------------------------------------------------------------------
@@ -187,6 +208,50 @@ def runtime_logits(runtime: Any, texts: Sequence[str], sizes: Sequence[int], des
     return np.concatenate(out).astype(np.float32)
 
 
+def batch_independence(runtime: Any, texts: Sequence[str], batched: np.ndarray | None = None,
+                       batch_size: int = MIXED_BATCH, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+    """How far a text's logits move with its batch mates: each row alone (a batch of one, never
+    padded) against the same row in seeded random batches of ``batch_size`` rows (padded to
+    their longest) and, if given, in the batches that produced ``batched``.
+
+    Dynamic INT8 scales activations per call from the whole batch, so its logits move; static
+    INT8 and float graphs keep theirs (up to float rounding).
+
+    Args:
+        runtime: A ``deploykit.runtime.Runtime``.
+        texts: The rows.
+        batched: Logits of ``texts`` from another batching (parity's own pass), or None.
+        batch_size: Rows per shuffled batch.
+        seed: Seed of the shuffle.
+        progress: Show a progress bar.
+
+    Returns:
+        ``{"max_abs_diff", "mean_abs_diff", "label_flips", "rows", "mixed_batch_size"}``: the worst
+        and mean |Δlogit| between alone and batched, and the rows whose label differs in a batch.
+    """
+    from tqdm.auto import tqdm
+
+    rows = runtime.tokenize(texts)
+    if not rows:
+        return {"max_abs_diff": 0.0, "mean_abs_diff": 0.0, "label_flips": 0, "rows": 0,
+                "mixed_batch_size": batch_size}
+    quiet = {} if progress else {"disable": True}
+    alone = np.concatenate([runtime.run([row]) for row in tqdm(rows, desc="rows alone", unit="row",
+                                                               leave=False, **quiet)])
+    order = np.random.default_rng(seed).permutation(len(rows))
+    mixed = np.zeros_like(alone)
+    for start in range(0, len(rows), batch_size):
+        part = order[start:start + batch_size]
+        mixed[part] = runtime.run([rows[i] for i in part])
+    others = [mixed] if batched is None else [mixed, np.asarray(batched, dtype=np.float32)]
+    diff = np.stack([np.abs(o.astype(np.float64) - alone) for o in others])
+    flips = np.zeros(len(rows), dtype=bool)
+    for other in others:
+        flips |= other.argmax(-1) != alone.argmax(-1)
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "label_flips": int(flips.sum()), "rows": len(rows), "mixed_batch_size": batch_size}
+
+
 def bounds_for(precision: str, cfg: ParityConfig) -> dict[str, float]:
     """The tolerances of a precision (fp32 and fused graphs vs INT8)."""
     if precision in INT8_PRECISIONS:
@@ -202,7 +267,7 @@ def check_variant(folder: Path, manifest: Manifest, name: str, held: HeldOut, re
     Args:
         folder: The artifact folder (export's temporary one before it is renamed into place).
         manifest: Its manifest (export's draft, or the verified one).
-        name: The variant (fp32, opt, int8, int8-static); its precision chooses the bounds.
+        name: The variant (fp32, opt, int8); its precision chooses the bounds.
         held: Held-out rows.
         reference: PyTorch logits of ``held.texts``.
         reference_metrics: PyTorch's accuracy and macro-F1 on them.
@@ -233,6 +298,7 @@ def check_variant(folder: Path, manifest: Manifest, name: str, held: HeldOut, re
     result.mean_abs_diff = float(diff.mean())
     result.label_agreement = float((logits.argmax(-1) == reference.argmax(-1)).mean())
     result.metrics = classification_metrics(logits, held.labels, reference.shape[1])
+    result.batch_independence = batch_independence(runtime, held.texts, logits, progress=True)
     b = result.bounds
     if "max_abs_diff" in b and not result.max_abs_diff <= b["max_abs_diff"]:
         fail("max_abs_diff", result.max_abs_diff, b["max_abs_diff"], result.max_abs_diff - b["max_abs_diff"])
@@ -248,16 +314,18 @@ def check_variant(folder: Path, manifest: Manifest, name: str, held: HeldOut, re
 
 def table(results: Sequence[VariantResult], reference_metrics: dict[str, float]) -> str:
     """A plain-text table: one row per variant with its numbers and which bound it missed by how much."""
-    rows = [("variant", "max_abs_diff", "mean_abs_diff", "agreement", "accuracy", "macro_f1", "result"),
+    rows = [("variant", "max_abs_diff", "mean_abs_diff", "agreement", "accuracy", "macro_f1", "batch_dependence",
+             "result"),
             ("pytorch", "-", "-", "-", f"{reference_metrics['accuracy']:.4f}",
-             f"{reference_metrics['macro_f1']:.4f}", "reference")]
+             f"{reference_metrics['macro_f1']:.4f}", "-", "reference")]
     for r in results:
         verdict = "pass" if r.passed else "; ".join(
             f"FAIL {f['check']} {_fmt(f['value'])} vs {_fmt(f['limit'])}"
             + (f" (missed by {_fmt(f['missed_by'])})" if f["missed_by"] is not None else "")
             for f in r.failures)
         rows.append((r.name, _fmt(r.max_abs_diff), _fmt(r.mean_abs_diff), _fmt(r.label_agreement),
-                     _fmt(r.metrics.get("accuracy")), _fmt(r.metrics.get("macro_f1")), verdict))
+                     _fmt(r.metrics.get("accuracy")), _fmt(r.metrics.get("macro_f1")),
+                     _fmt(r.batch_independence.get("max_abs_diff")), verdict))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows)
 

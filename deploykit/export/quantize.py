@@ -1,18 +1,26 @@
-"""Step 3: INT8 variants with onnxruntime's quantizer.
+"""Step 3: INT8 graphs with onnxruntime's quantizer, in two schemes.
 
-Dynamic quantization (``model.int8.onnx``) quantizes weights ahead of time, per channel, and
-activations on the fly; it runs on the fused graph so that ``Attention`` becomes
-``QAttention``. Static QDQ quantization (``model.int8-static.onnx``) calibrates activation
-ranges on training rows and runs on the plain graph.
+*Static* QDQ (the default family, ``Static``): activation ranges calibrated once on training
+rows, per-channel int8 weights, uint8 asymmetric activations, on the plain (unfused) graph's
+MatMul/Gemm nodes, whose outputs stay float so that onnxruntime fuses each
+DequantizeLinear-MatMul group into one ``MatMulIntegerToFloat`` kernel at load. Fixed scales make
+a text's logits independent of its batch mates. *Dynamic* (``Dynamic``): per-channel weights
+quantized ahead of time, activations scaled per call from the whole batch (so a text's logits
+move with its batch mates); it runs on the fused graph so that ``Attention`` becomes
+``QAttention``. Both write ``model.int8.onnx``; ``int8_schemes`` chooses between the schemes and
+``int8_fallback`` picks operators to keep in float.
 """
 
 from __future__ import annotations
 
 import logging
+import contextlib
+import io
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +29,24 @@ QUANTIZED_MATMUL_OPS = ("MatMulInteger", "QAttention", "DynamicQuantizeMatMul", 
                         "QLinearMatMul", "QGemm")
 
 
+# Operators that read a weight matrix; one still reading a float initializer holds float weights.
+WEIGHT_OPS = ("MatMul", "Gemm", "Attention", "MultiHeadAttention", "EmbedLayerNormalization", "Gather")
+# Static schemes' calibration methods (onnxruntime's names in lower case).
+CALIBRATION_METHODS = ("minmax", "entropy")
+# Most rows in one calibration batch (rows of one token length each, so never padded).
+CALIBRATION_BATCH = 32
+
+
 @contextmanager
 def _quiet_quantizer():
-    """onnxruntime's quantizer logs one INFO line per tensor on the root logger; keep it quiet."""
+    """onnxruntime's quantizer logs one INFO line per tensor on the root logger and its histogram
+    calibrators print to stdout (which would mix with a command's output); keep both quiet."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(max(level, logging.ERROR))
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         root.setLevel(level)
 
@@ -73,6 +91,26 @@ def quantized_matmuls(path: Path) -> dict[str, int]:
     result = {op: counts[op] for op in QUANTIZED_MATMUL_OPS if counts.get(op)}
     result["float_MatMul"] = counts.get("MatMul", 0)
     return result
+
+
+def float_weight_ops(path: Path) -> dict[str, int]:
+    """Operators that still hold float weights, by type: those of ``WEIGHT_OPS`` reading a float
+    initializer of two or more dimensions (an integer or QDQ graph's quantized ones read int8
+    weights or a DequantizeLinear output instead).
+
+    Args:
+        path: An ONNX graph.
+
+    Returns:
+        ``{op_type: count}``, sorted by type (empty when every weight is integer).
+    """
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    floats = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 2}
+    counts = Counter(n.op_type for n in graph.node
+                     if n.op_type in WEIGHT_OPS and any(i in floats for i in n.input))
+    return dict(sorted(counts.items()))
 
 
 def ffn_matmuls(path: Path, layers: int) -> list[str]:
@@ -139,47 +177,142 @@ def dynamic_info(src: Path, dst: Path, reduce_range: bool, float_nodes: Sequence
     return info
 
 
-def quantize_static(src: Path, dst: Path, reduce_range: bool,
-                    feeds: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Static QDQ INT8 quantization of the plain graph, calibrated on the given feeds.
 
-    Only MatMul/Gemm are quantized: quantizing LayerNorm, Softmax and the embedding adds
-    error without speed on CPU.
+
+# --- the two schemes, as the fallback search and the scheme choice drive them ------------------
+
+@dataclass
+class Dynamic:
+    """Dynamic INT8 (``quantize_dynamic``), as ``int8_fallback.search`` drives it."""
+
+    reduce_range: bool
+    scheme: str = "dynamic"
+
+    def candidates(self, src: Path) -> dict[str, int]:
+        """The nodes this scheme turns into integer operators, with their weight counts."""
+        from deploykit.export.int8_fallback import candidate_nodes
+
+        return candidate_nodes(src)
+
+    def write(self, src: Path, dst: Path, float_nodes: Sequence[str] = (), only_nodes: Sequence[str] = ()) -> None:
+        write_dynamic(src, dst, self.reduce_range, float_nodes, only_nodes)
+
+    def info(self, src: Path, dst: Path, float_nodes: Sequence[str]) -> dict[str, Any]:
+        return {"scheme": self.scheme, **dynamic_info(src, dst, self.reduce_range, float_nodes),
+                "float_weight_ops": float_weight_ops(dst)}
+
+
+class _Reader:
+    """onnxruntime's calibration data reader over prepared feeds (``set_range`` and ``len`` let
+    the histogram calibrators take them one stride at a time)."""
+
+    def __init__(self, feeds: Sequence[dict[str, Any]]) -> None:
+        self.feeds, self.window, self.position = list(feeds), list(feeds), 0
+
+    def get_next(self) -> dict[str, Any] | None:
+        if self.position >= len(self.window):
+            return None
+        self.position += 1
+        return self.window[self.position - 1]
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.window, self.position = self.feeds[start_index:end_index], 0
+
+
+def calibration_feeds(runtime: Any, texts: Sequence[str], batch: int = CALIBRATION_BATCH) -> list[dict[str, Any]]:
+    """Calibration batches of ``texts`` as the runtime tokenizes them, never padded: rows are
+    grouped by token length, at most ``batch`` rows of one length per batch, so no padding
+    position ever widens a calibrated range.
 
     Args:
-        src: The plain fp32 graph.
-        dst: Where to write ``model.int8-static.onnx``.
-        reduce_range: Quantize weights to 7 bits (for CPUs without VNNI).
-        feeds: Input dicts (numpy arrays by input name) of training rows, one batch each.
+        runtime: A ``deploykit.runtime.Runtime`` (its tokenizer, truncation and input dtypes).
+        texts: Training rows.
+        batch: Most rows per batch.
 
     Returns:
-        The manifest's ``quantization`` entry.
+        Feeds (numpy arrays by input name), shortest rows first.
     """
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType)
-    from onnxruntime.quantization import quantize_static as ort_quantize_static
+    by_length: dict[int, list[Any]] = {}
+    for row in runtime.tokenize(texts):
+        by_length.setdefault(row.length, []).append(row)
+    return [runtime.feeds(rows[i:i + batch]) for length, rows in sorted(by_length.items())
+            for i in range(0, len(rows), batch)]
 
-    batches = list(feeds)
 
-    class _Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._items = iter(batches)
+@dataclass
+class Static:
+    """Static QDQ INT8 calibrated with one method; the ranges are computed by the first ``write``
+    and reused from ``cache`` by every later one (the fallback search writes dozens of graphs).
 
-        def get_next(self) -> dict[str, Any] | None:
-            return next(self._items, None)
+    Only MatMul/Gemm are quantized, inputs only: quantizing LayerNorm, Softmax or the embeddings
+    adds error without speed on CPU, and a float MatMul output lets onnxruntime fuse the
+    DequantizeLinear pair and the MatMul into ``MatMulIntegerToFloat`` (no requantization).
+    """
 
-    with _quiet_quantizer():
-        ort_quantize_static(src, dst, _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+    method: str
+    reduce_range: bool
+    feeds: Sequence[dict[str, Any]] = field(repr=False)
+    cache: Path
+    scheme: str = ""
+
+    def __post_init__(self) -> None:
+        if self.method not in CALIBRATION_METHODS:
+            raise ValueError(f"unknown calibration method {self.method!r}")
+        self.scheme = self.scheme or f"static-{self.method}"
+
+    def candidates(self, src: Path) -> dict[str, int]:
+        """MatMul/Gemm nodes that read a float weight matrix (by name), with their weight counts;
+        a MatMul of two activations (attention's QK^T and its V product) has none."""
+        import numpy as np
+        import onnx
+
+        graph = onnx.load(str(src), load_external_data=False).graph
+        weights = {t.name: int(np.prod(t.dims)) for t in graph.initializer
+                   if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 2}
+        nodes = {}
+        for node in graph.node:
+            size = sum(weights.get(i, 0) for i in node.input)
+            if node.name and size and node.op_type in ("MatMul", "Gemm"):
+                nodes[node.name] = size
+        return nodes
+
+    def write(self, src: Path, dst: Path, float_nodes: Sequence[str] = (), only_nodes: Sequence[str] = ()) -> None:
+        import onnx
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        options: dict[str, Any] = {"DefaultTensorType": onnx.TensorProto.FLOAT, "ActivationSymmetric": False,
+                                   "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}
+        if self.method != "minmax":
+            # Histogram calibrators keep every batch's tensors until they merge them: one batch at
+            # a time bounds the memory (and batches of other lengths cannot be stacked anyway).
+            # Not CalibMaxIntermediateOutputs: onnxruntime 1.32's MinMax calibrator drops the
+            # chunks it clears with it.
+            options["CalibStridedMinMax"] = 1
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy}[self.method]
+        reader = None if self.cache.is_file() else _Reader(self.feeds)
+        with _quiet_quantizer():
+            quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                            reduce_range=self.reduce_range, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                            calibrate_method=CalibrationMethod.MinMax)
-    import onnx
+                            nodes_to_exclude=list(float_nodes), nodes_to_quantize=list(only_nodes),
+                            calibrate_method=method, calibration_cache_path=self.cache, extra_options=options)
 
-    qdq = Counter(n.op_type for n in onnx.load(str(dst), load_external_data=False).graph.node)
-    info = {"mode": "static", "format": "QDQ", "per_channel": True, "reduce_range": reduce_range,
-            "weight_type": "int8", "activation_type": "uint8", "calibration": "minmax",
-            "calibration_batches": len(batches), "source": src.name,
-            "quantized_ops": {"QuantizeLinear": qdq.get("QuantizeLinear", 0),
-                              "DequantizeLinear": qdq.get("DequantizeLinear", 0)}}
-    log.info("static-quantized %s -> %s on %d calibration batches", src.name, dst.name, len(batches))
-    return info
+    def info(self, src: Path, dst: Path, float_nodes: Sequence[str]) -> dict[str, Any]:
+        """The manifest's ``quantization`` entry of a graph ``write`` wrote (reads ``dst``)."""
+        import onnx
+
+        graph = onnx.load(str(dst), load_external_data=False).graph
+        counts = Counter(n.op_type for n in graph.node)
+        dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+        integer = sum(1 for n in graph.node if n.op_type in ("MatMul", "Gemm")
+                      and any(i in dequantized for i in n.input))
+        return {"scheme": self.scheme, "mode": "static", "format": "QDQ", "per_channel": True,
+                "reduce_range": self.reduce_range, "weight_type": "int8", "activation_type": "uint8",
+                "activation_symmetric": False, "calibration_method": self.method, "source": src.name,
+                "float_nodes": list(float_nodes), "float_weight_ops": float_weight_ops(dst),
+                "quantized_ops": {"QuantizeLinear": counts.get("QuantizeLinear", 0),
+                                  "DequantizeLinear": counts.get("DequantizeLinear", 0),
+                                  "integer_MatMul": integer}}
