@@ -158,3 +158,22 @@ def test_default_variant_is_batch_independent(split_checkpoint, tmp_path):
             mixed[part] = runtime.run([rows[i] for i in part])
         assert np.abs(mixed - alone).max() <= BATCH_INDEPENDENCE_ATOL
     assert len({len(r.ids) for r in rows}) > 3  # mixed lengths: the batches really were padded
+
+
+@pytest.mark.parametrize("mode, fails", [("auto", False), ("static", True), ("dynamic", True)])
+def test_an_auto_int8_that_misses_the_held_out_gate_does_not_fail_the_export(mode, fails, caplog):
+    """--quantize auto chose INT8 on validation rows; the held-out gate then rejected it: the
+    export succeeds with int8 not servable (a warning names the scheme and the variant served).
+    An explicit --quantize static/dynamic insists, so the miss fails it; fp32/opt misses always do."""
+    from types import SimpleNamespace
+
+    from deploykit.export import hard_failures
+
+    manifest = SimpleNamespace(default_variant="opt", variants={
+        "int8": SimpleNamespace(quantization={"scheme": "static-minmax-fallback"})})
+    results = [SimpleNamespace(name="fp32", passed=True), SimpleNamespace(name="int8", passed=False)]
+    assert [r.name for r in hard_failures(mode, results, manifest)] == ([] if not fails else ["int8"])
+    if not fails:
+        assert "static-minmax-fallback" in caplog.text and "default variant is opt" in caplog.text
+    results.append(SimpleNamespace(name="opt", passed=False))
+    assert "opt" in [r.name for r in hard_failures(mode, results, manifest)]

@@ -216,8 +216,7 @@ class Scorer:
         min_agreement: The INT8 gate (top-1 agreement with ``reference``).
         max_f1_drop: Largest macro-F1 loss against ``reference`` on ``rows``.
         margin: What a candidate's expected agreement (``expected_agreement``) must add to
-            ``min_agreement``; its counted agreement must reach ``min_agreement`` less two
-            standard errors of a count on ``rows``.
+            ``min_agreement``; its counted agreement must reach ``min_agreement`` too.
     """
 
     def __init__(self, reference: Path, tokenizer_file: Path, rows: SearchRows, max_length: int,
@@ -228,9 +227,11 @@ class Scorer:
         self.max_length, self.batch_sizes = max_length, list(batch_sizes)
         self.min_agreement, self.max_f1_drop = min_agreement, max_f1_drop
         self.target = min(1.0, min_agreement + margin)
-        # The count is a check against heavy-tailed errors, not the decision: on a few hundred rows it
-        # swings by more than the margin from one candidate to the next.
-        self.count_floor = min_agreement - sampling_slack(min_agreement, len(rows.texts))
+        # The counted agreement must reach the gate itself on the search rows. With two standard
+        # errors of slack, the fine-tuned MiniLM's choice (validation: counted 0.9885, expected
+        # 0.9933) then missed the held-out gate (0.9893 < 0.99): the Gaussian estimate misses heavy
+        # tails, and the count is the gate's own statistic.
+        self.count_floor = min_agreement
         self.reference = self.logits(self.reference_path, rows.texts, self.batch_sizes, "int8 search: float reference")
         self.num_labels = self.reference.shape[1]
         self.reference_f1 = parity.classification_metrics(self.reference, rows.labels, self.num_labels)["macro_f1"]
