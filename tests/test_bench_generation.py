@@ -30,3 +30,12 @@ def test_offline_generation_times_every_engine(generation_artifacts, tmp_path):
         assert (c["tokens_per_s_vs_pytorch"] == 1.0) == (c["engine"] == "pytorch")
     table = (out / "results.md").read_text()
     assert "| 3 | runtime:opt |" in table and "TTFT p50 ms" in table
+
+
+def test_optimum_quantized_is_refused_for_a_generation_artifact(generation_artifacts, tmp_path):
+    """Optimum's INT8 engine quantizes a classifier: on a generation artifact it is exit 2 naming
+    the engines that apply, before anything starts."""
+    _, artifact = generation_artifacts["llama"]
+    proc = deploykit("bench", "offline", str(artifact), "--engines", "optimum-quantized", "--out", str(tmp_path / "b"))
+    assert proc.returncode == 2 and "use pytorch, optimum and runtime" in proc.stderr
+    assert not (tmp_path / "b" / "results.json").exists()

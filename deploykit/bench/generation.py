@@ -26,6 +26,7 @@ import numpy as np
 
 from deploykit.bench.engines import peak_rss_mb
 from deploykit.bench.stats import summarize_latencies
+from deploykit.errors import BadInputError
 
 log = logging.getLogger("deploykit.bench.generation")
 
@@ -190,10 +191,13 @@ def run(cfg: Any, manifest: Any) -> Path:
     batches = int_list(cfg.generation_batch_sizes)
     prompts = prompts_for(head.vocab_size, cfg.prompt_tokens, max(batches) * 2, cfg.seed,
                           {*head.eos_token_ids, head.pad_token_id, head.bos_token_id or 0})
-    specs = engine_specs(cfg, manifest, manifest.max_length, max(batches))
+    if "optimum-quantized" in cfg.engine_list:
+        raise BadInputError("--engines optimum-quantized quantizes a classifier with Optimum; for a "
+                            "text-generation artifact use pytorch, optimum and runtime")
+    out = Path(cfg.out)
+    specs = engine_specs(cfg, manifest, manifest.max_length, max(batches), out)
     for spec in specs.values():
         spec["pad"] = head.pad_token_id
-    out = Path(cfg.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     engines: dict[str, EngineProcess] = {}
     cells: list[dict[str, Any]] = []
