@@ -248,3 +248,19 @@ def _split(order: list[int], cuts: tuple[int, ...]) -> list[list[int]]:
             current = []
         current.append(index)
     return groups + [current]
+
+
+def test_an_engine_process_reports_its_own_peak_memory_not_its_parents():
+    """bench offline's parent may hold PyTorch (it builds optimum-quantized) when it starts the
+    engine processes: each must report its own peak RSS. getrusage's ru_maxrss carries the
+    parent's peak across fork and exec, which made every engine report the same 1,469 MiB."""
+    from deploykit.bench.engines import peak_rss_mb
+
+    ballast = bytearray(400 * 1024 * 1024)  # 400 MiB, every page touched
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    parent = peak_rss_mb()
+    child = float(subprocess.run([sys.executable, "-c", "from deploykit.bench.engines import peak_rss_mb; "
+                                  "print(peak_rss_mb())"], capture_output=True, text=True, check=True).stdout)
+    assert parent > 400 and child < parent - 300, (parent, child)
+    del ballast

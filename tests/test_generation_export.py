@@ -67,7 +67,8 @@ def test_parity_gates_are_recorded_per_variant(generation_artifacts, arch):
     assert int8.servable is gate and p["passed"] is gate
     assert {f["check"] for f in p["failures"]} == ({"token_agreement"} if p["token_agreement"] < 0.95 else set()) | (
         {"bleu_drop"} if p["bleu_drop"] > 1.0 else set())
-    assert manifest.default_variant == ("int8" if gate else "opt")
+    # A decoder's order puts the fused fp32 graph first (weight-only INT8 decodes slower on CPU).
+    assert manifest.default_variant == "opt"
     assert set(manifest.reference_metrics) == {"bleu", "chrf", "exact_match", "n"}
 
 

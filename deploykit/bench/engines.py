@@ -35,8 +35,21 @@ Call = Callable[[Sequence[str]], int]
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size in MiB (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's peak resident set size in MiB: ``VmHWM`` of its own address space.
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries it across fork and exec, so every engine
+    process started by a parent that had loaded PyTorch (to build ``optimum-quantized``) reported
+    the parent's 1,469 MiB. ``VmHWM`` starts anew with the address space ``exec`` creates.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # no /proc: bytes on macOS, KiB elsewhere
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 
 
 def _hf_tokenizer(spec: dict[str, Any]):

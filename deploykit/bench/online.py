@@ -200,8 +200,15 @@ async def single_requests(session, target: Target, texts: TextCycle, count: int,
     return recorder, time.perf_counter() - t0
 
 
-async def _probe(session, target: Target, url: str, timeout: float) -> None:
+async def _probe(session, target: Target, url: str, timeout: float, busy_s: float = 30.0) -> None:
+    """One test request before any load; a 503 (the server still working off an earlier load's
+    queue, as after a wrk run that hung up on 64 requests in flight) is retried for ``busy_s``,
+    as a client honouring Retry-After would."""
+    deadline = time.perf_counter() + busy_s
     status = await _send(session, target, ["probe"], timeout)
+    while status == "503" and time.perf_counter() < deadline:
+        await asyncio.sleep(0.5)
+        status = await _send(session, target, ["probe"], timeout)
     if status == "connection_error":
         raise BadInputError(f"nothing answers at {url}; start the service first (deploykit serve "
                             "ARTIFACT) or fix --url")
