@@ -20,7 +20,7 @@ def export_facts(manifest: Manifest, checkpoint: Path) -> dict[str, Any]:
         checkpoint: The PyTorch checkpoint the artifact came from (for its weights' size).
 
     Returns:
-        ``{"default_variant", "reference_metrics", "pytorch_bytes", "variants": {name: {...}}}``.
+        ``{"default_variant", "reference_metrics", "pytorch_bytes", "variant_facts": {name: {...}}}``.
     """
     weights = checkpoint / "model.safetensors"
     return {
@@ -28,7 +28,7 @@ def export_facts(manifest: Manifest, checkpoint: Path) -> dict[str, Any]:
         "held_out_rows": manifest.evaluation.n if manifest.evaluation else None,
         "reference_metrics": {k: manifest.reference_metrics[k] for k in ("accuracy", "macro_f1")},
         "pytorch_bytes": weights.stat().st_size if weights.is_file() else None,
-        "variants": {name: {"file": v.file, "bytes": v.bytes, "servable": v.servable,
+        "variant_facts": {name: {"file": v.file, "bytes": v.bytes, "servable": v.servable,
                             "fused_ops": dict(v.fused_ops),
                             "metrics": {k: v.metrics[k] for k in ("accuracy", "macro_f1")},
                             "parity": dict(v.parity), **_fallback_facts(v)}
@@ -75,7 +75,7 @@ def _quality(report: dict[str, Any]) -> list[str]:
             f"{base['accuracy']:.4f} | {base['macro_f1']:.4f} | - |",
             f"| PyTorch checkpoint (fine-tuned MiniLM) | {ev['accuracy']:.4f} | {ev['macro_f1']:.4f} | "
             f"{_mb(ex['pytorch_bytes'])} |"]
-    for name, v in ex["variants"].items():
+    for name, v in ex["variant_facts"].items():
         rows.append(f"| {VARIANT_TITLES.get(name, name)} | {v['metrics']['accuracy']:.4f} | "
                     f"{v['metrics']['macro_f1']:.4f} | {_mb(v['bytes'])} |")
     gain = 100 * (ev["macro_f1"] - base["macro_f1"])
@@ -99,7 +99,7 @@ def _parity(report: dict[str, Any]) -> list[str]:
             "| variant | max abs logit diff | label agreement | macro-F1 drop | servable | fused ops |",
             "|---|---|---|---|---|---|"]
     ref = report["export"]["reference_metrics"]["macro_f1"]
-    for name, v in report["export"]["variants"].items():
+    for name, v in report["export"]["variant_facts"].items():
         p = v["parity"]
         ops = ", ".join(f"{op} {n}" for op, n in sorted(v["fused_ops"].items())) or "-"
         rows.append(f"| {name} | {p['max_abs_diff']:.2e} | {p['label_agreement']:.4f} | "
@@ -110,7 +110,7 @@ def _parity(report: dict[str, Any]) -> list[str]:
 
 def _float_operators(report: dict[str, Any]) -> list[str]:
     """One line on the operators INT8's fallback search kept in float, if it kept any."""
-    search = report["export"]["variants"].get("int8", {}).get("fallback") or {}
+    search = report["export"]["variant_facts"].get("int8", {}).get("fallback") or {}
     if not search.get("float_nodes"):
         return []
     return ["", f"INT8 keeps {len(search['float_nodes'])} of {search['candidates']} quantizable operators "

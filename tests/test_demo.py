@@ -51,11 +51,11 @@ def test_quick_demo_writes_every_stage_and_one_summary(quick_demo):
     n = summary["data"]["test_rows"]
     assert summary["evaluate"]["n"] == export["held_out_rows"] == n
     assert summary["evaluate"]["macro_f1"] == pytest.approx(export["reference_metrics"]["macro_f1"])
-    assert set(export["variants"]) == {"fp32", "opt", "int8"}
-    assert export["variants"]["opt"]["fused_ops"].get("Attention", 0) > 0
+    assert set(export["variant_facts"]) == {"fp32", "opt", "int8"}
+    assert export["variant_facts"]["opt"]["fused_ops"].get("Attention", 0) > 0
     # Static INT8: int8 weights for every MatMul; the embedding tables (a third of MiniLM) stay float.
-    assert export["variants"]["int8"]["bytes"] < export["variants"]["fp32"]["bytes"] * 0.75
-    assert export["variants"]["opt"]["parity"]["max_abs_diff"] < 1e-4
+    assert export["variant_facts"]["int8"]["bytes"] < export["variant_facts"]["fp32"]["bytes"] * 0.75
+    assert export["variant_facts"]["opt"]["parity"]["max_abs_diff"] < 1e-4
     assert 0 <= summary["baseline"]["test"]["macro_f1"] <= 1
     beats = summary["evaluate"]["macro_f1"] > summary["baseline"]["test"]["macro_f1"]
     assert summary["beats_baseline"] == beats

@@ -228,7 +228,7 @@ def test_export_searches_on_validation_rows_by_default(outlier_artifact, tmp_pat
     from deploykit import demo_summary
 
     facts = demo_summary.export_facts(manifest, checkpoint)
-    assert facts["variants"]["int8"]["fallback"] == {"float_nodes": quantization["float_nodes"],
+    assert facts["variant_facts"]["int8"]["fallback"] == {"float_nodes": quantization["float_nodes"],
                                                      "candidates": record.get("candidates"), "rows": record["rows"]}
     report = {"mode": "full", "export": {**facts, "gates": {"int8_min_agreement": 0.99, "int8_max_f1_drop": 0.01}}}
     text = "\n".join(demo_summary._parity(report))

@@ -84,22 +84,28 @@ def candidate_nodes(path: Path) -> dict[str, int]:
     activations stays float anyway), and every plain Gemm: the dynamic quantizer first rewrites
     Gemm as a MatMul named ``<gemm>_MatMul`` (plus an Add), and quantizes that.
     """
-    import onnx
     from onnxruntime.quantization.registry import IntegerOpsRegistry
 
-    graph = onnx.load(str(path), load_external_data=False).graph
-    weights = {t.name: int(np.prod(t.dims)) for t in graph.initializer
-               if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 2}
     nodes = {}
-    for node in graph.node:
-        size = sum(weights.get(i, 0) for i in node.input)
-        if not node.name or not size:
-            continue
+    for node, size in weight_readers(path):
         if node.op_type in IntegerOpsRegistry:
             nodes[node.name] = size
         elif node.op_type == "Gemm" and _plain_gemm(node):
             nodes[f"{node.name}_MatMul"] = size
     return nodes
+
+
+def weight_readers(path: Path) -> list[tuple[Any, int]]:
+    """Every named node of the graph that reads a float weight matrix (an initializer of 2 or
+    more dimensions), with the number of weights it reads: what a quantizer can act on (a
+    MatMul of two activations reads none)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {t.name: int(np.prod(t.dims)) for t in graph.initializer
+               if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 2}
+    readers = [(node, sum(weights.get(i, 0) for i in node.input)) for node in graph.node if node.name]
+    return [(node, size) for node, size in readers if size]
 
 
 def _plain_gemm(node: Any) -> bool:

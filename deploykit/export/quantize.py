@@ -266,18 +266,9 @@ class Static:
     def candidates(self, src: Path) -> dict[str, int]:
         """MatMul/Gemm nodes that read a float weight matrix (by name), with their weight counts;
         a MatMul of two activations (attention's QK^T and its V product) has none."""
-        import numpy as np
-        import onnx
+        from deploykit.export.int8_fallback import weight_readers
 
-        graph = onnx.load(str(src), load_external_data=False).graph
-        weights = {t.name: int(np.prod(t.dims)) for t in graph.initializer
-                   if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 2}
-        nodes = {}
-        for node in graph.node:
-            size = sum(weights.get(i, 0) for i in node.input)
-            if node.name and size and node.op_type in ("MatMul", "Gemm"):
-                nodes[node.name] = size
-        return nodes
+        return {node.name: size for node, size in weight_readers(src) if node.op_type in ("MatMul", "Gemm")}
 
     def write(self, src: Path, dst: Path, float_nodes: Sequence[str] = (), only_nodes: Sequence[str] = ()) -> None:
         import onnx

@@ -17,7 +17,6 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 from typing import Any, Callable
 
 log = logging.getLogger("deploykit.serve")
@@ -38,7 +37,9 @@ def exit_server(message: str, code: int) -> None:
         code: The exit code (``DeployKitError.exit_code``).
     """
     log.error("cannot serve: %s", message)
-    print(f"deploykit: cannot serve: {message}", file=sys.stderr, flush=True)
+    # os._exit skips logging's shutdown: flush what the handlers hold, or the reason is lost.
+    for handler in logging.getLogger().handlers + log.handlers:
+        handler.flush()
     if in_bentoml_worker():
         # Circus would start this worker again and again; stopping it ends `bentoml serve`.
         os.kill(os.getppid(), signal.SIGTERM)
