@@ -171,19 +171,19 @@ def serve(spec: dict[str, Any], requests, replies) -> None:
         replies.flush()
 
 
-def run(cfg: Any, manifest: Any) -> Path:
+def run(cfg: Any, manifest: Any, machine: dict[str, Any]) -> Path:
     """The offline benchmark of a text-generation artifact (``deploykit bench offline``).
 
     Args:
         cfg: The ``BenchOfflineConfig``.
         manifest: The verified manifest.
+        machine: ``report.machine()`` taken before the run began (its load average).
 
     Returns:
         The output folder (results.json, results.md).
     """
     from tqdm import tqdm
 
-    from deploykit.bench import report
     from deploykit.bench.offline import EngineProcess, engine_specs
     from deploykit.config import int_list, to_dict
 
@@ -227,7 +227,7 @@ def run(cfg: Any, manifest: Any) -> Path:
         c["tokens_per_s_vs_pytorch"] = c["tokens_per_s"] / base[c["batch_size"]] if c["batch_size"] in base else None
     results = {"kind": "offline-generation", "artifact": str(Path(cfg.artifact).resolve()), "model": manifest.name,
                "config": to_dict(cfg), "prompt_tokens": cfg.prompt_tokens, "new_tokens": cfg.new_tokens,
-               "engines": {n: e.ready for n, e in engines.items()}, "machine": report.machine(),
+               "engines": {n: e.ready for n, e in engines.items()}, "machine": machine,
                "started": started, "wall_s": time.time() - started, "cells": cells}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown(results))

@@ -189,12 +189,14 @@ def run(cfg: BenchOfflineConfig) -> Path:
         IntegrityError: An artifact file does not match its manifest (exit 4).
         DeployKitError: An engine subprocess failed.
     """
+    # The machine note (load average) before this run's own work raises it.
+    machine = report.machine()
     artifact = Path(cfg.artifact)
     manifest = Manifest.verify(artifact)
     if manifest.task == GENERATION:
         from deploykit.bench import generation
 
-        return generation.run(cfg, manifest)
+        return generation.run(cfg, manifest, machine)
     sets = input_sets(cfg, artifact)
     # Every engine truncates at the same length: the manifest's, or the longest synthetic input.
     max_length = max([manifest.max_length] + int_list(cfg.synthetic_lengths))
@@ -244,7 +246,7 @@ def run(cfg: BenchOfflineConfig) -> Path:
                "config": to_dict(cfg), "max_length": max_length, "baseline": BASELINE if BASELINE in engines else None,
                "engines": peak, "specs": {n: {k: v for k, v in s.items() if k != "artifact"} for n, s in specs.items()},
                "inputs": {n: {k: v for k, v in s.items() if k != "texts"} for n, s in sets.items()},
-               "machine": report.machine(), "started": started, "wall_s": time.time() - started,
+               "machine": machine, "started": started, "wall_s": time.time() - started,
                "cells": cells}
     report.write(out, results)
     log.info("offline benchmark written to %s", out)

@@ -274,13 +274,15 @@ def run(cfg: BenchOnlineConfig) -> Path:
         from deploykit.bench import online_generation
 
         return online_generation.run(cfg)
+    # The machine note (load average) before this run's own work raises it.
+    machine = report.machine()
     check_target(cfg)
     texts = sample_texts(cfg.data, cfg.text_column, cfg.samples, cfg.seed)
     started = time.time()
     levels = asyncio.run(run_levels(cfg, texts))
     results = {"kind": "online", "target": cfg.url, "protocol": cfg.protocol,
                "model": cfg.model if cfg.protocol == "v2" else None, "config": to_dict(cfg),
-               "machine": report.machine(), "started": started, "wall_s": time.time() - started,
+               "machine": machine, "started": started, "wall_s": time.time() - started,
                "levels": levels}
     out = Path(cfg.out)
     report.write(out, results)

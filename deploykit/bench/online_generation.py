@@ -113,12 +113,14 @@ def run(cfg: BenchOnlineConfig) -> Path:
         BadInputError: Non-loopback URL without ``allow_remote``, nothing (or no generation
             service) listening, unreadable ``--data``.
     """
+    # The machine note (load average) before this run's own work raises it.
+    machine = report.machine()
     check_target(cfg)
     prompts = sample_texts(cfg.data, cfg.text_column, cfg.samples, cfg.seed)
     started = time.time()
     levels = asyncio.run(run_levels(cfg, prompts))
     results = {"kind": "online-generation", "target": cfg.url, "new_tokens": cfg.new_tokens, "config": to_dict(cfg),
-               "machine": report.machine(), "started": started, "wall_s": time.time() - started, "levels": levels}
+               "machine": machine, "started": started, "wall_s": time.time() - started, "levels": levels}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
