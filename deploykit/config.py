@@ -531,6 +531,10 @@ class ExportConfig(ParityConfig):
                                    "held-out ones) that calibrate static INT8.")
     int8_block_size: int = opt(32, "text-generation: weights per quantization block of the INT8 "
                                "weight-only MatMuls (MatMulNBits; a power of two, at least 16).")
+    int8_compute: str = opt("int8", "text-generation: how the INT8 MatMuls compute: int8 (each "
+                            "token's activations quantized on their own, per block: onnxruntime's "
+                            "accuracy_level 4, the fast kernels) or float (weights dequantized, "
+                            "float activations: slower on CPU).", choices=("int8", "float"))
     reduce_range: str = opt("auto", "7-bit weights for INT8: auto (on when the CPU lacks VNNI), "
                             "on, off.", choices=("auto", "on", "off"))
     default_variant: str | None = opt(None, "Variant to serve by default (default: int8, else "
@@ -561,6 +565,7 @@ class ExportConfig(ParityConfig):
         _require(self.calibration_samples > 0, "calibration_samples", "must be positive")
         _require(self.int8_block_size >= 16 and self.int8_block_size & (self.int8_block_size - 1) == 0,
                  "int8_block_size", f"{self.int8_block_size} is not a power of two >= 16")
+        _require(self.int8_compute in ("int8", "float"), "int8_compute", "choose int8 or float")
         _require(self.int8_float_ffn_layers >= 0, "int8_float_ffn_layers", "must be >= 0")
         _require(self.int8_fallback in ("auto", "off"), "int8_fallback", "choose auto or off")
         _require(self.int8_search_samples > 0, "int8_search_samples", "must be a positive number of rows")

@@ -147,6 +147,11 @@ class Generator:
         max_batch_size: Most sequences decoded together.
         max_cache_tokens: Bound on the batch cache, in tokens: sequences x the longest one may
             grow to (prompt + max_new_tokens); a sequence waits until it fits.
+        spin: Let idle intra-op threads busy-wait between the graph's operators and calls
+            (onnxruntime's own default; ``deploykit.runtime.session``). A decoding step is
+            hundreds of small operators called back to back, and waking the pool thread for
+            each costs: one cached step of the 135M-parameter benchmark model at batch 8 took
+            32 ms spinning vs 46-52 ms not (docs/benchmarks.md).
 
     Raises:
         BadInputError: Not a text-generation artifact, unknown or unservable variant, a graph
@@ -156,12 +161,12 @@ class Generator:
 
     def __init__(self, artifact: str | Path, variant: str | None = None, *, threads: int | None = None,
                  providers: Sequence[str] | None = None, max_batch_size: int = 32,
-                 max_cache_tokens: int = 65536) -> None:
+                 max_cache_tokens: int = 65536, spin: bool = False) -> None:
         manifest = Manifest.verify(artifact)
         _ = manifest.generator  # refuses another task before anything loads
         chosen = manifest.pick(variant, device_of(providers))
         self._setup(Path(artifact), manifest, chosen.name, threads=threads, providers=providers,
-                    max_batch_size=max_batch_size, max_cache_tokens=max_cache_tokens)
+                    max_batch_size=max_batch_size, max_cache_tokens=max_cache_tokens, spin=spin)
 
     @classmethod
     def of_variant(cls, folder: str | Path, manifest: Manifest, variant: str, *,
@@ -173,7 +178,7 @@ class Generator:
 
     def _setup(self, folder: Path, manifest: Manifest, variant: str, *, threads: int | None = None,
                providers: Sequence[str] | None = None, max_batch_size: int = 32,
-               max_cache_tokens: int = 65536) -> None:
+               max_cache_tokens: int = 65536, spin: bool = False) -> None:
         from deploykit.runtime import session
 
         if max_batch_size < 1 or max_cache_tokens < 1:
@@ -186,7 +191,7 @@ class Generator:
         self.max_batch_size, self.max_cache_tokens = int(max_batch_size), int(max_cache_tokens)
         self.eos = frozenset(self.head.eos_token_ids)
         model_file = folder / manifest.variants[variant].file
-        self.session = session(model_file, manifest, threads=threads, providers=providers)
+        self.session = session(model_file, manifest, threads=threads, providers=providers, spin=spin)
         graph_inputs = {i.name: i for i in self.session.get_inputs()}
         if set(graph_inputs) != set(manifest.inputs):
             raise BadInputError(f"{model_file} takes inputs {sorted(graph_inputs)} but the manifest lists "

@@ -31,8 +31,9 @@ def run(cfg: PredictConfig) -> Path:
     """
     from deploykit.predict import write_rows
 
+    # One caller decoding back to back: idle threads may spin (the Generator's ``spin``).
     generator = Generator(cfg.artifact, cfg.variant, threads=cfg.threads, max_batch_size=cfg.max_batch_size,
-                          max_cache_tokens=cfg.max_batch_tokens)
+                          max_cache_tokens=cfg.max_batch_tokens, spin=True)
 
     def complete(prompts: list[str], first: int) -> list[dict]:
         return [{"completion": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,

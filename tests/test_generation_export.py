@@ -10,7 +10,7 @@ import pytest
 from deploykit import export
 from deploykit.config import ExportConfig, VerifyConfig
 from deploykit.errors import BadInputError, IntegrityError, ParityError
-from deploykit.manifest import Manifest
+from deploykit.manifest import BATCH_INDEPENDENCE_ATOL, Manifest
 from factories import CHAT_TEMPLATE, DECODERS, lm_config, lm_tokenizer, make_lm_checkpoint
 
 # MatMuls with a constant weight per architecture: Llama's 7 projections per layer and its own
@@ -45,8 +45,18 @@ def test_manifest_records_the_generation_contract(generation_artifacts, arch):
     int8 = onnx.load(str(artifact / "model.int8.onnx"), load_external_data=False).graph
     assert sum(n.op_type == "MatMulNBits" for n in int8.node) == QUANTIZED[arch]
     q = manifest.variants["int8"].quantization
-    assert q["bits"] == 8 and q["activations"] == "float" and q["quantized_ops"]["MatMulNBits"] == QUANTIZED[arch]
+    assert q["bits"] == 8 and q["quantized_ops"]["MatMulNBits"] == QUANTIZED[arch]
+    # int8 compute by default (onnxruntime's fast kernels), each row's activations on their own
+    assert (q["compute"], q["accuracy_level"], q["activations"]) == ("int8", 4, "int8 per row and block")
+    levels = {a.i for n in int8.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"}
+    assert levels == {4}
     assert manifest.variants["opt"].fused_ops  # SkipLayerNormalization-type fusions at least
+    # Every variant's head computes the last position only (generation reads nothing else).
+    for name in ("fp32", "opt", "int8"):
+        graph = onnx.load(str(artifact / manifest.variants[name].file), load_external_data=False).graph
+        logits = next(o for o in graph.output if o.name == "logits")
+        assert logits.type.tensor_type.shape.dim[1].dim_value == 1
+        assert any(n.op_type == "Slice" and n.name == "deploykit_last_position_out" for n in graph.node)
 
 
 @pytest.mark.parametrize("arch", DECODERS)
@@ -59,17 +69,54 @@ def test_parity_gates_are_recorded_per_variant(generation_artifacts, arch):
         assert parity["token_agreement"] == 1.0 and parity["tokens_compared"] == 32
         assert parity["first_step_max_abs_diff"] < 1e-4 and parity["tokenizer_mismatches"] == 0
         assert manifest.variants[name].servable and parity["passed"]
+        assert parity["batch_independence"]["max_abs_diff"] == 0.0  # float rows never see their batch mates
     int8 = manifest.variants["int8"]
     p = int8.parity
+    # int8 compute quantizes each row's activations on its own: a prompt's logits do not move
+    # with its batch mates, at the prompt step or a cached step (measured, not assumed)
+    record = p["batch_independence"]
+    assert record["rows"] == 24 and record["mixed_batch_size"] == 8 and record["prompt_tokens"] >= 1
+    assert record["max_abs_diff"] <= BATCH_INDEPENDENCE_ATOL and int8.batch_independent
     assert p["tokens_compared"] == 16 and p["bounds"] == {"tokens": 16, "min_prompt_agreement": 0.95,
                                                           "max_bleu_drop": 1.0}
     gate = p["token_agreement"] >= 0.95 and p["bleu_drop"] <= 1.0
     assert int8.servable is gate and p["passed"] is gate
     assert {f["check"] for f in p["failures"]} == ({"token_agreement"} if p["token_agreement"] < 0.95 else set()) | (
         {"bleu_drop"} if p["bleu_drop"] > 1.0 else set())
-    # A decoder's order puts the fused fp32 graph first (weight-only INT8 decodes slower on CPU).
-    assert manifest.default_variant == "opt"
+    # A decoder's order is the classifier's: INT8 when it passed its gate (and is batch-independent).
+    assert manifest.default_variant == ("int8" if int8.servable else "opt")
     assert set(manifest.reference_metrics) == {"bleu", "chrf", "exact_match", "n"}
+
+
+def test_batch_independence_catches_activations_scaled_per_batch(generation_artifacts, tmp_path):
+    """The check can fail: dynamic INT8 (one activation scale per call, from the whole batch) in
+    place of the weight-only graph moves a prompt's logits with its batch mates."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from deploykit.export.generation import batch_independence
+    from deploykit.generator import Generator
+
+    _, artifact = generation_artifacts["llama"]
+    copy = shutil.copytree(artifact, tmp_path / "copy")
+    quantize_dynamic(copy / "model.onnx", copy / "model.int8.onnx", weight_type=QuantType.QInt8)
+    manifest = Manifest.read(copy)
+    generator = Generator.of_variant(copy, manifest, "int8")
+    prompts = [[1, *range(5 + i, 5 + i + 6 + (i % 3))] for i in range(16)]
+    assert batch_independence(generator, prompts)["max_abs_diff"] > BATCH_INDEPENDENCE_ATOL
+    same = Generator.of_variant(artifact, manifest, "int8")
+    assert batch_independence(same, prompts)["max_abs_diff"] <= BATCH_INDEPENDENCE_ATOL
+
+
+def test_float_compute_keeps_float_activations(generation_artifacts, tmp_path):
+    """--int8-compute float: the weight-only graph dequantizes its weights (accuracy_level 0)."""
+    from deploykit.export.generation import quantize_weights
+
+    _, artifact = generation_artifacts["qwen2"]
+    info = quantize_weights(artifact / "model.opt.onnx", tmp_path / "float.onnx", 32, compute="float")
+    assert (info["compute"], info["accuracy_level"], info["activations"]) == ("float", 0, "float")
+    graph = onnx.load(str(tmp_path / "float.onnx")).graph
+    levels = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"}
+    assert levels <= {0} and info["quantized_ops"]["MatMulNBits"] == QUANTIZED["qwen2"]
 
 
 def test_verify_rechecks_the_recorded_prompts(generation_artifacts, tmp_path):

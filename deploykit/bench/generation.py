@@ -92,7 +92,8 @@ def _runtime(spec: dict[str, Any]) -> Call:
     from deploykit.generator import Generator, Sampling
 
     generator = Generator(spec["artifact"], spec["variant"], threads=spec["threads"],
-                          max_batch_size=spec["max_batch_size"], max_cache_tokens=1 << 30)
+                          max_batch_size=spec["max_batch_size"], max_cache_tokens=1 << 30,
+                          spin=True)  # one caller, steps back to back: the Generator's ``spin``
 
     def call(prompts: list[list[int]], new_tokens: int) -> list[float]:
         scheduler = generator.scheduler()

@@ -3,12 +3,17 @@
 The same five steps as a classifier's export, for a decoder with its key/value cache:
 
 1. optimum's exporter writes one graph (``task="text-generation-with-past"``) that serves the
-   prompt (an empty cache) and every later step (the cache of the tokens so far);
+   prompt (an empty cache) and every later step (the cache of the tokens so far); its
+   language-model head then computes the last position only (``last_position_logits``);
 2. onnxruntime's transformer optimizer fuses what it recognises in the architecture (recorded,
    with the fusions it did not find);
 3. INT8 is weight-only: every MatMul with a constant weight becomes onnxruntime's
-   ``MatMulNBits`` with 8-bit blocks, activations stay float, so a sequence's tokens do not
-   depend on its batch mates (dynamic activation quantization would share one scale per call);
+   ``MatMulNBits`` with 8-bit blocks. By default it computes in int8 (``accuracy_level`` 4):
+   each token's activations are quantized on their own, per block of the row, so a sequence's
+   tokens still do not depend on its batch mates (dynamic activation quantization would share
+   one scale per call) - parity measures it (``parity.batch_independence``). With float
+   activations (``--int8-compute float``) the kernel dequantizes the weights at every call and
+   decodes several times slower than the float graph on CPU (measured: docs/benchmarks.md);
 4. parity on the held-out prompts, each variant run by the serving ``Generator``: the tokenizer
    (the artifact's ids equal the checkpoint tokenizer's), the first step's logits (max |diff|),
    the share of prompts whose first greedy tokens equal PyTorch's ``generate``, and BLEU/chrF
@@ -147,6 +152,7 @@ class Result:
     metrics: dict[str, Any] = field(default_factory=dict)
     bounds: dict[str, float] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    batch_independence: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -160,7 +166,8 @@ class Result:
         return {"first_step_max_abs_diff": self.first_step_max_abs_diff, "token_agreement": self.token_agreement,
                 "tokens_compared": self.tokens_compared, "tokenizer_mismatches": self.tokenizer_mismatches,
                 "bleu_drop": self.bleu_drop, "chrf_drop": self.chrf_drop, "passed": self.passed,
-                "bounds": self.bounds, "failures": self.failures}
+                "bounds": self.bounds, "failures": self.failures,
+                **({"batch_independence": self.batch_independence} if self.batch_independence else {})}
 
 
 def bounds_for(precision: str, cfg: ParityConfig) -> dict[str, float]:
@@ -215,6 +222,7 @@ def check_variant(folder: Path, manifest: Manifest, name: str, held: Prompts, re
                                 np.arange(n, dtype=np.int64)[None], gen.empty_cache(1))
         diffs.append(float(np.abs(logits[0].astype(np.float64) - row).max()))
     result.first_step_max_abs_diff = max(diffs)
+    result.batch_independence = batch_independence(gen, held.ids)
     tokens: list[list[int]] = []
     texts: list[str] = []
     for part in _batches(len(held.ids), cfg.batch_size_list):
@@ -235,6 +243,38 @@ def check_variant(folder: Path, manifest: Manifest, name: str, held: Prompts, re
     return result
 
 
+MIXED_BATCH = 8  # rows per batch in the batch-independence check (the service's typical decode batch)
+
+
+def batch_independence(gen: Any, prompts: Sequence[Sequence[int]], batch_size: int = MIXED_BATCH) -> dict[str, Any]:
+    """How far a prompt's logits move with its batch mates: the prompts cut to one length (their
+    last tokens, so no padding is involved), each alone against the same rows in batches of
+    ``batch_size``, over the prompt step and one cached decoding step (the two shapes the
+    weight-only INT8 kernels see). Float graphs and per-row activation quantization give 0.
+
+    Returns:
+        The manifest's ``parity.batch_independence``: ``{"max_abs_diff", "mean_abs_diff", "rows",
+        "mixed_batch_size", "prompt_tokens"}`` (the classifier's record, read by
+        ``Variant.batch_independent``).
+    """
+    width = max(1, min(len(p) for p in prompts))
+    rows = np.array([list(p)[-width:] for p in prompts], np.int64)
+
+    def two_steps(part: np.ndarray) -> np.ndarray:
+        n = len(part)
+        first, cache = gen.forward(part, np.ones_like(part), np.tile(np.arange(width, dtype=np.int64), (n, 1)),
+                                   gen.empty_cache(n))
+        second, _ = gen.forward(part[:, :1].copy(), np.ones((n, width + 1), np.int64),
+                                np.full((n, 1), width, np.int64), cache)
+        return np.stack([first, second], axis=1)
+
+    alone = np.concatenate([two_steps(rows[i:i + 1]) for i in range(len(rows))])
+    mixed = np.concatenate([two_steps(rows[s:s + batch_size]) for s in range(0, len(rows), batch_size)])
+    diff = np.abs(alone.astype(np.float64) - mixed)
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "rows": len(rows),
+            "mixed_batch_size": batch_size, "prompt_tokens": width}
+
+
 def _hf_ids(tokenizer: Any, prompt: Any) -> list[int]:
     """The checkpoint tokenizer's ids of a prompt (untruncated), as training built them."""
     if isinstance(prompt, str):
@@ -247,13 +287,15 @@ def table(results: Sequence[Result], ref_metrics: dict[str, Any]) -> str:
     """A plain-text table: one row per variant, its numbers and the bounds it missed."""
     from deploykit.export.parity import _fmt
 
-    rows = [("variant", "first-step max|diff|", "prompts equal", "tokens", "BLEU", "chrF", "result"),
-            ("pytorch", "-", "-", "-", f"{ref_metrics['bleu']:.2f}", f"{ref_metrics['chrf']:.2f}", "reference")]
+    rows = [("variant", "first-step max|diff|", "prompts equal", "tokens", "BLEU", "chrF", "batch mates |diff|",
+             "result"),
+            ("pytorch", "-", "-", "-", f"{ref_metrics['bleu']:.2f}", f"{ref_metrics['chrf']:.2f}", "-", "reference")]
     for r in results:
         verdict = "pass" if r.passed else "; ".join(f"FAIL {f['check']} {_fmt(f['value'])} vs {_fmt(f['limit'])}"
                                                      for f in r.failures)
         rows.append((r.name, _fmt(r.first_step_max_abs_diff), _fmt(r.token_agreement), str(r.tokens_compared),
-                     f"{r.metrics.get('bleu', float('nan')):.2f}", f"{r.metrics.get('chrf', float('nan')):.2f}", verdict))
+                     f"{r.metrics.get('bleu', float('nan')):.2f}", f"{r.metrics.get('chrf', float('nan')):.2f}",
+                     _fmt(r.batch_independence.get("max_abs_diff")), verdict))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows)
 
@@ -297,6 +339,57 @@ def _ort_type(model_type: str) -> str:
         return _ORT_DECODER
 
 
+def last_position_logits(path: Path, output: str = "logits") -> bool:
+    """Step 1b: make the graph compute ``output`` for the last position only (``[batch, 1, vocab]``).
+
+    The language-model head is the biggest MatMul of a small decoder (hidden x vocabulary per
+    position); generation reads only the last position's logits, so on a 128-token prompt the
+    other 127 positions' logits are a fifth of the prompt step's work and a ``[batch, 128,
+    vocab]`` tensor written for nothing (PyTorch's ``generate`` likewise asks for the last
+    position only, ``logits_to_keep``). A ``Slice`` of the head's input to its last position is
+    inserted before the head; every later step has one position and is unchanged. Hand-written
+    because optimum's exporter has no option for it.
+
+    Returns:
+        Whether the graph was changed (False when ``output`` is not made by a MatMul, possibly
+        behind Cast/Identity: the graph is left as it is).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    node, between = producers.get(output), []
+    while node is not None and node.op_type in ("Cast", "Identity"):
+        between.extend(node.output)
+        node = producers.get(node.input[0])
+    if node is None or node.op_type != "MatMul":
+        log.info("%s: %s is not made by a MatMul; the graph keeps every position's logits", path.name, output)
+        return False
+    between.extend(node.output)
+    hidden = node.input[0]
+    names = [f"deploykit_last_position_{k}" for k in ("starts", "ends", "axes", "out")]
+    graph.initializer.extend(numpy_helper.from_array(np.array([v], np.int64), n)
+                             for v, n in zip((-1, np.iinfo(np.int64).max, 1), names))
+    index = list(graph.node).index(node)
+    graph.node.insert(index, helper.make_node("Slice", [hidden, *names[:3]], [names[3]], name=names[3]))
+    node.input[0] = names[3]
+    stale = [v for v in graph.value_info if v.name in between]  # shapes inferred with every position
+    for v in stale:
+        graph.value_info.remove(v)
+    for out in graph.output:
+        if out.name == output and len(out.type.tensor_type.shape.dim) == 3:
+            out.type.tensor_type.shape.dim[1].Clear()
+            out.type.tensor_type.shape.dim[1].dim_value = 1
+    external = model.ByteSize() > _MAX_PROTOBUF
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save(model, str(tmp), save_as_external_data=external, location=path.name + "_data" if external else None)
+    tmp.replace(path)
+    log.info("%s: the language-model head computes the last position only", path.name)
+    return True
+
+
 def optimize(src: Path, dst: Path, level: str, config: Any) -> dict[str, Any]:
     """Step 2: onnxruntime's optimizer on the decoder graph, with the decoder's expected fusions."""
     from deploykit.export import optimize as opt
@@ -323,9 +416,15 @@ def _quiet(name: str):
         logger.setLevel(level)
 
 
-def quantize_weights(src: Path, dst: Path, block_size: int, bits: int = 8) -> dict[str, Any]:
+# onnxruntime's MatMulNBits accuracy levels: 0 keeps the activations float (weights dequantized at
+# each call); 4 quantizes them to int8 per row and block, which runs MLAS's int8 kernels.
+ACCURACY_LEVEL = {"float": 0, "int8": 4}
+
+
+def quantize_weights(src: Path, dst: Path, block_size: int, bits: int = 8, compute: str = "int8") -> dict[str, Any]:
     """Step 3: weight-only INT8 - each MatMul with a constant weight becomes ``MatMulNBits``
-    (symmetric ``bits``-bit blocks of ``block_size`` weights, float activations).
+    (symmetric ``bits``-bit blocks of ``block_size`` weights), computing in ``compute``
+    (``int8``: each row's activations quantized per block, on their own; ``float``).
 
     Returns:
         The manifest's ``quantization`` entry (with the MatMuls left in float).
@@ -335,19 +434,22 @@ def quantize_weights(src: Path, dst: Path, block_size: int, bits: int = 8) -> di
 
     with _quiet("onnxruntime.quantization.matmul_nbits_quantizer"):
         model = onnx.load(str(src))
-        config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, bits=bits)
+        config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, bits=bits,
+                                              accuracy_level=ACCURACY_LEVEL[compute])
         quantizer = MatMulNBitsQuantizer(model, algo_config=config)
         quantizer.process()
         external = model.ByteSize() > _MAX_PROTOBUF
         quantizer.model.save_model_to_file(str(dst), external)
     graph = onnx.load(str(dst), load_external_data=False).graph
     ops = [n.op_type for n in graph.node]
+    activations = "int8 per row and block" if compute == "int8" else "float"
     info = {"mode": "weight-only", "format": "MatMulNBits", "bits": bits, "block_size": block_size,
-            "symmetric": True, "activations": "float", "source": src.name,
+            "symmetric": True, "compute": compute, "accuracy_level": ACCURACY_LEVEL[compute],
+            "activations": activations, "source": src.name,
             "quantized_ops": {"MatMulNBits": ops.count("MatMulNBits"), "float_MatMul": ops.count("MatMul"),
                               "float_Gemm": ops.count("Gemm")},
             "float_nodes": [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")]}
-    log.info("weight-only INT8 %s -> %s: %s", src.name, dst.name, info["quantized_ops"])
+    log.info("weight-only INT8 (%s compute) %s -> %s: %s", compute, src.name, dst.name, info["quantized_ops"])
     return info
 
 
@@ -423,6 +525,7 @@ def run(cfg: ExportConfig) -> Path:
         write_tokenizer(tokenizer, tmp / "tokenizer.json")
         shutil.copy(checkpoint / "config.json", tmp / "config.json")
         onnx_export.export_onnx(model, tmp / FILES["fp32"], cfg.opset, task=TASK)
+        last_position_logits(tmp / FILES["fp32"])
         head, inputs = head_of(model, tokenizer, tmp / FILES["fp32"])
         ref = reference(model, tokenizer, held, cfg.generation_tokens, head.eos_token_ids)
         records: dict[str, dict[str, Any]] = {"fp32": {"fused_ops": {}}}
@@ -433,7 +536,8 @@ def run(cfg: ExportConfig) -> Path:
                     model.config.model_type)}}
         if cfg.quantize != "none":
             source = "opt" if "opt" in records else "fp32"
-            info = quantize_weights(tmp / FILES[source], tmp / FILES["int8"], cfg.int8_block_size)
+            info = quantize_weights(tmp / FILES[source], tmp / FILES["int8"], cfg.int8_block_size,
+                                    compute=cfg.int8_compute)
             records["int8"] = {"fused_ops": {}, "quantization": info}
             from deploykit.export import optimize as opt
 
