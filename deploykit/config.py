@@ -349,6 +349,10 @@ class ServiceConfig:
                                 "sequence waits for room, one that can never fit is a 400 error.")
     max_new_tokens: int = opt(1024, "text-generation: the largest max_new_tokens a request may ask "
                               "for; more is a 400 error.")
+    spin: str = opt("auto", "Whether onnxruntime's idle pool threads busy-wait between operators: "
+                    "auto (on for text generation, whose decoding steps run back to back; off for "
+                    "classification, where spinning threads starved the event loop), on, off.",
+                    choices=("auto", "on", "off"))
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_batch_tokens", "max_texts", "max_queue", "max_body_bytes", "workers",
@@ -361,7 +365,12 @@ class ServiceConfig:
         _require(self.threads is None or self.threads > 0, "threads", "must be positive")
         _require(self.max_latency_ms is None or self.max_latency_ms >= 0, "max_latency_ms", "must be >= 0")
         _require(self.batcher in BATCHERS, "batcher", f"choose one of {', '.join(BATCHERS)}")
+        _require(self.spin in ("auto", "on", "off"), "spin", "choose auto, on or off")
         _require(bool(self.provider_list()), "providers", "name at least one execution provider")
+
+    def spins(self, task_default: bool) -> bool:
+        """Whether the server's onnxruntime session spins (``spin``; ``auto`` is the task's default)."""
+        return task_default if self.spin == "auto" else self.spin == "on"
 
     def provider_list(self) -> list[str]:
         """``providers`` as a list."""

@@ -212,3 +212,22 @@ def test_choose_samples_within_top_p():
     assert picks <= {0, 1}
     picks = {choose(logits, Sampling(max_new_tokens=1, temperature=5.0), rng) for _ in range(400)}
     assert picks == {0, 1, 2, 3}
+
+
+def test_spin_reaches_the_session_and_the_service_setting_picks_it_per_task(generation_artifacts):
+    """``spin`` is onnxruntime's allow_spinning; the service's ``auto`` spins for generation
+    (decoding steps back to back) and not for classification (it starved the event loop)."""
+    from deploykit.config import ServiceConfig
+
+    artifact = generation_artifacts["llama"][1]
+
+    def spinning(generator: Generator) -> str:
+        return generator.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+    assert spinning(Generator(artifact, "fp32", spin=True)) == "1"
+    assert spinning(Generator(artifact, "fp32")) == "0"  # the library default: off
+    auto = ServiceConfig()
+    assert auto.spin == "auto" and auto.spins(True) and not auto.spins(False)
+    assert ServiceConfig(spin="off").spins(True) is False and ServiceConfig(spin="on").spins(False) is True
+    with pytest.raises(BadInputError, match="spin"):
+        ServiceConfig(spin="sometimes")

@@ -74,7 +74,8 @@ class ClassificationBackend:
         self.settings = settings
         self.runtime = Runtime(artifact, settings.variant, threads=settings.threads,
                                providers=settings.provider_list(), max_batch_tokens=settings.max_batch_tokens,
-                               max_batch_size=settings.max_batch_size)
+                               max_batch_size=settings.max_batch_size,
+                               spin=settings.spins(False))  # see deploykit.runtime.session
         wait_ms = settings.max_latency_ms
         self.batcher = DynamicBatcher(
             self.runtime, max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,

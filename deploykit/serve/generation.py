@@ -203,7 +203,8 @@ class GenerationBackend:
         self.settings, self.metrics = settings, metrics
         self.generator = Generator(artifact, settings.variant, threads=settings.threads,
                                    providers=settings.provider_list(), max_batch_size=settings.max_batch_size,
-                                   max_cache_tokens=settings.max_cache_tokens)
+                                   max_cache_tokens=settings.max_cache_tokens,
+                                   spin=settings.spins(True))  # steps back to back: the Generator's ``spin``
         self.engine = Engine(self.generator, settings, metrics)
         self.name = self.generator.name
         self.draining = False
