@@ -23,7 +23,7 @@ before and after every system, since numbers taken beside other jobs mean little
 
     python3 benchmarks/serving_compare.py --artifact runs/art [--variant int8] \\
         [--concurrency 1,8,32,64] [--texts-per-request 1,8] [--duration 6] [--runs 3] \\
-        [--generators bench,wrk] [--systems deploykit,deploykit-bentoml,triton] \\
+        [--generators bench,wrk] [--systems deploykit,deploykit-bentoml,triton] [--workers 1] \\
         [--out benchmarks/results/serving]
 
 Needs ``.venv-pytriton/`` (``bash .ci/setup_pytriton.sh``) for Triton and ``wrk`` on PATH for
@@ -90,8 +90,9 @@ def start_deploykit(artifact: Path, variant: str, threads: int, work: Path, *ext
     return proc, url
 
 
-def start_triton(artifact: Path, variant: str, threads: int, work: Path):
-    """tritonserver on a repository written by ``deploykit triton``; (process, URL, model name)."""
+def start_triton(artifact: Path, variant: str, threads: int, work: Path, instances: int = 1):
+    """tritonserver on a repository written by ``deploykit triton`` (``instances`` model
+    instances of ``threads`` threads each); (process, URL, model name)."""
     site = next(VENV.glob("lib/python3*/site-packages"))
     server = site / "pytriton" / "tritonserver"
     libdir = subprocess.run([str(VENV / "bin" / "python"), "-c",
@@ -99,7 +100,8 @@ def start_triton(artifact: Path, variant: str, threads: int, work: Path):
                             capture_output=True, text=True, check=True).stdout.strip()
     repo = work / "triton_repo"
     subprocess.run([sys.executable, "-m", "deploykit", "triton", str(artifact), "--out", str(repo),
-                    "--variant", variant, "--threads", str(threads), "--overwrite"], cwd=ROOT, check=True,
+                    "--variant", variant, "--threads", str(threads), "--instances", str(instances),
+                    "--overwrite"], cwd=ROOT, check=True,
                    capture_output=True)
     model = Manifest.read(artifact).name + "_python"
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
@@ -194,12 +196,12 @@ def one_run(args, artifact: Path, variant: str, model_name: str, threads: int, t
                 if not (VENV / ".deploykit-ready").is_file():
                     notes.append(f"triton skipped: no {VENV} (bash .ci/setup_pytriton.sh)")
                     continue
-                proc, url, model = start_triton(artifact, variant, threads, work)
+                proc, url, model = start_triton(artifact, variant, threads, work, args.workers)
                 routes = {"v2": (model, "v2")}
             else:
                 extra = {"deploykit": (), "deploykit-nobatch": ("--max-batch-size", "1"),
                          "deploykit-bentoml": ("--batcher", "bentoml")}[name]
-                proc, url = start_deploykit(artifact, variant, threads, work, *extra)
+                proc, url = start_deploykit(artifact, variant, threads, work, "--workers", str(args.workers), *extra)
                 routes = {"classify": (model_name, "classify")}
                 if name == "deploykit":
                     routes["v2"] = (model_name, "v2")
@@ -260,7 +262,9 @@ def markdown(results: dict) -> str:
     levels = [int(c) for c in results["concurrency"].split(",")]
     summary, rt = results["summary"], results["runtime"]
     load = [f"{l[0]:.1f}" for run in results["runs"] for s in run.values() for l in s["load"]]
-    lines = [f"# Serving comparison: {results['model']} ({results['variant']}, {results['threads']} threads)", "",
+    servers = f"{results.get('workers', 1)} process(es) / instance(s) x {results.get('server_threads', results['threads'])}"
+    lines = [f"# Serving comparison: {results['model']} ({results['variant']}; runtime {results['threads']} threads; "
+             f"servers {servers} thread(s))", "",
              f"{len(results['runs'])} run(s); in each, the systems one after another on the same machine, same "
              f"texts, closed loop, {results['duration']:.0f} s per level after {results['warmup']:.0f} s of warm-up. "
              "Every figure is the median over the runs; ratios are taken within a run, then the median "
@@ -317,6 +321,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1024)
     parser.add_argument("--systems", default="deploykit,deploykit-bentoml,triton")
     parser.add_argument("--generators", default="bench,wrk")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="deploykit worker processes and Triton model instances, each with "
+                             "--threads / workers threads (default 1: one process with every thread)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serving"))
     args = parser.parse_args()
 
@@ -326,6 +333,9 @@ def main() -> None:
     manifest = Manifest.read(artifact)
     variant = manifest.pick(args.variant).name
     threads = args.threads or available_cpus()
+    # The runtime reference keeps every thread (the ceiling one process reaches); the servers
+    # split them over their processes / instances.
+    server_threads = max(1, threads // args.workers)
     texts = sample_texts("tweets", "text", args.samples, 0)
     levels = [int(c) for c in args.concurrency.split(",")]
     per_requests = [int(n) for n in args.texts_per_request.split(",")]
@@ -335,7 +345,8 @@ def main() -> None:
         notes.append("wrk skipped: not on PATH (apt-get install wrk)")
         generators.remove("wrk")
     started = time.time()
-    results = {"model": manifest.name, "variant": variant, "threads": threads, "concurrency": args.concurrency,
+    results = {"model": manifest.name, "variant": variant, "threads": threads, "workers": args.workers,
+               "server_threads": server_threads, "concurrency": args.concurrency,
                "texts_per_request": [str(n) for n in per_requests], "generators": generators,
                "duration": args.duration, "warmup": args.warmup, "machine": report.machine(), "notes": notes,
                "runs": []}
@@ -346,8 +357,8 @@ def main() -> None:
     for run in range(args.runs):
         order = systems if run % 2 == 0 else systems[::-1]  # alternate, so drift hits both sides
         print(f"run {run + 1}/{args.runs}: {', '.join(order)}", flush=True)
-        results["runs"].append(one_run(args, artifact, variant, manifest.name, threads, texts, order, generators,
-                                       per_requests, notes))
+        results["runs"].append(one_run(args, artifact, variant, manifest.name, server_threads, texts, order,
+                                       generators, per_requests, notes))
     results["summary"] = summarize(results["runs"], results["runtime"], levels)
     results["wall_s"] = time.time() - started
     out = Path(args.out)
