@@ -16,8 +16,9 @@ The same five steps as a classifier's export, for a decoder with its key/value c
    decodes several times slower than the float graph on CPU (measured: docs/benchmarks.md);
 4. parity on the held-out prompts, each variant run by the serving ``Generator``: the tokenizer
    (the artifact's ids equal the checkpoint tokenizer's), the first step's logits (max |diff|),
-   the share of prompts whose first greedy tokens equal PyTorch's ``generate``, and BLEU/chrF
-   of the generations against the references compared with PyTorch's own;
+   the share of prompts whose first greedy tokens equal PyTorch's ``generate``, BLEU/chrF
+   of the generations against the references compared with PyTorch's own, and how far a
+   prompt's logits move with batch mates (``batch_independence``);
 5. the manifest (task ``text-generation``: cache layout, special tokens, chat template,
    generation defaults), written last.
 
