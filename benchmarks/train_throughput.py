@@ -213,8 +213,8 @@ def _table(args: argparse.Namespace, results: dict, baseline: dict, rows: int) -
         "",
         f"Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, torch "
-        f"{torch.__version__}, {args.threads or torch.get_num_threads()} threads, load average before "
-        f"{os.getloadavg()[0]:.2f}. Data `{args.data}`, {rows} training rows, model `{args.model}`, batch "
+        f"{torch.__version__}, {args.threads or torch.get_num_threads()} threads, load average at the start "
+        f"{args.load_at_start:.2f}. Data `{args.data}`, {rows} training rows, model `{args.model}`, batch "
         f"{args.batch_size}, {args.steps} optimizer steps each, log every {args.log_every} steps; each run "
         f"in its own process.",
         "",
@@ -269,6 +269,7 @@ def main() -> None:
     from deploykit.baseline import tfidf_baseline
     from deploykit.config import TrainConfig
 
+    args.load_at_start = os.getloadavg()[0]  # before this run's own work raises it
     _plan(args)
     splits = data.load_splits(TrainConfig(data=args.data, max_train_samples=args.max_train_samples))
     scores = tfidf_baseline(splits.train, {"validation": splits.validation, "test": splits.test},
