@@ -308,3 +308,28 @@ assert not bad, bad
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] in ("negative", "neutral", "positive")
+
+
+def test_step_cost_separates_the_fixed_part_of_a_step_from_its_tokens():
+    """A step costs a fixed part plus a part per token. Fitted on steps of varied sizes, the
+    estimate of a long queue (drained in big steps) is right; seconds per token alone, learned on
+    small steps, would overestimate it several times (the 503s it caused under load)."""
+    from deploykit.serve.batcher import StepCost
+
+    def truth(tokens: int, steps: int = 1) -> float:
+        return 0.010 * steps + 0.0001 * tokens
+
+    cost = StepCost(seconds_per_token=truth(128) / 128, tokens=128)  # the load probe: one row
+    sizes = [40, 60, 100, 35, 150, 70, 45, 90, 120, 55] * 4
+    for tokens in sizes:
+        cost.add(tokens, truth(tokens))
+    assert cost.fixed == pytest.approx(0.010, rel=0.05) and cost.per_token == pytest.approx(0.0001, rel=0.05)
+    assert cost.seconds(2000, 2) == pytest.approx(truth(2000, 2), rel=0.05)
+    per_token_only = sum(truth(t) / t for t in sizes) / len(sizes)
+    assert per_token_only * 2000 > 2 * truth(2000, 2)  # what the per-token estimate would have said
+
+    steady = StepCost(seconds_per_token=None, tokens=128)
+    assert steady.seconds(100, 1) is None  # unknown until a step ran
+    for _ in range(10):
+        steady.add(64, truth(64))  # all one size: no fit, cost per token only
+    assert steady.fixed == 0.0 and steady.seconds(64, 1) == pytest.approx(truth(64))

@@ -5,10 +5,10 @@ Requests are tokenized on arrival, **admitted by time**, wait in a queue, and ar
 ``max_batch_tokens`` tokens), run as length-sorted model calls on one worker thread while the
 event loop keeps accepting requests.
 
-- **Admission by time, not count.** The batcher keeps a running estimate of the model's cost
-  per token (measured on every step, seeded by the runtime's load probe) and, for each new
-  request, estimates how long it would wait: the rest of the step in progress plus one turn of
-  the queue ahead of it. Beyond ``max_queue_wait_ms`` the request is refused at once
+- **Admission by time, not count.** The batcher keeps a running estimate of a step's cost, a
+  fixed part plus a part per token (``StepCost``, fitted on the recent steps, seeded by the
+  runtime's load probe) and, for each new request, estimates how long it would wait: the rest
+  of the step in progress plus the steps of one turn of the queue ahead of it. Beyond ``max_queue_wait_ms`` the request is refused at once
   (``Overloaded``: HTTP 503 with ``Retry-After``) instead of queueing seconds of work.
   ``max_queue`` (texts) stays as a memory bound.
 - **Deadlines.** Every request carries a deadline; a request still queued at its deadline is
@@ -54,8 +54,8 @@ log = logging.getLogger(__name__)
 
 # Requests with more characters than this are tokenized on a thread, not on the event loop.
 _INLINE_TOKENIZE_CHARS = 20_000
-# Weight of the newest step in the running cost-per-token estimate.
-_COST_SMOOTHING = 0.2
+# Weight of the newest step in the step-cost fit (about the last 20 steps count).
+_COST_SMOOTHING = 0.05
 # After model calls of at least this many padded tokens, memory is handed back once the queue
 # is empty (onnxruntime's arena, the C heap): one big request must not keep its memory.
 _RELEASE_TOKENS = 2048
@@ -121,6 +121,53 @@ class BatchMetrics(Protocol):
     def dropped(self, reason: str, texts: int) -> None: ...
 
     def unread(self, texts: int) -> None: ...
+
+
+class StepCost:
+    """The seconds a step takes, as a fixed part per step plus a part per token, fitted on the
+    recent steps (exponentially weighted least squares over their tokens and seconds).
+
+    Why not seconds per token alone (what the batcher used first): each model call of a step
+    has a fixed cost, so a small step's cost per token is several times a big one's; learned on
+    the small steps of a closed-loop load and applied to a long queue, which drains in big
+    steps, it over-estimated the wait about 2x (refusals logged at 500-550 ms against a real p50
+    of 248-277 ms, docs/benchmarks.md). When the recent steps were all about one size the fit is
+    undetermined, and the cost is per token only.
+
+    Args:
+        seconds_per_token: The runtime's load probe (one row of ``tokens`` tokens), the first
+            observation; None when unknown.
+        tokens: The probe's tokens.
+    """
+
+    def __init__(self, seconds_per_token: float | None, tokens: int) -> None:
+        self.per_token, self.fixed = seconds_per_token, 0.0
+        self._w = self._x = self._y = self._xx = self._xy = 0.0
+        if seconds_per_token is not None:
+            self.add(tokens, seconds_per_token * tokens)
+
+    def add(self, tokens: int, seconds: float) -> None:
+        """One finished step: ``tokens`` real tokens in ``seconds``."""
+        keep = 1 - _COST_SMOOTHING
+        self._w = keep * self._w + 1
+        self._x = keep * self._x + tokens
+        self._y = keep * self._y + seconds
+        self._xx = keep * self._xx + tokens * tokens
+        self._xy = keep * self._xy + tokens * seconds
+        spread = self._w * self._xx - self._x * self._x
+        if spread > 0.01 * self._x * self._x:  # step sizes vary by more than ~10%
+            per_token = (self._w * self._xy - self._x * self._y) / spread
+            fixed = (self._y - per_token * self._x) / self._w
+            if per_token > 0 and fixed >= 0:
+                self.per_token, self.fixed = per_token, fixed
+                return
+        self.per_token, self.fixed = self._y / max(self._x, 1.0), 0.0
+
+    def seconds(self, tokens: int, steps: int) -> float | None:
+        """Estimated seconds of ``steps`` steps holding ``tokens`` tokens (None when unknown)."""
+        if self.per_token is None:
+            return None
+        return self.fixed * steps + self.per_token * tokens
 
 
 class NoMetrics:
@@ -190,7 +237,7 @@ class DynamicBatcher:
         self._queued_rows = 0
         # One turn of the queue in tokens: sum over queued requests of min(tokens left, step).
         self._turn_tokens = 0
-        self._cost_per_token: float | None = getattr(runtime, "probe_seconds_per_token", None)
+        self._cost = StepCost(getattr(runtime, "probe_seconds_per_token", None), runtime.max_length)
         self._step_tokens = 0  # tokens of the step in progress
         self._step_started = 0.0
         self._wakeup: asyncio.Event | None = None
@@ -278,14 +325,18 @@ class DynamicBatcher:
                 until.cancel()
 
     def estimated_wait(self) -> float:
-        """Seconds a request arriving now would wait before its first step (0 when unknown)."""
-        cost = self._cost_per_token
-        if cost is None:
+        """Seconds a request arriving now would wait before its first step (0 when unknown): the
+        rest of the step in progress plus the steps that one turn of the queue takes."""
+        if self._cost.per_token is None:
             return 0.0
         running = 0.0
         if self._step_tokens:
-            running = max(0.0, self._step_tokens * cost - (time.perf_counter() - self._step_started))
-        return running + self._turn_tokens * cost
+            running = max(0.0, self._cost.seconds(self._step_tokens, 1) - (time.perf_counter() - self._step_started))
+        if not self._turn_tokens:
+            return running
+        steps = max(1, math.ceil(self._turn_tokens / self.max_batch_tokens),
+                    math.ceil(self._queued_rows / self.max_batch_size))
+        return running + self._cost.seconds(self._turn_tokens, steps)
 
     def drain(self) -> None:
         """Stop admitting (``Overloaded``, reason ``draining``); queued requests still run."""
@@ -456,10 +507,7 @@ class DynamicBatcher:
                     self._drop(request, "error", ServiceError(f"the model failed on this request ({exc})"))
                 self._step_tokens = 0
                 continue
-            seconds = time.perf_counter() - self._step_started
-            sample = seconds / max(self._step_tokens, 1)
-            self._cost_per_token = (sample if self._cost_per_token is None else
-                                    (1 - _COST_SMOOTHING) * self._cost_per_token + _COST_SMOOTHING * sample)
+            self._cost.add(self._step_tokens, time.perf_counter() - self._step_started)
             self._step_tokens = 0
             offset = 0
             for request, taken in step:
