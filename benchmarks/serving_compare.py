@@ -262,7 +262,7 @@ def markdown(results: dict) -> str:
     levels = [int(c) for c in results["concurrency"].split(",")]
     summary, rt = results["summary"], results["runtime"]
     load = [f"{l[0]:.1f}" for run in results["runs"] for s in run.values() for l in s["load"]]
-    servers = f"{results.get('workers', 1)} process(es) / instance(s) x {results.get('server_threads', results['threads'])}"
+    servers = f"{results['workers']} process(es) / instance(s) x {results['server_threads']}"
     lines = [f"# Serving comparison: {results['model']} ({results['variant']}; runtime {results['threads']} threads; "
              f"servers {servers} thread(s))", "",
              f"{len(results['runs'])} run(s); in each, the systems one after another on the same machine, same "

@@ -180,8 +180,6 @@ class Classification:
     TASK: ClassVar[str] = "text-classification"
     # The encoder inputs the runtime knows how to build (tokens, mask, segment ids).
     INPUTS: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "token_type_ids")
-    # The default-variant order (``default_name``): INT8 first, it is the fastest encoder graph.
-    DEFAULT_ORDER: ClassVar[tuple[str, ...]] = DEFAULT_ORDER
 
     labels: tuple[str, ...]
     output: str = "logits"
@@ -279,11 +277,6 @@ class Generation:
     TASK: ClassVar[str] = "text-generation"
     # Inputs besides the cache: tokens, their mask over cache + new tokens, their positions.
     INPUTS: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "position_ids")
-    # The classifier's order: weight-only INT8 computing in int8 (MatMulNBits accuracy_level 4,
-    # each row's activations quantized on their own) generates the most tokens per second at
-    # batch 1, 8 and 32 (SmolLM-135M shape, docs/benchmarks.md#text-generation). With float
-    # activations it was 3.8x slower than the fused fp32 graph, which came first then.
-    DEFAULT_ORDER: ClassVar[tuple[str, ...]] = DEFAULT_ORDER
     DEFAULTS: ClassVar[dict[str, Any]] = {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0, "top_k": 0}
 
     cache: CacheLayout
@@ -482,11 +475,11 @@ def rows_sha256(texts: Sequence[str], labels: Sequence[int]) -> str:
     return hashlib.sha256(json.dumps([list(texts), list(labels)], ensure_ascii=False).encode()).hexdigest()
 
 
-def default_name(variants: Mapping[str, Variant], requested: str | None = None,
-                 order: Sequence[str] = DEFAULT_ORDER) -> str:
-    """The fixed default-variant rule: ``requested`` if given, else the task's ``order`` (int8,
-    opt, fp32 for a classifier; opt, fp32, int8 for a decoder), the first that is servable and
-    batch-independent (``Variant.batch_independent``).
+def default_name(variants: Mapping[str, Variant], requested: str | None = None) -> str:
+    """The fixed default-variant rule, for every task: ``requested`` if given, else int8, opt,
+    fp32, the first that is servable and batch-independent (``Variant.batch_independent``).
+    (A decoder's weight-only INT8 computes in int8 and is its fastest graph too:
+    docs/benchmarks.md#text-generation.)
 
     When none is both, the first servable; when no variant is servable (only with
     --allow-parity-failure) the order applies to all, and ``pick`` then refuses the default,
@@ -494,7 +487,7 @@ def default_name(variants: Mapping[str, Variant], requested: str | None = None,
     """
     if requested:
         return requested
-    present = [n for n in order if n in variants]
+    present = [n for n in DEFAULT_ORDER if n in variants]
     for candidates in ([n for n in present if variants[n].servable and variants[n].batch_independent],
                        [n for n in present if variants[n].servable], present):
         if candidates:
@@ -688,8 +681,7 @@ class Manifest:
             raise BadInputError(f"--default-variant {default} is not among the exported variants "
                                 f"({', '.join(typed)}); change --optimize/--quantize or --default-variant")
         manifest = cls(name=name, task=head.TASK, head=head, max_length=int(max_length), inputs=tuple(inputs),
-                       default_variant=default_name(typed, default, head.DEFAULT_ORDER), variants=typed,
-                       files=files,
+                       default_variant=default_name(typed, default), variants=typed, files=files,
                        reference_metrics=dict(reference_metrics), evaluation=evaluation,
                        provenance=dict(provenance), extra=dict(extra or {}), where=Path(folder) / MANIFEST)
         return cls.from_json(manifest.to_json(), manifest.where)
@@ -710,8 +702,7 @@ class Manifest:
             record, metrics, passed = verdicts[name]
             variants[name] = dataclasses.replace(variant, parity=dict(record), metrics=dict(metrics),
                                                  servable=bool(passed))
-        judged = dataclasses.replace(self, variants=variants,
-                                     default_variant=default_name(variants, default, self.head.DEFAULT_ORDER))
+        judged = dataclasses.replace(self, variants=variants, default_variant=default_name(variants, default))
         return Manifest.from_json(judged.to_json(), judged.where)
 
     def to_json(self) -> dict[str, Any]:
@@ -851,8 +842,7 @@ class Manifest:
         dropped = [v.file for n, v in self.variants.items() if n not in names]
         files = {rel: e for rel, e in self.files.items() if not any(_belongs_to(rel, d) for d in dropped)}
         variants = {n: v for n, v in self.variants.items() if n in names}
-        default = (self.default_variant if self.default_variant in variants
-                   else default_name(variants, order=self.head.DEFAULT_ORDER))
+        default = self.default_variant if self.default_variant in variants else default_name(variants)
         return dataclasses.replace(self, variants=variants, files=files, default_variant=default)
 
 

@@ -8,9 +8,10 @@ event loop keeps accepting requests.
 - **Admission by time, not count.** The batcher keeps a running estimate of a step's cost, a
   fixed part plus a part per token (``StepCost``, fitted on the recent steps, seeded by the
   runtime's load probe) and, for each new request, estimates how long it would wait: the rest
-  of the step in progress plus the steps of one turn of the queue ahead of it. Beyond ``max_queue_wait_ms`` the request is refused at once
-  (``Overloaded``: HTTP 503 with ``Retry-After``) instead of queueing seconds of work.
-  ``max_queue`` (texts) stays as a memory bound.
+  of the step in progress plus the steps of one turn of the queue ahead of it. Beyond
+  ``max_queue_wait_ms`` the request is refused at once (``Overloaded``: HTTP 503 with
+  ``Retry-After``) instead of queueing seconds of work. ``max_queue`` (texts) stays as a memory
+  bound.
 - **Deadlines.** Every request carries a deadline; a request still queued at its deadline is
   dropped, and the waiter gets ``DeadlineExceeded`` (HTTP 504). A request whose deadline cannot
   be met even by the estimate is refused the same way on arrival.
@@ -331,7 +332,8 @@ class DynamicBatcher:
             return 0.0
         running = 0.0
         if self._step_tokens:
-            running = max(0.0, self._cost.seconds(self._step_tokens, 1) - (time.perf_counter() - self._step_started))
+            elapsed = time.perf_counter() - self._step_started
+            running = max(0.0, self._cost.seconds(self._step_tokens, 1) - elapsed)
         if not self._turn_tokens:
             return running
         steps = max(1, math.ceil(self._turn_tokens / self.max_batch_tokens),
