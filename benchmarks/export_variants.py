@@ -131,8 +131,8 @@ def main() -> None:
         export.run(ExportConfig(checkpoint=str(checkpoint), out=str(artifact), data=args.data, split=args.split))
     manifest = Manifest.read(artifact)
     cfg = ExportConfig(checkpoint=str(checkpoint), data=args.data, split=args.split)
-    held = parity.load_held_out(cfg, ckpt.train_config(checkpoint), list(manifest.labels))
-    max_length, k = manifest.max_length, len(manifest.labels)
+    held = parity.load_held_out(cfg, ckpt.train_config(checkpoint), list(manifest.head.labels))
+    max_length, k = manifest.max_length, len(manifest.head.labels)
     log.info("%d %s rows, %d threads", len(held.texts), held.split, args.threads)
 
     engines = [("pytorch eager", lambda: _torch_engine(checkpoint, held.texts, max_length, args.threads))]

@@ -137,7 +137,7 @@ def main() -> None:
                 scheme.write(src, graphs[label], kept)
 
         held = parity.load_held_out(replace(cfg, split="validation", max_eval_samples=args.score_rows), train_cfg,
-                                    list(manifest.labels))
+                                    list(manifest.head.labels))
         reference = parity.runtime_logits(Runtime.of_graph(artifact / "model.onnx", tokenizer, max_length),
                                           held.texts, [32], progress=False)
         runtimes = {label: Runtime.of_graph(path, tokenizer, max_length, threads=args.threads, spin=True)
@@ -148,7 +148,7 @@ def main() -> None:
             scores[label] = {"agreement": float((logits.argmax(-1) == reference.argmax(-1)).mean()),
                              "float_weight_ops": quantize.float_weight_ops(graphs[label]),
                              "mb": graphs[label].stat().st_size / 1e6}
-        test = parity.load_held_out(replace(cfg, split="test"), train_cfg, list(manifest.labels)).texts
+        test = parity.load_held_out(replace(cfg, split="test"), train_cfg, list(manifest.head.labels)).texts
         rounds = timed(runtimes, test[:args.rows], test[args.rows:args.rows + args.latency_rows], args.rounds)
     base = "fused fp32 (opt)"
     summary = {}

@@ -102,7 +102,7 @@ def trainer_run(args: argparse.Namespace, mode: str, work: Path) -> dict:
                               Trainer, TrainerCallback, TrainingArguments)
 
     from deploykit import data
-    from deploykit.scoring import classification_metrics
+    from deploykit.tasks.classification.scoring import classification_metrics
     from deploykit.train import resolve_model
 
     cfg = _config(args, work / "trainer", mode)
@@ -173,7 +173,8 @@ def _preload() -> None:
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer,  # noqa: F401
                               DataCollatorWithPadding, Trainer, get_linear_schedule_with_warmup)
 
-    from deploykit import tasks, train  # noqa: F401
+    from deploykit import train  # noqa: F401
+    from deploykit.tasks.classification import train as _  # noqa: F401
 
 
 def _worker(args: argparse.Namespace) -> None:

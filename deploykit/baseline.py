@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from deploykit.data import Split
-from deploykit.scoring import classification_metrics
+from deploykit.tasks.classification.scoring import classification_metrics
 
 
 def tfidf_baseline(train: Split, evaluate: dict[str, Split],

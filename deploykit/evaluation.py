@@ -31,7 +31,7 @@ import numpy as np
 
 from deploykit import checkpoint, data
 from deploykit.config import GENERATION, TASKS, DataConfig, EvalConfig
-from deploykit.scoring import classification_metrics, predict_logits, softmax
+from deploykit.tasks.classification.scoring import classification_metrics, predict_logits, softmax
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def run(cfg: EvalConfig) -> Path:
 def _generation_group(index: np.ndarray, hyps: list[str], refs: list[str], nll: np.ndarray,
                       count: np.ndarray) -> dict[str, Any]:
     """BLEU, chrF, exact match, loss and n of a subset of the rows."""
-    from deploykit import generation
+    from deploykit.tasks.generation import decoding as generation
 
     text = generation.text_metrics([hyps[i] for i in index], [refs[i] for i in index])
     loss = generation.loss_metrics(nll[index], count[index])
@@ -237,7 +237,7 @@ def _prompt_text(prompt: str | list[dict[str, str]]) -> str:
 
 def worst_generations(pairs: data.Pairs, hyps: list[str], limit: int) -> list[dict[str, Any]]:
     """The rows whose generation misses its reference, lowest sentence BLEU first."""
-    from deploykit import generation
+    from deploykit.tasks.generation import decoding as generation
 
     rows = [{"prompt": _prompt_text(pairs.prompts[i]), "reference": pairs.completions[i].strip(),
              "generated": hyps[i].strip(), "sentence_bleu": round(generation.sentence_bleu(hyps[i], pairs.completions[i]), 4)}
@@ -296,7 +296,7 @@ def _generation_report(metrics: dict[str, Any], errors: list[dict[str, Any]]) ->
 
 def _run_generation(cfg: EvalConfig, ckpt: Path) -> Path:
     """Greedy generations for the held-out prompts, scored against their completions."""
-    from deploykit import generation, prompts
+    from deploykit.tasks.generation import decoding as generation, prompts
 
     pairs, data_cfg = _rows(cfg, [])
     model, tokenizer = checkpoint.load_model(ckpt, TASKS)

@@ -34,7 +34,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from deploykit.errors import BadInputError
-from deploykit.manifest import TOKENIZER, Generation, Manifest, device_of
+from deploykit.manifest import TOKENIZER, Manifest, device_of
+from deploykit.tasks.generation.head import Generation
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ class Generator:
                  providers: Sequence[str] | None = None, max_batch_size: int = 32,
                  max_cache_tokens: int = 65536, spin: bool = False) -> None:
         manifest = Manifest.verify(artifact)
-        _ = manifest.generator  # refuses another task before anything loads
+        manifest.head_as(Generation)  # refuses another task before anything loads
         chosen = manifest.pick(variant, device_of(providers))
         self._setup(Path(artifact), manifest, chosen.name, threads=threads, providers=providers,
                     max_batch_size=max_batch_size, max_cache_tokens=max_cache_tokens, spin=spin)
@@ -185,7 +186,7 @@ class Generator:
             raise BadInputError("max_batch_size and max_cache_tokens must be positive "
                                 "(DEPLOYKIT_MAX_BATCH_SIZE / DEPLOYKIT_MAX_CACHE_TOKENS)")
         self.manifest = manifest
-        self.head: Generation = manifest.generator
+        self.head = manifest.head_as(Generation)
         self.name, self.variant = manifest.name, variant
         self.max_length = manifest.max_length
         self.max_batch_size, self.max_cache_tokens = int(max_batch_size), int(max_cache_tokens)

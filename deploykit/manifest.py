@@ -6,13 +6,15 @@ demo) gets it from ``Manifest.read`` (shape only) or ``Manifest.verify`` (shape,
 and sha256 of every file), and chooses the variant to serve with ``Manifest.pick``: one reader,
 one variant rule, one model-name rule. No other module indexes the JSON.
 
-The manifest is task-aware: ``task`` selects the class that reads the task's own fields (for
-``text-classification``: ``labels`` and the ``output`` logits tensor) and checks the recorded
-graph inputs against them, so that another task adds one class to ``TASKS`` rather than a second
-contract. The layout and every field are described in docs/architecture.md.
+The manifest is task-aware: ``task`` selects, through the task registry (``deploykit.tasks``),
+the task's head class (its folder's ``head.Head``: for ``text-classification`` the ``labels`` and
+the ``output`` logits tensor), which reads the task's own fields and checks the recorded graph
+inputs against them, so that another task adds one head class rather than a second contract.
+The layout and every field are described in docs/architecture.md.
 
-Standard library only (plus ``deploykit.errors`` and ``deploykit.files``): the torch-free
-serving side imports it, and so does ``deploykit.config`` for the model-name rule.
+Standard library only (plus ``deploykit.errors``, ``deploykit.files`` and the registry, which
+imports nothing heavy): the torch-free serving side imports it, and so does ``deploykit.config``
+for the model-name rule.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Protocol, Sequence, TypeVar
 
+from deploykit import tasks
 from deploykit.errors import BadInputError, IntegrityError
 from deploykit.files import sha256_file, write_text_atomic
 
@@ -96,7 +99,7 @@ def device_of(providers: Sequence[str] | None) -> str:
 
 # --- small typed pieces ----------------------------------------------------------------------
 
-class _Fields:
+class Fields:
     """Typed access to one JSON object, raising ``BadInputError`` that names the field."""
 
     def __init__(self, doc: Any, where: Path, prefix: str = "") -> None:
@@ -131,6 +134,13 @@ class _Fields:
         if unique and len(set(values)) != len(values):
             self.fail(key, f"has duplicates: {values}")
         return tuple(values)
+
+    def integer(self, key: str, low: int = 0) -> int:
+        """An integer field of at least ``low``."""
+        value = self.get(key, int)
+        if value < low:
+            self.fail(key, f"is {value}; it must be at least {low}")
+        return value
 
     def record(self, key: str) -> dict[str, Any]:
         """An optional object kept as written (metrics, provenance, quantization, ...)."""
@@ -170,182 +180,27 @@ def _belongs_to(rel: str, model_file: str) -> bool:
     return rel == model_file or rel.startswith(model_file + ".") or rel.startswith(model_file + "_")
 
 
-# --- tasks -----------------------------------------------------------------------------------
+# --- task heads ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Classification:
-    """The fields of a ``text-classification`` artifact: label names in the model's id order
-    (the logits' columns) and the name of the logits output."""
+class Head(Protocol):
+    """The fields of one task's artifact (its folder's ``head.Head``): read from and written to the
+    manifest, and cross-checked against the artifact's ``config.json``. The registry
+    (``deploykit.tasks``) maps the manifest's ``task`` to the class."""
 
-    TASK: ClassVar[str] = "text-classification"
-    # The encoder inputs the runtime knows how to build (tokens, mask, segment ids).
-    INPUTS: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "token_type_ids")
-
-    labels: tuple[str, ...]
-    output: str = "logits"
+    TASK: ClassVar[str]
 
     @classmethod
-    def from_json(cls, fields: _Fields, inputs: tuple[str, ...]) -> "Classification":
-        labels = fields.strings("labels", unique=True)
-        output = fields.get("output", str)
-        unknown = [name for name in inputs if name not in cls.INPUTS]
-        if unknown or "input_ids" not in inputs or "attention_mask" not in inputs:
-            fields.fail("inputs", f"is {list(inputs)}; a {cls.TASK} graph takes input_ids and "
-                                  f"attention_mask, optionally token_type_ids")
-        return cls(labels, output)
+    def from_json(cls, fields: Fields, inputs: tuple[str, ...]) -> "Head":
+        """Read the task's fields and check the graph's recorded ``inputs`` against them."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"labels": list(self.labels), "output": self.output}
+        """The task's top-level manifest keys."""
 
     def check_config(self, config: Any, where: Path, max_length: int) -> None:
-        """Cross-check the manifest against the checkpoint's ``config.json`` copied into the
-        artifact (a hashed file, so it says what the model was trained with).
-
-        Args:
-            config: The parsed ``config.json``.
-            where: The manifest's path (for messages).
-            max_length: The manifest's ``max_length``.
-
-        Raises:
-            BadInputError: If ``id2label`` names other labels or another order, or ``max_length``
-                is more than the model's ``max_position_embeddings``.
-        """
-        if not isinstance(config, dict):
-            raise BadInputError(f"{where}: {CONFIG} is not a JSON object; re-export the artifact")
-        positions = config.get("max_position_embeddings")
-        if isinstance(positions, int) and max_length > positions:
-            raise BadInputError(f"{where}: 'max_length' {max_length} is more than the model's "
-                                f"{positions} positions ({CONFIG} max_position_embeddings); re-export "
-                                "the artifact with a smaller --max-length")
-        id2label = config.get("id2label") or {}
-        if not isinstance(id2label, dict):
-            id2label = {}
-        try:
-            labels = [id2label[str(i)] for i in range(len(id2label))]
-        except KeyError:
-            labels = None
-        if labels != list(self.labels):
-            raise BadInputError(f"{where}: 'labels' {list(self.labels)} differ from {CONFIG}'s "
-                                f"id2label {id2label}; re-export the artifact with 'deploykit export'")
+        """Cross-check against the artifact's parsed ``config.json`` (raises BadInputError)."""
 
 
-def _int(fields: _Fields, key: str, low: int = 0) -> int:
-    value = fields.get(key, int)
-    if value < low:
-        fields.fail(key, f"is {value}; it must be at least {low}")
-    return value
-
-
-@dataclass(frozen=True)
-class CacheLayout:
-    """The decoder's key/value cache as its graph takes and returns it: for each layer, a key and
-    a value tensor [batch, kv_heads, tokens, head_size] named by ``past``/``present`` with
-    ``{layer}`` and ``{kind}`` (key or value) filled in."""
-
-    layers: int
-    kv_heads: int
-    head_size: int
-    dtype: str = "float32"
-    past: str = "past_key_values.{layer}.{kind}"
-    present: str = "present.{layer}.{kind}"
-
-    KINDS: ClassVar[tuple[str, str]] = ("key", "value")
-
-    def past_names(self) -> list[str]:
-        """The cache inputs in layer order, key before value."""
-        return [self.past.format(layer=i, kind=k) for i in range(self.layers) for k in self.KINDS]
-
-    def present_names(self) -> list[str]:
-        """The cache outputs, in the same order as ``past_names``."""
-        return [self.present.format(layer=i, kind=k) for i in range(self.layers) for k in self.KINDS]
-
-    def bytes_per_token(self) -> int:
-        """Cache bytes one token of one sequence takes (keys and values of every layer)."""
-        width = 2 if self.dtype in ("float16", "bfloat16") else 4
-        return 2 * self.layers * self.kv_heads * self.head_size * width
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class Generation:
-    """The fields of a ``text-generation`` artifact (a decoder-only language model exported with
-    its key/value cache): the cache layout, the special tokens, the chat template (or None) and
-    the generation defaults a request falls back on."""
-
-    TASK: ClassVar[str] = "text-generation"
-    # Inputs besides the cache: tokens, their mask over cache + new tokens, their positions.
-    INPUTS: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "position_ids")
-    DEFAULTS: ClassVar[dict[str, Any]] = {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0, "top_k": 0}
-
-    cache: CacheLayout
-    vocab_size: int
-    eos_token_ids: tuple[int, ...]
-    pad_token_id: int
-    bos_token_id: int | None = None
-    chat_template: str | None = None
-    defaults: Mapping[str, Any] = field(default_factory=lambda: dict(Generation.DEFAULTS))
-    output: str = "logits"
-
-    @classmethod
-    def from_json(cls, fields: _Fields, inputs: tuple[str, ...]) -> "Generation":
-        c = _Fields(fields.get("cache", dict), fields.where, "cache.")
-        cache = CacheLayout(layers=_int(c, "layers", 1), kv_heads=_int(c, "kv_heads", 1),
-                            head_size=_int(c, "head_size", 1), dtype=c.get("dtype", str),
-                            past=c.get("past", str), present=c.get("present", str))
-        if cache.dtype not in ("float32", "float16"):
-            c.fail("dtype", f"is {cache.dtype!r}; this deploykit serves float32 or float16 caches")
-        tokens = _Fields(fields.get("tokens", dict), fields.where, "tokens.")
-        eos = tokens.get("eos", list)
-        if not eos or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in eos):
-            tokens.fail("eos", "must be a non-empty list of token ids")
-        bos = tokens.get("bos", (int, type(None)), required=False)
-        template = fields.get("chat_template", (str, type(None)), required=False)
-        g = _Fields(fields.get("generation", dict), fields.where, "generation.")
-        defaults = {"max_new_tokens": _int(g, "max_new_tokens", 1),
-                    "temperature": float(g.get("temperature", (int, float))),
-                    "top_p": float(g.get("top_p", (int, float))), "top_k": _int(g, "top_k", 0)}
-        head = cls(cache=cache, vocab_size=_int(fields, "vocab_size", 1), eos_token_ids=tuple(eos),
-                   pad_token_id=_int(tokens, "pad", 0), bos_token_id=bos, chat_template=template,
-                   defaults=defaults, output=fields.get("output", str))
-        expected = {"input_ids", "attention_mask", *cache.past_names()}
-        unknown = [n for n in inputs if n not in expected and n not in cls.INPUTS]
-        if unknown or not expected <= set(inputs):
-            fields.fail("inputs", f"is {list(inputs)}; a {cls.TASK} graph takes input_ids, attention_mask, "
-                                  f"optionally position_ids, and the cache {cache.past_names()}")
-        return head
-
-    def to_json(self) -> dict[str, Any]:
-        return {"output": self.output, "vocab_size": self.vocab_size, "cache": self.cache.to_json(),
-                "tokens": {"eos": list(self.eos_token_ids), "pad": self.pad_token_id, "bos": self.bos_token_id},
-                "chat_template": self.chat_template, "generation": dict(self.defaults)}
-
-    def check_config(self, config: Any, where: Path, max_length: int) -> None:
-        """Cross-check the cache depth, vocabulary and context against the copied ``config.json``.
-
-        Raises:
-            BadInputError: If the layer count or vocabulary size differ, or ``max_length`` is more
-                than the model's positions.
-        """
-        if not isinstance(config, dict):
-            raise BadInputError(f"{where}: {CONFIG} is not a JSON object; re-export the artifact")
-        positions = config.get("max_position_embeddings", config.get("n_positions"))
-        if isinstance(positions, int) and max_length > positions:
-            raise BadInputError(f"{where}: 'max_length' {max_length} is more than the model's {positions} "
-                                f"positions ({CONFIG}); re-export the artifact")
-        layers = config.get("num_hidden_layers", config.get("n_layer"))
-        vocab = config.get("vocab_size")
-        if (layers is not None and layers != self.cache.layers) or (vocab is not None and vocab != self.vocab_size):
-            raise BadInputError(f"{where}: 'cache.layers' {self.cache.layers} / 'vocab_size' {self.vocab_size} "
-                                f"differ from {CONFIG}'s {layers} / {vocab}; re-export the artifact with "
-                                "'deploykit export'")
-
-
-Head = Classification | Generation
-# One class per task; each reads its own fields and checks the recorded inputs against them.
-TASKS: dict[str, type[Classification] | type[Generation]] = {Classification.TASK: Classification,
-                                                            Generation.TASK: Generation}
+H = TypeVar("H")
 
 
 # --- the manifest ----------------------------------------------------------------------------
@@ -372,7 +227,7 @@ class Variant:
 
     @classmethod
     def from_json(cls, name: str, doc: Any, where: Path) -> "Variant":
-        f = _Fields(doc, where, f"variants.{name}.")
+        f = Fields(doc, where, f"variants.{name}.")
         file = f.get("file", str)
         rel = PurePosixPath(file)
         if not file or rel.is_absolute() or ".." in rel.parts:
@@ -448,7 +303,7 @@ class ParityRows:
 
     @classmethod
     def from_json(cls, doc: Any, where: Path) -> "ParityRows":
-        f = _Fields(doc, where, "evaluation.")
+        f = Fields(doc, where, "evaluation.")
         sizes = f.get("batch_sizes", list, required=False, default=[])
         if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
             f.fail("batch_sizes", "must be a list of positive integers")
@@ -557,7 +412,7 @@ class Manifest:
     def from_json(cls, doc: Any, where: str | Path = MANIFEST) -> "Manifest":
         """Check a parsed manifest document and type it (see ``read``)."""
         where = Path(where)
-        f = _Fields(doc, where)
+        f = Fields(doc, where)
         version = doc.get("schema_version")
         if version not in READABLE_VERSIONS:
             raise BadInputError(f"{where} has schema_version {version!r}; this deploykit reads "
@@ -568,13 +423,13 @@ class Manifest:
         if problem:
             f.fail("name", problem)
         task = f.get("task", str)
-        if task not in TASKS:
-            f.fail("task", f"is {task!r}; this deploykit knows {', '.join(TASKS)}")
+        if task not in tasks.names():
+            f.fail("task", f"is {task!r}; this deploykit knows {', '.join(tasks.names())}")
         max_length = f.get("max_length", int)
         if not 0 < max_length <= 1 << 20:
             f.fail("max_length", f"is {max_length}; it must be a positive number of tokens")
         inputs = f.strings("inputs", unique=True)
-        head = TASKS[task].from_json(f, inputs)
+        head = tasks.get(task).head().from_json(f, inputs)
         raw_variants = f.get("variants", dict)
         if not raw_variants:
             f.fail("variants", "lists no model variants")
@@ -585,7 +440,7 @@ class Manifest:
                                       f"({', '.join(variants)})")
         files = {}
         for rel, entry in f.get("files", dict).items():
-            e = _Fields(entry, where, f"files.{rel}.")
+            e = Fields(entry, where, f"files.{rel}.")
             size, digest = e.get("bytes", int), e.get("sha256", str)
             if size < 0 or not re.fullmatch(r"[0-9a-f]{64}", digest):
                 e.fail("sha256" if size >= 0 else "bytes", "is not a file size and hex sha256")
@@ -728,34 +583,15 @@ class Manifest:
 
     # --- using -------------------------------------------------------------------------------
 
-    @property
-    def classifier(self) -> Classification:
-        """The classification fields (labels, output).
+    def head_as(self, head: type[H]) -> H:
+        """The task fields, typed as ``head`` (a task's ``head.Head``).
 
         Raises:
-            BadInputError: If the artifact is of another task.
+            BadInputError: The artifact is of another task.
         """
-        if not isinstance(self.head, Classification):
-            raise BadInputError(f"{self.where} is a {self.task} artifact; this command serves "
-                                f"{Classification.TASK} artifacts")
+        if not isinstance(self.head, head):
+            raise BadInputError(f"{self.where} is a {self.task} artifact; this needs a {head.TASK} artifact")
         return self.head
-
-    @property
-    def generator(self) -> Generation:
-        """The text-generation fields (cache layout, special tokens, chat template, defaults).
-
-        Raises:
-            BadInputError: If the artifact is of another task.
-        """
-        if not isinstance(self.head, Generation):
-            raise BadInputError(f"{self.where} is a {self.task} artifact; this needs a "
-                                f"{Generation.TASK} artifact")
-        return self.head
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        """The classifier's label names in the logits' column order."""
-        return self.classifier.labels
 
     def pick(self, requested: str | None = None, device: str = "cpu", *,
              option: str = "--variant / DEPLOYKIT_VARIANT") -> Variant:

@@ -25,6 +25,7 @@ import numpy as np
 
 from deploykit.errors import BadInputError
 from deploykit.manifest import TOKENIZER, Manifest, device_of
+from deploykit.tasks.classification.head import Classification
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ class Runtime:
         self.path = model_file.parent
         self.variant: str = variant or model_file.name
         self.name: str = manifest.name if manifest else model_file.stem
-        head = manifest.classifier if manifest else None
+        head = manifest.head_as(Classification) if manifest else None
         self.labels: list[str] = list(head.labels) if head else []
         self.output_name: str = head.output if head else "logits"
         self.max_length: int = manifest.max_length if manifest else int(max_length)

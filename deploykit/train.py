@@ -3,8 +3,9 @@
 ``run`` reads top to bottom: set up (small ``_setup_*`` helpers that fail early and name the
 fix), then one loop of micro-batches -> optimizer steps -> periodic evaluation -> best
 checkpoint, resume state and early stopping. The loop is the same for text-classification and
-text-generation: a task object (``tasks.py``) supplies the model class, the examples and their
-batches, the loss and the validation metrics. Output folder (RUN/, docs/architecture.md):
+text-generation: the task's ``Training`` object (``deploykit/tasks/<task>/train.py``, found through
+the task registry) supplies the model class, the examples and their batches, the loss and the
+validation metrics. Output folder (RUN/, docs/architecture.md):
 
     RUN/checkpoint/   best model by --metric (a save_pretrained folder + deploykit.yaml + metrics.json)
     RUN/last/         everything needed to resume (weights, optimizer, scheduler, RNG, position)
@@ -24,7 +25,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import yaml
@@ -63,6 +64,22 @@ class Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+class Training(Protocol):
+    """What the loop calls on the task (``deploykit/tasks/<task>/train.py``'s ``Training``)."""
+
+    what: str                        # the model kind, for errors ("sequence classifier")
+    summary: tuple[str, ...]         # validation metrics the final log line shows
+    new_head: bool                   # whether the head is new (it always trains, LoRA included)
+    train_rows: list[dict[str, Any]]  # tokenized training examples (after ``prepare``)
+    collate: Any                     # rows -> a padded batch of tensors (after ``prepare``)
+
+    def describe(self) -> str: ...  # what the data holds, for the start-up log line
+    def from_pretrained(self, source: str) -> Any: ...  # the pretrained model as the task's model class
+    def prepare(self, tokenizer: Any, model: Any, device: Any) -> None: ...  # tokenize once, build the loss
+    def loss(self, model: Any, batch: dict[str, Any]) -> Any: ...  # a batch's loss tensor
+    def evaluate(self, model: Any, tokenizer: Any) -> dict[str, Any]: ...  # validation metrics
 
 
 # --- setup -----------------------------------------------------------------------------------
@@ -157,7 +174,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _setup_model(cfg: TrainConfig, task: tasks.Classification | tasks.Generation, device: Any):
+def _setup_model(cfg: TrainConfig, task: Training, device: Any):
     """The pretrained model (as the task's model class) and its fast tokenizer, on ``device``."""
     from transformers import AutoTokenizer
 
@@ -350,7 +367,7 @@ class Loop:
     cfg: TrainConfig
     dist: Dist
     out: Path
-    task: tasks.Classification | tasks.Generation  # examples, batches, loss, validation metrics
+    task: Training                  # examples, batches, loss, validation metrics
     model: Any                      # DDP-wrapped under torchrun; peft-wrapped with --strategy lora
     tokenizer: Any
     optimizer: Any
@@ -388,7 +405,7 @@ def _setup(cfg: TrainConfig, dist: Dist) -> tuple[Loop, TrainState]:
 
     # Data: the same seed gives the same splits on every rank and every machine.
     splits = data.load_splits(cfg)
-    task = tasks.make(cfg, splits)
+    task = tasks.get(cfg.task).part("train").Training(cfg, splits)
     model, tokenizer = _setup_model(cfg, task, device)
     task.prepare(tokenizer, model, device)  # tokenized once: training and validation examples
     lengths = [len(row["input_ids"]) for row in task.train_rows]
@@ -536,7 +553,7 @@ def _evaluate_keep_best(loop: Loop, state: TrainState) -> None:
         return
     _append_jsonl(loop.out / "metrics.jsonl", {
         "type": "eval", "step": state.step, "epoch": state.epoch, "best": improved,
-        **{k: v for k, v in metrics.items() if k not in tasks.NESTED_METRICS}})
+        **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})  # not per_class & co.
     log.info("step %d: validation %s %.4f (best %.4f at step %d)", state.step, cfg.metric, value,
              state.best_metric, state.best_step)
     if state.stopped_early:

@@ -68,8 +68,8 @@ def test_artifact_is_complete_and_verifiable(exported):
     # The file on disk is exactly what the typed manifest writes (nothing dropped or added).
     assert json.loads((artifact / "manifest.json").read_text()) == manifest.to_json()
     assert manifest.schema_version == 1 and manifest.task == "text-classification"
-    assert manifest.labels == ("negative", "neutral", "positive")
-    assert manifest.classifier.output == "logits" and manifest.max_length == 128
+    assert manifest.head.labels == ("negative", "neutral", "positive")
+    assert manifest.head.output == "logits" and manifest.max_length == 128
     # The manifest's inputs are exactly the graph's (DistilBERT and RoBERTa-likes: no token_type_ids).
     for variant in manifest.variants.values():
         session = ort.InferenceSession(str(artifact / variant.file), providers=["CPUExecutionProvider"])
@@ -277,7 +277,7 @@ def test_int8_gate_flags_label_flips_and_f1_loss(bert, heldout):
 
     _, checkpoint, artifact, manifest = bert
     cfg = ExportConfig(checkpoint=str(checkpoint), data=str(heldout), split="all")
-    held = parity.load_held_out(cfg, ckpt.train_config(checkpoint), list(manifest.labels))
+    held = parity.load_held_out(cfg, ckpt.train_config(checkpoint), list(manifest.head.labels))
     model, tokenizer = ckpt.load_model(checkpoint)
     reference = parity.reference_logits(model, tokenizer, held.texts, 128)
     # Make PyTorch confidently right on every row, so the real INT8 graph disagrees with it

@@ -12,7 +12,8 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from deploykit import evaluation, generation, strategies, train
+from deploykit import evaluation, strategies, train
+from deploykit.tasks.generation import decoding as generation
 from deploykit.config import EvalConfig, TrainConfig
 from factories import DECODERS, save_pretrained_lm, tiny_lm
 

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from deploykit import data, generation, prompts, train
+from deploykit import data, train
+from deploykit.tasks.generation import decoding as generation, prompts
 from deploykit.config import DataConfig, TrainConfig
 from deploykit.errors import BadInputError, ConfigError
 from factories import lm_tokenizer, translation_rows

@@ -25,7 +25,7 @@ def test_manifest_records_the_generation_contract(generation_artifacts, arch):
     checkpoint, artifact = generation_artifacts[arch]
     manifest = Manifest.verify(artifact)
     config = lm_config(arch, len(lm_tokenizer()))
-    head = manifest.generator
+    head = manifest.head
     assert manifest.task == "text-generation" and manifest.name == f"tiny-{arch}"
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads

@@ -201,7 +201,7 @@ def test_the_manifest_of_schema_1_reads_and_writes_back_unchanged(tmp_path):
     shutil.copy(V1, folder / "manifest.json")
     manifest = Manifest.read(folder)
     assert (manifest.schema_version, manifest.name, manifest.task) == (1, "sentiment", "text-classification")
-    assert manifest.labels == ("negative", "neutral", "positive") and manifest.max_length == 32
+    assert manifest.head.labels == ("negative", "neutral", "positive") and manifest.max_length == 32
     assert list(manifest.variants) == ["fp32", "opt", "int8"] and manifest.pick().name == "int8"
     assert manifest.variants["int8"].quantization["mode"] == "dynamic"
     assert manifest.evaluation.n == 32 and manifest.evaluation.sha256 is None  # not recorded then

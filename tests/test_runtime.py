@@ -36,7 +36,7 @@ def test_loads_the_default_variant_and_contract_attributes(runtime, serve_artifa
     manifest = Manifest.verify(serve_artifact)
     assert runtime.variant == manifest.default_variant and runtime.manifest == manifest
     assert runtime.name == "classifier"
-    assert runtime.labels == list(manifest.labels)
+    assert runtime.labels == list(manifest.head.labels)
     assert runtime.max_length == 32
     assert runtime.input_names == list(manifest.inputs)
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from deploykit import tasks, train
+from deploykit import train
 from deploykit.config import TrainConfig
 from deploykit.serve.launch import free_port as _free_port
 
@@ -130,7 +130,9 @@ def test_gradient_clipping_bounds_the_applied_gradient(tmp_path, pretrained_dir,
 
 def test_class_weights_auto_follow_inverse_frequency():
     cfg = TrainConfig(class_weights="auto")
-    weights = tasks.class_weights(cfg, [0] * 6 + [1] * 3 + [2] * 1, 3)
+    from deploykit.tasks.classification.train import class_weights
+
+    weights = class_weights(cfg, [0] * 6 + [1] * 3 + [2] * 1, 3)
     assert weights.tolist() == pytest.approx([10 / 18, 10 / 9, 10 / 3])
 
 

@@ -122,7 +122,7 @@ def test_onnx_config_matches_the_graph_and_the_options(repo, artifact, manifest)
     graph_in, graph_out = graph_io(model_file)
     assert config.name == f"{NAME}_onnx" and config.platform == "onnxruntime_onnx"
     assert io_of(config.input) == {n: (t, [-1]) for n, t in graph_in.items()}
-    assert io_of(config.output) == {n: (t, [len(manifest.labels)]) for n, t in graph_out.items()}
+    assert io_of(config.output) == {n: (t, [len(manifest.head.labels)]) for n, t in graph_out.items()}
     assert config.max_batch_size == 8
     assert list(config.dynamic_batching.preferred_batch_size) == [2, 4, 8]
     assert config.dynamic_batching.max_queue_delay_microseconds == 500
@@ -136,7 +136,7 @@ def test_onnx_config_matches_the_graph_and_the_options(repo, artifact, manifest)
 def test_ensemble_wires_tokenizer_onnx_and_postprocess_consistently(repo, manifest):
     configs = {m: model_config(repo / m / "config.pbtxt") for m in MODELS}
     onnx_cfg, tok, post = (configs[f"{NAME}_{s}"] for s in ("onnx", "tokenizer", "postprocess"))
-    labels = list(manifest.labels)
+    labels = list(manifest.head.labels)
     text_io = {"TEXT": ("TYPE_STRING", [1])}
     result_io = {"LABEL": ("TYPE_STRING", [1]), "SCORES": ("TYPE_FP32", [len(labels)])}
 

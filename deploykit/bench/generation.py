@@ -188,7 +188,9 @@ def run(cfg: Any, manifest: Any, machine: dict[str, Any]) -> Path:
     from deploykit.bench.offline import EngineProcess, engine_specs
     from deploykit.config import int_list, to_dict
 
-    head = manifest.generator
+    from deploykit.tasks.generation.head import Generation
+
+    head = manifest.head_as(Generation)
     batches = int_list(cfg.generation_batch_sizes)
     prompts = prompts_for(head.vocab_size, cfg.prompt_tokens, max(batches) * 2, cfg.seed,
                           {*head.eos_token_ids, head.pad_token_id, head.bos_token_id or 0})

@@ -97,7 +97,7 @@ def generation_values(manifest: Manifest, variant: str) -> dict[str, str]:
     """
     cache_tokens = ServiceConfig().max_cache_tokens
     weights = sum(manifest.files[rel].bytes for rel in manifest.files_of(variant))
-    cache = cache_tokens * manifest.generator.cache.bytes_per_token()
+    cache = cache_tokens * manifest.head.cache.bytes_per_token()
     mib = (2 * weights + 2 * cache) / 2**20 + GENERATION_BASE_MIB
     return {"DEPLOYKIT_MAX_BATCH_SIZE": str(GENERATION_MAX_BATCH_SIZE),
             "DEPLOYKIT_MAX_CACHE_TOKENS": str(cache_tokens), "memory": f"{int(-(-mib // 64) * 64)}Mi"}

@@ -220,7 +220,8 @@ def run(cfg: ExportConfig) -> Path:
     from deploykit import checkpoint as ckpt
     from deploykit.export import onnx_export, optimize, parity, provenance, quantize
     from deploykit.files import atomic_folder
-    from deploykit.manifest import BATCH_INDEPENDENCE_ATOL, Classification, Manifest, Variant
+    from deploykit.manifest import BATCH_INDEPENDENCE_ATOL, Manifest, Variant
+    from deploykit.tasks.classification.head import Classification
     from deploykit.runtime import Runtime
 
     if ckpt.task(cfg.checkpoint) == GENERATION:
@@ -333,6 +334,7 @@ def verify(cfg: VerifyConfig) -> dict[str, Any]:
     from deploykit.export import onnx_export, parity
     from deploykit.files import sha256_file
     from deploykit.manifest import Manifest
+    from deploykit.tasks.classification.head import Classification
 
     artifact = Path(cfg.artifact)
     manifest = Manifest.verify(artifact)
@@ -343,9 +345,9 @@ def verify(cfg: VerifyConfig) -> dict[str, Any]:
         return generation.verify(cfg, manifest, ckpt.validate(cfg.checkpoint, (GENERATION,)))
     checkpoint = ckpt.validate(cfg.checkpoint)
     labels = ckpt.labels(checkpoint)
-    if labels != list(manifest.labels):
+    if labels != list(manifest.head_as(Classification).labels):
         raise BadInputError(f"{checkpoint} has labels {labels} but {artifact} was exported with "
-                            f"{list(manifest.labels)}; pass the checkpoint the artifact came from")
+                            f"{list(manifest.head_as(Classification).labels)}; pass the checkpoint the artifact came from")
     recorded = manifest.provenance.get("checkpoint_sha256")
     weights = checkpoint / "model.safetensors"
     if recorded and weights.is_file() and sha256_file(weights) != recorded:

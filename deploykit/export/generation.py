@@ -39,7 +39,8 @@ import numpy as np
 
 from deploykit.config import GENERATION, ExportConfig, ParityConfig, VerifyConfig
 from deploykit.errors import BadInputError, ParityError
-from deploykit.manifest import Generation, Manifest, ParityRows, rows_sha256
+from deploykit.manifest import Manifest, ParityRows, rows_sha256
+from deploykit.tasks.generation.head import CacheLayout, Generation
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,8 @@ def load_prompts(cfg: ParityConfig, train_cfg: Any, tokenizer: Any) -> Prompts:
     Raises:
         BadInputError: Bad data source or columns, or no prompts.
     """
-    from deploykit import data, prompts
+    from deploykit import data
+    from deploykit.tasks.generation import prompts
 
     dcfg = data.rebuild_config(train_cfg, data=cfg.data, task=GENERATION, prompt_column=cfg.prompt_column,
                                completion_column=cfg.completion_column, messages_column=cfg.messages_column)
@@ -118,7 +120,7 @@ def reference(model: Any, tokenizer: Any, held: Prompts, tokens: int, eos: Seque
     import torch
     from tqdm.auto import tqdm
 
-    from deploykit import generation
+    from deploykit.tasks.generation import decoding as generation
 
     rows = []
     with torch.inference_mode():
@@ -130,7 +132,7 @@ def reference(model: Any, tokenizer: Any, held: Prompts, tokens: int, eos: Seque
 
 
 def _text_metrics(texts: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
-    from deploykit import generation
+    from deploykit.tasks.generation import decoding as generation
 
     metrics = generation.text_metrics(texts, references)
     return {k: metrics[k] for k in ("bleu", "chrf", "exact_match", "n")}
@@ -458,8 +460,6 @@ def head_of(model: Any, tokenizer: Any, graph: Path) -> tuple[Generation, list[s
     """The manifest's generation fields and the graph's input names, from the model and its graph."""
     import onnx
 
-    from deploykit.manifest import CacheLayout
-
     inputs = {i.name: i for i in onnx.load(str(graph), load_external_data=False).graph.input}
     dims = [d.dim_value for d in inputs["past_key_values.0.key"].type.tensor_type.shape.dim]
     config, gconfig = model.config, model.generation_config
@@ -593,7 +593,7 @@ def verify(cfg: VerifyConfig, manifest: Manifest, checkpoint: Path) -> dict[str,
     same = None if recorded is None or recorded.sha256 is None else rows.sha256 == recorded.sha256
     if same is False and not asked:
         log.warning("verify: the prompts export recorded changed since export (their sha256 differs)")
-    ref = reference(model, tokenizer, held, cfg.generation_tokens, manifest.generator.eos_token_ids)
+    ref = reference(model, tokenizer, held, cfg.generation_tokens, manifest.head_as(Generation).eos_token_ids)
     results = [check_variant(Path(cfg.artifact), manifest, n, held, ref, tokenizer, cfg) for n in manifest.variants]
     report = table(results, ref.metrics)
     log.info("generation parity of %s on %s:\n%s", cfg.artifact, rows.describe(), report)

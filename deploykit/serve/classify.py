@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
 from deploykit.config import ServiceConfig
-from deploykit.manifest import Classification
+from deploykit.tasks.classification.head import Classification
 from deploykit.runtime import Runtime, softmax
 from deploykit.serve import v2
 from deploykit.serve.app import Call, HTTPError, Reply, Route, json_reply, request_timeout

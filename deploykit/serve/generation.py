@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from deploykit.config import ServiceConfig
 from deploykit.errors import BadInputError
 from deploykit.generator import Event, Generator, Sampling, Seq
-from deploykit.manifest import Generation
+from deploykit.tasks.generation.head import Generation
 from deploykit.serve.app import Call, HTTPError, Reply, Route, json_reply, request_timeout
 from deploykit.serve.batcher import DeadlineExceeded, Overloaded
 

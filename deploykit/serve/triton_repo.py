@@ -32,6 +32,7 @@ from deploykit.config import TritonConfig
 from deploykit.errors import BadInputError
 from deploykit.files import atomic_folder
 from deploykit.manifest import TOKENIZER, Manifest
+from deploykit.tasks.classification.head import Classification
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ def write_repository(cfg: TritonConfig) -> Path:
                             "--overwrite to replace it")
     manifest = Manifest.verify(src)
     name = cfg.name or manifest.name  # both pass the one model-name rule (config, manifest reader)
-    labels = list(manifest.labels)
+    labels = list(manifest.head_as(Classification).labels)
     variant = choose_variant(manifest, cfg.kind, cfg.variant)
     model_file, *external = manifest.files_of(variant)
     model_file = src / model_file
@@ -248,7 +249,7 @@ def write_repository(cfg: TritonConfig) -> Path:
     if sorted(graph_names) != sorted(manifest.inputs):
         raise BadInputError(f"{model_file} takes inputs {graph_names} but {manifest.where} lists "
                             f"{list(manifest.inputs)}; re-export the artifact")
-    output = manifest.classifier.output
+    output = manifest.head_as(Classification).output
     if [t.name for t in outputs] != [output]:
         raise BadInputError(f"{model_file} has outputs {[t.name for t in outputs]}, expected only "
                             f"{output!r}; re-export the artifact")

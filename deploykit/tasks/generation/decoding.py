@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from deploykit.prompts import IGNORE_INDEX
+from deploykit.tasks.generation.prompts import IGNORE_INDEX
 
 
 def completion_loss(logits: Any, labels: Any, reduction: str = "mean") -> Any:
