@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from deploykit.config import CLASSIFICATION, GENERATION, TASKS, TrainConfig, from_dict, save_yaml
+from deploykit import tasks
+from deploykit.config import CLASSIFICATION, GENERATION, TrainConfig, from_dict, save_yaml
 from deploykit.errors import BadInputError
 from deploykit.files import atomic_folder, recover_folder  # noqa: F401  (train and evaluation use them from here)
 
@@ -87,7 +88,7 @@ def validate(path: str | Path, tasks: tuple[str, ...] = (CLASSIFICATION,)) -> Pa
                             f"never loads pickled weights - re-save the model with safe_serialization=True")
     found = task(path)
     if found not in tasks:
-        known = found in TASKS
+        known = found in tasks.names()
         raise BadInputError(f"{path} is a {found} checkpoint{'' if known else ' (an unknown task)'}; this "
                             f"command handles {' and '.join(tasks)} checkpoints")
     if found == GENERATION:

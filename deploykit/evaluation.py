@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from deploykit import checkpoint, data
-from deploykit.config import GENERATION, TASKS, DataConfig, EvalConfig
+from deploykit import tasks
+from deploykit.config import GENERATION, DataConfig, EvalConfig
 from deploykit.tasks.classification.scoring import classification_metrics, predict_logits, softmax
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ def run(cfg: EvalConfig) -> Path:
     Raises:
         BadInputError: Not a checkpoint, or a bad data source, split or column.
     """
-    ckpt = checkpoint.validate(cfg.checkpoint, TASKS)
+    ckpt = checkpoint.validate(cfg.checkpoint, tasks.names())
     if checkpoint.task(ckpt) == GENERATION:
         return _run_generation(cfg, ckpt)
     label_names = checkpoint.labels(ckpt)
@@ -299,7 +300,7 @@ def _run_generation(cfg: EvalConfig, ckpt: Path) -> Path:
     from deploykit.tasks.generation import decoding as generation, prompts
 
     pairs, data_cfg = _rows(cfg, [])
-    model, tokenizer = checkpoint.load_model(ckpt, TASKS)
+    model, tokenizer = checkpoint.load_model(ckpt, tasks.names())
     prompts.prepare_tokenizer(tokenizer, str(ckpt))
     examples = prompts.encode(tokenizer, pairs, data_cfg.max_length)
     prompts.report_truncation(examples, cfg.split, data_cfg.max_length)

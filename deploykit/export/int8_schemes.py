@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from deploykit.config import INT8_SCHEMES
+from deploykit.tasks.classification.options import INT8_SCHEMES
 from deploykit.manifest import BATCH_INDEPENDENCE_ATOL
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,139 @@
+"""The options text-classification adds to the stage configs, and their checks.
+
+``OPTIONS`` maps a config class of ``deploykit.config`` to the dataclass whose fields that config
+gains (flags, YAML keys and help come from them); a class's ``validate`` checks its ranges. An
+option another task does not declare is refused there when set (``config.check_task``).
+Imports only the option helpers: ``deploykit.config`` imports this module while it builds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from deploykit.options import int_list, opt, require, require_int_list
+
+# Static INT8 schemes (``deploykit.tasks.classification.int8`` checks this list against its own).
+INT8_SCHEMES = ("auto", "static-minmax", "static-entropy", "static-minmax-fallback", "static-entropy-fallback")
+
+
+@dataclass
+class Data:
+    label_column: str = opt("label", "Name of the column that holds the label "
+                            "(the built-in 'tweets' data uses its own 'sentiment' column).")
+
+
+@dataclass
+class Train:
+    class_weights: str = opt("none", "Weight the loss by inverse class frequency (auto) or not.",
+                             choices=("none", "auto"))
+
+    def validate(self) -> None:
+        require(self.class_weights in ("none", "auto"), "class_weights", "choose none or auto")
+
+
+@dataclass
+class HeldOut:
+    label_column: str | None = opt(None, "Label column (default: the checkpoint's).")
+
+
+@dataclass
+class Parity:
+    fp32_atol: float = opt(1e-4, "Largest absolute logit difference allowed for the fp32 and "
+                           "fused (opt) variants.")
+    int8_min_agreement: float = opt(0.99, "Smallest top-1 label agreement with PyTorch allowed "
+                                    "for INT8 variants.")
+    int8_max_f1_drop: float = opt(0.01, "Largest macro-F1 loss (0.01 = 1 point) allowed for INT8 "
+                                  "variants against PyTorch.")
+
+    def validate(self) -> None:
+        require(self.fp32_atol > 0, "fp32_atol", "must be positive")
+        require(0 <= self.int8_min_agreement <= 1, "int8_min_agreement", "must be a fraction in [0, 1]")
+        require(0 <= self.int8_max_f1_drop <= 1, "int8_max_f1_drop", "must be in [0, 1]")
+
+
+@dataclass
+class Export:
+    int8_scheme: str = opt("auto", "Static INT8 scheme: auto (static-minmax, then static-entropy, then "
+                           "the accuracy-aware fallback on the better of the two: the first that "
+                           "meets the target bounds), or one scheme by name.", choices=INT8_SCHEMES)
+    int8_target_f1_drop: float | None = opt(None, "Largest macro-F1 loss (0.005 = half a point) an INT8 "
+                                            "scheme may show on validation rows to be chosen "
+                                            "(default: half of --int8-max-f1-drop, the gate's bound).")
+    int8_fallback: str = opt("auto", "auto: when the all-INT8 graphs miss the target bounds on "
+                             "validation rows, keep the operators that quantize worst in float, "
+                             "the fewest that meet them (measured, recorded in the manifest); "
+                             "off: quantize every operator.", choices=("auto", "off"))
+    int8_search_samples: int = opt(2000, "Validation rows the INT8 scheme choice and the fallback "
+                                   "search score each candidate graph on.")
+    int8_search_margin: float | None = opt(None, "How far above --int8-min-agreement the INT8 "
+                                           "choice wants the expected agreement (a low-noise "
+                                           "estimate) on validation rows, so that the held-out split "
+                                           "passes too (default: two standard errors of the gate's "
+                                           "count on the held-out rows, 0.0032 for 3,816 rows).")
+    int8_float_ffn_layers: int = opt(0, "With --quantize dynamic: keep the feed-forward MatMuls of "
+                                     "the first N transformer layers in float, instead of searching "
+                                     "(0: let --int8-fallback decide).")
+    calibration_samples: int = opt(512, "Training rows (the first N of the training split, never "
+                                   "held-out ones) that calibrate static INT8.")
+    reduce_range: str = opt("auto", "7-bit weights for INT8: auto (on when the CPU lacks VNNI), "
+                            "on, off.", choices=("auto", "on", "off"))
+
+    def validate(self) -> None:
+        require(self.int8_scheme in INT8_SCHEMES, "int8_scheme", f"choose one of {', '.join(INT8_SCHEMES)}")
+        require(self.int8_scheme == "auto" or self.quantize in ("auto", "static"), "int8_scheme",
+                f"{self.int8_scheme} is a static scheme; it needs --quantize auto or static, not {self.quantize}")
+        require(not self.int8_float_ffn_layers or self.quantize == "dynamic", "int8_float_ffn_layers",
+                "applies to --quantize dynamic; static INT8 chooses its float operators with "
+                "--int8-scheme static-minmax-fallback (or auto)")
+        require(self.int8_target_f1_drop is None or 0 <= self.int8_target_f1_drop <= 1, "int8_target_f1_drop",
+                "must be in [0, 1]")
+        require(self.reduce_range in ("auto", "on", "off"), "reduce_range", "choose auto, on or off")
+        require(self.calibration_samples > 0, "calibration_samples", "must be positive")
+        require(self.int8_float_ffn_layers >= 0, "int8_float_ffn_layers", "must be >= 0")
+        require(self.int8_fallback in ("auto", "off"), "int8_fallback", "choose auto or off")
+        require(self.int8_search_samples > 0, "int8_search_samples", "must be a positive number of rows")
+        require(self.int8_search_margin is None or 0 <= self.int8_search_margin < 1, "int8_search_margin",
+                "must be a fraction in [0, 1)")
+
+
+@dataclass
+class BenchOffline:
+    batch_sizes: str = opt("1,8,32,128", "Batch sizes for the data set's texts.")
+    synthetic_lengths: str = opt("128,256", "Token lengths of the synthetic long inputs (empty: none).")
+    synthetic_batch_sizes: str = opt("1,8,32", "Batch sizes for the synthetic long inputs (batch 128 "
+                                     "of 256 tokens takes tens of seconds per call for PyTorch on 2 cores).")
+    optimum_quantized_rows: int = opt(1000, "Validation rows that choose between Optimum's dynamic "
+                                      "and static INT8 (label agreement with PyTorch).")
+
+    def validate(self) -> None:
+        require_int_list(self.batch_sizes, "batch_sizes")
+        require_int_list(self.synthetic_lengths, "synthetic_lengths", allow_empty=True)
+        require_int_list(self.synthetic_batch_sizes, "synthetic_batch_sizes")
+        require(all(n >= 8 for n in int_list(self.synthetic_lengths)), "synthetic_lengths",
+                "every length must be at least 8 tokens")
+        require(self.optimum_quantized_rows > 0, "optimum_quantized_rows", "must be positive")
+
+
+@dataclass
+class BenchOnline:
+    model: str = opt("classifier", "Model name for --protocol v2.")
+    rate: float | None = opt(None, "Also run an open-loop level at this many requests per second "
+                             "(latency counted from each request's scheduled start).")
+    single_requests: int = opt(50, "Sequential single requests timed after the heaviest level "
+                               "(batching waits that stick after a burst show here).")
+    texts_per_request: int = opt(1, "Texts in each request.")
+
+    def validate(self) -> None:
+        require(self.rate is None or self.rate > 0, "rate", "must be positive requests per second")
+        require(self.single_requests >= 0, "single_requests", "must be >= 0")
+        require(self.texts_per_request > 0, "texts_per_request", "must be positive")
+
+
+OPTIONS = {"DataConfig": Data, "TrainConfig": Train, "HeldOutConfig": HeldOut, "ParityConfig": Parity,
+           "ExportConfig": Export, "BenchOfflineConfig": BenchOffline, "BenchOnlineConfig": BenchOnline}
+
+
+def check(cfg: Any, stage: str) -> None:
+    """The rules of a ``stage`` config (its class name) that runs text-classification: none beyond
+    the options' own checks."""
