@@ -55,7 +55,7 @@ def _config(args: argparse.Namespace, out: Path, mode: str):
 
 def _plan(args: argparse.Namespace) -> None:
     """Fix --steps (and --eval-every) so that both systems run and evaluate at the same steps."""
-    from deploykit import data
+    from deploykit.tasks.classification import data
     from deploykit.config import TrainConfig
 
     cfg = TrainConfig(data=args.data, model=args.model, max_train_samples=args.max_train_samples)
@@ -101,7 +101,7 @@ def trainer_run(args: argparse.Namespace, mode: str, work: Path) -> dict:
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                               Trainer, TrainerCallback, TrainingArguments)
 
-    from deploykit import data
+    from deploykit.tasks.classification import data
     from deploykit.tasks.classification.scoring import classification_metrics
     from deploykit.train import resolve_model
 
@@ -266,7 +266,7 @@ def main() -> None:
         _worker(args)
         return
 
-    from deploykit import data
+    from deploykit.tasks.classification import data
     from deploykit.baseline import tfidf_baseline
     from deploykit.config import TrainConfig
 

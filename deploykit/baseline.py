@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deploykit.data import Split
+from deploykit.tasks.classification.data import Split
 from deploykit.tasks.classification.scoring import classification_metrics
 
 

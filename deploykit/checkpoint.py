@@ -1,10 +1,10 @@
 """The checkpoint folder contract: write it atomically, read and validate it.
 
-A checkpoint is a ``save_pretrained`` folder (safetensors weights, ``config.json`` - with
-``id2label`` for a classifier - and tokenizer files) plus ``deploykit.yaml`` (the full training
-config, its ``task`` included, so later stages can rebuild the same splits) and
-``metrics.json`` (the best validation metrics). A text-generation checkpoint is a plain
-``AutoModelForCausalLM`` folder (LoRA adapters already merged into its weights).
+A checkpoint is a ``save_pretrained`` folder (safetensors weights, ``config.json`` and tokenizer
+files) plus ``deploykit.yaml`` (the full training config, its ``task`` included, so later stages
+can rebuild the same splits) and ``metrics.json`` (the best validation metrics). Its task
+(``deploykit.tasks.of_checkpoint``) says which model class loads it and what else it must hold
+(the task's ``train.model_class`` and ``train.check_checkpoint``: a classifier's ``id2label``).
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from typing import Any
 import yaml
 
 from deploykit import tasks
-from deploykit.config import CLASSIFICATION, GENERATION, TrainConfig, from_dict, save_yaml
+from deploykit.config import TrainConfig, from_dict, save_yaml
 from deploykit.errors import BadInputError
 from deploykit.files import atomic_folder, recover_folder  # noqa: F401  (train and evaluation use them from here)
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "deploykit.yaml"
+CONFIG_FILE = tasks.CHECKPOINT_CONFIG  # deploykit.yaml: the task registry reads the task from it too
 METRICS_FILE = "metrics.json"
 
 
@@ -48,32 +48,19 @@ def save(model: Any, tokenizer: Any, cfg: TrainConfig, metrics: dict[str, Any], 
     return Path(final)
 
 
-def task(path: str | Path) -> str:
-    """A checkpoint's task: the one its deploykit.yaml records, else what config.json's
-    architecture is (a ``*ForCausalLM`` / ``*LMHeadModel`` is text-generation)."""
-    path = Path(path)
-    stored = path / CONFIG_FILE
-    if stored.is_file():
-        recorded = (yaml.safe_load(stored.read_text()) or {}).get("task")
-        if recorded:
-            return recorded
-    try:
-        architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
-    except (OSError, json.JSONDecodeError):
-        return CLASSIFICATION
-    causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
-    return GENERATION if causal else CLASSIFICATION
-
-
-def validate(path: str | Path, tasks: tuple[str, ...] = (CLASSIFICATION,)) -> Path:
-    """Check that a folder is a usable checkpoint of one of ``tasks``, or say what is missing.
+def validate(path: str | Path) -> Path:
+    """Check that a folder is a usable checkpoint of a task this deploykit knows, or say what is
+    missing.
 
     Args:
         path: The checkpoint folder.
-        tasks: The tasks the calling stage handles.
+
+    Returns:
+        The folder.
 
     Raises:
-        BadInputError: Not a folder, no config/weights, another task, no labels, or no tokenizer.
+        BadInputError: Not a folder, no config/weights, an unknown task, what the task needs
+            (a classifier's label names), or no tokenizer.
     """
     path = Path(path)
     if not path.is_dir():
@@ -86,20 +73,11 @@ def validate(path: str | Path, tasks: tuple[str, ...] = (CLASSIFICATION,)) -> Pa
     if not (path / "model.safetensors").is_file() and not list(path.glob("model-*.safetensors")):
         raise BadInputError(f"{path} has no safetensors weights (model.safetensors); deploykit "
                             f"never loads pickled weights - re-save the model with safe_serialization=True")
-    found = task(path)
-    if found not in tasks:
-        known = found in tasks.names()
-        raise BadInputError(f"{path} is a {found} checkpoint{'' if known else ' (an unknown task)'}; this "
-                            f"command handles {' and '.join(tasks)} checkpoints")
-    if found == GENERATION:
-        return _validate_tokenizer(path)
-    try:
-        id2label = json.loads(config.read_text()).get("id2label") or {}
-    except json.JSONDecodeError as exc:
-        raise BadInputError(f"{config} is not valid JSON ({exc})") from None
-    if not id2label or all(str(v).startswith("LABEL_") for v in id2label.values()):
-        raise BadInputError(f"{config} has no label names (id2label); fine-tune the model with "
-                            f"'deploykit train' or set id2label in config.json")
+    found = tasks.checkpoint_task(path)
+    if found not in tasks.names():
+        raise BadInputError(f"{path} is a {found} checkpoint (an unknown task); this deploykit handles "
+                            f"{' and '.join(tasks.names())} checkpoints")
+    tasks.get(found).part("train").check_checkpoint(path)
     return _validate_tokenizer(path)
 
 
@@ -110,12 +88,6 @@ def _validate_tokenizer(path: Path) -> Path:
     return path
 
 
-def labels(path: str | Path) -> list[str]:
-    """The label names of a checkpoint, in id order."""
-    id2label = json.loads((Path(path) / "config.json").read_text())["id2label"]
-    return [id2label[str(i)] if str(i) in id2label else id2label[i] for i in range(len(id2label))]
-
-
 def train_config(path: str | Path) -> TrainConfig | None:
     """The training config stored in a checkpoint, or None if it has none."""
     file = Path(path) / CONFIG_FILE
@@ -124,21 +96,20 @@ def train_config(path: str | Path) -> TrainConfig | None:
     return from_dict(TrainConfig, yaml.safe_load(file.read_text()) or {}, source=str(file))
 
 
-def load_model(path: str | Path, tasks: tuple[str, ...] = (CLASSIFICATION,), **kwargs: Any):
+def load_model(path: str | Path, **kwargs: Any):
     """Load model and tokenizer from a checkpoint with transformers (safetensors only).
 
     Args:
         path: The checkpoint folder.
-        tasks: The tasks the caller handles (see ``validate``).
         **kwargs: Passed to ``from_pretrained``.
 
     Returns:
-        (model in eval mode: a sequence classifier or a causal language model, tokenizer).
+        (model in eval mode, as its task's model class, tokenizer).
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    path = validate(path, tasks)
-    model_class = AutoModelForCausalLM if task(path) == GENERATION else AutoModelForSequenceClassification
+    path = validate(path)
+    model_class = tasks.of_checkpoint(path).part("train").model_class()
     model = model_class.from_pretrained(path, use_safetensors=True, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model.eval(), tokenizer

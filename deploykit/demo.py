@@ -336,11 +336,12 @@ class _Capture:
 
 def _baseline(s: DemoState) -> str:
     """Load the splits training will use and score the TF-IDF + LR baseline on them."""
-    from deploykit import data
+    from deploykit import tasks
     from deploykit.baseline import tfidf_baseline
 
     source = _quick_sample(s.out, s.plan.sample_rows, 42) if s.plan.sample_rows else "tweets"
-    splits = data.load_splits(_train_config(s.out, s.plan, source))
+    cfg = _train_config(s.out, s.plan, source)
+    splits = tasks.get(cfg.task).part("data").load_splits(cfg)
     scores = tfidf_baseline(splits.train, {"test": splits.test}, splits.label_names)
     s.data = {"source": source, "train_rows": len(splits.train), "validation_rows": len(splits.validation),
               "test_rows": len(splits.test), "labels": splits.label_names}

@@ -39,14 +39,20 @@ log = logging.getLogger(__name__)
 LENGTH_EDGES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
-def _rows(cfg: EvalConfig, label_names: list[str]) -> tuple[data.Split | data.Pairs, DataConfig]:
+def _rows(cfg: EvalConfig, label_names: list[str]) -> tuple[Any, DataConfig]:
     """The rows to score (classification: label ids mapped onto the checkpoint's label map)."""
-    dcfg = data.rebuild_config(checkpoint.train_config(cfg.checkpoint), task=checkpoint.task(cfg.checkpoint),
+    dcfg = data.rebuild_config(checkpoint.train_config(cfg.checkpoint), task=tasks.checkpoint_task(cfg.checkpoint),
                                data=cfg.data,
                                text_column=cfg.text_column, label_column=cfg.label_column,
                                prompt_column=cfg.prompt_column, completion_column=cfg.completion_column,
                                messages_column=cfg.messages_column)
-    rows, _ = data.held_out(dcfg, cfg.split, label_names, cfg.slice_column)
+    if dcfg.task == GENERATION:
+        from deploykit.tasks.generation.data import held_out
+
+        return held_out(dcfg, cfg.split, cfg.slice_column)[0], dcfg
+    from deploykit.tasks.classification.data import held_out
+
+    rows, _ = held_out(dcfg, cfg.split, label_names, cfg.slice_column)
     return rows, dcfg
 
 
@@ -190,10 +196,12 @@ def run(cfg: EvalConfig) -> Path:
     Raises:
         BadInputError: Not a checkpoint, or a bad data source, split or column.
     """
-    ckpt = checkpoint.validate(cfg.checkpoint, tasks.names())
-    if checkpoint.task(ckpt) == GENERATION:
+    ckpt = checkpoint.validate(cfg.checkpoint)
+    if tasks.checkpoint_task(ckpt) == GENERATION:
         return _run_generation(cfg, ckpt)
-    label_names = checkpoint.labels(ckpt)
+    from deploykit.tasks.classification.train import checkpoint_labels
+
+    label_names = checkpoint_labels(ckpt)
     split, data_cfg = _rows(cfg, label_names)
     model, tokenizer = checkpoint.load_model(ckpt)
     log.info("scoring %d rows of %s (%s)", len(split), data_cfg.data, cfg.split)
@@ -236,7 +244,7 @@ def _prompt_text(prompt: str | list[dict[str, str]]) -> str:
     return " ".join(f"<{m['role']}> {m['content']}" for m in prompt)
 
 
-def worst_generations(pairs: data.Pairs, hyps: list[str], limit: int) -> list[dict[str, Any]]:
+def worst_generations(pairs: Any, hyps: list[str], limit: int) -> list[dict[str, Any]]:
     """The rows whose generation misses its reference, lowest sentence BLEU first."""
     from deploykit.tasks.generation import decoding as generation
 
@@ -300,7 +308,7 @@ def _run_generation(cfg: EvalConfig, ckpt: Path) -> Path:
     from deploykit.tasks.generation import decoding as generation, prompts
 
     pairs, data_cfg = _rows(cfg, [])
-    model, tokenizer = checkpoint.load_model(ckpt, tasks.names())
+    model, tokenizer = checkpoint.load_model(ckpt)
     prompts.prepare_tokenizer(tokenizer, str(ckpt))
     examples = prompts.encode(tokenizer, pairs, data_cfg.max_length)
     prompts.report_truncation(examples, cfg.split, data_cfg.max_length)

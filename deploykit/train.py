@@ -31,6 +31,7 @@ import numpy as np
 import yaml
 
 from deploykit import checkpoint, data, strategies, tasks
+from deploykit.data import Splits
 from deploykit.config import BUILTIN_MODELS, TrainConfig, save_yaml, to_dict
 from deploykit.errors import BadInputError
 
@@ -69,6 +70,7 @@ class Dist:
 class Training(Protocol):
     """What the loop calls on the task (``deploykit/tasks/<task>/train.py``'s ``Training``)."""
 
+    splits: Splits[Any]              # the data's train/validation/test rows
     what: str                        # the model kind, for errors ("sequence classifier")
     summary: tuple[str, ...]         # validation metrics the final log line shows
     new_head: bool                   # whether the head is new (it always trains, LoRA included)
@@ -403,9 +405,9 @@ def _setup(cfg: TrainConfig, dist: Dist) -> tuple[Loop, TrainState]:
     device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
     _seed_everything(cfg.seed)
 
-    # Data: the same seed gives the same splits on every rank and every machine.
-    splits = data.load_splits(cfg)
-    task = tasks.get(cfg.task).part("train").Training(cfg, splits)
+    # Data: the task reads its splits (the same seed gives the same splits on every rank and machine).
+    task: Training = tasks.get(cfg.task).part("train").Training(cfg)
+    splits = task.splits
     model, tokenizer = _setup_model(cfg, task, device)
     task.prepare(tokenizer, model, device)  # tokenized once: training and validation examples
     lengths = [len(row["input_ids"]) for row in task.train_rows]

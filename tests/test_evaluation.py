@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from deploykit import data, evaluation
+from deploykit import evaluation
+from deploykit.tasks.classification import data
 from deploykit.config import DataConfig, EvalConfig
 from deploykit.errors import BadInputError
 from factories import LABELS, make_checkpoint

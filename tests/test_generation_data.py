@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from deploykit import data, train
+from deploykit import train
+from deploykit.tasks.generation import data as gen_data
 from deploykit.tasks.generation import decoding as generation, prompts
 from deploykit.config import DataConfig, TrainConfig
 from deploykit.errors import BadInputError, ConfigError
@@ -23,7 +24,7 @@ def tokenizer():
 
 
 def _pairs(*rows):
-    return data.Pairs([p for p, _ in rows], [c for _, c in rows])
+    return gen_data.Pairs([p for p, _ in rows], [c for _, c in rows])
 
 
 def test_prompt_is_masked_and_eos_ends_the_completion(tokenizer):
@@ -77,7 +78,7 @@ def test_long_prompts_lose_their_left_and_keep_bos(tokenizer):
 
 
 def test_packing_keeps_each_rows_tokens_and_labels(tokenizer):
-    examples = prompts.encode(tokenizer, data.Pairs(*zip(*translation_rows(20))), max_length=64)
+    examples = prompts.encode(tokenizer, gen_data.Pairs(*zip(*translation_rows(20))), max_length=64)
     packs = prompts.pack(examples.rows, max_length=40)
     assert len(packs) < len(examples.rows)
     assert all(len(p["input_ids"]) <= 40 for p in packs)
@@ -91,7 +92,7 @@ def test_chat_rows_are_rendered_with_the_chat_template(tmp_path, tokenizer):
                           {"role": "assistant", "content": "rot katze"}], "source": "a"}] * 30
     path = tmp_path / "chat.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    splits = data.load_splits(DataConfig(task="text-generation", data=str(path)))
+    splits = gen_data.load_splits(DataConfig(task="text-generation", data=str(path)))
     assert len(splits.train) == 24 and len(splits.validation) == 3 and len(splits.test) == 3
     assert splits.train.completions[0] == "rot katze" and splits.train.prompts[0][-1]["role"] == "user"
     examples = prompts.encode(tokenizer, splits.train, max_length=64)
@@ -107,14 +108,14 @@ def test_generation_splits_are_seeded_80_10_10_and_carry_slices(tmp_path):
                           "row": [f"r{i}" for i in range(200)]})
     frame.to_parquet(tmp_path / "pairs.parquet")
     cfg = DataConfig(task="text-generation", data=str(tmp_path / "pairs.parquet"))
-    one, two = data.load_splits(cfg, slice_column="row"), data.load_splits(cfg, slice_column="row")
+    one, two = gen_data.load_splits(cfg, slice_column="row"), gen_data.load_splits(cfg, slice_column="row")
     assert (len(one.train), len(one.validation), len(one.test)) == (160, 20, 20)
     # A partition of the rows (each keeps its own slice value), the same for the same seed.
     ids = [set(one.get(name).slices) for name in ("train", "validation", "test")]
     assert sum(map(len, ids)) == 200 and set.union(*ids) == {f"r{i}" for i in range(200)}
     assert one.test.slices == two.test.slices and one.test.prompts == two.test.prompts
     assert all(rows[int(r[1:])] == (p, c) for r, p, c in zip(one.test.slices, one.test.prompts, one.test.completions))
-    other = data.load_splits(DataConfig(task="text-generation", data=str(tmp_path / "pairs.parquet"), seed=1), "row")
+    other = gen_data.load_splits(DataConfig(task="text-generation", data=str(tmp_path / "pairs.parquet"), seed=1), "row")
     assert other.test.slices != one.test.slices
 
 
@@ -132,7 +133,7 @@ def test_bad_rows_are_named_with_row_and_column(tmp_path, content, name, expecte
     data_file = tmp_path / name
     data_file.write_text(content)
     with pytest.raises(BadInputError) as caught:
-        data.load_splits(DataConfig(task="text-generation", data=str(data_file)))
+        gen_data.load_splits(DataConfig(task="text-generation", data=str(data_file)))
     for text in expected:
         assert text in str(caught.value)
 

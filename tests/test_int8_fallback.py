@@ -201,6 +201,7 @@ def test_search_stops_at_the_all_int8_graph_when_it_meets_the_bounds(outlier_art
 def test_export_searches_on_validation_rows_by_default(outlier_artifact, tmp_path):
     from deploykit import checkpoint as ckpt
     from deploykit import data as data_module
+    from deploykit.tasks.classification import data as cls_data
     from deploykit import export
     from deploykit.config import ExportConfig
 
@@ -211,8 +212,8 @@ def test_export_searches_on_validation_rows_by_default(outlier_artifact, tmp_pat
     quantization = manifest.variants["int8"].quantization
     record = quantization["fallback"]
     stored = data_module.rebuild_config(ckpt.train_config(checkpoint), data=str(data))
-    validation, _ = data_module.held_out(stored, "validation", LABELS)
-    test, _ = data_module.held_out(stored, "test", LABELS)
+    validation, _ = cls_data.held_out(stored, "validation", LABELS)
+    test, _ = cls_data.held_out(stored, "test", LABELS)
     assert record["mode"] == "auto" and record["split"] == "validation" and record["rows"] == len(validation.texts)
     # Default margin: two standard errors of the gate's count on the test rows; the count itself
     # must reach the gate on the search rows.

@@ -26,12 +26,13 @@ def split_checkpoint(tmp_path_factory):
     """A tiny BERT whose deploykit.yaml names a CSV that export re-splits into train/validation/test."""
     from deploykit import checkpoint as ckpt
     from deploykit import data
+from deploykit.tasks.classification import data as cls_data
 
     root = tmp_path_factory.mktemp("int8-schemes")
     rows = _rows()
     csv = write_csv(root / "rows.csv", rows)
     checkpoint = make_checkpoint(root / "checkpoint", "bert", data=str(csv), max_length=32)
-    splits = data.load_splits(data.rebuild_config(ckpt.train_config(checkpoint)))
+    splits = cls_data.load_splits(data.rebuild_config(ckpt.train_config(checkpoint)))
     return root, rows, checkpoint, splits
 
 
@@ -73,11 +74,12 @@ def test_calibration_never_reads_held_out_rows(split_checkpoint, tmp_path):
 
     from deploykit import checkpoint as ckpt
     from deploykit import data
+from deploykit.tasks.classification import data as cls_data
 
     # The poison reached the rows parity scores, and the split put the same rows in train.
     assert held_poisoned.evaluation.sha256 != clean.evaluation.sha256
     stored = ckpt.train_config(checkpoint)
-    poisoned_splits = data.load_splits(data.rebuild_config(stored, data=str(root / "held.csv")))
+    poisoned_splits = cls_data.load_splits(data.rebuild_config(stored, data=str(root / "held.csv")))
     assert poisoned_splits.train.texts == splits.train.texts
     calibration = clean.variants["int8"].quantization["calibration"]
     assert calibration["split"] == "train" and calibration["rows"] == 64

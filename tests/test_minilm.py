@@ -11,7 +11,7 @@ from factories import write_csv
 
 @pytest.mark.slow
 def test_packaged_minilm_fine_tunes_on_real_tweets(tmp_path):
-    from deploykit import data
+    from deploykit.tasks.classification import data
     from deploykit.config import DataConfig
 
     # 120 real tweets (40 per class) keep the test to a few seconds.

@@ -148,7 +148,9 @@ def prepare(checkpoint: str | Path, manifest: Manifest, out: Path, rows: int, ma
     log.info("optimum-quantized: building Optimum's dynamic and static avx512_vnni INT8 of %s", checkpoint)
     folders = _build(checkpoint, work, calibration, max_length)
 
-    labels = ckpt.labels(checkpoint)
+    from deploykit.tasks.classification.train import checkpoint_labels
+
+    labels = checkpoint_labels(checkpoint)
     held = parity.load_held_out(replace(data_cfg, split="validation", max_eval_samples=rows),
                                 ckpt.train_config(checkpoint), labels)
     model, tokenizer = onnx_export.load_eager(checkpoint)

@@ -17,7 +17,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from deploykit import tasks
 from deploykit.config import GENERATION, ExportConfig, VerifyConfig
+from deploykit.tasks.classification.train import checkpoint_labels
 from deploykit.errors import BadInputError, ParityError
 
 log = logging.getLogger(__name__)
@@ -229,13 +231,13 @@ def run(cfg: ExportConfig) -> Path:
     from deploykit.tasks.classification.head import Classification
     from deploykit.runtime import Runtime
 
-    if ckpt.task(cfg.checkpoint) == GENERATION:
+    if tasks.checkpoint_task(cfg.checkpoint) == GENERATION:
         from deploykit.export import generation
 
         return generation.run(cfg)
     checkpoint = ckpt.validate(cfg.checkpoint)
     onnx_export.check_supported(checkpoint)
-    labels = ckpt.labels(checkpoint)
+    labels = checkpoint_labels(checkpoint)
     train_cfg = ckpt.train_config(checkpoint)
     out = _prepare_out(cfg)
     held = parity.load_held_out(cfg, train_cfg, labels)
@@ -347,9 +349,9 @@ def verify(cfg: VerifyConfig) -> dict[str, Any]:
     if manifest.task == GENERATION:
         from deploykit.export import generation
 
-        return generation.verify(cfg, manifest, ckpt.validate(cfg.checkpoint, (GENERATION,)))
+        return generation.verify(cfg, manifest, ckpt.validate(cfg.checkpoint))
     checkpoint = ckpt.validate(cfg.checkpoint)
-    labels = ckpt.labels(checkpoint)
+    labels = checkpoint_labels(checkpoint)
     if labels != list(manifest.head_as(Classification).labels):
         raise BadInputError(f"{checkpoint} has labels {labels} but {artifact} was exported with "
                             f"{list(manifest.head_as(Classification).labels)}; pass the checkpoint the artifact came from")

@@ -84,15 +84,16 @@ def load_prompts(cfg: ParityConfig, train_cfg: Any, tokenizer: Any) -> Prompts:
         BadInputError: Bad data source or columns, or no prompts.
     """
     from deploykit import data
+    from deploykit.tasks.generation import data as gen_data
     from deploykit.tasks.generation import prompts
 
-    dcfg = data.rebuild_config(train_cfg, data=cfg.data, task=GENERATION, prompt_column=cfg.prompt_column,
+    dcfg = data.rebuild_config(train_cfg, data=cfg.data, prompt_column=cfg.prompt_column,
                                completion_column=cfg.completion_column, messages_column=cfg.messages_column)
-    pairs, sha = data.held_out(dcfg, cfg.split, [])
+    pairs, sha = gen_data.held_out(dcfg, cfg.split)
     n = len(pairs) if cfg.max_eval_samples is None else min(len(pairs), cfg.max_eval_samples)
     if n == 0:
         raise BadInputError(f"the {cfg.split} split of {dcfg.data} has no prompts to check parity on")
-    pairs = data.Pairs(pairs.prompts[:n], pairs.completions[:n])
+    pairs = gen_data.Pairs(pairs.prompts[:n], pairs.completions[:n])
     examples = prompts.encode(prompts.prepare_tokenizer(tokenizer, "the checkpoint"), pairs, dcfg.max_length)
     source = dcfg.data if not Path(dcfg.data).exists() else str(Path(dcfg.data).resolve())
     chat = not isinstance(pairs.prompts[0], str)
@@ -313,7 +314,7 @@ def load_model(checkpoint: Path) -> tuple[Any, Any]:
     """
     from deploykit import checkpoint as ckpt
 
-    model, tokenizer = ckpt.load_model(checkpoint, (GENERATION,), attn_implementation="eager")
+    model, tokenizer = ckpt.load_model(checkpoint, attn_implementation="eager")
     if not getattr(tokenizer, "is_fast", False):
         raise BadInputError(f"{checkpoint}: its tokenizer has no fast (Rust) version, which the serving "
                             "runtime needs as tokenizer.json; save a fast tokenizer into the checkpoint")
@@ -514,7 +515,7 @@ def run(cfg: ExportConfig) -> Path:
     if cfg.quantize == "static":
         raise BadInputError("--quantize static is for text-classification; a text-generation export "
                             "quantizes weights only (--quantize dynamic, the default) or not at all (none)")
-    checkpoint = ckpt.validate(cfg.checkpoint, (GENERATION,))
+    checkpoint = ckpt.validate(cfg.checkpoint)
     onnx_export.check_supported(checkpoint, TASK)
     train_cfg = ckpt.train_config(checkpoint)
     out = _prepare_out(cfg)

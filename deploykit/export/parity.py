@@ -109,10 +109,10 @@ def load_held_out(cfg: ParityConfig, train_cfg: TrainConfig | None, labels: list
     Raises:
         BadInputError: Bad data source, or labels the model does not know.
     """
-    from deploykit import data
+    from deploykit.tasks.classification import data as cls_data
 
     dcfg = _data_config(cfg, train_cfg)
-    rows, sha = data.held_out(dcfg, cfg.split, labels)
+    rows, sha = cls_data.held_out(dcfg, cfg.split, labels)
     texts, gold = rows.texts, rows.labels
     if cfg.max_eval_samples is not None:
         texts, gold = texts[:cfg.max_eval_samples], gold[:cfg.max_eval_samples]
@@ -128,10 +128,10 @@ def training_rows(cfg: ParityConfig, train_cfg: TrainConfig | None, n: int) -> H
     Raises:
         BadInputError: Bad data source, or a training split with no rows.
     """
-    from deploykit import data
+    from deploykit.tasks.classification import data as cls_data
 
     dcfg = _data_config(cfg, train_cfg)
-    splits = data.load_splits(dcfg)
+    splits = cls_data.load_splits(dcfg)
     if not splits.train.texts:
         raise BadInputError(f"the training split of {dcfg.data} has no rows to calibrate INT8 on")
     return HeldOut(list(splits.train.texts[:n]), list(splits.train.labels[:n]), _source(dcfg), "train",

@@ -6,13 +6,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deploykit import data
 from deploykit.config import TrainConfig
+from deploykit.errors import BadInputError
+from deploykit.tasks.classification import data
 from deploykit.tasks.classification.scoring import classification_metrics, logits_for_rows
 
 log = logging.getLogger(__name__)
@@ -36,8 +39,8 @@ class Training:
     summary = ("macro_f1", "accuracy", "weighted_f1", "loss")
     new_head = True  # the head is made for the data's labels, so it always trains
 
-    def __init__(self, cfg: TrainConfig, splits: data.Splits) -> None:
-        self.cfg, self.splits = cfg, splits
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg, self.splits = cfg, data.load_splits(cfg)  # the same seed gives the same splits on every rank
 
     def describe(self) -> str:
         return f"labels {self.splits.label_names}"
@@ -77,3 +80,34 @@ class Training:
         device = next(model.parameters()).device
         metrics["loss"] = float(self.loss_fn(torch.from_numpy(logits).to(device), torch.tensor(labels, device=device)))
         return metrics
+
+
+# --- the checkpoint ---------------------------------------------------------------------------
+
+def model_class() -> Any:
+    """The transformers class that loads a text-classification checkpoint."""
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification
+
+
+def check_checkpoint(path: Path) -> None:
+    """What a classifier's checkpoint holds beyond the shared files: label names (``id2label``).
+
+    Raises:
+        BadInputError: ``config.json`` is not JSON or names no labels.
+    """
+    config = path / "config.json"
+    try:
+        id2label = json.loads(config.read_text()).get("id2label") or {}
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"{config} is not valid JSON ({exc})") from None
+    if not id2label or all(str(v).startswith("LABEL_") for v in id2label.values()):
+        raise BadInputError(f"{config} has no label names (id2label); fine-tune the model with "
+                            f"'deploykit train' or set id2label in config.json")
+
+
+def checkpoint_labels(path: str | Path) -> list[str]:
+    """The label names of a checkpoint, in id order."""
+    id2label = json.loads((Path(path) / "config.json").read_text())["id2label"]
+    return [id2label[str(i)] if str(i) in id2label else id2label[i] for i in range(len(id2label))]

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from deploykit.data import Pairs
+from deploykit.tasks.generation.data import Pairs
 from deploykit.errors import BadInputError
 
 log = logging.getLogger(__name__)

@@ -7,10 +7,11 @@ loss and perplexity, plus BLEU, chrF and exact match of greedy generations when 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
-from deploykit import data
 from deploykit.config import TrainConfig
+from deploykit.tasks.generation import data
 from deploykit.tasks.generation import decoding as generation
 from deploykit.tasks.generation import prompts
 
@@ -25,8 +26,8 @@ class Training:
     summary = ("loss", "perplexity", "bleu", "chrf", "exact_match")
     new_head = False  # lm_head is pretrained
 
-    def __init__(self, cfg: TrainConfig, splits: data.Splits) -> None:
-        self.cfg, self.splits = cfg, splits
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg, self.splits = cfg, data.load_splits(cfg)  # the same seed gives the same splits on every rank
 
     def describe(self) -> str:
         return "prompt/completion pairs"
@@ -76,3 +77,16 @@ class Training:
             texts = tokenizer.batch_decode(new, skip_special_tokens=True)
             metrics.update(generation.text_metrics(texts, self.splits.validation.completions))
         return metrics
+
+
+# --- the checkpoint ---------------------------------------------------------------------------
+
+def model_class() -> Any:
+    """The transformers class that loads a text-generation checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM
+
+
+def check_checkpoint(path: Path) -> None:
+    """A causal language model's checkpoint needs nothing beyond the shared files."""
