@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from deploykit.bench.inputs import sample_texts  # noqa: E402
 from deploykit.bench.report import machine  # noqa: E402
 from deploykit.config import BenchOnlineConfig, ServiceConfig  # noqa: E402
-from deploykit.generator import Generator, Sampling  # noqa: E402
+from deploykit.tasks.generation.runtime import Generator, Sampling  # noqa: E402
 
 
 def level(generator: Generator, prompts: list[list[int]], concurrency: int, new_tokens: int,

@@ -327,7 +327,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serving"))
     args = parser.parse_args()
 
-    from deploykit.runtime import available_cpus
+    from deploykit.session import available_cpus
 
     artifact = Path(args.artifact).resolve()
     manifest = Manifest.read(artifact)

@@ -447,7 +447,7 @@ def _classify(s: DemoState) -> str:
     import numpy as np
     import tritonclient.http as httpclient
 
-    from deploykit.runtime import Runtime
+    from deploykit.tasks.classification.runtime import Runtime
 
     service, texts = s.service, s.texts
     status, answer = _post_json(service.url + "/classify", {"texts": texts})

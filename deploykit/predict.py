@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 from deploykit.config import GENERATION, PredictConfig
 from deploykit.errors import BadInputError
 from deploykit.manifest import Manifest
-from deploykit.runtime import Runtime
+from deploykit.tasks.classification.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

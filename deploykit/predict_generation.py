@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from deploykit.config import PredictConfig
-from deploykit.generator import Generator
+from deploykit.tasks.generation.runtime import Generator
 
 log = logging.getLogger(__name__)
 

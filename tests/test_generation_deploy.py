@@ -41,7 +41,7 @@ def test_k8s_overlay_sizes_the_pod_from_the_manifest(generation_artifacts, tmp_p
 def test_build_packs_a_generation_artifact_and_the_bento_serves_it(generation_artifacts, tmp_path):
     import sys
 
-    from deploykit.generator import Generator
+    from deploykit.tasks.generation.runtime import Generator
     from test_serve import post_json, start_server, stop_server
 
     _, artifact = generation_artifacts["qwen2"]

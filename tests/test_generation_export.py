@@ -94,7 +94,7 @@ def test_batch_independence_catches_activations_scaled_per_batch(generation_arti
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from deploykit.export.generation import batch_independence
-    from deploykit.generator import Generator
+    from deploykit.tasks.generation.runtime import Generator
 
     _, artifact = generation_artifacts["llama"]
     copy = shutil.copytree(artifact, tmp_path / "copy")

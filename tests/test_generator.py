@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from deploykit.errors import BadInputError
-from deploykit.generator import Generator, Sampling, _held_back
+from deploykit.tasks.generation.runtime import Generator, Sampling, _held_back
 from factories import DECODERS, lm_tokenizer
 from test_runtime import BLOCKER
 
@@ -194,7 +194,7 @@ def test_predict_writes_completions(generation_artifacts, tmp_path):
 def test_generator_never_imports_torch(generation_artifacts):
     artifact = generation_artifacts["qwen2"][1]
     code = BLOCKER + f"""
-from deploykit.generator import Generator
+from deploykit.tasks.generation.runtime import Generator
 print(Generator({str(artifact)!r}).generate(['translate: red ='], max_new_tokens=4)[0].completion_tokens)
 assert not any(m.split('.')[0] in ('torch', 'transformers', 'datasets') for m in sys.modules)
 """
@@ -204,7 +204,7 @@ assert not any(m.split('.')[0] in ('torch', 'transformers', 'datasets') for m in
 
 
 def test_choose_samples_within_top_p():
-    from deploykit.generator import choose
+    from deploykit.tasks.generation.runtime import choose
 
     logits = np.array([5.0, 4.9, 0.0, -1.0])
     rng = np.random.default_rng(0)

@@ -182,11 +182,11 @@ def test_warns_when_serving_with_another_onnxruntime(serve_artifact, copy, caplo
 
     manifest = Manifest.read(copy)
     assert manifest.provenance["onnxruntime"] == onnxruntime.__version__
-    with caplog.at_level("WARNING", logger="deploykit.runtime"):
+    with caplog.at_level("WARNING", logger="deploykit.session"):
         Runtime(copy, "fp32")
     assert "exported and verified with onnxruntime" not in caplog.text
     replace(manifest, provenance={**manifest.provenance, "onnxruntime": "1.0.0"}).write(copy)
-    with caplog.at_level("WARNING", logger="deploykit.runtime"):
+    with caplog.at_level("WARNING", logger="deploykit.session"):
         Runtime(copy, "fp32")
     assert f"onnxruntime 1.0.0 but is served with {onnxruntime.__version__}" in caplog.text
 
@@ -214,9 +214,9 @@ def test_single_callers_spin_and_the_server_does_not(serve_artifact, tmp_path, m
     data = tmp_path / "texts.jsonl"
     data.write_text('{"text": "hello"}\n')
     predict.run(PredictConfig(artifact=str(serve_artifact), data=str(data), out=str(tmp_path / "out.jsonl")))
-    import deploykit.runtime
+    import deploykit.tasks.classification.runtime
 
-    monkeypatch.setattr(deploykit.runtime, "Runtime", Recording)
+    monkeypatch.setattr(deploykit.tasks.classification.runtime, "Runtime", Recording)
     engines.BUILDERS["runtime"]({"artifact": str(serve_artifact), "variant": None, "threads": 1,
                                  "max_batch_size": 8, "max_length": 32})
     assert [spinning(r) for r in made] == ["1", "1"]

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from deploykit.generator import Generator
+from deploykit.tasks.generation.runtime import Generator
 from test_serve import http, metric, post_json, start_server, stop_server
 
 VARIANT = "opt"  # start_server serves it

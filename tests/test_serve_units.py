@@ -299,7 +299,7 @@ def test_service_module_never_imports_torch(serve_artifact, tmp_path):
     code = BLOCKER + """
 import deploykit.serve.service as s, deploykit.serve.build, deploykit.serve.launch, deploykit.predict
 c = s.Classifier.inner()
-print(c.runtime.predict(['hello'])[0]['label'])
+print(c.backend.runtime.predict(['hello'])[0]['label'])
 bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'datasets'))
 assert not bad, bad
 """

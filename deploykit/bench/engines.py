@@ -104,7 +104,7 @@ def _optimum(spec: dict[str, Any]) -> Call:
 
 
 def _runtime(spec: dict[str, Any]) -> Call:
-    from deploykit.runtime import Runtime
+    from deploykit.tasks.classification.runtime import Runtime
 
     # The benchmark is a single caller calling back to back, like Optimum's session (which
     # spins by onnxruntime's default): the runtime's single-caller setting (Runtime's ``spin``).

@@ -89,7 +89,7 @@ def _optimum(spec: dict[str, Any]) -> Call:
 
 
 def _runtime(spec: dict[str, Any]) -> Call:
-    from deploykit.generator import Generator, Sampling
+    from deploykit.tasks.generation.runtime import Generator, Sampling
 
     generator = Generator(spec["artifact"], spec["variant"], threads=spec["threads"],
                           max_batch_size=spec["max_batch_size"], max_cache_tokens=1 << 30,

@@ -25,7 +25,7 @@ from deploykit.bench.inputs import sample_texts, synthetic_texts
 from deploykit.config import GENERATION, BenchOfflineConfig, int_list, to_dict
 from deploykit.errors import BadInputError, DeployKitError
 from deploykit.manifest import Manifest
-from deploykit.runtime import available_cpus
+from deploykit.session import available_cpus
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ _FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx5
 
 def machine() -> dict[str, Any]:
     """Cores, CPU model, the SIMD flags that matter for INT8, load and library versions."""
-    from deploykit.runtime import available_cpus
+    from deploykit.session import available_cpus
 
     model, flags = platform.processor() or "unknown", set()
     try:

@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from deploykit.config import GENERATION, KubeConfig, ServiceConfig
+from deploykit import tasks
+from deploykit.config import KubeConfig, ServiceConfig
 from deploykit.errors import BadInputError, DeployKitError
 from deploykit.files import atomic_folder
 from deploykit.manifest import Manifest
@@ -30,8 +31,6 @@ TRAINER = "deploykit-train"   # Job and headless Service name in k8s/training
 SERVE_IMAGE = "deploykit"     # image placeholders replaced through kustomize's `images:`
 TRAIN_IMAGE = "deploykit-train"
 DEFAULT_MAX_BATCH_SIZE = 64
-GENERATION_MAX_BATCH_SIZE = 32  # sequences decoded together
-GENERATION_BASE_MIB = 512  # Python, BentoML, onnxruntime and the tokenizer without the model
 
 
 def manifests_dir(cfg_value: str | None = None) -> Path:
@@ -82,25 +81,9 @@ def serving_values(manifest: Manifest | None, gpu: bool) -> dict[str, str]:
     values = {"DEPLOYKIT_VARIANT": variant.name, "DEPLOYKIT_MAX_BATCH_SIZE": str(DEFAULT_MAX_BATCH_SIZE),
               "DEPLOYKIT_MAX_BATCH_TOKENS": str(max(ServiceConfig().max_batch_tokens, manifest.max_length)),
               "name": manifest.name}
-    if manifest.task == GENERATION:
-        values.update(generation_values(manifest, variant.name))
+    # The task's own settings and memory request (its serve.deployment_values), e.g. a decoder's cache.
+    values.update(tasks.get(manifest.task).part("serve").deployment_values(manifest, variant.name))
     return values
-
-
-def generation_values(manifest: Manifest, variant: str) -> dict[str, str]:
-    """A text-generation artifact's settings and memory request, from the manifest's sizes.
-
-    The memory request is twice the served graph's weights (onnxruntime keeps the initializers
-    and its pre-packed copies), twice the key/value cache at its bound (a step's new cache is
-    allocated while the old one is alive) and a fixed allowance for Python, BentoML and the
-    tokenizer; the limit is twice the request, as for ``--memory``.
-    """
-    cache_tokens = ServiceConfig().max_cache_tokens
-    weights = sum(manifest.files[rel].bytes for rel in manifest.files_of(variant))
-    cache = cache_tokens * manifest.head.cache.bytes_per_token()
-    mib = (2 * weights + 2 * cache) / 2**20 + GENERATION_BASE_MIB
-    return {"DEPLOYKIT_MAX_BATCH_SIZE": str(GENERATION_MAX_BATCH_SIZE),
-            "DEPLOYKIT_MAX_CACHE_TOKENS": str(cache_tokens), "memory": f"{int(-(-mib // 64) * 64)}Mi"}
 
 
 def _double(quantity: str) -> str:

@@ -229,7 +229,7 @@ def run(cfg: ExportConfig) -> Path:
     from deploykit.files import atomic_folder
     from deploykit.manifest import BATCH_INDEPENDENCE_ATOL, Manifest, Variant
     from deploykit.tasks.classification.head import Classification
-    from deploykit.runtime import Runtime
+    from deploykit.tasks.classification.runtime import Runtime
 
     if tasks.checkpoint_task(cfg.checkpoint) == GENERATION:
         from deploykit.export import generation

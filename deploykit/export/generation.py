@@ -206,7 +206,7 @@ def check_variant(folder: Path, manifest: Manifest, name: str, held: Prompts, re
     Returns:
         The result; ``failures`` lists every missed bound.
     """
-    from deploykit.generator import Generator, Sampling
+    from deploykit.tasks.generation.runtime import Generator, Sampling
 
     precision = manifest.variants[name].precision
     result = Result(name, precision, bounds=bounds_for(precision, cfg))

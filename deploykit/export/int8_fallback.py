@@ -244,7 +244,7 @@ class Scorer:
 
     def runtime(self, path: Path) -> Any:
         """The candidate loaded as served: the runtime's own tokenization, padding and feeds."""
-        from deploykit.runtime import Runtime
+        from deploykit.tasks.classification.runtime import Runtime
 
         return Runtime.of_graph(path, self.tokenizer_file, self.max_length)
 

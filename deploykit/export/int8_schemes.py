@@ -81,7 +81,7 @@ def calibration(cfg: Any, train_cfg: Any, src: Path, tokenizer_file: Path, max_l
         max_length: Truncation length.
     """
     from deploykit.export import parity, quantize
-    from deploykit.runtime import Runtime
+    from deploykit.tasks.classification.runtime import Runtime
 
     rows = parity.training_rows(cfg, train_cfg, cfg.calibration_samples)
     feeds = quantize.calibration_feeds(Runtime.of_graph(src, tokenizer_file, max_length), rows.texts)

@@ -276,7 +276,7 @@ def check_variant(folder: Path, manifest: Manifest, name: str, held: HeldOut, re
     Returns:
         The result; ``result.failures`` lists every missed bound (empty when it passed).
     """
-    from deploykit.runtime import Runtime
+    from deploykit.tasks.classification.runtime import Runtime
 
     precision = manifest.variants[name].precision
     result = VariantResult(name, precision, bounds=bounds_for(precision, cfg))

@@ -45,11 +45,13 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Sequence
 
 import numpy as np
 
-from deploykit.runtime import Encoded, Runtime
+
+if TYPE_CHECKING:  # the classifier's runtime, which this batcher feeds
+    from deploykit.tasks.classification.runtime import Encoded, Runtime
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """``deploykit serve``: check the artifact, then hand the process over to ``bentoml serve``.
 
-The artifact is loaded here first, exactly as the service's worker will load it (``Runtime``:
-sha256 of every file, the manifest cross-checked against ``config.json``, the variant servable,
-the providers available, the graph's inputs, output width and a ``max_length`` row), so that a
+The artifact is loaded here first, exactly as the service's worker will load it (its task's
+runtime: sha256 of every file, the manifest cross-checked against ``config.json``, the variant
+servable, the providers available, the graph's inputs and outputs), so that a
 bad artifact fails with its exit code (2 or 4) and a clear message before anything listens.
 (A worker that still cannot load stops the whole server: ``deploykit.serve.lifecycle``.) The
 settings travel to the service as the ``DEPLOYKIT_*`` environment variables the container
@@ -19,15 +19,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deploykit.config import GENERATION, ServeConfig
+from deploykit import tasks
+from deploykit.config import ServeConfig, check_task
 from deploykit.errors import BadInputError
 from deploykit.manifest import Manifest, device_of
-from deploykit.runtime import Runtime, available_providers
 from deploykit.serve import settings
+from deploykit.session import available_providers
 
 log = logging.getLogger(__name__)
 
-SERVICE = "deploykit.serve.service:Classifier"
+SERVICE = "deploykit.serve.service:Service"
 
 
 def command(cfg: ServeConfig) -> tuple[list[str], dict[str, str]]:
@@ -40,6 +41,7 @@ def command(cfg: ServeConfig) -> tuple[list[str], dict[str, str]]:
     """
     artifact = Path(cfg.artifact).resolve()
     manifest = Manifest.verify(artifact)
+    check_task(cfg, manifest.task, f"{cfg.artifact} is a {manifest.task} artifact")
     variant = manifest.pick(cfg.variant, device_of(cfg.provider_list())).name
     missing = [p for p in cfg.provider_list() if p not in available_providers()]
     if missing:
@@ -56,20 +58,13 @@ def command(cfg: ServeConfig) -> tuple[list[str], dict[str, str]]:
 
 
 def preflight(cfg: ServeConfig, variant: str) -> None:
-    """Load the artifact as the worker will (``Runtime``), so that whatever the manifest claims
-    about its graph is checked before ``bentoml serve`` starts.
+    """Load the artifact as the worker will (its task's ``serve.preflight``), so that whatever the
+    manifest claims about its graph is checked before ``bentoml serve`` starts.
 
     Raises:
-        BadInputError: The graph contradicts the manifest (inputs, output width, max_length).
+        BadInputError: The graph contradicts the manifest (inputs, outputs, max_length).
     """
-    if Manifest.read(cfg.artifact).task == GENERATION:
-        from deploykit.generator import Generator
-
-        Generator(cfg.artifact, variant, threads=1, providers=cfg.provider_list(),
-                  max_batch_size=cfg.max_batch_size, max_cache_tokens=cfg.max_cache_tokens)
-        return
-    Runtime(cfg.artifact, variant, threads=1, providers=cfg.provider_list(),
-            max_batch_tokens=cfg.max_batch_tokens, max_batch_size=cfg.max_batch_size)
+    tasks.get(Manifest.read(cfg.artifact).task).part("serve").preflight(cfg.artifact, variant, cfg)
 
 
 def run(cfg: ServeConfig) -> None:

@@ -1,9 +1,10 @@
-"""The BentoML service: ``/classify``, the KServe v2 routes, health and Prometheus metrics.
+"""The BentoML service: hosts the backend of the artifact's task, health and Prometheus metrics.
 
 Thin on purpose (as BentoML's own examples are): the artifact is loaded once in ``__init__``
-into the backend of its task (``BACKENDS``), and every knob comes from the ``DEPLOYKIT_*``
-environment variables (``deploykit/serve/settings.py``). Start it with
-``deploykit serve ARTIFACT`` or ``bentoml serve deploykit.serve.service:Classifier``; the bento,
+into the backend of its task (the task's ``serve.load``, found through the task registry), and
+every knob comes from the ``DEPLOYKIT_*`` environment variables (``deploykit/serve/settings.py``).
+Start it with ``deploykit serve ARTIFACT`` or ``bentoml serve deploykit.serve.service:Service``
+(``Classifier`` is the same class, the name bentos and older docs use); the bento,
 ``bentoml containerize`` and the Kubernetes manifests run it the same way.
 
 The inference routes run on deploykit's lean layer (``deploykit.serve.app.Front``, installed
@@ -13,54 +14,38 @@ checks, bento and container), but its per-request layers are off unless asked fo
 request metrics) and ``DEPLOYKIT_TRACING`` (its OpenTelemetry middleware, otherwise bypassed for
 every URL); no ``traffic.timeout`` (deploykit's deadlines replace BentoML's timeout layer).
 
-``/classify`` is still declared as a BentoML API, so ``/schema.json`` and
-``bentoml.SyncHTTPClient`` know it; with the default deploykit batcher the lean layer answers
-it first. ``DEPLOYKIT_BATCHER=bentoml`` hands ``/classify`` to BentoML's adaptive batching
-instead (kept for comparison; the v2 routes keep deploykit's batcher).
+The service class declares the BentoML APIs every registered task asks for (its ``serve.bento_apis``:
+text-classification's ``/classify``, so ``/schema.json`` and ``bentoml.SyncHTTPClient`` know it);
+the lean layer answers the served task's routes first.
 
 Imports only numpy, onnxruntime, tokenizers, bentoml/pydantic/prometheus_client/orjson and
-deploykit's runtime/serve/config/errors/manifest: never torch, transformers or datasets.
+deploykit's serving side: never torch, transformers or datasets.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
 
 import bentoml
-from bentoml.exceptions import InvalidArgument
-from bentoml.validators import ContentType
-from pydantic import Field
 
-from deploykit import __version__
-from deploykit.config import ServiceConfig
-from deploykit.errors import BadInputError, DeployKitError
+from deploykit import __version__, tasks
+from deploykit.config import ServiceConfig, check_task
+from deploykit.errors import DeployKitError
 from deploykit.manifest import Manifest
 from deploykit.serve import lifecycle, metrics
 from deploykit.serve import settings as settings_mod
 from deploykit.serve.app import FRONTS, Front
-from deploykit.serve.classify import ClassificationBackend, Result, Text
-from deploykit.serve.generation import GenerationBackend
+from deploykit.serve.backend import Backend
 from deploykit.serve.routes import shared_routes
 
 log = logging.getLogger(__name__)
 
-# Read at import: the request schema (max texts), the body limits, the batching mode and the
+# Read at import: the request schemas (max texts), the body limits, the batching mode and the
 # BentoML layers are part of the service's definition. The artifact itself is only needed in
 # __init__, so 'bentoml build' can import this module without one.
 SETTINGS = settings_mod.from_env()
 
-# One backend class per task (the manifest's "task"); each brings its own routes.
-BACKENDS: dict[str, Any] = {ClassificationBackend.task: ClassificationBackend,
-                            GenerationBackend.task: GenerationBackend}
-
-Texts = Annotated[list[Text], Field(min_length=1, max_length=SETTINGS.max_texts,
-                                    description="Texts to classify (non-empty strings).")]
-# The declared media type spares BentoML from rebuilding the output's JSON schema on every
-# response just to find it (IOMixin.mime_type).
-Results = Annotated[list[Result], ContentType("application/json")]
-
-_BACKEND: Any = None  # the loaded backend of this process, for the lean layer
+_BACKEND: Backend | None = None  # the loaded backend of this process, for the lean layer
 
 
 def bentoml_config(settings: ServiceConfig) -> dict[str, Any]:
@@ -79,28 +64,33 @@ def bentoml_config(settings: ServiceConfig) -> dict[str, Any]:
     return config
 
 
-@bentoml.service(**bentoml_config(SETTINGS))
-class Classifier:
-    """Text classification with an exported deploykit artifact."""
+def load_backend(artifact: str, settings: ServiceConfig) -> Backend:
+    """The backend of the artifact's task, loaded with ``settings``.
+
+    Raises:
+        BadInputError: Not an artifact, an unknown task, a setting of another task, or what the
+            task's loader refuses.
+        IntegrityError: An artifact file does not match its manifest.
+    """
+    task = tasks.get(Manifest.read(artifact).task)
+    check_task(settings, task.name, f"{artifact} is a {task.name} artifact")
+    return task.part("serve").load(artifact, settings, metrics.get())
+
+
+class _Host:
+    """The service class's body: load the backend, drain on SIGTERM, readiness, shutdown."""
 
     def __init__(self) -> None:
         global _BACKEND
         logging.getLogger("deploykit").setLevel(logging.INFO)  # BentoML's root logger is at WARNING
         self.settings = SETTINGS
         try:
-            artifact = settings_mod.artifact_from_env()
-            task = Manifest.read(artifact).task
-            if task not in BACKENDS:
-                raise BadInputError(f"{artifact} is a {task} artifact; this service serves "
-                                    f"{', '.join(BACKENDS)}")
-            backend = BACKENDS[task](artifact, self.settings, metrics.get())
+            backend = load_backend(settings_mod.artifact_from_env(), self.settings)
         except DeployKitError as exc:
             if not lifecycle.in_bentoml_worker():
                 raise
             lifecycle.exit_server(str(exc), exc.exit_code)  # never returns
         self.backend = backend
-        # /classify under BentoML's own batcher (a classifier only) reaches these.
-        self.runtime, self.batcher = getattr(backend, "runtime", None), getattr(backend, "batcher", None)
         _BACKEND = backend
         log.info("serving %s on %s", backend.describe(), lifecycle.http_stack())
         lifecycle.drain_on_sigterm(self._begin_drain, self.settings.shutdown_timeout_ms / 1000)
@@ -118,30 +108,33 @@ class Classifier:
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
-        """Stop the batcher's worker."""
+        """Stop the backend's worker threads."""
         self.backend.close()
 
-    if SETTINGS.batcher == "bentoml":
-        @bentoml.api(route="/classify", batchable=True, max_batch_size=SETTINGS.max_batch_size,
-                     **({} if SETTINGS.max_latency_ms is None
-                        else {"max_latency_ms": max(1, int(SETTINGS.max_latency_ms))}))
-        def classify(self, texts: Texts) -> Results:
-            """Classify texts; BentoML's adaptive batcher merges concurrent requests."""
-            # BentoML concatenates the lists of concurrent requests; the runtime splits them by
-            # the token budget again and keeps their order.
-            try:
-                return self.runtime.predict(texts)
-            except BadInputError as exc:
-                raise InvalidArgument(str(exc)) from None
-    else:
-        @bentoml.api(route="/classify")
-        async def classify(self, texts: Texts) -> Results:
-            """Classify texts (served by the lean layer first; declared for /schema.json and
-            BentoML's clients)."""
-            return await self.batcher.classify(texts)
+
+def _task_apis(settings: ServiceConfig) -> dict[str, object]:
+    """The BentoML APIs every registered task declares (``serve.bento_apis``), by method name.
+
+    Raises:
+        ValueError: Two tasks declare an API of the same name (a programming error).
+    """
+    apis: dict[str, object] = {}
+    for task in tasks.all_tasks():
+        if not task.has("serve"):
+            continue
+        for name, api in task.part("serve").bento_apis(settings).items():
+            if name in apis:
+                raise ValueError(f"two tasks declare the BentoML API {name!r}")
+            apis[name] = api
+    return apis
 
 
-Classifier.add_asgi_middleware(
+Service = bentoml.service(**bentoml_config(SETTINGS))(
+    type("Service", (_Host,), {"__doc__": "Serves an exported deploykit artifact of any task.",
+                               "__module__": __name__, **_task_apis(SETTINGS)}))
+Classifier = Service  # the import path bentos (bentofile.yaml), docs and 'deploykit serve' used
+
+Service.add_asgi_middleware(
     Front, get_backend=lambda: _BACKEND,
     routes=shared_routes(__version__, lambda: _BACKEND.routes() if _BACKEND is not None else []),
     max_body_bytes=SETTINGS.max_body_bytes, body_timeout_ms=SETTINGS.body_timeout_ms,

@@ -1,10 +1,14 @@
-"""The text-classification task on the service: its backend (runtime + batcher) and its routes.
+"""text-classification on the service: its backend (runtime + batcher), its routes, its BentoML API.
 
 ``POST /classify`` (deploykit's JSON API) and the KServe v2 model routes
 (``/v2/models/{name}[/versions/{version}]``, ``.../ready``, ``.../infer``) are served by the same
-lean layer (``deploykit.serve.app``) and the same batcher, so they answer alike. A second task
-(text generation) provides its own backend class and ``routes()`` in a module like this one and
-registers it in ``deploykit.serve.service.BACKENDS``.
+lean layer (``deploykit.serve.app``) and the same batcher, so they answer alike. ``/classify`` is
+also declared as a BentoML API (``bento_apis``), so ``/schema.json`` and ``bentoml.SyncHTTPClient``
+know it, and ``DEPLOYKIT_BATCHER=bentoml`` hands it to BentoML's adaptive batching instead.
+The functions the service calls are the task's serve contract (``deploykit.serve.backend``).
+
+Imports only numpy, onnxruntime, tokenizers, bentoml/pydantic and deploykit's serving side:
+never torch, transformers or datasets.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
 from deploykit.config import ServiceConfig
-from deploykit.tasks.classification.head import Classification
-from deploykit.runtime import Runtime, softmax
+from deploykit.errors import BadInputError
+from deploykit.manifest import Manifest
 from deploykit.serve import v2
 from deploykit.serve.app import Call, HTTPError, Reply, Route, json_reply, request_timeout
 from deploykit.serve.batcher import DynamicBatcher
+from deploykit.tasks.classification.runtime import Runtime, softmax
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +73,12 @@ class ClassificationBackend:
         BadInputError, IntegrityError: As ``Runtime`` (the artifact is refused before serving).
     """
 
-    task = Classification.TASK
-
     def __init__(self, artifact: str, settings: ServiceConfig, metrics: Any) -> None:
         self.settings = settings
         self.runtime = Runtime(artifact, settings.variant, threads=settings.threads,
                                providers=settings.provider_list(), max_batch_tokens=settings.max_batch_tokens,
                                max_batch_size=settings.max_batch_size,
-                               spin=settings.spins(False))  # see deploykit.runtime.session
+                               spin=settings.spins(False))  # see deploykit.session.session
         wait_ms = settings.max_latency_ms
         self.batcher = DynamicBatcher(
             self.runtime, max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
@@ -102,6 +105,69 @@ class ClassificationBackend:
 
     def close(self) -> None:
         self.batcher.close()
+
+
+def load(artifact: str, settings: ServiceConfig, metrics: Any) -> ClassificationBackend:
+    """The classifier of one service process (the serve contract's ``load``)."""
+    return ClassificationBackend(artifact, settings, metrics)
+
+
+def preflight(artifact: str, variant: str, settings: ServiceConfig) -> None:
+    """Load the artifact as a worker will (``Runtime``: inputs, output width, a ``max_length`` row),
+    so that ``deploykit serve`` fails before anything listens.
+
+    Raises:
+        BadInputError: The graph contradicts the manifest.
+    """
+    Runtime(artifact, variant, threads=1, providers=settings.provider_list(),
+            max_batch_tokens=settings.max_batch_tokens, max_batch_size=settings.max_batch_size)
+
+
+def deployment_values(manifest: Manifest, variant: str) -> dict[str, str]:
+    """A classifier needs no settings beyond the shared ones (``deploykit.deploy.k8s``)."""
+    return {}
+
+
+def bento_apis(settings: ServiceConfig) -> dict[str, Any]:
+    """``/classify`` as a BentoML API of the service class: deploykit's batcher behind it (the lean
+    layer answers first), or with ``batcher: bentoml`` BentoML's adaptive batcher.
+
+    The method's types are set on it here (not written as annotations): they depend on
+    ``settings`` (the most texts per request), which a module-level annotation could not see.
+    """
+    import bentoml
+    from bentoml.exceptions import InvalidArgument
+    from bentoml.validators import ContentType
+
+    texts_type = Annotated[list[Text], Field(min_length=1, max_length=settings.max_texts,
+                                             description="Texts to classify (non-empty strings).")]
+    # The declared media type spares BentoML from rebuilding the output's JSON schema on every
+    # response just to find it (IOMixin.mime_type).
+    results_type = Annotated[list[Result], ContentType("application/json")]
+    if settings.batcher == "bentoml":
+        def classify(self: Any, texts: list[str]) -> list[dict[str, Any]]:
+            """Classify texts; BentoML's adaptive batcher merges concurrent requests."""
+            # BentoML concatenates the lists of concurrent requests; the runtime splits them by
+            # the token budget again and keeps their order.
+            backend: ClassificationBackend = self.backend
+            try:
+                return backend.runtime.predict(texts)
+            except BadInputError as exc:
+                raise InvalidArgument(str(exc)) from None
+
+        classify.__annotations__ = {"texts": texts_type, "return": results_type}
+        wait = {} if settings.max_latency_ms is None else {"max_latency_ms": max(1, int(settings.max_latency_ms))}
+        return {"classify": bentoml.api(route="/classify", batchable=True, max_batch_size=settings.max_batch_size,
+                                        **wait)(classify)}
+
+    async def classify_batched(self: Any, texts: list[str]) -> list[dict[str, Any]]:
+        """Classify texts (served by the lean layer first; declared for /schema.json and BentoML's clients)."""
+        backend: ClassificationBackend = self.backend
+        return await backend.batcher.classify(texts)
+
+    classify_batched.__annotations__ = {"texts": texts_type, "return": results_type}
+    classify_batched.__name__ = classify_batched.__qualname__ = "classify"
+    return {"classify": bentoml.api(route="/classify")(classify_batched)}
 
 
 # --- handlers ---------------------------------------------------------------------------------

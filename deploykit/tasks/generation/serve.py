@@ -35,10 +35,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from deploykit.config import ServiceConfig
 from deploykit.errors import BadInputError
-from deploykit.generator import Event, Generator, Sampling, Seq
-from deploykit.tasks.generation.head import Generation
+from deploykit.manifest import Manifest
 from deploykit.serve.app import Call, HTTPError, Reply, Route, json_reply, request_timeout
 from deploykit.serve.batcher import DeadlineExceeded, Overloaded
+from deploykit.tasks.generation.head import Generation
+from deploykit.tasks.generation.runtime import Event, Generator, Sampling, Seq
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +198,6 @@ class GenerationBackend:
         BadInputError, IntegrityError: As ``Generator`` (the artifact is refused before serving).
     """
 
-    task = Generation.TASK
-
     def __init__(self, artifact: str, settings: ServiceConfig, metrics: Any) -> None:
         self.settings, self.metrics = settings, metrics
         self.generator = Generator(artifact, settings.variant, threads=settings.threads,
@@ -225,6 +224,45 @@ class GenerationBackend:
 
     def close(self) -> None:
         self.engine.close()
+
+
+def load(artifact: str, settings: ServiceConfig, metrics: Any) -> GenerationBackend:
+    """The text-generation model of one service process (the serve contract's ``load``)."""
+    return GenerationBackend(artifact, settings, metrics)
+
+
+def preflight(artifact: str, variant: str, settings: ServiceConfig) -> None:
+    """Load the artifact as a worker will (``Generator``: inputs, outputs, cache), so that
+    ``deploykit serve`` fails before anything listens."""
+    Generator(artifact, variant, threads=1, providers=settings.provider_list(),
+              max_batch_size=settings.max_batch_size, max_cache_tokens=settings.max_cache_tokens)
+
+
+def bento_apis(settings: ServiceConfig) -> dict[str, Any]:
+    """No BentoML-declared API: every route is the lean layer's."""
+    return {}
+
+
+# Sequences decoded together, and the memory of Python, BentoML, onnxruntime and the tokenizer
+# without the model, in a Deployment of a text-generation artifact.
+DEPLOYMENT_MAX_BATCH_SIZE = 32
+DEPLOYMENT_BASE_MIB = 512
+
+
+def deployment_values(manifest: Manifest, variant: str) -> dict[str, str]:
+    """A text-generation artifact's settings and memory request, from the manifest's sizes.
+
+    The memory request is twice the served graph's weights (onnxruntime keeps the initializers
+    and its pre-packed copies), twice the key/value cache at its bound (a step's new cache is
+    allocated while the old one is alive) and a fixed allowance for Python, BentoML and the
+    tokenizer; the limit is twice the request, as for ``--memory``.
+    """
+    cache_tokens = ServiceConfig().max_cache_tokens
+    weights = sum(manifest.files[rel].bytes for rel in manifest.files_of(variant))
+    cache = cache_tokens * manifest.head_as(Generation).cache.bytes_per_token()
+    mib = (2 * weights + 2 * cache) / 2**20 + DEPLOYMENT_BASE_MIB
+    return {"DEPLOYKIT_MAX_BATCH_SIZE": str(DEPLOYMENT_MAX_BATCH_SIZE),
+            "DEPLOYKIT_MAX_CACHE_TOKENS": str(cache_tokens), "memory": f"{int(-(-mib // 64) * 64)}Mi"}
 
 
 # --- requests ---------------------------------------------------------------------------------

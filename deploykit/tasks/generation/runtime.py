@@ -19,7 +19,7 @@ Why hand-written rather than onnxruntime-genai: its model builder needs a newer 
 than the exporter allows (docs/architecture.md), and ``ORTModelForCausalLM`` needs torch.
 
 Imports only numpy, onnxruntime, tokenizers, jinja2, the standard library and deploykit's
-errors/manifest/runtime: never torch, transformers or datasets.
+errors, manifest, session and the task's head: never torch, transformers or datasets.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import numpy as np
 
 from deploykit.errors import BadInputError
 from deploykit.manifest import TOKENIZER, Manifest, device_of
+from deploykit.session import session
 from deploykit.tasks.generation.head import Generation
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class Generator:
         max_cache_tokens: Bound on the batch cache, in tokens: sequences x the longest one may
             grow to (prompt + max_new_tokens); a sequence waits until it fits.
         spin: Let idle intra-op threads busy-wait between the graph's operators and calls
-            (onnxruntime's own default; ``deploykit.runtime.session``). A decoding step is
+            (onnxruntime's own default; ``deploykit.session.session``). A decoding step is
             hundreds of small operators called back to back, and waking the pool thread for
             each costs: one cached step of the 135M-parameter benchmark model at batch 8 took
             32 ms spinning vs 46-52 ms not (docs/benchmarks.md).
@@ -180,8 +181,6 @@ class Generator:
     def _setup(self, folder: Path, manifest: Manifest, variant: str, *, threads: int | None = None,
                providers: Sequence[str] | None = None, max_batch_size: int = 32,
                max_cache_tokens: int = 65536, spin: bool = False) -> None:
-        from deploykit.runtime import session
-
         if max_batch_size < 1 or max_cache_tokens < 1:
             raise BadInputError("max_batch_size and max_cache_tokens must be positive "
                                 "(DEPLOYKIT_MAX_BATCH_SIZE / DEPLOYKIT_MAX_CACHE_TOKENS)")
