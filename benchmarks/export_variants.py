@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deploykit import checkpoint as ckpt  # noqa: E402
 from deploykit.config import ExportConfig  # noqa: E402
-from deploykit.export import parity  # noqa: E402
+from deploykit.tasks.classification import parity  # noqa: E402
 from deploykit.manifest import Manifest  # noqa: E402
 
 log = logging.getLogger("export_variants")
@@ -145,7 +145,8 @@ def main() -> None:
                                                                 args.threads)))
     if int8 and int8.get("float_nodes"):
         # What the INT8 fallback costs: the same scheme's all-INT8 graph, measured alongside.
-        from deploykit.export import int8_schemes, quantize
+        from deploykit.export import quantize
+        from deploykit.tasks.classification import int8_schemes
 
         source = artifact / int8["source"]
         scratch = tempfile.TemporaryDirectory(prefix="export-variants-")  # removed when main() returns

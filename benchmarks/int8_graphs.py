@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deploykit import checkpoint as ckpt  # noqa: E402
 from deploykit.config import ExportConfig  # noqa: E402
-from deploykit.export import int8_schemes, parity, quantize  # noqa: E402
+from deploykit.export import quantize  # noqa: E402
+from deploykit.tasks.classification import int8_schemes, parity  # noqa: E402
 from deploykit.manifest import Manifest  # noqa: E402
 from deploykit.runtime import Runtime  # noqa: E402
 

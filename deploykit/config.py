@@ -26,7 +26,7 @@ import yaml
 
 from deploykit import tasks
 from deploykit.errors import ConfigError
-from deploykit.manifest import name_problem
+from deploykit.manifest import VARIANT_FILES, name_problem
 from deploykit.options import flag, int_list, opt, require, require_int_list  # noqa: F401 (int_list: a public helper)
 
 C = TypeVar("C")
@@ -496,7 +496,7 @@ PredictConfig = assemble(_Predict, "PredictConfig")
 
 OPTIMIZE_LEVELS = ("none", "O1", "O2")
 QUANTIZE_MODES = ("auto", "static", "dynamic", "none")
-VARIANT_NAMES = ("fp32", "opt", "int8")
+VARIANT_NAMES = tuple(VARIANT_FILES)
 
 
 @dataclass

@@ -43,6 +43,9 @@ READABLE_VERSIONS = (1,)
 # The default variant is the first servable and batch-independent of these (export writes it as
 # default_variant). ``int8`` holds whichever INT8 scheme export chose (its ``quantization.scheme``).
 DEFAULT_ORDER = ("int8", "opt", "fp32")
+# The variants export writes: their files and precisions (fp32, fused fp32, INT8).
+VARIANT_FILES = {"fp32": "model.onnx", "opt": "model.opt.onnx", "int8": "model.int8.onnx"}
+VARIANT_PRECISION = {"fp32": "fp32", "opt": "fp32", "int8": "int8"}
 # A variant served by default must give every text the same logits, within this, alone and in any
 # batch (parity records the worst difference): a user's answer must not change with other users'
 # traffic. Static INT8 and float graphs meet it; dynamic INT8, whose activation scales come from
@@ -282,24 +285,19 @@ class Variant:
 class ParityRows:
     """The held-out rows export checked parity on, so that ``verify`` re-checks the same ones.
 
-    ``text_column``, ``label_column`` and ``sha256`` (of the rows' texts and label ids) are
-    absent from artifacts written before they were recorded.
+    ``columns`` holds the data columns the rows came from, by the option that names them (each
+    task's own: ``text_column`` and ``label_column``, ``prompt_column`` ...): every key of the
+    record that ends in ``_column``, so a new task records its columns without a change here.
+    The columns and ``sha256`` (of the rows' texts and labels) are absent from artifacts written
+    before they were recorded.
     """
 
     source: str
     split: str
     n: int
     batch_sizes: tuple[int, ...] = ()
-    text_column: str | None = None
-    label_column: str | None = None
+    columns: Mapping[str, str] = field(default_factory=dict)
     sha256: str | None = None
-    # text-generation: the columns the prompts and reference completions came from.
-    prompt_column: str | None = None
-    completion_column: str | None = None
-    messages_column: str | None = None
-
-    _COLUMNS: ClassVar[tuple[str, ...]] = ("text_column", "label_column", "prompt_column",
-                                           "completion_column", "messages_column")
 
     @classmethod
     def from_json(cls, doc: Any, where: Path) -> "ParityRows":
@@ -307,16 +305,15 @@ class ParityRows:
         sizes = f.get("batch_sizes", list, required=False, default=[])
         if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
             f.fail("batch_sizes", "must be a list of positive integers")
-        columns = {key: f.get(key, str, required=False) for key in cls._COLUMNS}
+        columns = {key: f.get(key, str) for key in f.doc if key.endswith("_column")}
         return cls(source=f.get("data", str), split=f.get("split", str), n=f.get("n", int),
-                   batch_sizes=tuple(sizes), sha256=f.get("rows_sha256", str, required=False), **columns)
+                   batch_sizes=tuple(sizes), columns=columns, sha256=f.get("rows_sha256", str, required=False))
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"data": self.source, "split": self.split, "n": self.n,
-                               "batch_sizes": list(self.batch_sizes)}
-        for key, value in [(k, getattr(self, k)) for k in self._COLUMNS] + [("rows_sha256", self.sha256)]:
-            if value is not None:
-                doc[key] = value
+                               "batch_sizes": list(self.batch_sizes), **self.columns}
+        if self.sha256 is not None:
+            doc["rows_sha256"] = self.sha256
         return doc
 
     def describe(self) -> str:

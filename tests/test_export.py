@@ -77,7 +77,7 @@ def test_artifact_is_complete_and_verifiable(exported):
         assert [o.name for o in session.get_outputs()] == ["logits"]
     assert ("token_type_ids" in manifest.inputs) == (arch in ("bert", "electra", "deberta-v2"))
     rows = manifest.evaluation
-    assert rows.n == 32 and rows.split == "all" and rows.text_column == "text" and len(rows.sha256) == 64
+    assert rows.n == 32 and rows.split == "all" and rows.columns["text_column"] == "text" and len(rows.sha256) == 64
     assert set(manifest.provenance) >= {"torch", "transformers", "onnx", "onnxruntime", "opset",
                                         "data_sha256", "checkpoint"}
 
@@ -185,7 +185,7 @@ def _lengths_texts(n: int = 64) -> list[str]:
 
 def test_parity_at_other_batch_sizes_and_lengths(exported):
     from deploykit import checkpoint as ckpt
-    from deploykit.export import parity
+    from deploykit.tasks.classification import parity
     from deploykit.runtime import Runtime
 
     _, checkpoint, artifact, manifest = exported
@@ -273,7 +273,8 @@ def test_int8_gate_flags_label_flips_and_f1_loss(bert, heldout):
     """The INT8 bounds' mechanics on a reference whose labels we flip on purpose."""
     from deploykit import checkpoint as ckpt
     from deploykit.config import ExportConfig
-    from deploykit.export import parity
+    from deploykit.export.parity import table
+    from deploykit.tasks.classification import parity
 
     _, checkpoint, artifact, manifest = bert
     cfg = ExportConfig(checkpoint=str(checkpoint), data=str(heldout), split="all")
@@ -288,9 +289,9 @@ def test_int8_gate_flags_label_flips_and_f1_loss(bert, heldout):
     result = parity.check_variant(artifact, manifest, "int8", held, fake, ref_metrics, cfg)
     checks = {f["check"]: f for f in result.failures}
     assert not result.passed and set(checks) == {"label_agreement", "macro_f1_drop"}
-    assert checks["label_agreement"]["missed_by"] == pytest.approx(0.99 - result.label_agreement)
+    assert checks["label_agreement"]["missed_by"] == pytest.approx(0.99 - result.numbers["label_agreement"])
     assert checks["macro_f1_drop"]["value"] == pytest.approx(1.0 - result.metrics["macro_f1"])
-    assert "FAIL label_agreement" in parity.table([result], ref_metrics)
+    assert "FAIL label_agreement" in table([result], parity.columns(ref_metrics))
 
 
 def test_verify_passes_on_the_export(bert, heldout):

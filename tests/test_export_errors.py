@@ -130,7 +130,7 @@ def test_export_cli_defaults_to_the_checkpoints_own_held_out_split(checkpoint, t
     assert manifest.name == "tweets-sentiment"
     rows = manifest.evaluation
     assert (rows.source, rows.split, rows.n, rows.batch_sizes) == ("tweets", "test", 40, (1, 7, 64))
-    assert (rows.text_column, rows.label_column) == ("text", "label") and len(rows.sha256) == 64
+    assert (rows.columns["text_column"], rows.columns["label_column"]) == ("text", "label") and len(rows.sha256) == 64
     assert manifest.provenance["data_sha256"] == source_sha256("tweets")
     assert manifest.variants["opt"].optimization["level"] == "O1"
     assert manifest.default_variant == "opt" and "parity on 40 test rows" in proc.stderr

@@ -195,7 +195,7 @@ def test_a_trained_generation_checkpoint_exports_to_a_servable_artifact(bleu_run
                                        max_eval_samples=40))
     manifest = Manifest.verify(artifact)
     assert manifest.task == "text-generation" and manifest.evaluation.split == "test"
-    assert manifest.evaluation.n == 40 and manifest.evaluation.prompt_column == "prompt"
+    assert manifest.evaluation.n == 40 and manifest.evaluation.columns["prompt_column"] == "prompt"
     for name in ("fp32", "opt"):
         assert manifest.variants[name].servable and manifest.variants[name].parity["token_agreement"] == 1.0
     int8 = manifest.variants["int8"].parity

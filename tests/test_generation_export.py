@@ -93,7 +93,7 @@ def test_batch_independence_catches_activations_scaled_per_batch(generation_arti
     place of the weight-only graph moves a prompt's logits with its batch mates."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from deploykit.export.generation import batch_independence
+    from deploykit.tasks.generation.parity import batch_independence
     from deploykit.tasks.generation.runtime import Generator
 
     _, artifact = generation_artifacts["llama"]
@@ -109,7 +109,7 @@ def test_batch_independence_catches_activations_scaled_per_batch(generation_arti
 
 def test_float_compute_keeps_float_activations(generation_artifacts, tmp_path):
     """--int8-compute float: the weight-only graph dequantizes its weights (accuracy_level 0)."""
-    from deploykit.export.generation import quantize_weights
+    from deploykit.export.quantize import quantize_weights
 
     _, artifact = generation_artifacts["qwen2"]
     info = quantize_weights(artifact / "model.opt.onnx", tmp_path / "float.onnx", 32, compute="float")
@@ -142,7 +142,7 @@ def test_verify_fails_a_servable_variant_against_other_weights(generation_artifa
 def test_export_exits_3_when_no_variant_passes(tmp_path, translation_csv, monkeypatch):
     from dataclasses import replace
 
-    from deploykit.export import generation
+    from deploykit.tasks.generation import export as generation
 
     checkpoint = make_lm_checkpoint(tmp_path / "ck", "llama", translation_csv)
     cfg = ExportConfig(checkpoint=str(checkpoint), out=str(tmp_path / "art"), max_eval_samples=4,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from factories import LABELS, learnable_rows, tiny_model, tiny_tokenizer, write_csv
 
-from deploykit.export.int8_fallback import expected_agreement, predict_float_count, smallest_passing
+from deploykit.tasks.classification.int8_fallback import expected_agreement, predict_float_count, smallest_passing
 from deploykit.manifest import Manifest
 
 LAYERS = 2  # tiny_model's default depth
@@ -110,7 +110,7 @@ def outlier_artifact(tmp_path_factory):
 def _rows(data: Path):
     import csv
 
-    from deploykit.export.int8_fallback import SearchRows
+    from deploykit.tasks.classification.int8_fallback import SearchRows
 
     with open(data, encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
@@ -124,11 +124,12 @@ def _nodes(path: Path) -> dict[str, str]:
 
 
 def test_candidates_are_exactly_what_the_quantizer_replaces(outlier_artifact, tmp_path):
-    from deploykit.export import int8_fallback, quantize
+    from deploykit.export import quantize
+    from deploykit.tasks.classification import int8_fallback
 
     _, _, _, artifact = outlier_artifact
     src = artifact / "model.opt.onnx"
-    weights = int8_fallback.candidate_nodes(src)
+    weights = quantize.candidate_nodes(src)
     candidates = list(weights)
     ops = _nodes(src)
     # The pooler's and classifier's Gemm go by the name of the MatMul the quantizer makes of them.
@@ -148,7 +149,8 @@ def test_candidates_are_exactly_what_the_quantizer_replaces(outlier_artifact, tm
 
 
 def test_search_ranks_the_outlier_first_and_keeps_the_fewest_in_float(outlier_artifact, tmp_path):
-    from deploykit.export import int8_fallback, quantize
+    from deploykit.export import quantize
+    from deploykit.tasks.classification import int8_fallback
 
     _, data, _, artifact = outlier_artifact
     dst = tmp_path / "out" / "model.int8.onnx"
@@ -183,7 +185,8 @@ def test_search_ranks_the_outlier_first_and_keeps_the_fewest_in_float(outlier_ar
 
 
 def test_search_stops_at_the_all_int8_graph_when_it_meets_the_bounds(outlier_artifact, tmp_path):
-    from deploykit.export import int8_fallback, quantize
+    from deploykit.export import quantize
+    from deploykit.tasks.classification import int8_fallback
 
     _, data, _, artifact = outlier_artifact
     dst = tmp_path / "out" / "model.int8.onnx"

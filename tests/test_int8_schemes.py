@@ -26,7 +26,7 @@ def split_checkpoint(tmp_path_factory):
     """A tiny BERT whose deploykit.yaml names a CSV that export re-splits into train/validation/test."""
     from deploykit import checkpoint as ckpt
     from deploykit import data
-from deploykit.tasks.classification import data as cls_data
+    from deploykit.tasks.classification import data as cls_data
 
     root = tmp_path_factory.mktemp("int8-schemes")
     rows = _rows()
@@ -74,7 +74,7 @@ def test_calibration_never_reads_held_out_rows(split_checkpoint, tmp_path):
 
     from deploykit import checkpoint as ckpt
     from deploykit import data
-from deploykit.tasks.classification import data as cls_data
+    from deploykit.tasks.classification import data as cls_data
 
     # The poison reached the rows parity scores, and the split put the same rows in train.
     assert held_poisoned.evaluation.sha256 != clean.evaluation.sha256
@@ -169,7 +169,13 @@ def test_an_auto_int8_that_misses_the_held_out_gate_does_not_fail_the_export(mod
     An explicit --quantize static/dynamic insists, so the miss fails it; fp32/opt misses always do."""
     from types import SimpleNamespace
 
-    from deploykit.export import hard_failures
+    from deploykit.export.pipeline import fatal_failures
+    from deploykit.tasks.classification.export import tolerated
+
+    exporter = SimpleNamespace(tolerated=lambda variant, manifest: tolerated(mode, variant, manifest))
+
+    def hard_failures(mode, results, manifest):
+        return fatal_failures(results, manifest, exporter)
 
     manifest = SimpleNamespace(default_variant="opt", variants={
         "int8": SimpleNamespace(quantization={"scheme": "static-minmax-fallback"})})

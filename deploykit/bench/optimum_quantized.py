@@ -43,7 +43,7 @@ def _calibration(manifest: Manifest, checkpoint: Path) -> tuple[Any, list[str], 
     training rows themselves, and their record."""
     from deploykit import checkpoint as ckpt
     from deploykit.config import ParityConfig
-    from deploykit.export import parity
+    from deploykit.tasks.classification import parity
 
     int8 = manifest.variants.get("int8")
     record = dict(((int8.quantization or {}) if int8 else {}).get("calibration")
@@ -128,7 +128,8 @@ def prepare(checkpoint: str | Path, manifest: Manifest, out: Path, rows: int, ma
     from dataclasses import replace
 
     from deploykit import checkpoint as ckpt
-    from deploykit.export import onnx_export, parity
+    from deploykit.export import onnx_export
+    from deploykit.tasks.classification import parity
     from deploykit.files import sha256_file
 
     checkpoint = Path(checkpoint)

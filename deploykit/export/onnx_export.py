@@ -18,7 +18,6 @@ from deploykit.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
-TASK = "text-classification"
 MODEL_FILE = "model.onnx"
 
 
@@ -27,18 +26,18 @@ def model_type(checkpoint: Path) -> str:
     return str(json.loads((checkpoint / "config.json").read_text()).get("model_type", ""))
 
 
-def check_supported(checkpoint: Path, task: str = TASK) -> str:
+def check_supported(checkpoint: Path, task: str = "text-classification") -> str:
     """Refuse an architecture optimum-onnx cannot export for ``task``.
 
     Args:
         checkpoint: A validated checkpoint folder.
-        task: optimum's task (sequence classification by default).
+        task: optimum's task name (``text-classification``, ``text-generation-with-past``, ...).
 
     Returns:
         The checkpoint's model type.
 
     Raises:
-        BadInputError: If optimum-onnx has no text-classification ONNX config for the type.
+        BadInputError: If optimum-onnx has no ONNX config of ``task`` for the type.
     """
     import optimum.exporters.onnx.model_configs  # noqa: F401 - registers the ONNX configs
     from optimum.exporters.tasks import TasksManager
@@ -74,15 +73,15 @@ def load_eager(checkpoint: Path) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def export_onnx(model: Any, out_file: Path, opset: int, task: str = TASK) -> Path:
+def export_onnx(model: Any, out_file: Path, opset: int, task: str = "text-classification") -> Path:
     """Export a model to ONNX with dynamic batch and sequence axes.
 
     Args:
         model: A transformers model in eval mode, loaded with eager attention.
         out_file: Where to write the graph (``model.onnx``).
         opset: ONNX opset.
-        task: optimum's task: ``text-classification``, or ``text-generation-with-past`` for a
-            decoder with its key/value cache as inputs and outputs.
+        task: optimum's task name: ``text-classification``, or ``text-generation-with-past``
+            for a decoder with its key/value cache as inputs and outputs.
 
     Returns:
         ``out_file``.
@@ -93,7 +92,7 @@ def export_onnx(model: Any, out_file: Path, opset: int, task: str = TASK) -> Pat
     # folder and keep only the graph (plus external weight data of models over 2 GB).
     scratch = Path(tempfile.mkdtemp(prefix="deploykit-onnx-"))
     try:
-        # Validation is ours (parity.py, on real held-out rows at several shapes), so
+        # Validation is ours (each task's parity, on real held-out rows at several shapes), so
         # optimum's own dummy-input check would only repeat it.
         onnx_export_from_model(model, scratch, opset=opset, task=task, do_validation=False)
         for item in scratch.iterdir():
@@ -105,16 +104,25 @@ def export_onnx(model: Any, out_file: Path, opset: int, task: str = TASK) -> Pat
     return out_file
 
 
-def write_tokenizer(tokenizer: Any, path: Path, max_length: int) -> Path:
+def write_tokenizer(tokenizer: Any, path: Path, max_length: int | None) -> Path:
     """Save the fast tokenizer as one ``tokenizer.json`` usable by the ``tokenizers`` library alone.
 
-    Truncation to ``max_length`` and padding (to each batch's longest row) are stored in
-    the file, so a reader gets the same ids as the checkpoint's tokenizer did in training.
+    Args:
+        tokenizer: The checkpoint's fast tokenizer (never changed: a copy is saved).
+        path: Where to write.
+        max_length: Truncation to this many tokens and padding (to each batch's longest row),
+            stored in the file so that a reader gets the ids the checkpoint's tokenizer gave in
+            training; None for neither (a decoder's runtime pads on the left itself and refuses
+            a prompt longer than the context rather than cutting it).
     """
     backend = tokenizer.backend_tokenizer
     backend = type(backend).from_str(backend.to_str())  # a copy: never change the caller's
-    backend.enable_truncation(max_length)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    backend.enable_padding(pad_id=pad_id, pad_token=tokenizer.pad_token or "[PAD]")
+    if max_length is None:
+        backend.no_truncation()
+        backend.no_padding()
+    else:
+        backend.enable_truncation(max_length)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        backend.enable_padding(pad_id=pad_id, pad_token=tokenizer.pad_token or "[PAD]")
     backend.save(str(path))
     return path

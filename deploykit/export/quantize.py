@@ -1,4 +1,4 @@
-"""Step 3: INT8 graphs with onnxruntime's quantizer, in two schemes.
+"""Step 3: INT8 graphs with onnxruntime's quantizers, in three schemes.
 
 *Static* QDQ (the default family, ``Static``): activation ranges calibrated once on training
 rows, per-channel int8 weights, uint8 asymmetric activations, on the plain (unfused) graph's
@@ -7,8 +7,11 @@ DequantizeLinear-MatMul group into one ``MatMulIntegerToFloat`` kernel at load. 
 a text's logits independent of its batch mates. *Dynamic* (``Dynamic``): per-channel weights
 quantized ahead of time, activations scaled per call from the whole batch (so a text's logits
 move with its batch mates); it runs on the fused graph so that ``Attention`` becomes
-``QAttention``. Both write ``model.int8.onnx``; ``int8_schemes`` chooses between the schemes and
-``int8_fallback`` picks operators to keep in float.
+``QAttention``. Both write ``model.int8.onnx``; text-classification chooses between them by
+measurement (its ``int8_schemes``, with operators kept in float by its ``int8_fallback``).
+*Weight-only* (``quantize_weights``, a decoder's): every MatMul with a constant weight becomes
+``MatMulNBits`` with 8-bit blocks, computing in int8 with each row's activations quantized on
+their own.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +40,23 @@ WEIGHT_OPS = ("MatMul", "Gemm", "Attention", "MultiHeadAttention", "EmbedLayerNo
 CALIBRATION_METHODS = ("minmax", "entropy")
 # Most rows in one calibration batch (rows of one token length each, so never padded).
 CALIBRATION_BATCH = 32
+# Graphs near protobuf's 2 GB limit keep their weights as external data.
+MAX_PROTOBUF = 1_800_000_000
 
 
 @contextmanager
-def _quiet_quantizer():
-    """onnxruntime's quantizer logs one INFO line per tensor on the root logger and its histogram
-    calibrators print to stdout (which would mix with a command's output); keep both quiet."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.ERROR))
+def _quiet_quantizer(logger: str = ""):
+    """onnxruntime's quantizers log one INFO line per tensor (on the root logger; the weight-only
+    one on its own) and its histogram calibrators print to stdout (which would mix with a
+    command's output); keep both quiet."""
+    quantizer_log = logging.getLogger(logger)
+    level = quantizer_log.level
+    quantizer_log.setLevel(max(level, logging.ERROR))
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
-        root.setLevel(level)
+        quantizer_log.setLevel(level)
 
 
 def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
@@ -181,6 +189,47 @@ def dynamic_info(src: Path, dst: Path, reduce_range: bool, float_nodes: Sequence
 
 # --- the two schemes, as the fallback search and the scheme choice drive them ------------------
 
+def candidate_nodes(path: Path) -> dict[str, int]:
+    """Nodes that onnxruntime's dynamic quantizer turns into integer operators, by the names
+    ``nodes_to_exclude`` knows them by, with the number of weights each one reads.
+
+    Those of the quantizer's operator types (MatMul, Attention, Gather, EmbedLayerNormalization,
+    ...) that read a float weight matrix from the graph's initializers (a MatMul of two
+    activations stays float anyway), and every plain Gemm: the dynamic quantizer first rewrites
+    Gemm as a MatMul named ``<gemm>_MatMul`` (plus an Add), and quantizes that.
+    """
+    from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+    nodes = {}
+    for node, size in weight_readers(path):
+        if node.op_type in IntegerOpsRegistry:
+            nodes[node.name] = size
+        elif node.op_type == "Gemm" and _plain_gemm(node):
+            nodes[f"{node.name}_MatMul"] = size
+    return nodes
+
+
+def weight_readers(path: Path) -> list[tuple[Any, int]]:
+    """Every named node of the graph that reads a float weight matrix (an initializer of 2 or
+    more dimensions), with the number of weights it reads: what a quantizer can act on (a
+    MatMul of two activations reads none)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {t.name: int(np.prod(t.dims)) for t in graph.initializer
+               if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 2}
+    readers = [(node, sum(weights.get(i, 0) for i in node.input)) for node in graph.node if node.name]
+    return [(node, size) for node, size in readers if size]
+
+
+def _plain_gemm(node: Any) -> bool:
+    """A Gemm the quantizer rewrites as MatMul: alpha = beta = 1 and A not transposed."""
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and attrs.get("transA", 0) == 0
+
+
 @dataclass
 class Dynamic:
     """Dynamic INT8 (``quantize_dynamic``), as ``int8_fallback.search`` drives it."""
@@ -190,8 +239,6 @@ class Dynamic:
 
     def candidates(self, src: Path) -> dict[str, int]:
         """The nodes this scheme turns into integer operators, with their weight counts."""
-        from deploykit.export.int8_fallback import candidate_nodes
-
         return candidate_nodes(src)
 
     def write(self, src: Path, dst: Path, float_nodes: Sequence[str] = (), only_nodes: Sequence[str] = ()) -> None:
@@ -266,8 +313,6 @@ class Static:
     def candidates(self, src: Path) -> dict[str, int]:
         """MatMul/Gemm nodes that read a float weight matrix (by name), with their weight counts;
         a MatMul of two activations (attention's QK^T and its V product) has none."""
-        from deploykit.export.int8_fallback import weight_readers
-
         return {node.name: size for node, size in weight_readers(src) if node.op_type in ("MatMul", "Gemm")}
 
     def write(self, src: Path, dst: Path, float_nodes: Sequence[str] = (), only_nodes: Sequence[str] = ()) -> None:
@@ -307,3 +352,42 @@ class Static:
                 "quantized_ops": {"QuantizeLinear": counts.get("QuantizeLinear", 0),
                                   "DequantizeLinear": counts.get("DequantizeLinear", 0),
                                   "integer_MatMul": integer}}
+
+
+# --- weight-only INT8 (MatMulNBits) -------------------------------------------------------------
+
+# onnxruntime's MatMulNBits accuracy levels: 0 keeps the activations float (weights dequantized at
+# each call); 4 quantizes them to int8 per row and block, which runs MLAS's int8 kernels.
+ACCURACY_LEVEL = {"float": 0, "int8": 4}
+
+
+def quantize_weights(src: Path, dst: Path, block_size: int, bits: int = 8, compute: str = "int8") -> dict[str, Any]:
+    """Step 3: weight-only INT8 - each MatMul with a constant weight becomes ``MatMulNBits``
+    (symmetric ``bits``-bit blocks of ``block_size`` weights), computing in ``compute``
+    (``int8``: each row's activations quantized per block, on their own; ``float``).
+
+    Returns:
+        The manifest's ``quantization`` entry (with the MatMuls left in float).
+    """
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    with _quiet_quantizer("onnxruntime.quantization.matmul_nbits_quantizer"):
+        model = onnx.load(str(src))
+        config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, bits=bits,
+                                              accuracy_level=ACCURACY_LEVEL[compute])
+        quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+        quantizer.process()
+        external = model.ByteSize() > MAX_PROTOBUF
+        quantizer.model.save_model_to_file(str(dst), external)
+    graph = onnx.load(str(dst), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+    activations = "int8 per row and block" if compute == "int8" else "float"
+    info = {"mode": "weight-only", "format": "MatMulNBits", "bits": bits, "block_size": block_size,
+            "symmetric": True, "compute": compute, "accuracy_level": ACCURACY_LEVEL[compute],
+            "activations": activations, "source": src.name,
+            "quantized_ops": {"MatMulNBits": ops.count("MatMulNBits"), "float_MatMul": ops.count("MatMul"),
+                              "float_Gemm": ops.count("Gemm")},
+            "float_nodes": [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")]}
+    log.info("weight-only INT8 (%s compute) %s -> %s: %s", compute, src.name, dst.name, info["quantized_ops"])
+    return info

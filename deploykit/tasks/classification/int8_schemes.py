@@ -33,8 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from deploykit.tasks.classification.options import INT8_SCHEMES
+from deploykit.export import quantize
+from deploykit.export.quantize import Static
 from deploykit.manifest import BATCH_INDEPENDENCE_ATOL
+from deploykit.tasks.classification import int8_fallback, parity
+from deploykit.tasks.classification.options import INT8_SCHEMES
+from deploykit.tasks.classification.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +84,6 @@ def calibration(cfg: Any, train_cfg: Any, src: Path, tokenizer_file: Path, max_l
         tokenizer_file: The artifact's ``tokenizer.json``.
         max_length: Truncation length.
     """
-    from deploykit.export import parity, quantize
-    from deploykit.tasks.classification.runtime import Runtime
-
     rows = parity.training_rows(cfg, train_cfg, cfg.calibration_samples)
     feeds = quantize.calibration_feeds(Runtime.of_graph(src, tokenizer_file, max_length), rows.texts)
     return Calibration(feeds, rows.source, rows.split, rows.texts, rows.text_column, rows.label_column)
@@ -161,9 +162,6 @@ def choose(src: Path, dst: Path, scheme: str, scorer: Any, calibration: Calibrat
         agreement, macro-F1 loss, batch independence and float-weight operators; with the
         calibration set too when nothing was written, for the manifest's ``int8_selection``).
     """
-    from deploykit.export import int8_fallback
-    from deploykit.export.quantize import Static
-
     caches: dict[str, Path] = {m: scratch / f"calibration-{m}.json" for m in METHODS}
     tried: list[_Tried] = []
 

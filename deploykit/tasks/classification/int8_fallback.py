@@ -37,6 +37,9 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from deploykit.tasks.classification import parity
+from deploykit.tasks.classification.runtime import Runtime
+
 log = logging.getLogger(__name__)
 
 DAMAGE_BATCH = 64
@@ -73,47 +76,6 @@ class Quantizer(Protocol):
               only_nodes: Sequence[str] = ()) -> None: ...
 
     def info(self, src: Path, dst: Path, float_nodes: Sequence[str]) -> dict[str, Any]: ...
-
-
-def candidate_nodes(path: Path) -> dict[str, int]:
-    """Nodes that onnxruntime's dynamic quantizer turns into integer operators, by the names
-    ``nodes_to_exclude`` knows them by, with the number of weights each one reads.
-
-    Those of the quantizer's operator types (MatMul, Attention, Gather, EmbedLayerNormalization,
-    ...) that read a float weight matrix from the graph's initializers (a MatMul of two
-    activations stays float anyway), and every plain Gemm: the dynamic quantizer first rewrites
-    Gemm as a MatMul named ``<gemm>_MatMul`` (plus an Add), and quantizes that.
-    """
-    from onnxruntime.quantization.registry import IntegerOpsRegistry
-
-    nodes = {}
-    for node, size in weight_readers(path):
-        if node.op_type in IntegerOpsRegistry:
-            nodes[node.name] = size
-        elif node.op_type == "Gemm" and _plain_gemm(node):
-            nodes[f"{node.name}_MatMul"] = size
-    return nodes
-
-
-def weight_readers(path: Path) -> list[tuple[Any, int]]:
-    """Every named node of the graph that reads a float weight matrix (an initializer of 2 or
-    more dimensions), with the number of weights it reads: what a quantizer can act on (a
-    MatMul of two activations reads none)."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    weights = {t.name: int(np.prod(t.dims)) for t in graph.initializer
-               if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 2}
-    readers = [(node, sum(weights.get(i, 0) for i in node.input)) for node in graph.node if node.name]
-    return [(node, size) for node, size in readers if size]
-
-
-def _plain_gemm(node: Any) -> bool:
-    """A Gemm the quantizer rewrites as MatMul: alpha = beta = 1 and A not transposed."""
-    from onnx import helper
-
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    return attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and attrs.get("transA", 0) == 0
 
 
 def expected_agreement(reference: np.ndarray, logits: np.ndarray) -> float:
@@ -227,8 +189,6 @@ class Scorer:
 
     def __init__(self, reference: Path, tokenizer_file: Path, rows: SearchRows, max_length: int,
                  batch_sizes: Sequence[int], min_agreement: float, max_f1_drop: float, margin: float = 0.0) -> None:
-        from deploykit.export import parity
-
         self.reference_path, self.tokenizer_file, self.rows = Path(reference), Path(tokenizer_file), rows
         self.max_length, self.batch_sizes = max_length, list(batch_sizes)
         self.min_agreement, self.max_f1_drop = min_agreement, max_f1_drop
@@ -244,19 +204,13 @@ class Scorer:
 
     def runtime(self, path: Path) -> Any:
         """The candidate loaded as served: the runtime's own tokenization, padding and feeds."""
-        from deploykit.tasks.classification.runtime import Runtime
-
         return Runtime.of_graph(path, self.tokenizer_file, self.max_length)
 
     def logits(self, path: Path, texts: Sequence[str], sizes: Sequence[int], desc: str = "") -> np.ndarray:
-        from deploykit.export import parity
-
         return parity.runtime_logits(self.runtime(path), texts, sizes, desc=desc, progress=bool(desc))
 
     def trial(self, path: Path, float_nodes: int, desc: str = "") -> Trial:
         """Score one candidate on every search row."""
-        from deploykit.export import parity
-
         out = self.logits(path, self.rows.texts, self.batch_sizes, desc or f"int8 search: {float_nodes} float")
         agreement = float((out.argmax(-1) == self.reference.argmax(-1)).mean())
         expected = expected_agreement(self.reference, out)
@@ -266,8 +220,6 @@ class Scorer:
 
     def batch_independence(self, path: Path, rows: int | None = None) -> dict[str, Any]:
         """The first ``rows`` search rows alone vs in mixed batches (``parity.batch_independence``)."""
-        from deploykit.export import parity
-
         return parity.batch_independence(self.runtime(path), self.rows.texts[:rows])
 
     def record(self) -> dict[str, Any]:

@@ -1,0 +1,282 @@
+"""text-classification's parity: every exported variant against the PyTorch checkpoint on held-out rows.
+
+In the style of optimum's export validation: check the graph's inputs and output against the
+manifest, then the output shape, then the values; collect every failure in one
+``deploykit.export.parity.ParityResult``. The ONNX side runs the very ``Runtime`` that serves (its tokenizer
+set-up, padding and feeds from the artifact's own ``tokenizer.json``), so what parity verifies
+is what is served, and a mismatched tokenizer shows up here too. Rows are scored in batches
+whose sizes cycle through ``--batch-sizes`` (batch 1 is unpadded, larger batches mix padded and
+full rows), one model call per batch, so one pass covers several shapes. Each variant's batch
+independence is measured too: every row alone against the same row in mixed batches (the
+variant rule serves by default only a variant whose logits do not move with batch mates).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from deploykit import data
+from deploykit.config import DataConfig, ParityConfig, TrainConfig
+from deploykit.errors import BadInputError
+from deploykit.export.parity import Column, ParityResult, batches, fmt
+from deploykit.manifest import Manifest, ParityRows, rows_sha256
+from deploykit.tasks.classification import data as cls_data
+from deploykit.tasks.classification.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+INT8_PRECISIONS = ("int8",)
+# Rows per batch of the batch-independence check's shuffled pass (tweets of mixed lengths).
+MIXED_BATCH = 32
+
+
+@dataclass
+class HeldOut:
+    """The rows parity and metrics are computed on, with labels in the checkpoint's id order."""
+
+    texts: list[str]
+    labels: list[int]
+    source: str
+    split: str
+    data_sha256: str
+    text_column: str | None = None
+    label_column: str | None = None
+
+    def record(self, batch_sizes: Sequence[int]) -> ParityRows:
+        """What the manifest records of these rows (``evaluation``), so verify re-checks them."""
+        columns = {k: v for k, v in (("text_column", self.text_column), ("label_column", self.label_column)) if v}
+        return ParityRows(source=self.source, split=self.split, n=len(self.texts), batch_sizes=tuple(batch_sizes),
+                          columns=columns, sha256=rows_sha256(self.texts, self.labels))
+
+
+# --- data ------------------------------------------------------------------------------------
+
+def _data_config(cfg: ParityConfig, train_cfg: TrainConfig | None) -> DataConfig:
+    """The checkpoint's data options with --data/--text-column/--label-column applied on top."""
+    return data.rebuild_config(train_cfg, data=cfg.data, text_column=cfg.text_column,
+                               label_column=cfg.label_column)
+
+
+def _source(dcfg: DataConfig) -> str:
+    """How the manifest names a data source: a file by its absolute path, so that verify finds
+    it from any folder."""
+    return dcfg.data if dcfg.data == "tweets" or not Path(dcfg.data).exists() else str(Path(dcfg.data).resolve())
+
+
+def load_held_out(cfg: ParityConfig, train_cfg: TrainConfig | None, labels: list[str]) -> HeldOut:
+    """Rebuild the checkpoint's split (same seed and ratios) and map its labels to the model's.
+
+    Args:
+        cfg: Data source, split and row cap.
+        train_cfg: The checkpoint's training config (None if it has none).
+        labels: The checkpoint's label names in id order.
+
+    Returns:
+        The held-out rows.
+
+    Raises:
+        BadInputError: Bad data source, or labels the model does not know.
+    """
+    dcfg = _data_config(cfg, train_cfg)
+    rows, sha = cls_data.held_out(dcfg, cfg.split, labels)
+    texts, gold = rows.texts, rows.labels
+    if cfg.max_eval_samples is not None:
+        texts, gold = texts[:cfg.max_eval_samples], gold[:cfg.max_eval_samples]
+    if not texts:
+        raise BadInputError(f"the {cfg.split} split of {dcfg.data} has no rows to check parity on")
+    return HeldOut(list(texts), list(gold), _source(dcfg), cfg.split, sha, dcfg.text_column, dcfg.label_column)
+
+
+def training_rows(cfg: ParityConfig, train_cfg: TrainConfig | None, n: int) -> HeldOut:
+    """The first ``n`` rows of the training split (static-quantization calibration), from the
+    same source and split seed as ``load_held_out``; the held-out rows are never among them.
+
+    Raises:
+        BadInputError: Bad data source, or a training split with no rows.
+    """
+    dcfg = _data_config(cfg, train_cfg)
+    splits = cls_data.load_splits(dcfg)
+    if not splits.train.texts:
+        raise BadInputError(f"the training split of {dcfg.data} has no rows to calibrate INT8 on")
+    return HeldOut(list(splits.train.texts[:n]), list(splits.train.labels[:n]), _source(dcfg), "train",
+                   splits.data_sha256, dcfg.text_column, dcfg.label_column)
+
+
+# --- scoring ---------------------------------------------------------------------------------
+
+def classification_metrics(logits: np.ndarray, gold: Sequence[int], num_labels: int) -> dict[str, float]:
+    """Accuracy and macro-F1 of argmax predictions (the metric keys of docs/architecture.md)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    predicted = logits.argmax(axis=-1)
+    return {"accuracy": float(accuracy_score(gold, predicted)),
+            "macro_f1": float(f1_score(gold, predicted, labels=list(range(num_labels)),
+                                       average="macro", zero_division=0))}
+
+
+def reference_logits(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int,
+                     batch_size: int = 64) -> np.ndarray:
+    """PyTorch logits of ``texts`` from the checkpoint model, tokenized by its own tokenizer.
+
+    Returns:
+        float32 array [len(texts), num_labels].
+    """
+    import inspect
+
+    import torch
+    from tqdm.auto import tqdm
+
+    # A tokenizer may return inputs the model does not take (DistilBERT: no token_type_ids).
+    accepted = set(inspect.signature(model.forward).parameters)
+    out = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(texts), batch_size), desc="pytorch reference", unit="batch",
+                          leave=False):
+            batch = tokenizer(list(texts[start:start + batch_size]), truncation=True,
+                              max_length=max_length, padding=True, return_tensors="pt")
+            out.append(model(**{k: v for k, v in batch.items() if k in accepted}).logits.float().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def runtime_logits(runtime: Any, texts: Sequence[str], sizes: Sequence[int], desc: str = "onnx",
+                   progress: bool = True) -> np.ndarray:
+    """Logits of ``texts`` through a serving ``Runtime``: its tokenization, padding and feeds.
+
+    Args:
+        runtime: A ``deploykit.runtime.Runtime``.
+        texts: The rows.
+        sizes: Batch sizes to cycle through (one model call per batch, in the rows' order).
+        desc: Progress-bar label.
+        progress: Show a progress bar.
+
+    Returns:
+        float32 array [len(texts), num_labels].
+    """
+    from tqdm.auto import tqdm
+
+    rows = runtime.tokenize(texts)
+    quiet = {} if progress else {"disable": True}  # passing disable=False would override TQDM_DISABLE
+    out = [runtime.run(rows[part])
+           for part in tqdm(batches(len(rows), sizes), desc=desc, unit="batch", leave=False, **quiet)]
+    return np.concatenate(out).astype(np.float32)
+
+
+def batch_independence(runtime: Any, texts: Sequence[str], batched: np.ndarray | None = None,
+                       batch_size: int = MIXED_BATCH, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+    """How far a text's logits move with its batch mates: each row alone (a batch of one, never
+    padded) against the same row in seeded random batches of ``batch_size`` rows (padded to
+    their longest) and, if given, in the batches that produced ``batched``.
+
+    Dynamic INT8 scales activations per call from the whole batch, so its logits move; static
+    INT8 and float graphs keep theirs (up to float rounding).
+
+    Args:
+        runtime: A ``deploykit.runtime.Runtime``.
+        texts: The rows.
+        batched: Logits of ``texts`` from another batching (parity's own pass), or None.
+        batch_size: Rows per shuffled batch.
+        seed: Seed of the shuffle.
+        progress: Show a progress bar.
+
+    Returns:
+        ``{"max_abs_diff", "mean_abs_diff", "label_flips", "rows", "mixed_batch_size"}``: the worst
+        and mean |Δlogit| between alone and batched, and the rows whose label differs in a batch.
+    """
+    from tqdm.auto import tqdm
+
+    rows = runtime.tokenize(texts)
+    if not rows:
+        return {"max_abs_diff": 0.0, "mean_abs_diff": 0.0, "label_flips": 0, "rows": 0,
+                "mixed_batch_size": batch_size}
+    quiet = {} if progress else {"disable": True}
+    alone = np.concatenate([runtime.run([row]) for row in tqdm(rows, desc="rows alone", unit="row",
+                                                               leave=False, **quiet)])
+    order = np.random.default_rng(seed).permutation(len(rows))
+    mixed = np.zeros_like(alone)
+    for start in range(0, len(rows), batch_size):
+        part = order[start:start + batch_size]
+        mixed[part] = runtime.run([rows[i] for i in part])
+    others = [mixed] if batched is None else [mixed, np.asarray(batched, dtype=np.float32)]
+    diff = np.stack([np.abs(o.astype(np.float64) - alone) for o in others])
+    flips = np.zeros(len(rows), dtype=bool)
+    for other in others:
+        flips |= other.argmax(-1) != alone.argmax(-1)
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "label_flips": int(flips.sum()), "rows": len(rows), "mixed_batch_size": batch_size}
+
+
+def bounds_for(precision: str, cfg: ParityConfig) -> dict[str, float]:
+    """The tolerances of a precision (fp32 and fused graphs vs INT8)."""
+    if precision in INT8_PRECISIONS:
+        return {"min_label_agreement": cfg.int8_min_agreement, "max_macro_f1_drop": cfg.int8_max_f1_drop}
+    return {"max_abs_diff": cfg.fp32_atol, "min_label_agreement": cfg.fp32_min_agreement}
+
+
+def check_variant(folder: Path, manifest: Manifest, name: str, held: HeldOut, reference: np.ndarray,
+                  reference_metrics: dict[str, float], cfg: ParityConfig) -> ParityResult:
+    """Compare one variant, run by the serving runtime, with the PyTorch reference: the graph's
+    interface against the manifest, then shapes, then values.
+
+    Args:
+        folder: The artifact folder (export's temporary one before it is renamed into place).
+        manifest: Its manifest (export's draft, or the verified one).
+        name: The variant (fp32, opt, int8); its precision chooses the bounds.
+        held: Held-out rows.
+        reference: PyTorch logits of ``held.texts``.
+        reference_metrics: PyTorch's accuracy and macro-F1 on them.
+        cfg: Tolerances and batch sizes.
+
+    Returns:
+        The result; ``result.failures`` lists every missed bound (empty when it passed).
+    """
+    precision = manifest.variants[name].precision
+    # The numbers' order is the manifest's (a failed interface leaves them not a number).
+    result = ParityResult(name, precision, {"max_abs_diff": float("nan"), "mean_abs_diff": float("nan"),
+                                            "label_agreement": 0.0}, bounds=bounds_for(precision, cfg))
+    try:
+        runtime = Runtime.of_variant(folder, manifest, name)
+    except BadInputError as exc:  # no point comparing values of a graph with the wrong interface
+        result.fail("interface", str(exc), "the manifest's inputs and output")
+        return result
+    logits = runtime_logits(runtime, held.texts, cfg.batch_size_list, desc=name)
+    if logits.shape != reference.shape:
+        result.fail("output shape", list(logits.shape), list(reference.shape))
+        return result
+    diff = np.abs(logits.astype(np.float64) - reference.astype(np.float64))
+    n = result.numbers
+    n.update(max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()),
+             label_agreement=float((logits.argmax(-1) == reference.argmax(-1)).mean()))
+    result.metrics = classification_metrics(logits, held.labels, reference.shape[1])
+    result.batch_independence = batch_independence(runtime, held.texts, logits, progress=True)
+    b = result.bounds
+    if "max_abs_diff" in b and not n["max_abs_diff"] <= b["max_abs_diff"]:
+        result.fail("max_abs_diff", n["max_abs_diff"], b["max_abs_diff"], n["max_abs_diff"] - b["max_abs_diff"])
+    if n["label_agreement"] < b["min_label_agreement"]:
+        result.fail("label_agreement", n["label_agreement"], b["min_label_agreement"],
+                    b["min_label_agreement"] - n["label_agreement"])
+    if "max_macro_f1_drop" in b:
+        drop = reference_metrics["macro_f1"] - result.metrics["macro_f1"]
+        if drop > b["max_macro_f1_drop"]:
+            result.fail("macro_f1_drop", drop, b["max_macro_f1_drop"], drop - b["max_macro_f1_drop"])
+    return result
+
+
+def columns(reference_metrics: dict[str, float]) -> list[Column]:
+    """The parity table's columns: the logits' differences, label agreement, held-out metrics and
+    batch dependence."""
+    def number(key: str):
+        return lambda r: fmt(r.numbers.get(key))
+
+    def metric(key: str):
+        return lambda r: fmt(r.metrics.get(key))
+
+    return [Column("max_abs_diff", number("max_abs_diff")), Column("mean_abs_diff", number("mean_abs_diff")),
+            Column("agreement", number("label_agreement")),
+            Column("accuracy", metric("accuracy"), f"{reference_metrics['accuracy']:.4f}"),
+            Column("macro_f1", metric("macro_f1"), f"{reference_metrics['macro_f1']:.4f}"),
+            Column("batch_dependence", lambda r: fmt(r.batch_independence.get("max_abs_diff")))]
