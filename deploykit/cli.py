@@ -93,19 +93,9 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    import json
-
     from deploykit import evaluation
 
-    out = evaluation.run(build_config(EvalConfig, args))
-    metrics = json.loads((out / "metrics.json").read_text())
-    if "bleu" in metrics:
-        print(f"{metrics['split']} ({metrics['n']} prompts): BLEU {metrics['bleu']:.2f}, chrF {metrics['chrf']:.2f}, "
-              f"exact match {metrics['exact_match']:.4f}, loss {metrics['loss']:.4f}, perplexity "
-              f"{metrics['perplexity']:.3f} -> {out}/report.md")
-        return
-    print(f"{metrics['split']} ({metrics['n']} rows): accuracy {metrics['accuracy']:.4f}, "
-          f"macro-F1 {metrics['macro_f1']:.4f}, weighted-F1 {metrics['weighted_f1']:.4f} -> {out}/report.md")
+    print(evaluation.summary(evaluation.run(build_config(EvalConfig, args))))
 
 
 def _export(args: argparse.Namespace) -> None:

@@ -11,6 +11,7 @@ input raises ``BadInputError`` naming the file, the row or column, and what to d
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import logging
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from deploykit.config import DataConfig
+from deploykit.config import DataConfig, HeldOutConfig
 from deploykit.errors import BadInputError
 
 if TYPE_CHECKING:
@@ -252,29 +253,33 @@ def subsample(rows: list, n: int | None, seed: int, strata: list | None) -> list
     return train_test_split(rows, train_size=n, random_state=seed, stratify=strata)[0]
 
 
-def rebuild_config(stored: DataConfig | None, *, data: str | None = None, text_column: str | None = None,
-                   label_column: str | None = None, **columns: str | None) -> DataConfig:
+def rebuild_config(stored: DataConfig | None, *, data: str | None = None, **overrides: Any) -> DataConfig:
     """A checkpoint's data options (task, source, columns, seed, ratios) with overrides applied.
 
     Args:
         stored: The checkpoint's stored config (None if it has none).
         data: Another data source.
-        text_column: Another text column.
-        label_column: Another label column.
-        **columns: Other overrides (``task``, ``prompt_column``, ``completion_column``,
-            ``messages_column``); None keeps the stored one.
+        **overrides: Other ``DataConfig`` fields (``task``, a task's column options such as
+            ``text_column`` or ``prompt_column``); None keeps the stored one.
 
     Raises:
         BadInputError: If there is neither a stored config nor a ``data`` source.
     """
-    base = {f: getattr(stored, f) for f in DataConfig.__dataclass_fields__} if stored else {}
+    base = {f.name: getattr(stored, f.name) for f in dataclasses.fields(DataConfig)} if stored else {}
     if data is None and not base:
         raise BadInputError("the checkpoint has no deploykit.yaml to rebuild its data splits from; "
                             "pass --data (and --split all for a file that is a test set)")
-    overrides = {"data": data, "text_column": text_column, "label_column": label_column, **columns}
-    base.update({k: v for k, v in overrides.items() if v is not None})
+    base.update({k: v for k, v in {"data": data, **overrides}.items() if v is not None})
     base["max_train_samples"] = None
     return DataConfig(**base)
+
+
+def held_out_options(cfg: HeldOutConfig) -> dict[str, Any]:
+    """A held-out config's data source and column options (``--data``, ``--text-column``,
+    ``--prompt-column``, ...: whatever the registered tasks declare), by ``DataConfig`` field, for
+    ``rebuild_config`` (None keeps the checkpoint's)."""
+    names = {f.name for f in dataclasses.fields(DataConfig)}
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(HeldOutConfig) if f.name in names}
 
 
 # --- batches of the training loop ------------------------------------------------------------

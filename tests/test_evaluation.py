@@ -89,7 +89,9 @@ def test_split_all_scores_every_row(ckpt, learnable_csv, tmp_path):
 
 
 def test_length_buckets_split_by_tokens():
-    buckets = evaluation.length_buckets([3, 20, 20, 100], [0, 1, 1, 2], [0, 1, 0, 2], LABELS, max_length=128)
+    from deploykit.tasks.classification.evaluate import length_buckets
+
+    buckets = length_buckets([3, 20, 20, 100], [0, 1, 1, 2], [0, 1, 0, 2], LABELS, max_length=128)
     assert [(b["tokens"], b["n"], b["accuracy"]) for b in buckets] == [("0-15", 1, 1.0), ("16-31", 2, 0.5), ("64-128", 1, 1.0)]
 
 

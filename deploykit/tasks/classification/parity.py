@@ -58,8 +58,7 @@ class HeldOut:
 
 def _data_config(cfg: ParityConfig, train_cfg: TrainConfig | None) -> DataConfig:
     """The checkpoint's data options with --data/--text-column/--label-column applied on top."""
-    return data.rebuild_config(train_cfg, data=cfg.data, text_column=cfg.text_column,
-                               label_column=cfg.label_column)
+    return data.rebuild_config(train_cfg, **data.held_out_options(cfg))
 
 
 def _source(dcfg: DataConfig) -> str:

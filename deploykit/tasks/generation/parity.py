@@ -58,8 +58,7 @@ def load_prompts(cfg: ParityConfig, train_cfg: Any, tokenizer: Any) -> Prompts:
     Raises:
         BadInputError: Bad data source or columns, or no prompts.
     """
-    dcfg = data.rebuild_config(train_cfg, data=cfg.data, prompt_column=cfg.prompt_column,
-                               completion_column=cfg.completion_column, messages_column=cfg.messages_column)
+    dcfg = data.rebuild_config(train_cfg, **data.held_out_options(cfg))
     pairs, sha = gen_data.held_out(dcfg, cfg.split)
     n = len(pairs) if cfg.max_eval_samples is None else min(len(pairs), cfg.max_eval_samples)
     if n == 0:
