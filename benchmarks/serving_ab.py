@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deploykit.bench.inputs import sample_texts  # noqa: E402
-from deploykit.bench.online import Target  # noqa: E402
+from deploykit.tasks.classification.bench import Target  # noqa: E402
 from deploykit.config import BenchOnlineConfig  # noqa: E402
 from deploykit.manifest import Manifest  # noqa: E402
 from deploykit.serve.launch import free_port, stop_process_group  # noqa: E402

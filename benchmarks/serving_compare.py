@@ -51,7 +51,8 @@ sys.path.insert(0, str(ROOT))
 
 from deploykit.bench import report  # noqa: E402
 from deploykit.bench.inputs import sample_texts  # noqa: E402
-from deploykit.bench.online import Target, run_levels  # noqa: E402
+from deploykit.bench.online import run_levels  # noqa: E402
+from deploykit.tasks.classification.bench import Target  # noqa: E402
 from deploykit.bench.stats import summarize_latencies, time_calls  # noqa: E402
 from deploykit.config import BenchOnlineConfig  # noqa: E402
 from deploykit.manifest import Manifest  # noqa: E402
@@ -143,7 +144,7 @@ def bench_levels(url: str, protocol: str, model: str, per_request: int, args, te
     cfg = BenchOnlineConfig(url=url, protocol=protocol, model=model, concurrency=args.concurrency,
                             duration=args.duration, warmup=args.warmup, single_requests=args.single_requests,
                             texts_per_request=per_request)
-    return {lv["label"]: lv for lv in asyncio.run(run_levels(cfg, texts))}
+    return {lv["label"]: lv for lv in asyncio.run(run_levels(cfg, texts, Target(cfg)))}
 
 
 def write_bodies(path: Path, target: Target, texts: list[str], per_request: int) -> Path:

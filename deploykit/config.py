@@ -33,9 +33,6 @@ C = TypeVar("C")
 
 BUILTIN_DATA = ("tweets",)
 BUILTIN_MODELS = ("minilm",)
-# Until every stage dispatches through the registry (the task-registry refactor, in steps).
-CLASSIFICATION = "text-classification"
-GENERATION = "text-generation"
 STRATEGIES = ("full", "ffn", "layerwise", "head", "lora")
 SPLITS = ("test", "validation", "all")
 OWNERS = "tasks"  # field metadata key: the tasks that declare a task option

@@ -1,8 +1,9 @@
-"""``deploykit predict``: torch-free batch scoring of a file with an artifact.
+"""``deploykit predict``: torch-free batch scoring of a file with an artifact, written once.
 
 Reads CSV, JSON (a list of objects), JSONL or Parquet in chunks (the standard library for the
-text formats, pyarrow for Parquet when it is installed), scores each chunk with the runtime
-(token-budget batches, length-sorted) and writes one JSON line per input row, in input order,
+text formats, pyarrow for Parquet when it is installed), scores each chunk with the artifact's
+task (its folder's ``predict.Scorer``: a classifier's runtime in token-budget batches, a
+decoder's iteration-level scheduler) and writes one JSON line per input row, in input order,
 to a temporary file that is renamed into place only when every row is scored.
 
 Deliberately not ``deploykit.data``: that module reads through pandas/datasets (the ``train``
@@ -21,12 +22,12 @@ import threading
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
-from deploykit.config import GENERATION, PredictConfig
+from deploykit import tasks
+from deploykit.config import PredictConfig, check_task
 from deploykit.errors import BadInputError
 from deploykit.manifest import Manifest
-from deploykit.tasks.classification.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -214,10 +215,22 @@ def write_rows(cfg: PredictConfig, score: Callable[[list[str], int], Iterable[di
     return out, n
 
 
-def run(cfg: PredictConfig) -> Path:
-    """Score every row of ``cfg.data`` and write ``cfg.out`` (JSONL, input order).
+class Scorer(Protocol):
+    """What ``run`` calls on the task (``deploykit/tasks/<task>/predict.py``'s ``Scorer``, built from
+    the config): the artifact loaded once, then one result per row, chunk by chunk."""
 
-    Each line is ``{"row": i, "label", "score", "scores": {label: p}, "truncated"}``.
+    what: str     # what a row's result is, for the log line ("predictions", "completions")
+    name: str     # the model's name
+    variant: str  # the variant that scores
+
+    def __call__(self, texts: list[str], first_row: int) -> list[dict[str, Any]]:
+        """One result per text of a chunk whose first row is ``first_row`` (in order)."""
+
+
+def run(cfg: PredictConfig) -> Path:
+    """Score every row of ``cfg.data`` with the artifact's task and write ``cfg.out`` (JSONL, input
+    order): ``{"row": i, ...}`` per row, the rest the task's (a classifier's ``label``, ``score``,
+    ``scores``, ``truncated``; a decoder's ``completion``, ``finish_reason``, token counts).
 
     Args:
         cfg: The predict configuration.
@@ -226,17 +239,14 @@ def run(cfg: PredictConfig) -> Path:
         The predictions file.
 
     Raises:
-        BadInputError: Bad artifact, data file, column or row (see ``read_texts``); nothing is
-            written to ``cfg.out``, and the temporary file is removed (on SIGTERM too).
+        BadInputError: Bad artifact, data file, column or row (see ``read_texts``), or an option of
+            another task; nothing is written to ``cfg.out``, and the temporary file is removed (on
+            SIGTERM too).
         IntegrityError: An artifact file does not match its manifest.
     """
-    if Manifest.read(cfg.artifact).task == GENERATION:
-        from deploykit import predict_generation
-
-        return predict_generation.run(cfg)
-    # One caller calling back to back: idle threads may spin (see Runtime's ``spin``).
-    runtime = Runtime(cfg.artifact, cfg.variant, threads=cfg.threads, max_batch_tokens=cfg.max_batch_tokens,
-                      max_batch_size=cfg.max_batch_size, spin=True)
-    out, n = write_rows(cfg, lambda chunk, start: runtime.predict(chunk))
-    log.info("wrote %d predictions (%s, variant %s) to %s", n, runtime.name, runtime.variant, out)
+    task = tasks.get(Manifest.read(cfg.artifact).task)
+    check_task(cfg, task.name, f"{cfg.artifact} is a {task.name} artifact")
+    scorer: Scorer = task.part("predict").Scorer(cfg)
+    out, n = write_rows(cfg, scorer)
+    log.info("wrote %d %s (%s, variant %s) to %s", n, scorer.what, scorer.name, scorer.variant, out)
     return out

@@ -195,8 +195,9 @@ def test_single_callers_spin_and_the_server_does_not(serve_artifact, tmp_path, m
     """Idle intra-op threads busy-wait only for a single caller (predict, bench offline), which
     calls back to back; the server's sessions (the default) never spin."""
     from deploykit import predict
-    from deploykit.bench import engines
     from deploykit.config import PredictConfig
+    from deploykit.tasks.classification import bench
+    from deploykit.tasks.classification import predict as classifier_predict
 
     def spinning(runtime: Runtime) -> str:
         return runtime.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
@@ -210,13 +211,11 @@ def test_single_callers_spin_and_the_server_does_not(serve_artifact, tmp_path, m
             super().__init__(*args, **kwargs)
             made.append(self)
 
-    monkeypatch.setattr(predict, "Runtime", Recording)
+    monkeypatch.setattr(classifier_predict, "Runtime", Recording)
     data = tmp_path / "texts.jsonl"
     data.write_text('{"text": "hello"}\n')
     predict.run(PredictConfig(artifact=str(serve_artifact), data=str(data), out=str(tmp_path / "out.jsonl")))
-    import deploykit.tasks.classification.runtime
-
-    monkeypatch.setattr(deploykit.tasks.classification.runtime, "Runtime", Recording)
-    engines.BUILDERS["runtime"]({"artifact": str(serve_artifact), "variant": None, "threads": 1,
+    monkeypatch.setattr(bench, "Runtime", Recording)
+    bench.ENGINES["runtime"]({"artifact": str(serve_artifact), "variant": None, "threads": 1,
                                  "max_batch_size": 8, "max_length": 32})
     assert [spinning(r) for r in made] == ["1", "1"]

@@ -1,10 +1,13 @@
-"""``deploykit bench offline``: engines side by side on the same texts, one subprocess each.
+"""``deploykit bench offline``: engines side by side on the same inputs, one subprocess each.
 
-Every engine (PyTorch eager, Optimum's ORTModel, deploykit's runtime per variant) lives in its
-own long-lived subprocess (``deploykit.bench.engines``): its peak memory is its own, and no
-engine inherits another's threads. Cells (input set x batch size) run one engine at a time,
-and the engine order rotates from cell to cell, so that load drift on a shared machine hits
-all engines alike. Only ratios measured within one run are meaningful.
+Written once for every task: the artifact's task (its folder's ``bench.Offline``) says what the
+inputs are (texts of a data set and synthetic long ones; prompts of exact token lengths), which
+engines it adds, what a cell measures and how the results read; this module runs them. Every
+engine (PyTorch eager, Optimum's ORTModel, deploykit's runtime per variant) lives in its own
+long-lived subprocess (``deploykit.bench.engines``): its peak memory is its own, and no engine
+inherits another's threads. Cells (input set x batch size) run one engine at a time, and the
+engine order rotates from cell to cell, so that load drift on a shared machine hits all engines
+alike. Only ratios measured within one run are meaningful.
 """
 
 from __future__ import annotations
@@ -15,14 +18,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from deploykit import extras
+from deploykit import extras, tasks
 from deploykit.bench import report
-from deploykit.bench.inputs import sample_texts, synthetic_texts
-from deploykit.config import GENERATION, BenchOfflineConfig, int_list, to_dict
+from deploykit.config import BenchOfflineConfig, check_task, to_dict
 from deploykit.errors import BadInputError, DeployKitError
 from deploykit.manifest import Manifest
 from deploykit.session import available_cpus
@@ -43,11 +45,11 @@ class EngineProcess:
         DeployKitError: If the engine fails to load (its stderr tail is in the message).
     """
 
-    def __init__(self, name: str, spec: dict[str, Any], log_dir: Path, module: str = "deploykit.bench.engines") -> None:
+    def __init__(self, name: str, spec: dict[str, Any], log_dir: Path) -> None:
         self.name = name
         self.log_path = log_dir / f"{name.replace(':', '-')}.log"
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", module, json.dumps(spec)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "deploykit.bench.engines", json.dumps(spec)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                                      text=True, bufsize=1)
         self.ready: dict[str, Any] = {}
@@ -88,6 +90,35 @@ class EngineProcess:
         self._log.close()
 
 
+class Offline(Protocol):
+    """What this stage calls on the task (``deploykit/tasks/<task>/bench.py``'s ``Offline``, built
+    from the config and the verified manifest; its module's ``ENGINES`` and ``measure`` run in
+    the engine subprocesses, ``deploykit.bench.engines``)."""
+
+    kind: str                # the results' "kind"
+    ratio: tuple[str, str]   # (a cell's throughput key, the key of its ratio to PyTorch's)
+    max_length: int          # every engine truncates at this many tokens
+    max_batch: int           # the largest batch of any cell
+
+    def input_sets(self) -> dict[str, dict[str, Any]]:
+        """Input sets by name: ``{"texts": [...], "batch_sizes": [...], ...facts}``."""
+
+    def engine(self, engine: str, common: dict[str, Any], checkpoint: str | None, out: Path) -> dict[str, dict[str, Any]]:
+        """Specs of an engine the task adds (``optimum-quantized``), by result label."""
+
+    def spec(self) -> dict[str, Any]:
+        """Extra fields of every engine's spec (a decoder's pad token)."""
+
+    def message(self) -> dict[str, Any]:
+        """Extra fields of every cell's request (a decoder's ``new_tokens``)."""
+
+    def facts(self) -> dict[str, Any]:
+        """Extra top-level keys of the results."""
+
+    def write(self, out: Path, results: dict[str, Any]) -> None:
+        """results.json, results.md and plots."""
+
+
 def _checkpoint(cfg: BenchOfflineConfig, manifest: Manifest) -> str | None:
     if cfg.checkpoint:
         if not (Path(cfg.checkpoint) / "config.json").is_file():
@@ -100,24 +131,23 @@ def _checkpoint(cfg: BenchOfflineConfig, manifest: Manifest) -> str | None:
     return None
 
 
-def engine_specs(cfg: BenchOfflineConfig, manifest: Manifest, max_length: int,
-                 max_batch: int, out: Path) -> dict[str, dict[str, Any]]:
+def engine_specs(cfg: BenchOfflineConfig, manifest: Manifest, bench: Offline, out: Path) -> dict[str, dict[str, Any]]:
     """The engines to start, by result label, with what each subprocess loads.
 
-    Building ``optimum-quantized`` (Optimum's INT8 models of the checkpoint) happens here, in
-    ``out``, before any engine starts.
+    The task's own engines (``optimum-quantized``: Optimum's INT8 models of the checkpoint) are
+    built here, in ``out``, before any engine starts.
 
     Raises:
-        BadInputError: Unknown variant, or no checkpoint where only PyTorch or Optimum's own
-            INT8 were asked for.
+        BadInputError: Unknown variant, or no checkpoint where only PyTorch or the task's own
+            engines were asked for.
     """
     threads = cfg.threads or available_cpus()
     artifact = str(Path(cfg.artifact).resolve())
     checkpoint = _checkpoint(cfg, manifest)
-    common = {"artifact": artifact, "threads": threads, "max_length": max_length,
-              "checkpoint": checkpoint, "max_batch_size": max_batch}
+    common = {"task": manifest.task, "artifact": artifact, "threads": threads, "max_length": bench.max_length,
+              "checkpoint": checkpoint, "max_batch_size": bench.max_batch, **bench.spec()}
     specs: dict[str, dict[str, Any]] = {}
-    if {"pytorch", "optimum", "optimum-quantized"} & set(cfg.engine_list):
+    if set(cfg.engine_list) - {"runtime"}:
         # Each engine imports in its own subprocess, where a missing module is only a traceback.
         extras.require("bench offline --engines " + cfg.engines, "train")
     for engine in cfg.engine_list:
@@ -131,52 +161,23 @@ def engine_specs(cfg: BenchOfflineConfig, manifest: Manifest, max_length: int,
             variant = manifest.pick()
             specs[f"optimum:{variant.name}"] = {**common, "kind": "optimum", "variant": variant.name,
                                                 "file": variant.file}
-        elif engine == "optimum-quantized":
-            if checkpoint is None:
-                log.warning("no checkpoint (give --checkpoint): skipping optimum-quantized, which "
-                            "quantizes the checkpoint with Optimum")
-                continue
-            from deploykit.bench import optimum_quantized
-
-            choice = optimum_quantized.prepare(checkpoint, manifest, out, cfg.optimum_quantized_rows, max_length)
-            # ORTModel loads the folder Optimum wrote; the tokenizer is the checkpoint's, as for "optimum".
-            specs["optimum-quantized"] = {**common, "kind": "optimum", "artifact": choice["folder"],
-                                          "file": choice["file"], "variant": choice["config"],
-                                          "candidates": choice["candidates"]}
-        else:
+        elif engine == "runtime":
             names = ([v.strip() for v in cfg.variants.split(",") if v.strip()] if cfg.variants else
                      [name for name, v in manifest.variants.items() if v.servable])
             for variant in names:
                 manifest.pick(variant, option="--variants")  # refuses unknown / unservable, naming the fix
                 specs[f"runtime:{variant}"] = {**common, "kind": "runtime", "variant": variant}
+        else:
+            specs.update(bench.engine(engine, common, checkpoint, out))
     if not specs:
         raise BadInputError("no engine to run: pass --checkpoint for pytorch, or add optimum/runtime "
                             "to --engines")
     return specs
 
 
-def input_sets(cfg: BenchOfflineConfig, artifact: Path) -> dict[str, dict[str, Any]]:
-    """Input sets by name: the data set's texts, then one synthetic set per length."""
-    from tokenizers import Tokenizer
-
-    texts = sample_texts(cfg.data, cfg.text_column, cfg.samples, cfg.seed)
-    tokenizer = Tokenizer.from_file(str(artifact / "tokenizer.json"))
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-    lengths = [len(e.ids) for e in tokenizer.encode_batch(texts)]
-    sets = {"data": {"texts": texts, "batch_sizes": int_list(cfg.batch_sizes),
-                     "mean_tokens": sum(lengths) / len(lengths), "max_tokens": max(lengths)}}
-    largest = max(int_list(cfg.synthetic_batch_sizes))
-    for length in int_list(cfg.synthetic_lengths):
-        synthetic = synthetic_texts(tokenizer, texts, length, max(largest, 8))
-        got = [len(e.ids) for e in tokenizer.encode_batch(synthetic)]
-        sets[f"synthetic-{length}"] = {"texts": synthetic, "batch_sizes": int_list(cfg.synthetic_batch_sizes),
-                                       "mean_tokens": sum(got) / len(got), "max_tokens": max(got)}
-    return sets
-
-
 def run(cfg: BenchOfflineConfig) -> Path:
-    """Run the offline benchmark and write results.json, results.md and plots to ``cfg.out``.
+    """Run the offline benchmark and write the task's results (results.json, results.md, plots) to
+    ``cfg.out``.
 
     Args:
         cfg: The benchmark's settings.
@@ -185,7 +186,7 @@ def run(cfg: BenchOfflineConfig) -> Path:
         The output folder.
 
     Raises:
-        BadInputError: Bad artifact, data, checkpoint or variant (exit 2).
+        BadInputError: Bad artifact, data, checkpoint, variant or an option of another task (exit 2).
         IntegrityError: An artifact file does not match its manifest (exit 4).
         DeployKitError: An engine subprocess failed.
     """
@@ -193,16 +194,12 @@ def run(cfg: BenchOfflineConfig) -> Path:
     machine = report.machine()
     artifact = Path(cfg.artifact)
     manifest = Manifest.verify(artifact)
-    if manifest.task == GENERATION:
-        from deploykit.bench import generation
-
-        return generation.run(cfg, manifest, machine)
-    sets = input_sets(cfg, artifact)
-    # Every engine truncates at the same length: the manifest's, or the longest synthetic input.
-    max_length = max([manifest.max_length] + int_list(cfg.synthetic_lengths))
-    max_batch = max(max(s["batch_sizes"]) for s in sets.values())
+    task = tasks.get(manifest.task)
+    check_task(cfg, task.name, f"{artifact} is a {task.name} artifact")
+    bench: Offline = task.part("bench").Offline(cfg, manifest)
+    sets = bench.input_sets()
     out = Path(cfg.out)
-    specs = engine_specs(cfg, manifest, max_length, max_batch, out)
+    specs = engine_specs(cfg, manifest, bench, out)
     out.mkdir(parents=True, exist_ok=True)
     log_dir = out / "logs"
     log_dir.mkdir(exist_ok=True)
@@ -228,34 +225,36 @@ def run(cfg: BenchOfflineConfig) -> Path:
                     bar.set_postfix_str(f"{set_name} b={batch} {name}")
                     result = engines[name].ask({"op": "bench", "name": set_name, "batch": batch,
                                                 "warmup": cfg.warmup, "min_iters": cfg.min_iters,
-                                                "min_duration": cfg.min_duration,
-                                                "max_iters": cfg.max_iters})
+                                                "min_duration": cfg.min_duration, "max_iters": cfg.max_iters,
+                                                **bench.message()})
                     cells.append({"input": set_name, "batch_size": batch, "engine": name, **result})
                     bar.update(1)
     finally:
         for engine in engines.values():
             engine.close()
 
-    _add_ratios(cells)
+    _add_ratios(cells, *bench.ratio)
     peak = {}
     for name, engine in engines.items():
         peak[name] = {"peak_rss_mb": max((c["peak_rss_mb"] for c in cells if c["engine"] == name),
                                          default=engine.ready["rss_after_load_mb"]),
                       "rss_after_load_mb": engine.ready["rss_after_load_mb"], "load_s": engine.ready["load_s"]}
-    results = {"kind": "offline", "artifact": str(artifact.resolve()), "model": manifest.name,
-               "config": to_dict(cfg), "max_length": max_length, "baseline": BASELINE if BASELINE in engines else None,
-               "engines": peak, "specs": {n: {k: v for k, v in s.items() if k != "artifact"} for n, s in specs.items()},
+    results = {"kind": bench.kind, "artifact": str(artifact.resolve()), "model": manifest.name,
+               "config": to_dict(cfg), "max_length": bench.max_length,
+               "baseline": BASELINE if BASELINE in engines else None, "engines": peak,
+               "specs": {n: {k: v for k, v in s.items() if k != "artifact"} for n, s in specs.items()},
                "inputs": {n: {k: v for k, v in s.items() if k != "texts"} for n, s in sets.items()},
-               "machine": machine, "started": started, "wall_s": time.time() - started,
+               "machine": machine, "started": started, "wall_s": time.time() - started, **bench.facts(),
                "cells": cells}
-    report.write(out, results)
+    bench.write(out, results)
     log.info("offline benchmark written to %s", out)
     return out
 
 
-def _add_ratios(cells: list[dict[str, Any]]) -> None:
-    """Each cell's throughput as a ratio to PyTorch eager's in the same (input, batch) cell."""
-    base = {(c["input"], c["batch_size"]): c["texts_per_s"] for c in cells if c["engine"] == BASELINE}
+def _add_ratios(cells: list[dict[str, Any]], key: str, ratio: str) -> None:
+    """Each cell's throughput (``key``) as a ratio (``ratio``) to PyTorch eager's in the same
+    (input, batch) cell."""
+    base = {(c["input"], c["batch_size"]): c[key] for c in cells if c["engine"] == BASELINE}
     for cell in cells:
         ref = base.get((cell["input"], cell["batch_size"]))
-        cell["throughput_vs_pytorch"] = cell["texts_per_s"] / ref if ref else None
+        cell[ratio] = cell[key] / ref if ref else None

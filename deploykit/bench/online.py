@@ -1,5 +1,9 @@
 """``deploykit bench online``: an asyncio load generator against a running service.
 
+The protocol's task (``tasks.of_protocol``: its folder's ``bench.Online``) sends the requests;
+request/response protocols share the load plan here (``run_levels``), streaming ones bring
+their own (a text-generation service's TTFT and tokens/s).
+
 Closed loop: at concurrency C, C clients each send their next request as soon as the previous
 one is answered. Open loop (``--rate``): requests start on a fixed schedule whether or not
 earlier ones finished, and latency counts from the scheduled start, so a server that falls
@@ -19,11 +23,12 @@ import logging
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from tqdm import tqdm
 
+from deploykit import tasks
 from deploykit.bench import report
 from deploykit.bench.inputs import sample_texts
 from deploykit.bench.stats import summarize_latencies
@@ -58,32 +63,34 @@ def check_target(cfg: BenchOnlineConfig) -> None:
                             "load-test only servers you run: pass --allow-remote if this one is yours")
 
 
-class Target:
-    """How to send ``texts`` to the service in one request and check the answer.
+class Target(Protocol):
+    """How a task's load generator sends texts to the service in one request and checks the answer
+    (text-classification's ``bench.Target``: ``/classify`` or the v2 protocol)."""
 
-    Args:
-        cfg: The benchmark's settings (URL, protocol, model name).
-    """
-
-    def __init__(self, cfg: BenchOnlineConfig) -> None:
-        base = cfg.url.rstrip("/")
-        self.protocol = cfg.protocol
-        self.url = (f"{base}/classify" if cfg.protocol == "classify"
-                    else f"{base}/v2/models/{cfg.model}/infer")
+    url: str
+    hint: str  # what to check when the test request is refused (for the error message)
 
     def body(self, texts: list[str]) -> dict[str, Any]:
-        if self.protocol == "classify":
-            return {"texts": texts}
-        # Shape [n, 1]: what both deploykit's v2 route and a Triton model with dims [1] take.
-        return {"inputs": [{"name": "TEXT", "shape": [len(texts), 1], "datatype": "BYTES", "data": texts}]}
+        """The JSON body of one request."""
 
     def valid(self, answer: Any, n: int) -> bool:
         """Whether a 200 answer holds one result per text."""
-        if self.protocol == "classify":
-            return isinstance(answer, list) and len(answer) == n
-        outputs = {o.get("name"): o for o in (answer or {}).get("outputs", [])} if isinstance(answer, dict) else {}
-        label = outputs.get("LABEL")
-        return label is not None and label.get("shape", [0])[0] == n
+
+
+class Online(Protocol):
+    """What this stage calls on the task whose load generator speaks ``--protocol``
+    (``deploykit/tasks/<task>/bench.py``'s ``Online``, built from the config)."""
+
+    kind: str  # the results' "kind"
+
+    async def levels(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Run every load level with ``texts`` as the requests' inputs."""
+
+    def facts(self) -> dict[str, Any]:
+        """Extra top-level keys of the results."""
+
+    def write(self, out: Path, results: dict[str, Any]) -> None:
+        """results.json, results.md and plots."""
 
 
 class Recorder:
@@ -96,7 +103,7 @@ class Recorder:
         self.records.append((start, latency, status))
 
 
-async def _send(session, target: Target, texts: list[str], timeout: float) -> str:
+async def send(session, target: Target, texts: list[str], timeout: float) -> str:
     import aiohttp
 
     try:
@@ -142,7 +149,7 @@ async def closed_loop(session, target: Target, texts: TextCycle, per_request: in
 
     async def client() -> None:
         while (start := time.perf_counter()) < end:
-            status = await _send(session, target, texts.take(per_request), timeout)
+            status = await send(session, target, texts.take(per_request), timeout)
             if start >= window_start:
                 recorder.add(start, time.perf_counter() - start, status)
 
@@ -159,7 +166,7 @@ async def open_loop(session, target: Target, texts: TextCycle, per_request: int,
     tasks = []
 
     async def one(scheduled: float) -> None:
-        status = await _send(session, target, texts.take(per_request), timeout)
+        status = await send(session, target, texts.take(per_request), timeout)
         if scheduled >= window_start:
             recorder.add(scheduled, time.perf_counter() - scheduled, status)
 
@@ -195,34 +202,34 @@ async def single_requests(session, target: Target, texts: TextCycle, count: int,
     t0 = time.perf_counter()
     for _ in range(count):
         start = time.perf_counter()
-        status = await _send(session, target, texts.take(1), timeout)
+        status = await send(session, target, texts.take(1), timeout)
         recorder.add(start, time.perf_counter() - start, status)
     return recorder, time.perf_counter() - t0
 
 
-async def _probe(session, target: Target, url: str, timeout: float, busy_s: float = 30.0) -> None:
+async def probe(session, target: Target, url: str, timeout: float, busy_s: float = 30.0) -> None:
     """One test request before any load; a 503 (the server still working off an earlier load's
     queue, as after a wrk run that hung up on 64 requests in flight) is retried for ``busy_s``,
     as a client honouring Retry-After would."""
     deadline = time.perf_counter() + busy_s
-    status = await _send(session, target, ["probe"], timeout)
+    status = await send(session, target, ["probe"], timeout)
     while status == "503" and time.perf_counter() < deadline:
         await asyncio.sleep(0.5)
-        status = await _send(session, target, ["probe"], timeout)
+        status = await send(session, target, ["probe"], timeout)
     if status == "connection_error":
         raise BadInputError(f"nothing answers at {url}; start the service first (deploykit serve "
                             "ARTIFACT) or fix --url")
     if status != "ok":
-        hint = " (check --model: the served model's name)" if target.protocol == "v2" else ""
-        raise BadInputError(f"{target.url} answered a test request with {status}{hint}; check --url "
+        raise BadInputError(f"{target.url} answered a test request with {status}{target.hint}; check --url "
                             "and --protocol")
 
 
-async def run_levels(cfg: BenchOnlineConfig, texts: list[str]) -> list[dict[str, Any]]:
-    """Single requests, the open-loop level, the closed-loop levels, single requests again."""
+async def run_levels(cfg: BenchOnlineConfig, texts: list[str], target: Target) -> list[dict[str, Any]]:
+    """Single requests, the open-loop level, the closed-loop levels, single requests again: the
+    load plan of request/response protocols (each request is ``cfg.texts_per_request`` texts)."""
     import aiohttp
 
-    target, cycle = Target(cfg), TextCycle(texts)
+    cycle = TextCycle(texts)
     levels = sorted(int_list(cfg.concurrency))
     per = cfg.texts_per_request
     results = []
@@ -230,7 +237,7 @@ async def run_levels(cfg: BenchOnlineConfig, texts: list[str]) -> list[dict[str,
     # One connection per client (keep-alive), as a real client pool would hold.
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
-        await _probe(session, target, cfg.url, cfg.timeout)
+        await probe(session, target, cfg.url, cfg.timeout)
         with tqdm(total=steps, desc="load levels", unit="level") as bar:
             if cfg.single_requests:
                 rec, window = await single_requests(session, target, cycle, cfg.single_requests, cfg.timeout)
@@ -258,7 +265,8 @@ async def run_levels(cfg: BenchOnlineConfig, texts: list[str]) -> list[dict[str,
 
 
 def run(cfg: BenchOnlineConfig) -> Path:
-    """Load-test a running service and write results.json, results.md and a plot to ``cfg.out``.
+    """Load-test a running service with the load generator of ``--protocol``'s task and write its
+    results (results.json, results.md, plots) to ``cfg.out``.
 
     Args:
         cfg: The benchmark's settings.
@@ -270,21 +278,17 @@ def run(cfg: BenchOnlineConfig) -> Path:
         BadInputError: Non-loopback URL without ``allow_remote``, nothing listening, a wrong
             route or model name, or unreadable ``--data`` (exit 2).
     """
-    if cfg.protocol == "generate":
-        from deploykit.bench import online_generation
-
-        return online_generation.run(cfg)
     # The machine note (load average) before this run's own work raises it.
     machine = report.machine()
     check_target(cfg)
+    online: Online = tasks.of_protocol(cfg.protocol).part("bench").Online(cfg)
     texts = sample_texts(cfg.data, cfg.text_column, cfg.samples, cfg.seed)
     started = time.time()
-    levels = asyncio.run(run_levels(cfg, texts))
-    results = {"kind": "online", "target": cfg.url, "protocol": cfg.protocol,
-               "model": cfg.model if cfg.protocol == "v2" else None, "config": to_dict(cfg),
-               "machine": machine, "started": started, "wall_s": time.time() - started,
+    levels = asyncio.run(online.levels(texts))
+    results = {"kind": online.kind, "target": cfg.url, "protocol": cfg.protocol, **online.facts(),
+               "config": to_dict(cfg), "machine": machine, "started": started, "wall_s": time.time() - started,
                "levels": levels}
     out = Path(cfg.out)
-    report.write(out, results)
+    online.write(out, results)
     log.info("online benchmark written to %s", out)
     return out
