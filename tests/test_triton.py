@@ -224,11 +224,11 @@ def test_templates_ship_in_the_package_and_the_writer_is_torch_free():
     import tomllib
 
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    serve = ROOT / "deploykit" / "serve"
-    shipped = {p for pattern in package_data["deploykit.serve"] for p in serve.glob(pattern)}
-    templates = {p for p in (serve / "triton_templates").iterdir() if p.is_file()}
+    folder = ROOT / "deploykit" / "tasks" / "classification"
+    shipped = {p for pattern in package_data["deploykit.tasks.classification"] for p in folder.glob(pattern)}
+    templates = {p for p in (folder / "triton_templates").iterdir() if p.is_file()}
     assert templates and templates <= shipped
-    code = ("import sys, deploykit.serve.triton_repo, deploykit.cli; "
+    code = ("import sys, deploykit.serve.triton_repo, deploykit.tasks.classification.triton, deploykit.cli; "
             "print([m for m in ('torch', 'transformers', 'datasets') if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.strip() == "[]"

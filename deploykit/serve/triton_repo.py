@@ -1,21 +1,15 @@
-"""Write a Triton Inference Server model repository from an exported artifact.
+"""``deploykit triton``: a Triton Inference Server model repository from an exported artifact.
 
-The repository holds, for a model named NAME (the manifest's ``name`` by default):
-
-- ``NAME_onnx``: the chosen ONNX variant on the ``onnxruntime_onnx`` platform, with dynamic
-  batching, an instance group for the chosen device and ONNX Runtime's thread settings;
-- ``NAME_tokenizer`` and ``NAME_postprocess``: Python-backend models (``tokenizers`` and numpy
-  only) that turn TEXT into the graph's inputs and logits into LABEL and SCORES;
-- ``NAME``: the ensemble wiring the three (TEXT in; LABEL, SCORES out), the same tensor names
-  as deploykit's own v2 endpoint, so one client serves both;
-- ``NAME_python``: the whole classifier as one Python-backend model on deploykit's runtime,
-  for Triton builds that lack the ONNX Runtime backend;
-- ``README.md`` with the ``tritonserver`` command lines and a client call.
-
-The ``config.pbtxt`` files are written as text from small templates rather than through the
-protobuf classes, because those live in ``tritonclient[grpc]``, which the serving install does
-not need; the tests parse every file with ``model_config_pb2.ModelConfig`` to keep this honest.
-This module is torch-free: it reads the graph's inputs and outputs with onnxruntime.
+Written once: the artifact is verified, the variant chosen (``Manifest.pick`` on the CPU or the
+GPU), and the repository built in a temporary folder beside ``--out`` and renamed into place;
+the artifact's task writes the models (its folder's ``triton.py``: for text-classification an
+ONNX model, tokenizer and postprocess Python-backend models, their ensemble and a one-model
+Python backend). A task without one is refused by name. The helpers here render the parts every
+repository has: ``config.pbtxt`` files (written as text from small templates rather than through
+the protobuf classes, which live in ``tritonclient[grpc]``, which the serving install does not
+need; the tests parse every file with ``model_config_pb2.ModelConfig`` to keep this honest) and
+the artifact copied into a Python-backend model. This module is torch-free: it reads graphs'
+inputs and outputs with onnxruntime.
 """
 
 from __future__ import annotations
@@ -23,20 +17,18 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deploykit import tasks
 from deploykit.config import TritonConfig
 from deploykit.errors import BadInputError
 from deploykit.files import atomic_folder
-from deploykit.manifest import TOKENIZER, Manifest
-from deploykit.tasks.classification.head import Classification
+from deploykit.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).parent / "triton_templates"
 # ONNX element types (as onnxruntime spells them) -> Triton data types.
 ONNX_TO_TRITON = {
     "tensor(int64)": "TYPE_INT64", "tensor(int32)": "TYPE_INT32", "tensor(float)": "TYPE_FP32",
@@ -45,8 +37,6 @@ ONNX_TO_TRITON = {
 # The ONNX Runtime backend's own numbering of `optimization { graph { level } }`: unset (0) is
 # every optimization, -1 basic, 1 basic + extended, 2 none. It is NOT onnxruntime's enum.
 GRAPH_LEVELS = {"all": None, "extended": 1, "basic": -1, "disabled": 2}
-# Where each Python-backend model's code comes from.
-PY_MODELS = {"tokenizer": "tokenizer.py", "postprocess": "postprocess.py", "python": "python.py"}
 
 
 @dataclass(frozen=True)
@@ -62,15 +52,16 @@ class Tensor:
         return f'  {{ name: "{self.name}" data_type: {self.data_type} dims: [ {dims} ] }}'
 
 
-def graph_signature(model_file: Path, num_labels: int) -> tuple[list[Tensor], list[Tensor]]:
-    """The ONNX graph's inputs and outputs as Triton tensors.
+def graph_signature(model_file: Path, width: int) -> tuple[list[Tensor], list[Tensor]]:
+    """The ONNX graph's inputs and outputs as Triton tensors, for a [batch, sequence] -> [batch,
+    width] graph (a classifier's: ``width`` labels).
 
     Every input gets ``dims: [-1]`` (the sequence axis; the batch axis is implied by
-    ``max_batch_size``) and every output ``[num_labels]``.
+    ``max_batch_size``) and every output ``[width]``.
 
     Args:
         model_file: The ONNX file.
-        num_labels: Number of classes (the logits' last axis).
+        width: The outputs' last axis (a classifier's number of labels).
 
     Returns:
         (inputs, outputs) in graph order.
@@ -96,7 +87,7 @@ def graph_signature(model_file: Path, num_labels: int) -> tuple[list[Tensor], li
         return Tensor(arg.name, ONNX_TO_TRITON[arg.type], dims)
 
     inputs = [convert(i, (-1,)) for i in session.get_inputs()]
-    outputs = [convert(o, (num_labels,)) for o in session.get_outputs()]
+    outputs = [convert(o, (width,)) for o in session.get_outputs()]
     return inputs, outputs
 
 
@@ -120,7 +111,8 @@ def _parameters(values: dict[str, Any]) -> str:
                      for k, v in values.items())
 
 
-def _io(inputs: list[Tensor], outputs: list[Tensor]) -> str:
+def io_section(inputs: list[Tensor], outputs: list[Tensor]) -> str:
+    """The ``input``/``output`` sections of a config.pbtxt."""
     return ("input [\n" + ",\n".join(t.pbtxt() for t in inputs) + "\n]\n"
             "output [\n" + ",\n".join(t.pbtxt() for t in outputs) + "\n]\n")
 
@@ -138,7 +130,7 @@ def _instances(count: int, kind: str) -> str:
 def onnx_config(name: str, cfg: TritonConfig, inputs: list[Tensor], outputs: list[Tensor]) -> str:
     """config.pbtxt of ``NAME_onnx`` (platform onnxruntime_onnx)."""
     text = (f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {cfg.max_batch_size}\n'
-            + _io(inputs, outputs) + _batching(cfg) + _instances(cfg.instances, cfg.kind))
+            + io_section(inputs, outputs) + _batching(cfg) + _instances(cfg.instances, cfg.kind))
     level = GRAPH_LEVELS[cfg.graph_level]
     if level is not None:
         text += f"optimization {{ graph {{ level: {level} }} }}\n"
@@ -152,45 +144,22 @@ def python_config(name: str, cfg: TritonConfig, inputs: list[Tensor], outputs: l
                   parameters: dict[str, Any], *, batching: bool = True) -> str:
     """config.pbtxt of a Python-backend model (always on CPU instances)."""
     text = (f'name: "{name}"\nbackend: "python"\nmax_batch_size: {cfg.max_batch_size}\n'
-            + _io(inputs, outputs) + (_batching(cfg) if batching else "")
+            + io_section(inputs, outputs) + (_batching(cfg) if batching else "")
             + _instances(cfg.instances, "cpu"))
     return text + _parameters(parameters) + "\n"
 
 
-def ensemble_config(name: str, cfg: TritonConfig, graph_inputs: list[Tensor], num_labels: int,
-                    output: str) -> str:
-    """config.pbtxt of the ensemble ``NAME``: tokenizer -> onnx -> postprocess."""
-    def maps(kind: str, names: list[str]) -> str:
-        return "".join(f'      {kind} {{ key: "{n}" value: "{n}" }}\n' for n in names)
-
-    def step(model: str, ins: list[str], outs: list[str]) -> str:
-        return (f'    {{\n      model_name: "{model}"\n      model_version: -1\n'
-                + maps("input_map", ins) + maps("output_map", outs) + "    }")
-
-    names = [t.name for t in graph_inputs]
-    steps = [step(f"{name}_tokenizer", ["TEXT"], names),
-             step(f"{name}_onnx", names, [output]),
-             step(f"{name}_postprocess", [output], ["LABEL", "SCORES"])]
-    return (f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: {cfg.max_batch_size}\n'
-            + _io(*_text_signature(num_labels))
-            + "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n")
-
-
-def _text_signature(num_labels: int) -> tuple[list[Tensor], list[Tensor]]:
-    return ([Tensor("TEXT", "TYPE_STRING", (1,))],
-            [Tensor("LABEL", "TYPE_STRING", (1,)), Tensor("SCORES", "TYPE_FP32", (num_labels,))])
-
-
-def _write_model(folder: Path, config: str, code: str | None = None) -> Path:
+def write_model(folder: Path, config: str, code: Path | None = None) -> Path:
+    """A model folder: its ``config.pbtxt`` and version ``1/`` (with ``code`` as ``model.py``)."""
     version = folder / "1"
     version.mkdir(parents=True)
     (folder / "config.pbtxt").write_text(config, encoding="utf-8")
     if code:
-        shutil.copyfile(TEMPLATES / PY_MODELS[code], version / "model.py")
+        shutil.copyfile(code, version / "model.py")
     return version
 
 
-def _copy_artifact(src: Path, dst: Path, manifest: Manifest, variant: str) -> None:
+def copy_artifact(src: Path, dst: Path, manifest: Manifest, variant: str) -> None:
     """Copy the artifact with only ``variant``; the copy's manifest lists exactly its files."""
     copy = manifest.for_copy([variant])
     for rel in copy.files:
@@ -200,17 +169,9 @@ def _copy_artifact(src: Path, dst: Path, manifest: Manifest, variant: str) -> No
     copy.write(dst)
 
 
-def _providers(kind: str) -> str:
+def providers(kind: str) -> str:
+    """The execution providers a Python-backend model asks for on ``kind``."""
     return "CUDAExecutionProvider,CPUExecutionProvider" if kind == "gpu" else "CPUExecutionProvider"
-
-
-def _readme(name: str, cfg: TritonConfig, variant: str, labels: list[str]) -> str:
-    template = string.Template((TEMPLATES / "README.md").read_text(encoding="utf-8"))
-    return template.substitute(name=name, variant=variant, kind=cfg.kind, labels=", ".join(labels),
-                               max_batch_size=cfg.max_batch_size, num_labels=len(labels),
-                               providers=_providers(cfg.kind),
-                               onnxruntime="onnxruntime-gpu" if cfg.kind == "gpu" else "onnxruntime")
-
 
 def write_repository(cfg: TritonConfig) -> Path:
     """Write the model repository ``cfg.out`` from the artifact ``cfg.artifact``.
@@ -226,8 +187,9 @@ def write_repository(cfg: TritonConfig) -> Path:
         The repository folder.
 
     Raises:
-        BadInputError: Not an artifact, no variant for ``cfg.kind``, a graph the writer cannot
-            describe, or ``cfg.out`` not empty without ``overwrite``.
+        BadInputError: Not an artifact, a task without a Triton repository, no variant for
+            ``cfg.kind``, a graph the writer cannot describe, or ``cfg.out`` not empty without
+            ``overwrite``.
         IntegrityError: An artifact file does not match its manifest.
     """
     src = Path(cfg.artifact)
@@ -239,55 +201,18 @@ def write_repository(cfg: TritonConfig) -> Path:
         raise BadInputError(f"--out {out} exists and is not empty; choose another folder or pass "
                             "--overwrite to replace it")
     manifest = Manifest.verify(src)
+    task = tasks.get(manifest.task)
+    if not task.has("triton"):
+        writers = [t.name for t in tasks.all_tasks() if t.has("triton")]
+        raise BadInputError(f"{src} is a {task.name} artifact; 'deploykit triton' writes repositories of "
+                            f"{' and '.join(writers)} artifacts; serve this one with 'deploykit serve' "
+                            "(or its container)")
     name = cfg.name or manifest.name  # both pass the one model-name rule (config, manifest reader)
-    labels = list(manifest.head_as(Classification).labels)
     variant = choose_variant(manifest, cfg.kind, cfg.variant)
-    model_file, *external = manifest.files_of(variant)
-    model_file = src / model_file
-    inputs, outputs = graph_signature(model_file, len(labels))
-    graph_names = [t.name for t in inputs]
-    if sorted(graph_names) != sorted(manifest.inputs):
-        raise BadInputError(f"{model_file} takes inputs {graph_names} but {manifest.where} lists "
-                            f"{list(manifest.inputs)}; re-export the artifact")
-    output = manifest.head_as(Classification).output
-    if [t.name for t in outputs] != [output]:
-        raise BadInputError(f"{model_file} has outputs {[t.name for t in outputs]}, expected only "
-                            f"{output!r}; re-export the artifact")
-    text_in, text_out = _text_signature(len(labels))
-
     with atomic_folder(out) as tmp:
-        version = _write_model(tmp / f"{name}_onnx", onnx_config(f"{name}_onnx", cfg, inputs, outputs))
-        shutil.copyfile(model_file, version / "model.onnx")
-        # Weights stored beside a large graph (ONNX external data) keep their own file names,
-        # which the graph refers to.
-        for rel in external:
-            shutil.copyfile(src / rel, version / Path(rel).name)
-
-        # The tokenizer's outputs are the graph's inputs, each [n, max_length].
-        version = _write_model(
-            tmp / f"{name}_tokenizer",
-            python_config(f"{name}_tokenizer", cfg, text_in, inputs,
-                          {"max_length": manifest.max_length, "inputs": ",".join(graph_names)},
-                          batching=False),
-            "tokenizer")
-        shutil.copyfile(src / TOKENIZER, version / TOKENIZER)
-
-        _write_model(tmp / f"{name}_postprocess",
-                     python_config(f"{name}_postprocess", cfg, outputs, text_out,
-                                   {"labels": json.dumps(labels)}, batching=False),
-                     "postprocess")
-        _write_model(tmp / name, ensemble_config(name, cfg, inputs, len(labels), output))
-
-        version = _write_model(
-            tmp / f"{name}_python",
-            python_config(f"{name}_python", cfg, text_in, text_out,
-                          {"variant": variant, "threads": cfg.threads, "providers": _providers(cfg.kind)}),
-            "python")
-        _copy_artifact(src, version / "artifact", manifest, variant)
-
-        (tmp / "README.md").write_text(_readme(name, cfg, variant, labels), encoding="utf-8")
-    log.info("wrote Triton model repository %s (models %s, %s_onnx/python ship variant %s)",
-             out, ", ".join(sorted(p.name for p in out.iterdir() if p.is_dir())), name, variant)
+        task.part("triton").write(cfg, manifest, src, name, variant, tmp)
+    log.info("wrote Triton model repository %s (models %s, variant %s)", out,
+             ", ".join(sorted(p.name for p in out.iterdir() if p.is_dir())), variant)
     return out
 
 
