@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ARCHS = ("bert", "roberta", "distilbert", "xlm-roberta", "electra", "deberta-v2")
-LABELS = ["negative", "neutral", "positive"]
+LABELS = ["negative", "neutral", "positive"]  # the text-classification example's
 
 
 def minilm_path() -> str:
@@ -88,20 +88,11 @@ def write_csv(path: Path, rows: list[tuple[str, str]], text: str = "text", label
 
 
 def learnable_rows(n: int = 240, seed: int = 0) -> list[tuple[str, str]]:
-    """A task a tiny model learns in a few steps: the label is spelled out by a keyword."""
-    import random
+    """A task a tiny model learns in a few steps: the label is spelled out by a keyword (the
+    text-classification example's rows)."""
+    from deploykit.tasks.classification.example import rows
 
-    rng = random.Random(seed)
-    words = {"negative": ["awful", "terrible", "hate"], "neutral": ["table", "monday", "paper"],
-             "positive": ["great", "love", "wonderful"]}
-    filler = ["the", "car", "drives", "today", "we", "saw", "it", "road", "city"]
-    rows = []
-    for i in range(n):
-        label = LABELS[i % 3]
-        body = rng.sample(filler, 4) + [rng.choice(words[label])]
-        rng.shuffle(body)
-        rows.append((" ".join(body), label))
-    return rows
+    return rows(n, seed)
 
 
 def hand_made_artifact(folder: Path, servable: dict[str, bool | None] | None = None, *,
@@ -156,31 +147,14 @@ def hand_made_artifact(folder: Path, servable: dict[str, bool | None] | None = N
 # --- decoder-only language models (text-generation) -------------------------------------------
 
 DECODERS = ("llama", "qwen2", "gpt2")
-SOURCE_WORDS = ["red", "blue", "cat", "dog", "sun", "moon", "tree", "fish"]
-TARGET_WORDS = ["rot", "blau", "katze", "hund", "sonne", "mond", "baum", "fisch"]
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
 def lm_tokenizer():
-    """A byte-level BPE tokenizer trained here on the test vocabulary (as GPT-2's and Llama's are
-    byte-level BPEs): BOS added in front, an EOS and a pad token, and a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    """A byte-level BPE tokenizer trained here on the test vocabulary (the text-generation example's):
+    BOS added in front, an EOS and a pad token, and a chat template."""
+    from deploykit.tasks.generation.example import tokenizer
 
-    corpus = ["translate: " + " ".join(SOURCE_WORDS + TARGET_WORDS) + " =", "<|user|> <|assistant|> <|system|>",
-              "the quick brown fox jumps over the lazy dog, 0123456789."] * 20
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=360, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                        model_input_names=["input_ids", "attention_mask"])
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    return tokenizer()
 
 
 def lm_config(arch: str, vocab_size: int, hidden: int = 32, layers: int = 2, init: float = 0.02,
@@ -222,17 +196,11 @@ def save_pretrained_lm(path: Path, arch: str = "llama", seed: int = 0, **kw) -> 
 
 
 def translation_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """A word-by-word translation through an 8-word lexicon, 2-4 words per prompt: a task a tiny
-    random Llama (hidden 64) learns to 0.94 held-out exact match in 200 AdamW steps at lr 3e-3."""
-    import random
+    """A word-by-word translation through an 8-word lexicon, 2-4 words per prompt (the
+    text-generation example's rows)."""
+    from deploykit.tasks.generation.example import rows
 
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        words = [rng.randrange(len(SOURCE_WORDS)) for _ in range(rng.randint(2, 4))]
-        rows.append(("translate: " + " ".join(SOURCE_WORDS[w] for w in words) + " =",
-                     " " + " ".join(TARGET_WORDS[w] for w in words)))
-    return rows
+    return rows(n, seed)
 
 
 def make_lm_checkpoint(path: Path, arch: str, data: Path, seed: int = 0, init: float = 0.3,

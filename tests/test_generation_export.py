@@ -11,7 +11,8 @@ from deploykit import export
 from deploykit.config import ExportConfig, VerifyConfig
 from deploykit.errors import BadInputError, IntegrityError, ParityError
 from deploykit.manifest import BATCH_INDEPENDENCE_ATOL, Manifest
-from factories import CHAT_TEMPLATE, DECODERS, lm_config, lm_tokenizer, make_lm_checkpoint
+from deploykit.tasks.generation.example import CHAT_TEMPLATE
+from factories import DECODERS, lm_config, lm_tokenizer, make_lm_checkpoint
 
 # MatMuls with a constant weight per architecture: Llama's 7 projections per layer and its own
 # lm_head; Qwen2's tied lm_head becomes constant once the optimizer folds its Transpose; GPT-2's

@@ -26,7 +26,7 @@ def model_type(checkpoint: Path) -> str:
     return str(json.loads((checkpoint / "config.json").read_text()).get("model_type", ""))
 
 
-def check_supported(checkpoint: Path, task: str = "text-classification") -> str:
+def check_supported(checkpoint: Path, task: str) -> str:
     """Refuse an architecture optimum-onnx cannot export for ``task``.
 
     Args:
@@ -73,7 +73,7 @@ def load_eager(checkpoint: Path) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def export_onnx(model: Any, out_file: Path, opset: int, task: str = "text-classification") -> Path:
+def export_onnx(model: Any, out_file: Path, opset: int, task: str) -> Path:
     """Export a model to ONNX with dynamic batch and sequence axes.
 
     Args:

@@ -35,6 +35,8 @@ from deploykit.tasks.classification.train import checkpoint_labels
 
 log = logging.getLogger(__name__)
 
+OPTIMUM_TASK = "text-classification"  # optimum's task: the encoder with its sequence-classification head
+
 
 @dataclass
 class Reference:
@@ -57,7 +59,7 @@ class Export:
 
     def __init__(self, cfg: ParityConfig, checkpoint: Path) -> None:
         self.cfg, self.checkpoint = cfg, checkpoint
-        onnx_export.check_supported(checkpoint)
+        onnx_export.check_supported(checkpoint, OPTIMUM_TASK)
         self.labels = checkpoint_labels(checkpoint)
         self.train_cfg = ckpt.train_config(checkpoint)
 
@@ -153,7 +155,7 @@ def _export_and_optimize(model: Any, checkpoint: Path, tmp: Path, cfg: ExportCon
     and whichever export fuses attention is kept, fp32 and opt together.
     """
     fp32, opt = tmp / VARIANT_FILES["fp32"], tmp / VARIANT_FILES["opt"]
-    onnx_export.export_onnx(model, fp32, cfg.opset)
+    onnx_export.export_onnx(model, fp32, cfg.opset, OPTIMUM_TASK)
     if cfg.optimize == "none":
         return {}
     info = optimize.optimize(fp32, opt, cfg.optimize, model.config)
@@ -174,7 +176,7 @@ def _try_sdpa(checkpoint: Path, tmp: Path, cfg: ExportConfig, eager: dict[str, A
         return eager
     scratch = Path(tempfile.mkdtemp(prefix="deploykit-sdpa-", dir=tmp.parent))
     try:
-        onnx_export.export_onnx(model, scratch / VARIANT_FILES["fp32"], cfg.opset)
+        onnx_export.export_onnx(model, scratch / VARIANT_FILES["fp32"], cfg.opset, OPTIMUM_TASK)
         info = optimize.optimize(scratch / VARIANT_FILES["fp32"], scratch / VARIANT_FILES["opt"], cfg.optimize,
                                  model.config)
         if "Attention" in info["missing_fusions"]:

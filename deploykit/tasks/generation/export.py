@@ -83,7 +83,7 @@ class Export:
         onnx_export.write_tokenizer(self.tokenizer, folder / "tokenizer.json", None)
         shutil.copy(self.checkpoint / "config.json", folder / "config.json")
         fp32 = folder / VARIANT_FILES["fp32"]
-        onnx_export.export_onnx(model, fp32, cfg.opset, task=OPTIMUM_TASK)
+        onnx_export.export_onnx(model, fp32, cfg.opset, OPTIMUM_TASK)
         last_position_logits(fp32)
         head, inputs = head_of(model, self.tokenizer, fp32)
         records: dict[str, dict[str, Any]] = {"fp32": {"fused_ops": {}}}

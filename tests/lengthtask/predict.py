@@ -1,0 +1,20 @@
+"""``deploykit predict`` on a text-length artifact: each row's bucket, its probability and word count."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deploykit.config import PredictConfig
+from lengthtask.runtime import Runtime
+
+
+class Scorer:
+    what = "buckets"
+
+    def __init__(self, cfg: PredictConfig) -> None:
+        self.runtime = Runtime(cfg.artifact, cfg.variant, threads=cfg.threads, spin=True)
+        self.name, self.variant = self.runtime.name, self.runtime.variant
+
+    def __call__(self, texts: list[str], first_row: int) -> list[dict[str, Any]]:
+        return [{"bucket": r["label"], "score": r["score"], "words": len(t.split())}
+                for t, r in zip(texts, self.runtime.predict(texts))]
