@@ -79,9 +79,7 @@ def assemble(base: type, name: str) -> type:
                                                        metadata=metadata)))
 
     def __post_init__(self: Any) -> None:
-        base_post_init = getattr(base, "__post_init__", None)
-        if base_post_init is not None:
-            base_post_init(self)
+        base.__post_init__(self)
         for mixin in mixins:
             if "validate" in vars(mixin):
                 mixin.validate(self)

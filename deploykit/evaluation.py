@@ -67,6 +67,34 @@ def slice_groups(slices: list[str] | None) -> dict[str, np.ndarray]:
     return {value: np.flatnonzero(values == value) for value in sorted(set(slices))}
 
 
+def length_plot(out: Path, buckets: list[dict[str, Any]], bars: list[tuple[str, str, float]], axis: str) -> None:
+    """``length.png``: two (or more) metrics per length bucket, as grouped bars on a 0-1 scale.
+
+    Args:
+        out: The folder to write into.
+        buckets: ``by_length`` rows (``tokens``, ``n`` and the metrics).
+        bars: (metric key, legend label, scale factor) per bar of a bucket.
+        axis: The x axis label.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x = np.arange(len(buckets))
+    width = 0.8 / len(bars)
+    for i, (key, label, scale) in enumerate(bars):
+        ax.bar(x + (i - (len(bars) - 1) / 2) * width, [b[key] * scale for b in buckets], width, label=label)
+    ax.set_xticks(x, [f"{b['tokens']}\n(n={b['n']})" for b in buckets])
+    ax.set_xlabel(axis)
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "length.png", dpi=110)
+    plt.close(fig)
+
+
 def slice_table(metrics: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
     """The report's per-slice section (nothing without --slice-column)."""
     if "by_slice" not in metrics:

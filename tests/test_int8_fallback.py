@@ -125,7 +125,6 @@ def _nodes(path: Path) -> dict[str, str]:
 
 def test_candidates_are_exactly_what_the_quantizer_replaces(outlier_artifact, tmp_path):
     from deploykit.export import quantize
-    from deploykit.tasks.classification import int8_fallback
 
     _, _, _, artifact = outlier_artifact
     src = artifact / "model.opt.onnx"

@@ -25,6 +25,7 @@ deploykit's serving side: never torch, transformers or datasets.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import bentoml
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from deploykit import checkpoint
 from deploykit.config import DataConfig, EvalConfig
-from deploykit.evaluation import length_groups, slice_groups, slice_table
+from deploykit.evaluation import length_groups, length_plot, slice_groups, slice_table
 from deploykit.tasks.classification.data import held_out
 from deploykit.tasks.classification.scoring import classification_metrics, predict_logits, softmax
 from deploykit.tasks.classification.train import checkpoint_labels
@@ -114,18 +114,7 @@ def _plots(out: Path, gold: list[int], predicted: list[int], label_names: list[s
     fig.tight_layout()
     fig.savefig(out / "confusion.png", dpi=110)
     plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    x = np.arange(len(buckets))
-    ax.bar(x - 0.2, [b["accuracy"] for b in buckets], 0.4, label="accuracy")
-    ax.bar(x + 0.2, [b["macro_f1"] for b in buckets], 0.4, label="macro-F1")
-    ax.set_xticks(x, [f"{b['tokens']}\n(n={b['n']})" for b in buckets])
-    ax.set_xlabel("input length (tokens)")
-    ax.set_ylim(0, 1)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "length.png", dpi=110)
-    plt.close(fig)
+    length_plot(out, buckets, [("accuracy", "accuracy", 1.0), ("macro_f1", "macro-F1", 1.0)], "input length (tokens)")
 
 
 def _report(metrics: dict[str, Any], errors: list[dict[str, Any]]) -> str:

@@ -312,7 +312,7 @@ class Online:
         (out / "results.json").write_text(json.dumps(results, indent=2))
         lines = [f"# Online generation benchmark: {cfg.url}", "",
                  f"Streaming clients (closed loop), {cfg.new_tokens} new tokens per request (EOS ignored), "
-                 f"{cfg.duration:g} s per level.", "", report.machine_markdown(results["machine"]),
+                 f"{cfg.duration:g} s per level.", "", machine_markdown(results["machine"]),
                  "| concurrency | requests ok | errors | TTFT p50 ms | TTFT p95 ms | inter-token p50 ms | "
                  "tokens/s per client | tokens/s total |", "|---:|---:|---|---:|---:|---:|---:|---:|"]
         for r in levels:

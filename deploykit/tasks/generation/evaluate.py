@@ -18,7 +18,7 @@ import numpy as np
 
 from deploykit import checkpoint
 from deploykit.config import DataConfig, EvalConfig
-from deploykit.evaluation import length_groups, slice_groups, slice_table
+from deploykit.evaluation import length_groups, length_plot, slice_groups, slice_table
 from deploykit.tasks.generation import decoding, prompts
 from deploykit.tasks.generation.data import Pairs, held_out
 
@@ -61,7 +61,8 @@ class Evaluation:
         return metrics, worst_generations(pairs, hyps, cfg.max_errors)
 
     def plots(self, folder: Path, metrics: dict[str, Any]) -> None:
-        _generation_plot(folder, metrics["by_length"])
+        length_plot(folder, metrics["by_length"], [("bleu", "BLEU / 100", 0.01), ("exact_match", "exact match", 1.0)],
+                    "prompt length (tokens)")
 
     def report(self, metrics: dict[str, Any], errors: list[dict[str, Any]]) -> str:
         return _generation_report(metrics, errors)
@@ -96,25 +97,6 @@ def worst_generations(pairs: Pairs, hyps: list[str], limit: int) -> list[dict[st
             for i in range(len(hyps)) if hyps[i].strip() != pairs.completions[i].strip()]
     rows.sort(key=lambda row: row["sentence_bleu"])
     return rows[:limit]
-
-
-def _generation_plot(out: Path, buckets: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    x = np.arange(len(buckets))
-    ax.bar(x - 0.2, [b["bleu"] / 100 for b in buckets], 0.4, label="BLEU / 100")
-    ax.bar(x + 0.2, [b["exact_match"] for b in buckets], 0.4, label="exact match")
-    ax.set_xticks(x, [f"{b['tokens']}\n(n={b['n']})" for b in buckets])
-    ax.set_xlabel("prompt length (tokens)")
-    ax.set_ylim(0, 1)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "length.png", dpi=110)
-    plt.close(fig)
 
 
 def _cell(text: str, width: int = 80) -> str:
