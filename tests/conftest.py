@@ -8,10 +8,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
-# A third task, registered from outside the package (tests/lengthtask): every process the tests
-# start sees it too, so the contract test (test_task_contract.py) runs it through every stage.
-os.environ.setdefault("DEPLOYKIT_TASKS", "lengthtask")
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+# A third task, registered from outside the package (tests/lengthtask), before anything builds the
+# stage configs (which gain its options): the contract test (test_task_contract.py) runs it through
+# every stage, and hands DEPLOYKIT_TASKS=lengthtask to the processes it starts.
+import lengthtask  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")

@@ -220,18 +220,3 @@ def test_bench_online_generation_mode(gen_server, translation_csv, tmp_path):
         assert lvl["tokens_per_s_per_client"] > 0
     assert "tokens/s total" in (out / "results.md").read_text()
 
-
-def test_bench_online_streams_generations_and_reports_tokens_per_second(gen_server, translation_csv, tmp_path):
-    """``deploykit bench online --protocol generate``: the text-generation task's load generator."""
-    from deploykit.bench import online
-    from deploykit.config import BenchOnlineConfig
-
-    out = online.run(BenchOnlineConfig(url=gen_server, protocol="generate", concurrency="2", duration=1.0, warmup=0.2,
-                                       new_tokens=4, data=str(translation_csv), text_column="prompt", samples=8,
-                                       out=str(tmp_path / "bench")))
-    results = json.loads((out / "results.json").read_text())
-    assert results["kind"] == "online-generation" and results["new_tokens"] == 4
-    (level,) = results["levels"]
-    assert level["concurrency"] == 2 and level["ok"] > 0 and not level["errors"]
-    assert level["tokens_per_s_total"] > 0 and level["ttft_p50_ms"] > 0
-    assert "| 2 |" in (out / "results.md").read_text()

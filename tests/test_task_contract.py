@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,9 @@ from test_serve import http, post_json, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = tasks.names()
+# The processes this test starts register the test task as a user's plugin would.
+PLUGIN_ENV = {"DEPLOYKIT_TASKS": "lengthtask",
+              "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
 
 
 def test_the_third_task_is_registered_from_its_folder():
@@ -98,7 +102,7 @@ def test_predict_scores_every_row_in_order_through_the_cli(run, tmp_path):
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in example.INPUTS))
     out = tmp_path / "out.jsonl"
     done = subprocess.run([sys.executable, "-m", "deploykit", "predict", str(run["artifact"]), "--data", str(data),
-                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env={**os.environ, **PLUGIN_ENV})
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["row"] for r in rows] == list(range(len(example.INPUTS)))
@@ -107,8 +111,8 @@ def test_predict_scores_every_row_in_order_through_the_cli(run, tmp_path):
 
 def test_serve_answers_the_tasks_route_and_refuses_bad_bodies(run, tmp_path):
     example = run["example"]
-    proc, url = start_server(run["artifact"], tmp_path, argv=[sys.executable, "-m", "deploykit", "serve",
-                                                               str(run["artifact"]), "--threads", "1"])
+    proc, url = start_server(run["artifact"], tmp_path, env=PLUGIN_ENV,
+                             argv=[sys.executable, "-m", "deploykit", "serve", str(run["artifact"]), "--threads", "1"])
     try:
         route, body = example.request(example.INPUTS)
         status, answer = post_json(url + route, body)
@@ -140,7 +144,8 @@ import deploykit.serve.service
 assert not any(m.split('.')[0] in ('torch', 'transformers', 'datasets') for m in sys.modules)
 print("ok")
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **PLUGIN_ENV})
     assert done.returncode == 0 and done.stdout.strip() == "ok", (task, done.stderr[-2000:])
 
 

@@ -6,14 +6,17 @@ task is one folder, ``deploykit/tasks/<task>/``, whose files have the same names
 names in every folder (docs/architecture.md, "Adding a task"):
 
     head.py      Head: the manifest's task fields (torch-free, standard library only)
-    options.py   OPTIONS: the options the task adds to each stage's config; check(cfg): its rules
+    options.py   OPTIONS: the options the task adds to each stage's config; check(cfg, stage): its rules
+    data.py      the task's rows: splits of a source, held-out rows
     train.py     Training: what the one training loop calls (model class, examples, loss, metrics)
     evaluate.py  Evaluation: held-out metrics, per-length and per-slice reports, worst cases
-    export.py    Export: the variants, the PyTorch reference, the parity check and its table
+    export.py    Export: the graphs, the PyTorch reference, the parity check and its table
     runtime.py   the torch-free runtime of an artifact
-    serve.py     Backend (routes, drain, close), bento_apis, preflight, deployment_values
-    predict.py   scorer: a file's rows in, one result per row out (torch-free)
+    serve.py     load -> Backend (routes, drain, close), bento_apis, preflight, deployment_values
+    predict.py   Scorer: a file's rows in, one result per row out (torch-free)
     bench.py     the offline benchmark's engines and report, the online load generators
+    triton.py    (optional) the task's models of a Triton repository
+    example.py   a tiny random model and data: what the contract test runs through every stage
 
 Every stage asks this registry once for the task of its config, checkpoint or artifact and
 calls that task's hooks (``Task.part``); outside ``deploykit/tasks/`` no code compares task
