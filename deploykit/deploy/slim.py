@@ -171,10 +171,12 @@ def imported_files(modules: Iterable[str], python: str = sys.executable) -> set[
     code = ("import importlib, json, sys\n"
             f"for name in {list(modules)!r}:\n    importlib.import_module(name)\n"
             "print(json.dumps(sorted({getattr(m, '__file__', None) or '' for m in list(sys.modules.values())})))")
-    # BentoML creates its home folder on import: a throwaway one, not the image's /tmp.
+    # Importing writes: BentoML creates its home, onnxruntime its telemetry files under
+    # ~/.cache. Into a throwaway folder, so the image keeps none of it.
     with tempfile.TemporaryDirectory(prefix="slim-") as home:
-        proc = subprocess.run([python, "-c", code], capture_output=True, text=True,
-                              env={**os.environ, "BENTOML_HOME": home})
+        env = {**os.environ, "HOME": home, "XDG_CACHE_HOME": home, "BENTOML_HOME": home,
+               "ORT_DISABLE_TELEMETRY": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        proc = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"the serving stack no longer imports:\n{proc.stderr[-3000:]}")
     return {os.path.realpath(f) for f in json.loads(proc.stdout.strip().splitlines()[-1]) if f}

@@ -12,14 +12,38 @@
 # of /etc/containers/storage.conf (overlay where the kernel has it); set STORAGE_DRIVER=vfs for
 # every buildah and podman command where overlay mounts are refused (inside some containers).
 #
-# The image is labelled with this script's sha256 (org.deploykit.base.script-sha256), so a
-# cache can tell whether a stored base was made by this version (.ci/setup_base_image.sh).
+# The image is labelled with this script's sha256 (org.deploykit.base.script-sha256). With
+# DEPLOYKIT_BASE_CACHE=DIR (CI sets it; so do the tests, see tests/outside_tools.py) the script
+# builds only when it must: it keeps IMAGE if this version of the script made it, else restores
+# it from DIR/bookworm-python-<sha256 prefix>.oci.tar, else builds it and stores that archive
+# (older archives are removed). Concurrent runs wait on a lock in DIR.
 set -euo pipefail
 
 IMAGE=${1:-localhost/bookworm-python:3.11}
 UV_VERSION=${UV_VERSION:-0.13.4}  # the uv BentoML 1.4.40's Dockerfile pins (it skips its own install)
 export BUILDAH_ISOLATION=${BUILDAH_ISOLATION:-chroot}
 SCRIPT_SHA256=$(sha256sum "$0" | cut -d' ' -f1)
+LABEL=org.deploykit.base.script-sha256
+
+made_by_this_script() {
+  [ "$(buildah inspect --type image --format "{{index .OCIv1.Config.Labels \"$LABEL\"}}" \
+        "$IMAGE" 2>/dev/null)" = "$SCRIPT_SHA256" ]
+}
+if [ -n "${DEPLOYKIT_BASE_CACHE:-}" ]; then
+  mkdir -p "$DEPLOYKIT_BASE_CACHE"
+  archive="$DEPLOYKIT_BASE_CACHE/bookworm-python-${SCRIPT_SHA256:0:16}.oci.tar"
+  exec 9>"$DEPLOYKIT_BASE_CACHE/bookworm-python.lock"
+  flock 9
+  if made_by_this_script; then
+    echo "base image $IMAGE is current (made by this script)"; exit 0
+  fi
+  if [ -f "$archive" ]; then
+    id=$(buildah pull --quiet "oci-archive:$archive")
+    buildah tag "$id" "$IMAGE"
+    made_by_this_script || { echo "$archive does not hold this script's base" >&2; exit 1; }
+    echo "base image $IMAGE restored from $archive"; exit 0
+  fi
+fi
 
 mirror=${DEBIAN_MIRROR:-}
 if [ -z "$mirror" ]; then  # the mirror apt already uses here (deb822 or one-line format)
@@ -98,4 +122,10 @@ buildah config \
   --cmd /bin/bash "$ctr"
 buildah commit --rm "$ctr" "$IMAGE" >/dev/null
 ctr=""
+if [ -n "${DEPLOYKIT_BASE_CACHE:-}" ]; then  # written aside, then renamed: never a partial archive
+  rm -f "$DEPLOYKIT_BASE_CACHE"/bookworm-python-*.oci.tar
+  buildah push --quiet "$IMAGE" "oci-archive:$archive.tmp:$IMAGE"
+  mv "$archive.tmp" "$archive"
+  echo "stored $archive"
+fi
 buildah images "$IMAGE"
