@@ -28,7 +28,7 @@ _DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
 _NAME = rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
 _TAG = r"[\w][\w.-]{0,127}"
-TAG_RE = re.compile(rf"^(?P<name>{_NAME})(?::(?P<tag>{_TAG}))?$")
+TAG_RE = re.compile(rf"(?P<name>{_NAME})(?::(?P<tag>{_TAG}))?", re.ASCII)
 NAME_MAX = 255
 
 
@@ -44,11 +44,11 @@ def check_tag(tag: str) -> str:
     why = None
     if "@" in tag:
         why = "a digest is what a build produces, it cannot be asked for"
-    elif TAG_RE.match(tag) is None:
+    elif TAG_RE.fullmatch(tag) is None:
         why = ("names are lowercase letters, digits and separators (. _ __ -) in /-separated "
                "parts, optionally after a registry host[:port]/, then an optional :TAG of at "
                "most 128 letters, digits, '_', '.' or '-' (not starting with '.' or '-')")
-    elif len(TAG_RE.match(tag).group("name")) > NAME_MAX:
+    elif len(TAG_RE.fullmatch(tag).group("name")) > NAME_MAX:
         why = f"the name is longer than {NAME_MAX} characters"
     if why:
         raise BadInputError(f"--tag {tag!r} is not a valid image reference: {why}; e.g. "
@@ -58,7 +58,7 @@ def check_tag(tag: str) -> str:
 
 def repository(tag: str) -> str:
     """The name part of a tag (``registry:5000/a/b:1`` -> ``registry:5000/a/b``)."""
-    match = TAG_RE.match(tag)
+    match = TAG_RE.fullmatch(tag)
     return match.group("name") if match else tag
 
 
