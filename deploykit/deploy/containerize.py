@@ -243,6 +243,7 @@ def retarget(info: dict[str, Any], bento_dir: Path, *, base_image: str, gpu: boo
         image["commands"] = [c for c in image.get("commands", []) if c not in defaults]
         # The bento's env/docker is copied in before any command runs; slim.py runs last,
         # after the GPU swap (which needs uv).
+        (bento_dir / "env" / "docker").mkdir(parents=True, exist_ok=True)
         shutil.copy(SLIM_SCRIPT, bento_dir / "env" / "docker" / SLIM_SCRIPT.name)
         image["post_commands"] = [*image.get("post_commands", []), *([gpu_command] if gpu else []),
                                   f'"$VIRTUAL_ENV/bin/python" env/docker/{SLIM_SCRIPT.name}']
