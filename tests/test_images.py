@@ -15,6 +15,7 @@ buildah, podman, runc, debootstrap, curl, kubectl).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -25,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -110,10 +112,9 @@ def block_env(tmp: Path) -> dict[str, str]:
             "DEPLOYKIT_BASE_CACHE": cache}
 
 
-def build_and_run(artifact: Path, task: str, tmp: Path) -> Image:
+def build_and_run(artifact: Path, image: str, name: str, tmp: Path) -> Image:
     """Run the README's container block on ``artifact``; the container is left running."""
-    token = secrets.token_hex(4)
-    image, name, port = f"localhost/deploykit-test-{task}:{token}", f"deploykit-test-{task}-{token}", free_port()
+    port = free_port()
     script = RC.container_script(README, artifact=str(artifact), image=image, name=name, port=str(port))
     start = time.monotonic()
     proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=block_env(tmp),
@@ -122,15 +123,23 @@ def build_and_run(artifact: Path, task: str, tmp: Path) -> Image:
         logs = podman("logs", name, check=False)
         pytest.fail(f"the README's container block failed on {artifact} ({proc.returncode}):\n"
                     f"{proc.stderr[-4000:]}\ncontainer log:\n{(logs.stdout + logs.stderr)[-3000:]}")
-    print(f"{task} image: README block in {time.monotonic() - start:.0f} s")
+    print(f"{image}: README block in {time.monotonic() - start:.0f} s")
     digest_file = Path(f"{artifact}.oci.tar.digest")
     return Image(artifact, image, name, f"http://127.0.0.1:{port}", Path(f"{artifact}.k8s"),
                  Path(f"{artifact}.oci.tar"), digest_file.read_text().strip())
 
 
-def remove(image: Image) -> None:
-    podman("rm", "-f", "--time", "2", image.name, check=False)  # the graceful stop is tested elsewhere
-    podman("rmi", "-f", image.image, check=False)
+@contextlib.contextmanager
+def running(artifact: Path, task: str, tmp: Path) -> Iterator[Image]:
+    """The README block's image and container, both removed afterwards (also on failure)."""
+    token = secrets.token_hex(4)
+    image, name = f"localhost/deploykit-test-{task}:{token}", f"deploykit-test-{task}-{token}"
+    try:
+        yield build_and_run(artifact, image, name, tmp)
+    finally:
+        # --time 2: the graceful stop is tested elsewhere (tests/test_overload.py)
+        podman("rm", "-f", "--time", "2", name, check=False)
+        podman("rmi", "-f", image, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -165,22 +174,20 @@ def generation_artifact(generation_artifacts, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def classification_image(engines, classification_artifact, tmp_path_factory):
-    built = build_and_run(classification_artifact, "classification", tmp_path_factory.mktemp("cls-block"))
-    yield built
-    remove(built)
+    with running(classification_artifact, "classification", tmp_path_factory.mktemp("cls-block")) as built:
+        yield built
 
 
 @pytest.fixture(scope="module")
 def generation_image(engines, generation_artifact, tmp_path_factory):
-    built = build_and_run(generation_artifact, "generation", tmp_path_factory.mktemp("gen-block"))
-    yield built
-    remove(built)
+    with running(generation_artifact, "generation", tmp_path_factory.mktemp("gen-block")) as built:
+        yield built
 
 
 def host_server(artifact: Path, folder: Path):
-    """The same artifact served on this machine (`deploykit serve`, its default variant)."""
-    return start_server(None, folder, argv=[sys.executable, "-m", "deploykit", "serve", str(artifact),
-                                            "--threads", "1"])
+    """The same artifact served on this machine (`deploykit serve`, its default variant, and the
+    default threads, as in the container)."""
+    return start_server(None, folder, argv=[sys.executable, "-m", "deploykit", "serve", str(artifact)])
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,7 @@ SLIM_SCRIPT = Path(__file__).with_name("slim.py")
 IMAGE_ENVS = {"BENTOML_HOME": "/tmp/bentoml", "PYTHONDONTWRITEBYTECODE": "1",
               "ORT_DISABLE_TELEMETRY": "1"}
 # Squash every layer into one (buildah's --squash includes the base image's layers; podman
-# needs --squash-all). Neither leaves a container behind when a build fails (checked by
+# needs --squash-all). A failed buildah build leaves no container behind (checked by
 # tests/test_images.py).
 BUILD_OPTIONS = {"buildah": {"squash": True},
                  "podman": {"squash_all": True},
@@ -418,11 +418,11 @@ def _publish(backend: str, staging: str, tag: str, archive: str | None) -> str:
     with tempfile.TemporaryDirectory(prefix="deploykit-image-") as tmp:
         path = Path(archive) if archive else Path(tmp) / "image.oci.tar"
         digest = engines.push_archive(backend, staging, path, tag)
-    if archive:
+    engines.tag(backend, staging, tag)
+    if archive:  # the digest is recorded once the image is complete and tagged
         record = Path(archive).with_name(Path(archive).name + ".digest")
         record.write_text(digest + "\n")
         log.info("wrote %s (podman load -i %s) and its digest to %s", archive, archive, record)
-    engines.tag(backend, staging, tag)
     return f"{engines.repository(tag)}@{digest}"
 
 
