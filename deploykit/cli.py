@@ -135,7 +135,7 @@ def _predict(args: argparse.Namespace) -> None:
 def _containerize(args: argparse.Namespace) -> None:
     from deploykit.deploy import containerize
 
-    containerize.run(build_config(ContainerizeConfig, args))
+    print(containerize.run(build_config(ContainerizeConfig, args)))  # NAME@sha256:..., for scripts
 
 
 def _k8s(args: argparse.Namespace) -> None:

@@ -650,8 +650,13 @@ class ContainerizeConfig:
                       "with the train extra) instead of the serving image.")
     dockerfile_only: str | None = opt(None, "Write the Dockerfile (and its build context) to "
                                       "this folder instead of building an image.")
+    archive: str | None = opt(None, "Also write the image to this OCI archive file (podman "
+                              "load -i FILE, or skopeo copy to a registry) and its digest to "
+                              "FILE.digest (a docker-archive with docker).")
 
     def __post_init__(self) -> None:
+        require(not (self.archive and (self.dockerfile_only or self.train)), "archive",
+                "--archive applies to a built serving image, not to --dockerfile-only or --train")
         require(self.train or bool(self.source), "source",
                  "give a bento tag or an artifact folder to containerize (or --train)")
         require(self.backend is None or self.backend in CONTAINER_BACKENDS, "backend",

@@ -8,6 +8,15 @@ install command adds ``build-essential`` and ``git``, which nothing here needs: 
 dependency ships wheels), and for ``--gpu`` onnxruntime-gpu with the CUDA provider settings.
 The user's bento in the store is never modified.
 
+What serving never uses is removed in the image's last build step (``deploykit/deploy/slim.py``:
+uv, caches, test suites, onnxruntime's export tools and its unlinked C library, bytecode of
+modules the service does not import) and buildah and podman squash the image into one layer,
+so the removals really shrink it. The image is built under a staging name and gets its tag only
+once it is complete and its digest is known (from ``push --digestfile`` to an OCI archive), so
+a failure leaves no image under the tag. The image runs on a read-only root filesystem: the
+service writes only below ``/tmp`` (``BENTOML_HOME=/tmp/bentoml``, Python's temporary files),
+onnxruntime's telemetry is off, and nothing else is written.
+
 The training image is ``k8s/training/Dockerfile`` built with the same backends.
 """
 
@@ -16,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -27,6 +37,7 @@ import yaml
 
 from deploykit import __version__
 from deploykit.config import CONTAINER_BACKENDS, ContainerizeConfig
+from deploykit.deploy import engines
 from deploykit.errors import BadInputError, DeployKitError
 from deploykit.manifest import MANIFEST, Manifest
 
@@ -40,6 +51,22 @@ GPU_RUNTIME = "onnxruntime-gpu[cuda,cudnn]"
 # Never in a serving image (docs/architecture.md: serving depends on the artifact alone).
 FORBIDDEN = ("torch", "transformers", "datasets", "optimum", "optimum-onnx")
 TRAIN_DOCKERFILE = Path("k8s") / "training" / "Dockerfile"
+SLIM_SCRIPT = Path(__file__).with_name("slim.py")
+# The image's own settings for a read-only root, so it writes nothing outside /tmp (the
+# Deployment's emptyDir) even when run without the Deployment's environment: BentoML's home
+# (Prometheus multiprocess files) on /tmp; no bytecode written next to deploykit's source; no
+# onnxruntime telemetry (it writes a device id and an event database under $HOME/.cache and a
+# session file in the working directory). Appended to the end of the Dockerfile: BentoML's own
+# `ENV BENTOML_HOME=/home/bentoml/` would win over a bento env of the same name.
+IMAGE_ENVS = {"BENTOML_HOME": "/tmp/bentoml", "PYTHONDONTWRITEBYTECODE": "1",
+              "ORT_DISABLE_TELEMETRY": "1"}
+# Squash every layer into one (buildah's --squash includes the base image's layers; podman
+# needs --squash-all). A failed buildah build leaves no container behind (checked by
+# tests/test_images.py).
+BUILD_OPTIONS = {"buildah": {"squash": True},
+                 "podman": {"squash_all": True},
+                 "docker": {}}
+STAGING = "localhost/deploykit-staging"
 
 
 class BackendUnavailableError(BadInputError):
@@ -135,8 +162,8 @@ def _bento_dir(source: str, gpu: bool) -> Path:
                             "'deploykit build ARTIFACT' or pass the artifact folder") from None
 
 
-def packed_manifest(bento_dir: Path) -> Manifest:
-    """The manifest of the artifact a deploykit bento packs (under ``src/``).
+def packed_artifact(bento_dir: Path) -> Path:
+    """The folder of the artifact a deploykit bento packs (under ``src/``).
 
     Raises:
         BadInputError: If the bento packs no artifact (it is not a deploykit bento).
@@ -145,7 +172,16 @@ def packed_manifest(bento_dir: Path) -> Manifest:
     if not found:
         raise BadInputError(f"the bento at {bento_dir} packs no artifact (no manifest.json); "
                             "build it with 'deploykit build ARTIFACT'")
-    return Manifest.read(found[0].parent)
+    return found[0].parent
+
+
+def packed_manifest(bento_dir: Path) -> Manifest:
+    """The manifest of the artifact a deploykit bento packs.
+
+    Raises:
+        BadInputError: If the bento packs no artifact (it is not a deploykit bento).
+    """
+    return Manifest.read(packed_artifact(bento_dir))
 
 
 def _requirement_name(line: str) -> str:
@@ -176,11 +212,13 @@ def retarget(info: dict[str, Any], bento_dir: Path, *, base_image: str, gpu: boo
     ``deploykit build`` makes), and the ``docker`` section of the legacy layout BentoML falls
     back to for older bentos (e.g. ones that packed ``python.wheels``). With
     ``docker.base_image`` set, BentoML renders its plain ``base.j2`` template, which installs
-    no Debian packages at all (so no compiler and no git).
+    no Debian packages at all (so no compiler and no git). The v2 layout also gets
+    ``slim.py`` as its last build step; a legacy bento is not slimmed.
 
     Args:
         info: The parsed bento.yaml.
-        bento_dir: The (private copy of the) bento folder; a GPU setup script is written there.
+        bento_dir: The (private copy of the) bento folder; slim.py (v2) or a GPU setup script
+            (legacy) is written there.
         base_image: The image to build FROM.
         gpu: Swap onnxruntime for onnxruntime-gpu and select the CUDA settings.
 
@@ -203,8 +241,13 @@ def retarget(info: dict[str, Any], bento_dir: Path, *, base_image: str, gpu: boo
         image["base_image"] = base_image
         defaults = _distro_install_commands()
         image["commands"] = [c for c in image.get("commands", []) if c not in defaults]
+        # The bento's env/docker is copied in before any command runs; slim.py runs last,
+        # after the GPU swap (which needs uv).
+        (bento_dir / "env" / "docker").mkdir(parents=True, exist_ok=True)
+        shutil.copy(SLIM_SCRIPT, bento_dir / "env" / "docker" / SLIM_SCRIPT.name)
+        image["post_commands"] = [*image.get("post_commands", []), *([gpu_command] if gpu else []),
+                                  f'"$VIRTUAL_ENV/bin/python" env/docker/{SLIM_SCRIPT.name}']
         if gpu:
-            image["post_commands"] = [*image.get("post_commands", []), gpu_command]
             envs = [e for e in info.get("envs", []) if e["name"] not in gpu_env]
             info["envs"] = envs + [{"name": k, "value": v, "stage": "all"}
                                    for k, v in gpu_env.items()]
@@ -230,7 +273,8 @@ def retarget(info: dict[str, Any], bento_dir: Path, *, base_image: str, gpu: boo
 @contextlib.contextmanager
 def containerfile(bento_dir: Path, *, base_image: str, gpu: bool,
                   enable_buildkit: bool) -> Iterator[tuple[Path, Path]]:
-    """BentoML's Dockerfile and build context for a retargeted copy of a bento.
+    """BentoML's Dockerfile and build context for a retargeted copy of a bento, with
+    ``IMAGE_ENVS`` set at its end.
 
     Yields:
         ``(context folder, Dockerfile)``, both removed on exit.
@@ -247,6 +291,10 @@ def containerfile(bento_dir: Path, *, base_image: str, gpu: bool,
         bento = Bento.from_path(str(copy))
         with construct_containerfile(bento, enable_buildkit=enable_buildkit,
                                      add_header=True) as (context, dockerfile):
+            path = Path(context) / dockerfile
+            with path.open("a") as fh:
+                fh.write("\n# deploykit: the image writes nothing outside /tmp (docs/deployment.md)\n"
+                         + "".join(f"ENV {k}={v}\n" for k, v in IMAGE_ENVS.items()))
             yield Path(context), Path(dockerfile)
 
 
@@ -277,14 +325,14 @@ def image_size(backend: str, tag: str) -> int | None:
 
 
 def _build(backend: str, dockerfile: Path, context: Path, tag: str,
-           build_args: dict[str, str] | None = None) -> None:
+           build_args: dict[str, str] | None = None, **options: Any) -> None:
     """Build with BentoML's OCI builder for ``backend`` (docker, buildah or podman)."""
     from bentoml.container import get_backend
     from bentoml.exceptions import BentoMLException
 
     try:
         get_backend(backend).build(file=str(dockerfile), context_path=str(context), tag=(tag,),
-                                   build_arg=build_args or None)
+                                   build_arg=build_args or None, **options)
     except BentoMLException as exc:
         raise DeployKitError(f"{backend} failed to build {tag}: {exc}") from None
 
@@ -292,24 +340,39 @@ def _build(backend: str, dockerfile: Path, context: Path, tag: str,
 def run(cfg: ContainerizeConfig) -> str:
     """Build the serving image of a bento or artifact, or the training image.
 
+    Checks come first and cost nothing: the tag, a usable engine, the base image, the artifact's
+    files. The image is built under a staging name, pushed to an OCI archive to learn its
+    digest (kept at ``--archive``, else discarded), and only then tagged; the staging name is
+    removed whatever happens.
+
     Args:
         cfg: The options (``--dockerfile-only`` writes the Dockerfile and context instead).
 
     Returns:
-        The image tag built, or the folder written with ``--dockerfile-only``.
+        The image pinned to its digest (``NAME@sha256:...``; the tag with docker, whose digest
+        is known only once pushed to a registry), or the folder written with ``--dockerfile-only``.
 
     Raises:
-        BadInputError: On an unknown bento, a non-artifact folder or a bento that needs torch.
+        BadInputError: On an invalid tag, an unknown bento, a non-artifact folder, a bento that
+            needs torch, or a base image that is neither local nor pullable.
         BackendUnavailableError: When no container engine can build here.
-        DeployKitError: When the engine's build fails.
+        IntegrityError: When an artifact file does not match its manifest (exit code 4).
+        DeployKitError: When the engine's build or push fails.
     """
     if cfg.train:
         return _run_train(cfg)
+    if cfg.tag:
+        engines.check_tag(cfg.tag)
     backend = None if cfg.dockerfile_only else pick_backend(cfg.backend)  # fail before building
-    bento_dir = _bento_dir(cfg.source, cfg.gpu)
-    info = yaml.safe_load((bento_dir / "bento.yaml").read_text())
-    tag = cfg.tag or f"{info['name']}:{info['version']}{'-gpu' if cfg.gpu else ''}"
     base_image = cfg.base_image or DEFAULT_BASE_IMAGE
+    if backend:
+        engines.ensure_base_image(backend, base_image)
+    bento_dir = _bento_dir(cfg.source, cfg.gpu)
+    # What the image will serve, checked file by file (a bento copied between machines, or
+    # edited in the store, can differ from what deploykit build packed).
+    Manifest.verify(packed_artifact(bento_dir))
+    info = yaml.safe_load((bento_dir / "bento.yaml").read_text())
+    tag = engines.check_tag(cfg.tag or f"{info['name']}:{info['version']}{'-gpu' if cfg.gpu else ''}")
     if cfg.dockerfile_only:
         from deploykit.files import atomic_folder
 
@@ -323,12 +386,44 @@ def run(cfg: ContainerizeConfig) -> str:
         return cfg.dockerfile_only
     from bentoml._internal.container import enable_buildkit
 
-    with containerfile(bento_dir, base_image=base_image, gpu=cfg.gpu,
-                       enable_buildkit=enable_buildkit(backend=backend)) as (context, dockerfile):
-        log.info("building %s FROM %s with %s", tag, base_image, backend)
-        _build(backend, dockerfile, context, tag)
-    _report(backend, tag)
-    return tag
+    staging = f"{STAGING}:{secrets.token_hex(8)}"
+    try:
+        with containerfile(bento_dir, base_image=base_image, gpu=cfg.gpu,
+                           enable_buildkit=enable_buildkit(backend=backend)) as (context, dockerfile):
+            log.info("building %s FROM %s with %s", tag, base_image, backend)
+            if not BUILD_OPTIONS[backend]:
+                log.warning("%s cannot squash layers here: the files slim.py removes stay in the "
+                            "layers below (build with buildah or podman for the small image)", backend)
+            _build(backend, dockerfile, context, staging, **BUILD_OPTIONS[backend])
+        pinned = _publish(backend, staging, tag, cfg.archive)
+    finally:
+        engines.untag(backend, staging)
+    _report(backend, tag, pinned)
+    return pinned
+
+
+def _publish(backend: str, staging: str, tag: str, archive: str | None) -> str:
+    """Learn the staged image's digest (pushing it to an OCI archive), then tag it.
+
+    Returns:
+        ``NAME@sha256:...``, or the tag with docker.
+    """
+    if backend == "docker":
+        if archive:
+            engines.save_archive(staging, Path(archive))
+        engines.tag(backend, staging, tag)
+        log.info("docker reports an image's digest only once it is pushed to a registry: "
+                 "docker push %s", tag)
+        return tag
+    with tempfile.TemporaryDirectory(prefix="deploykit-image-") as tmp:
+        path = Path(archive) if archive else Path(tmp) / "image.oci.tar"
+        digest = engines.push_archive(backend, staging, path, tag)
+    engines.tag(backend, staging, tag)
+    if archive:  # the digest is recorded once the image is complete and tagged
+        record = Path(archive).with_name(Path(archive).name + ".digest")
+        record.write_text(digest + "\n")
+        log.info("wrote %s (podman load -i %s) and its digest to %s", archive, archive, record)
+    return f"{engines.repository(tag)}@{digest}"
 
 
 def _run_train(cfg: ContainerizeConfig) -> str:
@@ -353,6 +448,7 @@ def _run_train(cfg: ContainerizeConfig) -> str:
     return tag
 
 
-def _report(backend: str, tag: str) -> None:
+def _report(backend: str, tag: str, pinned: str | None = None) -> None:
     size = image_size(backend, tag)
-    log.info("built %s%s", tag, f" ({size / 1e6:.0f} MB)" if size else "")
+    log.info("built %s%s%s", tag, f" ({size / 1e6:.0f} MB)" if size else "",
+             f", pinned: {pinned}" if pinned and pinned != tag else "")
