@@ -343,8 +343,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """The config as a flat, YAML-safe dict."""
-    return dataclasses.asdict(cfg)
+    """The config as a flat, YAML-safe dict; a config that names its task (``task_of``) leaves out
+    the options of other tasks, so a checkpoint's ``deploykit.yaml`` holds what produced it and
+    reads back wherever its own task is registered (``from_dict`` fills in the defaults)."""
+    values = dataclasses.asdict(cfg)
+    if hasattr(cfg, "task_of"):
+        task = cfg.task_of()[0]
+        for f in dataclasses.fields(cfg):
+            if task not in f.metadata.get(OWNERS, (task,)):
+                del values[f.name]
+    return values
 
 
 def save_yaml(cfg: Any, path: str | Path) -> None:
