@@ -4,7 +4,7 @@ Measures the task-registry refactor against the commit before it (or any two che
 round runs, for both checkouts in alternating order, ``deploykit bench offline`` (deploykit's
 runtime on one variant at batch 1 and 32, texts of the data set) and
 ``benchmarks/serving_compare.py`` (the deploykit service, ``/classify`` and v2 at c=8 and c=32,
-the bench load generator). Each checkout runs its own code: ``PYTHONPATH`` points at it, and its
+the bench and wrk load generators). Each checkout runs its own code: ``PYTHONPATH`` points at it, and its
 own copy of the scripts runs. The verdict is the median over rounds of each figure, new / old.
 
     python3 benchmarks/refactor_ab.py --old /path/to/old-checkout --new . --artifact demo/artifact \\
@@ -31,8 +31,10 @@ OFFLINE = [("bench offline b=1 texts/s", ("data", 1, "texts_per_s"), True),
            ("bench offline b=1 p50 ms", ("data", 1, "p50_ms"), False),
            ("bench offline b=32 texts/s", ("data", 32, "texts_per_s"), True),
            ("bench offline b=32 p50 ms", ("data", 32, "p50_ms"), False)]
-SERVING = [(f"serving {route} c={c} {key}", f"deploykit {route}|bench|1|{c}", key, key == "texts_per_s")
-           for route in ("classify", "v2") for c in (8, 32) for key in ("texts_per_s", "p50_ms")]
+SERVING = [(f"serving {route} {generator} c={c} {key}", f"deploykit {route}|{generator}|1|{c}", key,
+            key == "texts_per_s")
+           for generator in ("bench", "wrk") for route in ("classify", "v2") for c in (8, 32)
+           for key in ("texts_per_s", "p50_ms")]
 
 
 def run(root: Path, argv: list[str], log: Path) -> None:
@@ -56,7 +58,7 @@ def offline(root: Path, artifact: Path, variant: str, out: Path, log: Path) -> d
 def serving(root: Path, artifact: Path, variant: str, out: Path, log: Path) -> dict[str, float]:
     run(root, [sys.executable, str(root / "benchmarks" / "serving_compare.py"), "--artifact", str(artifact),
                "--variant", variant, "--concurrency", "8,32", "--texts-per-request", "1", "--runs", "1",
-               "--systems", "deploykit", "--generators", "bench", "--single-requests", "10", "--out", str(out)], log)
+               "--systems", "deploykit", "--generators", "bench,wrk", "--single-requests", "10", "--out", str(out)], log)
     summary = json.loads((out / "results.json").read_text())["summary"]
     return {label: summary[key][field] for label, key, field, _ in SERVING}
 
@@ -68,6 +70,7 @@ def main() -> None:
     parser.add_argument("--artifact", required=True, type=Path)
     parser.add_argument("--variant", default="int8")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--first", choices=("old", "new"), default="old", help="who runs first in odd rounds")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "refactor")
     args = parser.parse_args()
     checkouts = {"old": args.old.resolve(), "new": args.new.resolve()}
@@ -80,7 +83,8 @@ def main() -> None:
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="dk-ab-") as tmp:
         for r in range(args.rounds):
-            order = ["old", "new"] if r % 2 == 0 else ["new", "old"]
+            order = [args.first, "new" if args.first == "old" else "old"]
+            order = order if r % 2 == 0 else order[::-1]
             record: dict = {"order": order}
             for name in order:
                 root, work = checkouts[name], Path(tmp) / f"{r}-{name}"
