@@ -19,6 +19,7 @@ Usage (inside the image): ``python slim.py [--dry-run]``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -52,7 +53,8 @@ UNUSED_SUBTREES = (
     "numpy/f2py", "numpy/distutils", "numpy/_pyinstaller", "numpy/_core/include",
     "numpy/_core/lib",
 )
-CACHES = ("/root/.cache",)  # uv's download cache from the package install
+CACHES = ("/root/.cache",)
+log = logging.getLogger("deploykit.slim")  # uv's download cache from the package install
 
 
 def _files(path: Path) -> Iterator[Path]:
@@ -218,10 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     report["bytecode of modules serving does not import"] = _remove(
         unused_bytecode([site, stdlib], imported), dry_run)
     for name, freed in report.items():
-        print(f"slim: {freed / 1e6:7.1f} MB  {name}")
-    print(f"slim: {sum(report.values()) / 1e6:7.1f} MB  in all{' (dry run)' if dry_run else ''}")
+        log.info("slim: %7.1f MB  %s", freed / 1e6, name)
+    log.info("slim: %7.1f MB  in all%s", sum(report.values()) / 1e6, " (dry run)" if dry_run else "")
     return 0
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")  # the build log
     sys.exit(main())
