@@ -16,8 +16,10 @@ is cancelled at once: it leaves the batch at the next step and its cache is free
 Admission: at most ``DEPLOYKIT_MAX_QUEUE`` sequences wait for a place (503 + Retry-After past
 it), and none while shutting down.
 
-Imports only numpy, onnxruntime, tokenizers, jinja2, pydantic, orjson and deploykit's
-generator/serve/config/errors/manifest: never torch, transformers or datasets.
+The functions the service calls (``load``, ``preflight``, ``bento_apis``, ``deployment_values``)
+are the task's serve contract (``deploykit.serve.backend``). Imports only numpy, onnxruntime,
+tokenizers, jinja2, pydantic, orjson and deploykit's serving side and this task's runtime and
+head: never torch, transformers or datasets.
 """
 
 from __future__ import annotations
