@@ -135,6 +135,10 @@ class _Data:
                                         "(after splitting; validation and test stay whole).")
     max_length: int = opt(128, "Truncate every text (text-generation: prompt + completion, "
                           "the prompt cut from its left) to this many tokens.")
+    group_column: str | None = opt(None, "Keep the rows that share this column's value (a document, a "
+                                   "source, a person) in one split, so that held-out scores are not "
+                                   "inflated by near-duplicates (the ratios are then of groups; an "
+                                   "empty cell is a group of its own).")
 
     def __post_init__(self) -> None:
         require(self.task in tasks.names(), "task", f"choose one of {', '.join(tasks.names())}")

@@ -185,23 +185,38 @@ def text_cells(frame: pd.DataFrame, column: str, where: str) -> list[str]:
     return texts
 
 
+def _cell_text(value: Any) -> str | None:
+    """A cell as text (a whole float as an integer), None when it is empty."""
+    if value is None or (isinstance(value, float) and value != value) or str(value).strip() == "":
+        return None
+    return str(int(value) if isinstance(value, float) and value.is_integer() else value)
+
+
 def slice_cells(frame: pd.DataFrame, column: str | None) -> list[str | None]:
     """Each row's value of the slice column as text (``(missing)`` for an empty cell); None per row without one."""
     if column is None:
         return [None] * len(frame)
-    values = []
-    for value in frame[column].tolist():
-        missing = value is None or (isinstance(value, float) and value != value) or str(value).strip() == ""
-        values.append("(missing)" if missing else str(int(value) if isinstance(value, float) and value.is_integer() else value))
-    return values
+    return [_cell_text(value) or "(missing)" for value in frame[column].tolist()]
+
+
+def group_cells(frame: pd.DataFrame, column: str | None) -> list[str | None]:
+    """Each row's value of the group column (``--group-column``) as text; None for an empty cell (a
+    group of its own) and for every row without a group column."""
+    if column is None:
+        return [None] * len(frame)
+    return [_cell_text(value) for value in frame[column].tolist()]
 
 
 # --- splitting -------------------------------------------------------------------------------
 
-def _split_off(rows: list, ratio: float, seed: int, what: str, where: str, strata: list[str] | None):
-    """(rows kept, rows split off): seeded, and stratified by ``strata`` (one class per row) if given."""
+def _split_off(rows: list, ratio: float, seed: int, what: str, where: str, strata: list[str] | None,
+               groups: list[str | None] | None = None):
+    """(rows kept, rows split off): seeded, and stratified by ``strata`` (one class per row) if given,
+    or, with ``groups`` (one group value per row), whole groups split off."""
     from sklearn.model_selection import train_test_split
 
+    if groups is not None:
+        return _split_off_groups(rows, ratio, seed, what, where, groups)
     if strata is not None:
         counts: dict[str, int] = {}
         for label in strata:
@@ -218,11 +233,45 @@ def _split_off(rows: list, ratio: float, seed: int, what: str, where: str, strat
                             f"or add rows") from None
 
 
-def three_splits(raw: dict[str, list], cfg: DataConfig, where: str, stratum: Any = None) -> dict[str, list]:
+def _split_off_groups(rows: list, ratio: float, seed: int, what: str, where: str,
+                      groups: list[str | None]) -> tuple[list, list]:
+    """(rows kept, rows split off), whole groups at a time: scikit-learn's seeded
+    ``GroupShuffleSplit`` with ``ratio`` of the groups (a row without a group is one of its own)."""
+    from sklearn.model_selection import GroupShuffleSplit
+
+    values = [f"\x00row {i}" if g is None else str(g) for i, g in enumerate(groups)]
+    if len(set(values)) < 2:
+        raise BadInputError(f"{where}: the rows left have {len(set(values))} value(s) of --group-column, too few "
+                            f"to split off the {what} split; use a column with more groups, or drop --group-column")
+    try:
+        keep, off = next(GroupShuffleSplit(n_splits=1, test_size=ratio, random_state=seed).split(rows, groups=values))
+    except ValueError as exc:
+        raise BadInputError(f"{where}: cannot split off the {what} split by --group-column with ratio {ratio} "
+                            f"({exc}); change --{'val' if what == 'validation' else 'test'}-ratio or add "
+                            "groups") from None
+    return [rows[i] for i in keep], [rows[i] for i in off]
+
+
+def three_splits(raw: dict[str, list], cfg: DataConfig, where: str, stratum: Any = None, group: Any = None) -> dict[str, list]:
     """train/validation/test rows: the source's own splits as they are, the missing ones carved
     out of the training rows by a seeded split (stratified by ``stratum(row)`` if given), so the
-    same seed gives the same split on any machine."""
+    same seed gives the same split on any machine.
+
+    With ``--group-column`` the task gives ``group(row)`` (the row's ``group_cells`` value): rows
+    that share a group value stay in one split (whole groups are split off, the ratios are then
+    of groups) and the split is not stratified.
+
+    Raises:
+        BadInputError: No training split, too few rows or groups to split, or ``--group-column``
+            with a task that gives no ``group``.
+    """
     raw = dict(raw)
+    if cfg.group_column and group is None:
+        raise BadInputError(f"--group-column is not supported by --task {cfg.task} (it reads no group "
+                            "column); drop the option")
+    if cfg.group_column:
+        log.info("%s: splitting by --group-column %s (whole groups, not stratified)", where, cfg.group_column)
+        stratum = None
     if "train" not in raw:
         if "all" not in raw:
             raise BadInputError(f"{where} has splits {', '.join(raw)} but no 'train' split; "
@@ -234,12 +283,16 @@ def three_splits(raw: dict[str, list], cfg: DataConfig, where: str, stratum: Any
     def strata(rows: list) -> list[str] | None:
         return [stratum(r) for r in rows] if stratum else None
 
+    def groups(rows: list) -> list[str | None] | None:
+        return [group(r) for r in rows] if cfg.group_column else None
+
     if not source_has_test:
-        train, raw["test"] = _split_off(train, cfg.test_ratio, cfg.seed, "test", where, strata(train))
+        train, raw["test"] = _split_off(train, cfg.test_ratio, cfg.seed, "test", where, strata(train), groups(train))
     if "validation" not in raw:
         # The validation ratio is of the whole source, so rescale it to the rows left.
         ratio = cfg.val_ratio / (1 - cfg.test_ratio) if not source_has_test else cfg.val_ratio
-        train, raw["validation"] = _split_off(train, ratio, cfg.seed, "validation", where, strata(train))
+        train, raw["validation"] = _split_off(train, ratio, cfg.seed, "validation", where, strata(train),
+                                              groups(train))
     raw["train"] = train
     return raw
 

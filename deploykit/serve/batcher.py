@@ -268,8 +268,9 @@ class DynamicBatcher:
                 answer, the request leaves the queue and ``ClientGone`` is raised.
 
         Returns:
-            ``(rows, logits)``: the encoded rows (with their ``truncated`` flags) and float32
-            logits [len(texts), num_labels], in the given order.
+            ``(rows, logits)``: the encoded rows (with their ``truncated`` flags) and one output
+            row per encoded row, in the given order (the runtime's ``run`` rows: a classifier's
+            float32 logits [len(texts), num_labels]; a token classifier's windows' logits).
 
         Raises:
             Overloaded: Refused on arrival (estimated wait over the bound, queue full, shutting
@@ -521,7 +522,7 @@ class DynamicBatcher:
                     self.metrics.unread(len(taken))
                     continue
                 if request.logits is None:
-                    request.logits = np.zeros((len(request.rows), part.shape[1]), dtype=np.float32)
+                    request.logits = np.zeros((len(request.rows), *part.shape[1:]), dtype=part.dtype)
                 request.logits[taken] = part
                 request.done_rows += len(taken)
                 if request.done_rows == len(request.rows):
@@ -544,15 +545,23 @@ class DynamicBatcher:
             self._release_task = None
 
     def _infer(self, rows: list[Encoded]) -> np.ndarray:
-        """Run rows as length-sorted model calls within the budgets (on the worker thread)."""
-        out = np.zeros((len(rows), len(self.runtime.labels)), dtype=np.float32)
+        """Run rows as length-sorted model calls within the budgets (on the worker thread).
+
+        Returns:
+            One output row per input row, as the runtime's ``run`` gives them: a classifier's
+            logits [rows, labels]; a token classifier's object array of [tokens, labels] arrays.
+        """
+        out = None
         for batch in self.runtime.plan(rows):
             batch_rows = [rows[i] for i in batch]
             tokens = len(batch) * batch_rows[0].length
             self._big_since_release |= tokens >= _RELEASE_TOKENS
             start = time.perf_counter()
-            out[batch] = self.runtime.run(batch_rows)
+            part = self.runtime.run(batch_rows)
             self.metrics.batch(len(batch), tokens, time.perf_counter() - start)
+            if out is None:
+                out = np.zeros((len(rows), *part.shape[1:]), dtype=part.dtype)
+            out[batch] = part
         return out
 
 

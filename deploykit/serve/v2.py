@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import logging
 import struct
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import numpy as np
 import orjson
@@ -50,6 +50,7 @@ class InferRequest:
     request_id: str | None
     outputs: dict[str, bool]  # output name -> as binary data
     timeout_us: int | None = None  # the request's 'timeout' parameter (tritonclient's, microseconds)
+    parameters: dict[str, Any] = field(default_factory=dict)  # the request's 'parameters' object
 
 
 def serialize_bytes(items: list[bytes]) -> bytes:
@@ -139,13 +140,15 @@ def _texts_of(tensor: dict[str, Any], binary: bytes, max_texts: int) -> list[str
     return items
 
 
-def parse_infer(body: bytes, header_length: str | None, max_texts: int) -> InferRequest:
+def parse_infer(body: bytes, header_length: str | None, max_texts: int,
+                offered: Sequence[str] = OUTPUTS) -> InferRequest:
     """Parse a v2 infer request body.
 
     Args:
         body: The raw HTTP body.
         header_length: The ``Inference-Header-Content-Length`` header (binary extension) or None.
         max_texts: Most texts accepted.
+        offered: The outputs the served model has (a classifier's ``OUTPUTS``; a task's own).
 
     Returns:
         The texts, the request id and the requested outputs.
@@ -168,21 +171,21 @@ def parse_infer(body: bytes, header_length: str | None, max_texts: int) -> Infer
         raise ProtocolError(f"parameter 'timeout' must be a positive integer of microseconds, got {timeout!r}")
     wanted = request.get("outputs")
     if wanted is None:
-        outputs = {name: binary_default for name in OUTPUTS}
+        outputs = {name: binary_default for name in offered}
     else:
         if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
             raise ProtocolError("'outputs' must be a list of objects with a 'name'")
         outputs = {}
         for o in wanted:
             name = o.get("name")
-            if not isinstance(name, str) or name not in OUTPUTS:
-                raise ProtocolError(f"unknown output {name!r}; choose from {', '.join(OUTPUTS)}")
+            if not isinstance(name, str) or name not in offered:
+                raise ProtocolError(f"unknown output {name!r}; choose from {', '.join(offered)}")
             outputs[name] = _flag(_parameters(o, f"output {name}"), "binary_data", binary_default,
                                   f"output {name}")
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError(f"'id' must be a string, got {orjson.dumps(request_id)[:40].decode()}")
-    return InferRequest(texts, request_id, outputs, timeout)
+    return InferRequest(texts, request_id, outputs, timeout, params)
 
 
 def _parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:

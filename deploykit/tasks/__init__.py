@@ -115,6 +115,10 @@ register(Task("text-classification", "deploykit.tasks.classification",
 register(Task("text-generation", "deploykit.tasks.generation",
               "a completion per prompt (decoder-only language models: Llama, Qwen2, GPT-2, ...)",
               metrics=("loss", "bleu"), architectures=("ForCausalLM", "LMHeadModel"), protocols=("generate",)))
+register(Task("token-classification", "deploykit.tasks.token_classification",
+              "a label per word: entities with character offsets (encoders: BERT, RoBERTa, ...)",
+              metrics=("entity_f1", "token_accuracy", "loss"), architectures=("ForTokenClassification",),
+              protocols=("ner", "ner-v2")))
 DEFAULT = "text-classification"
 
 

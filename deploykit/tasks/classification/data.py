@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from deploykit.config import DataConfig
-from deploykit.data import (SPLIT_NAMES, Splits, read_source, require_columns, slice_cells, source_sha256,
-                            subsample, text_cells, three_splits)
+from deploykit.data import (SPLIT_NAMES, Splits, group_cells, read_source, require_columns, slice_cells,
+                            source_sha256, subsample, text_cells, three_splits)
 from deploykit.errors import BadInputError
 
 if TYPE_CHECKING:
@@ -86,23 +86,24 @@ def load_splits(cfg: DataConfig, slice_column: str | None = None) -> LabelledSpl
     """
     frames, text_column, label_column = read_source(cfg.data, cfg.text_column, cfg.label_column)
     where = _where(cfg.data)
-    require_columns(frames, where, {"slice": slice_column})
+    require_columns(frames, where, {"slice": slice_column, "group": cfg.group_column})
     raw = {name: list(zip(text_cells(f, text_column, f"{where} ({name})"),
-                          label_cells(f, label_column, f"{where} ({name})"), slice_cells(f, slice_column)))
+                          label_cells(f, label_column, f"{where} ({name})"), slice_cells(f, slice_column),
+                          group_cells(f, cfg.group_column)))
            for name, f in frames.items()}
-    rows = three_splits(raw, cfg, where, stratum=lambda row: row[1])
+    rows = three_splits(raw, cfg, where, stratum=lambda row: row[1], group=lambda row: row[3])
 
-    label_names = _sorted_labels({label for _, label, _ in rows["train"]})
+    label_names = _sorted_labels({row[1] for row in rows["train"]})
     if len(label_names) < 2:
         raise BadInputError(f"{where}: the training split has only the label {label_names}; "
                             f"a classifier needs at least two classes")
     for name in ("validation", "test"):
-        unknown = sorted({label for _, label, _ in rows[name]} - set(label_names))
+        unknown = sorted({row[1] for row in rows[name]} - set(label_names))
         if unknown:
             raise BadInputError(f"{where}: the {name} split has label(s) {unknown} that the "
                                 f"training split lacks; add training rows for them or drop them")
     label_to_id = {name: i for i, name in enumerate(label_names)}
-    encoded = {name: [(text, label_to_id[label], sl) for text, label, sl in rows[name]] for name in SPLIT_NAMES}
+    encoded = {name: [(text, label_to_id[label], sl) for text, label, sl, _ in rows[name]] for name in SPLIT_NAMES}
     encoded["train"] = subsample(encoded["train"], cfg.max_train_samples, cfg.seed,
                                  [label for _, label, _ in encoded["train"]])
     return LabelledSplits(*(Split.of(encoded[name], slice_column) for name in SPLIT_NAMES),

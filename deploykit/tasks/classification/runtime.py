@@ -19,7 +19,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
@@ -87,6 +87,9 @@ class Runtime:
         IntegrityError: A file does not match the manifest.
     """
 
+    # The manifest head this runtime serves (a subclass serving another task's artifacts names its own).
+    HEAD: ClassVar[type] = Classification
+
     def __init__(self, artifact: str | Path, variant: str | None = None, *, threads: int | None = None,
                  providers: Sequence[str] | None = None, max_batch_tokens: int = 16384,
                  max_batch_size: int = 64, spin: bool = False) -> None:
@@ -143,7 +146,7 @@ class Runtime:
         self.path = model_file.parent
         self.variant: str = variant or model_file.name
         self.name: str = manifest.name if manifest else model_file.stem
-        head = manifest.head_as(Classification) if manifest else None
+        head = manifest.head_as(self.HEAD) if manifest else None
         self.labels: list[str] = list(head.labels) if head else []
         self.output_name: str = head.output if head else "logits"
         self.max_length: int = manifest.max_length if manifest else int(max_length)
@@ -222,11 +225,15 @@ class Runtime:
                                     "manifest's 'max_length' is more than this model takes: re-export "
                                     "the artifact with a smaller --max-length") from None
             seconds = time.perf_counter() - start
-        if out.shape != (1, len(self.labels)):
+        if out.shape != self.probe_shape():
             raise BadInputError(f"{self.path}: variant {self.variant} answers {out.shape[-1]} logits per "
                                 f"text but the manifest's 'labels' lists {len(self.labels)}; re-export the "
                                 "artifact")
         self.probe_seconds_per_token = seconds / self.max_length
+
+    def probe_shape(self) -> tuple[int, ...]:
+        """The output's shape for one row of ``max_length`` tokens: a row of logits, one per label."""
+        return (1, len(self.labels))
 
     # --- tokenization ----------------------------------------------------------------------
 

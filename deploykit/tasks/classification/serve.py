@@ -73,9 +73,12 @@ class ClassificationBackend:
         BadInputError, IntegrityError: As ``Runtime`` (the artifact is refused before serving).
     """
 
+    # The runtime it loads (another task's backend built on this one names its own).
+    runtime_class: type[Runtime] = Runtime
+
     def __init__(self, artifact: str, settings: ServiceConfig, metrics: Any) -> None:
         self.settings = settings
-        self.runtime = Runtime(artifact, settings.variant, threads=settings.threads,
+        self.runtime = self.runtime_class(artifact, settings.variant, threads=settings.threads,
                                providers=settings.provider_list(), max_batch_tokens=settings.max_batch_tokens,
                                max_batch_size=settings.max_batch_size,
                                spin=settings.spins(False))  # see deploykit.session.session

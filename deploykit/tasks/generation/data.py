@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from deploykit.config import DataConfig
-from deploykit.data import (SPLIT_NAMES, Splits, read_frames, require_columns, slice_cells, source_sha256,
-                            subsample, text_cells, three_splits)
+from deploykit.data import (SPLIT_NAMES, Splits, group_cells, read_frames, require_columns, slice_cells,
+                            source_sha256, subsample, text_cells, three_splits)
 from deploykit.errors import BadInputError
 
 if TYPE_CHECKING:
@@ -66,14 +66,14 @@ def _message_list(value: Any, row: int, column: str, where: str) -> list[dict[st
 
 
 def _pair_rows(frame: pd.DataFrame, cfg: DataConfig, where: str, slice_column: str | None) -> list[tuple]:
-    """(prompt, completion, slice) per row; a chat row's prompt is its messages before the answer."""
+    """(prompt, completion, slice, group) per row; a chat row's prompt is its messages before the answer."""
     if cfg.prompt_column in frame.columns:
         prompts = text_cells(frame, cfg.prompt_column, where)
         completions = text_cells(frame, cfg.completion_column, where)
     else:
         chats = [_message_list(v, i, cfg.messages_column, where) for i, v in enumerate(frame[cfg.messages_column])]
         prompts, completions = [c[:-1] for c in chats], [c[-1]["content"] for c in chats]
-    return list(zip(prompts, completions, slice_cells(frame, slice_column)))
+    return list(zip(prompts, completions, slice_cells(frame, slice_column), group_cells(frame, cfg.group_column)))
 
 
 def _read_pairs(cfg: DataConfig, slice_column: str | None) -> tuple[dict[str, list[tuple]], str]:
@@ -91,7 +91,7 @@ def _read_pairs(cfg: DataConfig, slice_column: str | None) -> tuple[dict[str, li
                 f"messages column '{cfg.messages_column}'; its columns are "
                 f"{', '.join(map(str, frame.columns))}; set --prompt-column and --completion-column, "
                 f"or --messages-column")
-    require_columns(frames, where, {"slice": slice_column})
+    require_columns(frames, where, {"slice": slice_column, "group": cfg.group_column})
     return {name: _pair_rows(f, cfg, f"{where} ({name})", slice_column) for name, f in frames.items()}, where
 
 
@@ -110,7 +110,7 @@ def load_splits(cfg: DataConfig, slice_column: str | None = None) -> Splits[Pair
         BadInputError: Any problem with the source, named with the file, row or column.
     """
     raw, where = _read_pairs(cfg, slice_column)
-    rows = three_splits(raw, cfg, where)
+    rows = three_splits(raw, cfg, where, group=lambda row: row[3])
     rows["train"] = subsample(rows["train"], cfg.max_train_samples, cfg.seed, None)
     return Splits(*(Pairs.of(rows[name], slice_column) for name in SPLIT_NAMES), source_sha256(cfg.data))
 
