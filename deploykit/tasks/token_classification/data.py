@@ -230,12 +230,12 @@ def _read(cfg: DataConfig, tokenizer: Any, slice_column: str | None) -> tuple[di
                             "--data a file of tokens and tags, or of texts and entities, for token-classification")
     frames, where = read_frames(cfg.data)
     if cfg.entities_column:
+        require_columns(frames, where, {"entities": cfg.entities_column})
         fmt = _detect(frames, cfg.entities_column, where)
         for split, frame in frames.items():
             if cfg.text_column not in frame.columns and not (
                     fmt == "label-studio" and LABEL_STUDIO_DATA in frame.columns):
                 require_columns({split: frame}, where, {"text": cfg.text_column})
-        require_columns(frames, where, {"entities": cfg.entities_column})
         shape = f"span-level ({fmt}: '{cfg.text_column}', '{cfg.entities_column}')"
     else:
         for split, frame in frames.items():

@@ -125,7 +125,10 @@ class BenchOffline:
 
 @dataclass
 class BenchOnline:
+    # Shared with text-classification's request/response load generator (same types and defaults).
     model: str = opt("classifier", "Model name for --protocol v2.")
+    rate: float | None = opt(None, "Also run an open-loop level at this many requests per second.")
+    single_requests: int = opt(50, "Sequential single requests timed after the heaviest level.")
     texts_per_request: int = opt(1, "Texts in each request.")
 
 

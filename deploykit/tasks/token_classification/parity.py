@@ -44,7 +44,6 @@ INT8_PRECISIONS = ("int8",)
 STRIDED = tuple(s for s in AGGREGATIONS if s != "none")  # the pipeline takes a stride with these
 MIXED_BATCH = 32
 LONG_WINDOWS = 3  # a long parity text spans about this many windows
-COLUMNS = ("text_column", "tokens_column", "tags_column", "entities_column")
 
 
 @dataclass
@@ -110,9 +109,9 @@ def load_held_out(cfg: ParityConfig, train_cfg: Any, tokenizer: Any, labels: lis
     n = len(rows) if cfg.max_eval_samples is None else cfg.max_eval_samples
     if not rows.texts[:n]:
         raise BadInputError(f"the {cfg.split} split of {dcfg.data} has no rows to check parity on")
-    columns = {c: getattr(dcfg, c) for c in COLUMNS if getattr(dcfg, c, None)}
-    if dcfg.entities_column is None:
-        columns.pop("text_column", None)
+    # The columns the rows came from: a text and an entities column, or a tokens and a tags column.
+    used = ("text_column", "entities_column") if dcfg.entities_column else ("tokens_column", "tags_column")
+    columns = {c: getattr(dcfg, c) for c in used}
     return HeldOut(rows.texts[:n], rows.entities[:n], source_name(dcfg), cfg.split, sha, columns,
                    long_texts(rows.texts[:n], tokenizer, max_length, cfg.long_texts))
 
