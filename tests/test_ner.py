@@ -1,14 +1,18 @@
 """token-classification end to end on a tiny BERT that learns a few names in seconds: windows and their
 merge (an entity across a window edge comes back once, with its offsets), parity with the
 transformers pipeline span for span, evaluation of a separate test file, predict, the real server
-(/ner, the v2 route with tritonclient, bad input), the Triton repository, Kubernetes and benchmarks."""
+(/ner, the v2 route with tritonclient, bad input), the Triton repository on a real tritonserver,
+Kubernetes and benchmarks."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +22,9 @@ import pytest
 from deploykit.manifest import Manifest
 from deploykit.tasks.token_classification.head import AGGREGATIONS
 from deploykit.tasks.token_classification.runtime import Runtime
+from deploykit.serve.launch import free_port, stop_process_group
 from test_serve import http, post_json, start_server, stop_server
+from test_triton import _readme_command, _venv_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 FILLER = ["road", "sun", "tree", "we", "saw", "it", "today", "car", "blue", "quiet", "night", "green", "house"]
@@ -308,3 +314,76 @@ def test_bench_online_drives_ner_and_its_v2_route(server, trained, tmp_path):
                                            out=str(tmp_path / protocol)))
         levels = json.loads((out / "results.json").read_text())["levels"]
         assert all(level["ok"] == level["requests"] > 0 for level in levels), levels
+
+
+# --- a real tritonserver on the repository (PyTriton's CPU build, the Python backend) ----------------
+
+@pytest.fixture(scope="module")
+def triton_ner(trained, tmp_path_factory, pytriton_venv):
+    from deploykit.config import TritonConfig
+    from deploykit.serve import triton_repo
+
+    repo = triton_repo.run(TritonConfig(artifact=str(trained["artifact"]), out=str(tmp_path_factory.mktemp("t") / "repo"),
+                                        max_batch_size=16))
+    server_dir, libs, libdir = _venv_paths(pytriton_venv)
+    command = _readme_command((repo / "README.md").read_text(), "ner")
+    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    argv = [str(server_dir / "bin" / "tritonserver"), f"--model-repository={repo}", *command[2:],
+            f"--backend-directory={server_dir / 'backends'}",
+            f"--backend-config=python,shm-region-prefix-name=dkner{os.getpid()}x",
+            *(f"--{k}-address=127.0.0.1" for k in ports), *(f"--{k}-port={v}" for k, v in ports.items())]
+    env = dict(os.environ, PATH=f"{pytriton_venv / 'bin'}:{os.environ['PATH']}",
+               LD_LIBRARY_PATH=":".join(filter(None, [libdir, str(libs), os.environ.get("LD_LIBRARY_PATH")])))
+    log_path = repo.parent / "tritonserver.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(argv, env=env, cwd=repo, stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    import tritonclient.http as httpclient
+
+    url = f"127.0.0.1:{ports['http']}"
+    client = httpclient.InferenceServerClient(url)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"tritonserver exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                if client.is_model_ready("ner"):
+                    break
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"tritonserver not ready in 180 s:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.5)
+        yield client
+    finally:
+        client.close()
+        stop_process_group(proc, timeout=60)
+        shutil.rmtree(repo, ignore_errors=True)
+
+
+def _infer(client, texts: list, **options):
+    import tritonclient.http as httpclient
+
+    text = httpclient.InferInput("TEXT", [len(texts), 1], "BYTES")
+    text.set_data_from_numpy(np.array(texts, dtype=np.object_).reshape(-1, 1))
+    result = client.infer("ner", [text], outputs=[httpclient.InferRequestedOutput("ENTITIES", binary_data=True)],
+                          **options)
+    return [json.loads(d) for d in result.as_numpy("ENTITIES").reshape(-1)]
+
+
+@pytest.mark.slow
+def test_real_tritonserver_answers_the_runtimes_entities(triton_ner, trained):
+    runtime = Runtime(trained["artifact"])
+    assert _infer(triton_ner, TEXTS) == json.loads(json.dumps(runtime.predict(TEXTS)))
+    assert _infer(triton_ner, TEXTS, parameters={"aggregation": "none"}) == \
+        json.loads(json.dumps(runtime.predict(TEXTS, "none")))
+
+
+@pytest.mark.slow
+def test_real_tritonserver_refuses_bad_bytes_and_keeps_serving(triton_ner):
+    with pytest.raises(Exception, match="UTF-8|utf-8"):
+        _infer(triton_ner, [b"\xff\xfe bad"])
+    with pytest.raises(Exception, match="aggregation"):
+        _infer(triton_ner, ["x"], parameters={"aggregation": "nope"})
+    assert len(_infer(triton_ner, TEXTS[:2])) == 2
