@@ -88,7 +88,8 @@ def _train(args: argparse.Namespace) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         metrics = json.loads((best / "metrics.json").read_text())
         print(f"best checkpoint: {best} (step {metrics['step']})")
-        keys = ("macro_f1", "accuracy", "weighted_f1", "bleu", "chrf", "exact_match", "loss", "perplexity")
+        keys = ("macro_f1", "accuracy", "weighted_f1", "entity_f1", "token_accuracy", "bleu", "chrf", "exact_match",
+                "loss", "perplexity")
         print("validation: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics))
 
 

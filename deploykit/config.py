@@ -134,7 +134,8 @@ class _Data:
     max_train_samples: int | None = opt(None, "Subsample the training split to this many rows "
                                         "(after splitting; validation and test stay whole).")
     max_length: int = opt(128, "Truncate every text (text-generation: prompt + completion, "
-                          "the prompt cut from its left) to this many tokens.")
+                          "the prompt cut from its left; token-classification: cut longer texts "
+                          "into windows of this many tokens, see --stride) to this many tokens.")
     group_column: str | None = opt(None, "Keep the rows that share this column's value (a document, a "
                                    "source, a person) in one split, so that held-out scores are not "
                                    "inflated by near-duplicates (the ratios are then of groups; an "
@@ -192,8 +193,9 @@ class _Train(DataConfig):
     unfreeze_every: int | None = opt(None, "layerwise: unfreeze one more block every N optimizer "
                                      "steps (default: one epoch's steps).")
     metric: str | None = opt(None, "Validation metric that picks the best checkpoint (default: "
-                             "macro_f1 for text-classification; loss for text-generation, which "
-                             "is fast; bleu decodes the validation prompts at every evaluation).",
+                             "macro_f1 for text-classification; entity_f1 for token-classification; "
+                             "loss for text-generation, which is fast; bleu decodes the validation "
+                             "prompts at every evaluation).",
                              choices=tuple(dict.fromkeys(m for t in tasks.all_tasks() for m in t.metrics)))
     patience: int | None = opt(None, "Stop after this many evaluations without improvement.")
     group_by_length: bool = opt(False, "Put rows of similar length in the same batch "

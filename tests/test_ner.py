@@ -7,12 +7,9 @@ Kubernetes and benchmarks."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,12 +19,13 @@ import pytest
 from deploykit.manifest import Manifest
 from deploykit.tasks.token_classification.head import AGGREGATIONS
 from deploykit.tasks.token_classification.runtime import Runtime
-from deploykit.serve.launch import free_port, stop_process_group
+from deploykit.serve.launch import stop_process_group
 from test_serve import http, post_json, start_server, stop_server
-from test_triton import _readme_command, _venv_paths
+from test_triton import _readme_command, launch
 
 ROOT = Path(__file__).resolve().parents[1]
-FILLER = ["road", "sun", "tree", "we", "saw", "it", "today", "car", "blue", "quiet", "night", "green", "house"]
+FILLER = ["road", "sun", "tree", "we", "saw", "it", "today", "car", "blue", "quiet", "night", "green", "house",
+          "met", "in", "drove", "to", "then"]
 NAMES = {"LOC": ["New York", "Paris", "Oslo"], "PER": ["Ann Lee", "Bob"]}
 MAX_LENGTH, STRIDE = 16, 4  # windows of 14 content tokens, each starting 10 tokens after the last
 
@@ -37,15 +35,17 @@ def learnable_rows(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        words = rng.sample(FILLER, rng.randint(3, 8))
+        # Every fifth row is names only: a text whose every word is an entity is in the data too.
+        words = rng.sample(FILLER, rng.randint(3, 8)) if i % 5 else [""] * rng.randint(2, 4)
         text, entities = "", []
         for k, word in enumerate(words):
-            if k == len(words) // 2:
+            if k == len(words) // 2 or not word:
                 kind = rng.choice(sorted(NAMES))
                 name = rng.choice(NAMES[kind])
                 entities.append({"start": len(text), "end": len(text) + len(name), "label": kind})
                 text += name + " "
-            text += word + " "
+            if word:
+                text += word + " "
         rows.append({"text": text.strip(), "entities": entities, "part": "a" if i % 2 else "b"})
     return rows
 
@@ -320,46 +320,22 @@ def test_bench_online_drives_ner_and_its_v2_route(server, trained, tmp_path):
 
 @pytest.fixture(scope="module")
 def triton_ner(trained, tmp_path_factory, pytriton_venv):
+    """tritonserver on the repository ``deploykit triton`` writes, started with its README's command line."""
+    import tritonclient.http as httpclient
+
     from deploykit.config import TritonConfig
     from deploykit.serve import triton_repo
 
     repo = triton_repo.run(TritonConfig(artifact=str(trained["artifact"]), out=str(tmp_path_factory.mktemp("t") / "repo"),
                                         max_batch_size=16))
-    server_dir, libs, libdir = _venv_paths(pytriton_venv)
     command = _readme_command((repo / "README.md").read_text(), "ner")
-    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
-    argv = [str(server_dir / "bin" / "tritonserver"), f"--model-repository={repo}", *command[2:],
-            f"--backend-directory={server_dir / 'backends'}",
-            f"--backend-config=python,shm-region-prefix-name=dkner{os.getpid()}x",
-            *(f"--{k}-address=127.0.0.1" for k in ports), *(f"--{k}-port={v}" for k, v in ports.items())]
-    env = dict(os.environ, PATH=f"{pytriton_venv / 'bin'}:{os.environ['PATH']}",
-               LD_LIBRARY_PATH=":".join(filter(None, [libdir, str(libs), os.environ.get("LD_LIBRARY_PATH")])))
-    log_path = repo.parent / "tritonserver.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(argv, env=env, cwd=repo, stdout=log_file, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    import tritonclient.http as httpclient
-
-    url = f"127.0.0.1:{ports['http']}"
+    proc, url = launch(pytriton_venv, repo, command[2:], ("ner",), repo.parent / "tritonserver.log")
     client = httpclient.InferenceServerClient(url)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"tritonserver exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                if client.is_model_ready("ner"):
-                    break
-            except Exception:  # noqa: BLE001 - not listening yet
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"tritonserver not ready in 180 s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.5)
         yield client
     finally:
         client.close()
         stop_process_group(proc, timeout=60)
-        shutil.rmtree(repo, ignore_errors=True)
 
 
 def _infer(client, texts: list, **options):

@@ -309,7 +309,6 @@ def server(repo, tmp_path_factory, pytriton_venv):
     It loads ``NAME_python`` and the ensemble ``NAME``; the ensemble's ONNX step runs through
     tests/triton_onnx_standin.py because PyTriton's build has no ONNX Runtime backend.
     """
-    server_dir, libs, libdir = _venv_paths(pytriton_venv)
     served = tmp_path_factory.mktemp("served") / "repo"
     shutil.copytree(repo, served)
     onnx_config = served / f"{NAME}_onnx" / "config.pbtxt"
@@ -322,21 +321,32 @@ def server(repo, tmp_path_factory, pytriton_venv):
     ensemble_cmd = _readme_command(readme, NAME)
     assert python_cmd[:3] == ensemble_cmd[:3] == ["tritonserver", '--model-repository=$PWD',
                                                   "--model-control-mode=explicit"]
-    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
-    command = [str(server_dir / "bin" / "tritonserver"), f"--model-repository={served}",
-               *python_cmd[2:], ensemble_cmd[-1],
-               f"--backend-directory={server_dir / 'backends'}",
-               f"--backend-config=python,shm-region-prefix-name=dk{os.getpid()}x",
-               *(f"--{k}-address=127.0.0.1" for k in ports),
-               *(f"--{k}-port={v}" for k, v in ports.items())]
-    env = dict(os.environ, PATH=f"{pytriton_venv / 'bin'}:{os.environ['PATH']}",
-               LD_LIBRARY_PATH=":".join(filter(None, [libdir, str(libs), os.environ.get("LD_LIBRARY_PATH")])))
-    log_path = served.parent / "tritonserver.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(command, env=env, cwd=served, stdout=log_file, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    proc, url = launch(pytriton_venv, served, [*python_cmd[2:], ensemble_cmd[-1]], (NAME, f"{NAME}_python"),
+                       served.parent / "tritonserver.log")
+    try:
+        yield {"url": url, "readme": readme, "log": served.parent / "tritonserver.log"}
+    finally:
+        # Stop exactly the server this fixture started (its own process group).
+        stop_process_group(proc, timeout=60)
+
+
+def launch(venv: Path, repo: Path, flags: list[str], models: tuple[str, ...], log_path: Path) -> tuple[subprocess.Popen, str]:
+    """The venv's ``tritonserver`` on ``repo`` with ``flags`` (the README's), on free loopback ports:
+    (process, host:port of its HTTP endpoint) once every model of ``models`` is ready."""
     import tritonclient.http as httpclient
 
+    server_dir, libs, libdir = _venv_paths(venv)
+    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    command = [str(server_dir / "bin" / "tritonserver"), f"--model-repository={repo}", *flags,
+               f"--backend-directory={server_dir / 'backends'}",
+               f"--backend-config=python,shm-region-prefix-name=dk{os.getpid()}x{free_port()}",
+               *(f"--{k}-address=127.0.0.1" for k in ports),
+               *(f"--{k}-port={v}" for k, v in ports.items())]
+    env = dict(os.environ, PATH=f"{venv / 'bin'}:{os.environ['PATH']}",
+               LD_LIBRARY_PATH=":".join(filter(None, [libdir, str(libs), os.environ.get("LD_LIBRARY_PATH")])))
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(command, env=env, cwd=repo, stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     url = f"127.0.0.1:{ports['http']}"
     client = httpclient.InferenceServerClient(url)
     try:
@@ -345,18 +355,16 @@ def server(repo, tmp_path_factory, pytriton_venv):
             if proc.poll() is not None:
                 pytest.fail(f"tritonserver exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
             try:
-                if all(client.is_model_ready(m) for m in (NAME, f"{NAME}_python")):
-                    break
+                if all(client.is_model_ready(m) for m in models):
+                    return proc, url
             except Exception:  # noqa: BLE001 - not listening yet
                 pass
             if time.monotonic() > deadline:
+                stop_process_group(proc, timeout=60)
                 pytest.fail(f"tritonserver not ready in 180 s:\n{log_path.read_text()[-4000:]}")
             time.sleep(0.5)
-        yield {"url": url, "readme": readme, "log": log_path}
     finally:
         client.close()
-        # Stop exactly the server this fixture started (its own process group).
-        stop_process_group(proc, timeout=60)
 
 
 @pytest.fixture(scope="module")

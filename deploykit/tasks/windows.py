@@ -19,8 +19,9 @@ torch-free serving side imports it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 E = TypeVar("E", bound=dict)
 

@@ -247,12 +247,20 @@ class Runtime:
             One ``Encoded`` per text, in order.
 
         Raises:
+            BadInputError: As ``encodings``.
+        """
+        return [Encoded(e.ids, e.type_ids, bool(e.overflowing)) for e in self.encodings(texts)]
+
+    def encodings(self, texts: Sequence[str]) -> list[Any]:
+        """The tokenizer's encodings of ``texts``, as its set-up says (truncation, no padding).
+
+        Raises:
             BadInputError: A text the tokenizer cannot take (not a string, or a string with a
                 lone surrogate such as ``"\\ud800"``, which is not Unicode text); the message
                 names its position.
         """
         try:
-            encodings = self.tokenizer.encode_batch(list(texts))
+            return self.tokenizer.encode_batch(list(texts))
         except Exception:  # tokenizers raises TypeError/Exception without saying which text
             for i, text in enumerate(texts):
                 try:
@@ -261,7 +269,6 @@ class Runtime:
                     raise BadInputError(f"text {i} cannot be tokenized ({exc}); send valid Unicode "
                                         "strings (no lone surrogates)") from None
             raise
-        return [Encoded(e.ids, e.type_ids, bool(e.overflowing)) for e in encodings]
 
     def feeds(self, rows: Sequence[Encoded]) -> dict[str, np.ndarray]:
         """Pad encoded rows to the longest one and build the model's input arrays."""

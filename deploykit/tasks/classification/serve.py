@@ -205,7 +205,8 @@ def _where(loc: tuple) -> str:
     return ".".join(map(str, loc)) or "the body"
 
 
-def _model(call: Call) -> ClassificationBackend:
+def model_of(call: Call) -> ClassificationBackend:
+    """The backend a v2 model route names (404 for another model name or version)."""
     backend: ClassificationBackend = call.backend
     name, version = call.params.get("name"), call.params.get("version")
     if name != backend.name:
@@ -216,17 +217,17 @@ def _model(call: Call) -> ClassificationBackend:
 
 
 async def model_metadata(call: Call) -> Reply:
-    backend = _model(call)
+    backend = model_of(call)
     return json_reply(v2.model_metadata(backend.name, len(backend.runtime.labels)))
 
 
 async def model_ready(call: Call) -> Reply:
-    backend = _model(call)
+    backend = model_of(call)
     return Reply(b"", 503 if backend.draining else 200)
 
 
 async def infer(call: Call) -> Reply:
-    backend = _model(call)
+    backend = model_of(call)
     header = call.header(v2.HEADER_LENGTH.lower().encode())
     try:
         req = v2.parse_infer(call.body, None if header is None else header.decode("latin-1"),

@@ -28,8 +28,9 @@ once, by the same merge rule.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ class WordRule:
     unk_id: int | None
 
     @classmethod
-    def of(cls, tokenizer: Any) -> "WordRule":
+    def of(cls, tokenizer: Any) -> WordRule:
         """The rule of a ``tokenizers.Tokenizer`` (as the pipeline reads its fast tokenizer's model)."""
         model = tokenizer.model
         unk = getattr(model, "unk_token", None)

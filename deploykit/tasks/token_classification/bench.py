@@ -23,14 +23,16 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from deploykit.bench import report
 from deploykit.bench.inputs import sample_texts
 from deploykit.bench.online import run_levels
 from deploykit.config import BenchOfflineConfig, BenchOnlineConfig, int_list
 from deploykit.manifest import Manifest
+from deploykit.tasks.classification import bench as classification_bench
 from deploykit.tasks.classification.bench import measure  # noqa: F401  (the engines' cell timer)
 from deploykit.tasks.token_classification.head import TokenClassification
 from deploykit.tasks.token_classification.runtime import Runtime
@@ -235,20 +237,12 @@ class Target:
         return entities is not None and entities.get("shape", [0])[0] == n
 
 
-class Online:
-    """The token classifier's load generator (see ``deploykit.bench.online.Online``): requests of
-    ``--texts-per-request`` texts to ``/ner`` or the v2 route, by the shared load plan."""
-
-    kind = "online"
-
-    def __init__(self, cfg: BenchOnlineConfig) -> None:
-        self.cfg = cfg
+class Online(classification_bench.Online):
+    """The token classifier's load generator (see ``deploykit.bench.online.Online``): the classifier's,
+    sending ``--texts-per-request`` texts to ``/ner`` or the v2 route."""
 
     async def levels(self, texts: list[str]) -> list[dict[str, Any]]:
         return await run_levels(self.cfg, texts, Target(self.cfg))
 
     def facts(self) -> dict[str, Any]:
         return {"model": self.cfg.model if self.cfg.protocol == "ner-v2" else None}
-
-    def write(self, out: Path, results: dict[str, Any]) -> None:
-        report.write(out, results)

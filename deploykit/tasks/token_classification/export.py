@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from deploykit import checkpoint as ckpt
-from deploykit.config import ExportConfig, ParityConfig
+from deploykit.config import ParityConfig
 from deploykit.errors import BadInputError
 from deploykit.export import onnx_export, optimize, quantize
 from deploykit.export.parity import Column, ParityResult

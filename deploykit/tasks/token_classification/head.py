@@ -54,7 +54,7 @@ class TokenClassification:
         return tuple(sorted({entity_type(label) for label in self.labels if label != OUTSIDE}))
 
     @classmethod
-    def from_json(cls, fields: Fields, inputs: tuple[str, ...]) -> "TokenClassification":
+    def from_json(cls, fields: Fields, inputs: tuple[str, ...]) -> TokenClassification:
         base = Classification.from_json(fields, inputs)  # labels, output and the encoder inputs
         bad = [label for label in base.labels
                if label != OUTSIDE and not (label[:2] in ("B-", "I-") and len(label) > 2)]

@@ -19,8 +19,9 @@ transformers or datasets.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -66,7 +67,7 @@ class Runtime(ClassifierRuntime):
 
     @classmethod
     def of_graph(cls, model_file: str | Path, tokenizer_file: str | Path, max_length: int, *,
-                 threads: int | None = None, spin: bool = False, stride: int | None = None) -> "Runtime":
+                 threads: int | None = None, spin: bool = False, stride: int | None = None) -> Runtime:
         """A graph that is not (yet) an artifact's variant (the classifier runtime's ``of_graph``),
         windowed with ``stride`` (default: ``default_stride``).
 
@@ -94,17 +95,7 @@ class Runtime(ClassifierRuntime):
         Raises:
             BadInputError: A text the tokenizer cannot take (not a string, a lone surrogate), by position.
         """
-        try:
-            encodings = self.tokenizer.encode_batch(list(texts))
-        except Exception:  # tokenizers raises TypeError/Exception without saying which text
-            for i, text in enumerate(texts):
-                try:
-                    self.tokenizer.encode(text)
-                except Exception as exc:
-                    raise BadInputError(f"text {i} cannot be tokenized ({exc}); send valid Unicode "
-                                        "strings (no lone surrogates)") from None
-            raise
-        return windows(encodings, self.max_length, self.stride)
+        return windows(self.encodings(texts), self.max_length, self.stride)
 
     def run(self, rows: Sequence[Window]) -> np.ndarray:
         """The logits of one batch of windows, as one model call.

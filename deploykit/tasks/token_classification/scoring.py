@@ -9,7 +9,8 @@ when its type and every word match. Keys: ``entity_f1``, ``entity_precision``, `
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -29,7 +29,7 @@ from deploykit.config import ServiceConfig
 from deploykit.manifest import Manifest
 from deploykit.serve import v2
 from deploykit.serve.app import Call, HTTPError, Reply, Route, json_reply, request_timeout
-from deploykit.tasks.classification.serve import ClassificationBackend, Text, model_ready
+from deploykit.tasks.classification.serve import ClassificationBackend, Text, model_of, model_ready
 from deploykit.tasks.token_classification.head import AGGREGATIONS
 from deploykit.tasks.token_classification.runtime import Runtime
 
@@ -40,7 +40,7 @@ _NOT_JSON = (b"multipart/", b"application/vnd.bentoml+pickle")
 Aggregation = Literal[AGGREGATIONS]  # type: ignore[valid-type]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def request_model(max_texts: int) -> type[BaseModel]:
     """The ``/ner`` body: 1 to ``max_texts`` non-blank strings and an optional aggregation (one
     pydantic model validates the body and gives ``/docs.json`` its schema)."""
@@ -128,16 +128,6 @@ async def ner(call: Call) -> Reply:
     return json_reply({"entities": found, "model": runtime.name, "variant": runtime.variant})
 
 
-def _model(call: Call) -> NerBackend:
-    backend: NerBackend = call.backend
-    name, version = call.params.get("name"), call.params.get("version")
-    if name != backend.name:
-        raise HTTPError(404, f"unknown model {name!r}; this server serves {backend.name!r}")
-    if version is not None and version != v2.VERSION:
-        raise HTTPError(404, f"unknown version {version!r} of model {name!r}; available: {v2.VERSION}")
-    return backend
-
-
 def metadata(name: str) -> dict[str, Any]:
     """The v2 model metadata document of a token classifier."""
     return {"name": name, "versions": [v2.VERSION], "platform": "deploykit_token_classification",
@@ -146,11 +136,11 @@ def metadata(name: str) -> dict[str, Any]:
 
 
 async def model_metadata(call: Call) -> Reply:
-    return json_reply(metadata(_model(call).name))
+    return json_reply(metadata(model_of(call).name))
 
 
 async def infer(call: Call) -> Reply:
-    backend = _model(call)
+    backend: NerBackend = model_of(call)  # type: ignore[assignment]
     header = call.header(v2.HEADER_LENGTH.lower().encode())
     try:
         req = v2.parse_infer(call.body, None if header is None else header.decode("latin-1"),

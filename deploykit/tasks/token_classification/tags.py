@@ -10,7 +10,7 @@ IOB2/IOBES leniently and cannot say which tag of which row is wrong, which the d
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from deploykit.tasks.token_classification.head import OUTSIDE
 
