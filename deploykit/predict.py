@@ -106,12 +106,17 @@ def _parquet_rows(path: Path, column: str) -> Iterator[dict[str, Any]]:
         yield from batch.to_pylist()
 
 
-def read_texts(path: str | Path, column: str) -> Iterator[str]:
+def read_texts(path: str | Path, column: str, to_text: Callable[[Any], str] | None = None,
+               flag: str = "--text-column") -> Iterator[str]:
     """Stream the text column of a data file, row by row.
 
     Args:
         path: A ``.csv``, ``.json``, ``.jsonl`` or ``.parquet`` file.
         column: The column holding the text.
+        to_text: How a cell becomes the text (a task's reader: a token classifier joins a word-level
+            row's tokens); it raises ``ValueError`` saying what is wrong with the cell. Default:
+            the cell itself (non-string values as ``str``).
+        flag: The option that names ``column``, for the error messages.
 
     Yields:
         Each row's text (non-string values as ``str``).
@@ -135,8 +140,14 @@ def read_texts(path: str | Path, column: str) -> Iterator[str]:
         if value is None:
             keys = ", ".join(map(str, row)) if isinstance(row, dict) else type(row).__name__
             raise BadInputError(f"row {number} of {path} has no {column!r} value (it has: {keys}); "
-                                "pass the right --text-column or fix the row")
-        text = value if isinstance(value, str) else str(value)
+                                f"pass the right {flag} or fix the row")
+        if to_text is None:
+            text = value if isinstance(value, str) else str(value)
+        else:
+            try:
+                text = to_text(value)
+            except ValueError as exc:
+                raise BadInputError(f"row {number} of {path}: column {column!r} {exc}; fix the row") from None
         if not text.strip():
             raise BadInputError(f"row {number} of {path} has a blank {column!r} (the service refuses blank "
                                 "texts too); remove or fill the row")
@@ -197,7 +208,8 @@ def write_rows(cfg: PredictConfig, score: Callable[[list[str], int], Iterable[di
 
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    texts = read_texts(cfg.data, cfg.text_column)
+    reads = getattr(score, "reads", None)  # a task's own column and cell reader (see ``Scorer``)
+    texts = read_texts(cfg.data, *(reads() if reads else (cfg.text_column,)))
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     n = 0
     try:
@@ -222,6 +234,8 @@ class Scorer(Protocol):
     what: str     # what a row's result is, for the log line ("predictions", "completions")
     name: str     # the model's name
     variant: str  # the variant that scores
+    # Optional: ``reads() -> (column, to_text, flag)``, the column to read and how a cell becomes
+    # the text (``read_texts``'s arguments), where the task reads more than ``--text-column``.
 
     def __call__(self, texts: list[str], first_row: int) -> list[dict[str, Any]]:
         """One result per text of a chunk whose first row is ``first_row`` (in order)."""

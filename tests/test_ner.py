@@ -178,6 +178,57 @@ def test_predict_writes_jsonl_spans(trained, tmp_path):
     assert bad.returncode == 2 and "--aggregation" in bad.stderr
 
 
+def word_level(row: dict) -> tuple[list[str], list[str]]:
+    """A span-level learnable row as CoNLL-style words and IOB2 tags (its words are split at spaces)."""
+    words, tags, end = [], [], 0
+    for word in row["text"].split(" "):
+        start = row["text"].index(word, end)
+        end = start + len(word)
+        kind = [(e["label"], e["start"] == start) for e in row["entities"] if e["start"] <= start < e["end"]]
+        words.append(word)
+        tags.append(f"{'B' if kind[0][1] else 'I'}-{kind[0][0]}" if kind else "O")
+    return words, tags
+
+
+def test_the_cli_runs_the_whole_path_on_a_word_level_csv(trained, tmp_path):
+    """A new user's CoNLL-shaped CSV (space-separated tokens and tags, a document column): train with
+    --group-column, evaluate a separate file, export, verify, predict from the tokens column."""
+    import csv
+
+    def write(path: Path, rows: list[dict]) -> Path:
+        with open(path, "w", newline="") as fh:
+            out = csv.writer(fh)
+            out.writerow(["words", "labels", "doc"])
+            for i, row in enumerate(rows):
+                words, tags = word_level(row)
+                out.writerow([" ".join(words), " ".join(tags), f"d{i // 3}"])
+        return path
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "deploykit", *args], capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 0, (args[0], done.stderr[-3000:])
+        return done.stdout + done.stderr
+
+    data, new = write(tmp_path / "train.csv", learnable_rows(240)), write(tmp_path / "new.csv", learnable_rows(20, seed=7))
+    run, art = tmp_path / "run", tmp_path / "art"
+    cli("train", "--task", "token-classification", "--data", str(data), "--tokens-column", "words",
+        "--tags-column", "labels", "--group-column", "doc", "--model", str(trained["root"] / "pretrained"),
+        "--out", str(run), "--max-length", str(MAX_LENGTH), "--stride", str(STRIDE), "--max-steps", "40",
+        "--batch-size", "16", "--lr", "5e-3", "--eval-every", "20", "--warmup-ratio", "0")
+    cli("evaluate", str(run / "checkpoint"), "--data", str(new), "--split", "all", "--out", str(tmp_path / "eval"))
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["n"] == 20 and metrics["entity_f1"] > 0.8, metrics
+    cli("export", str(run / "checkpoint"), "--out", str(art), "--name", "words", "--quantize", "none", "--long-texts", "2")
+    assert "pass" in cli("verify", str(art), "--checkpoint", str(run / "checkpoint"))
+    cli("predict", str(art), "--data", str(new), "--tokens-column", "words", "--out", str(tmp_path / "p.jsonl"))
+    predicted = [json.loads(line)["entities"] for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    texts = [r["text"] for r in learnable_rows(20, seed=7)]  # the tokens joined by single spaces
+    assert len(predicted) == 20 and all(e["word"] == t[e["start"]:e["end"]] for t, p in zip(texts, predicted) for e in p)
+    gold = [{(e["label"], e["start"], e["end"]) for e in r["entities"]} for r in learnable_rows(20, seed=7)]
+    found = [{(e["entity_group"], e["start"], e["end"]) for e in p} for p in predicted]
+    assert sum(f == g for f, g in zip(found, gold)) >= 16, (found, gold)
+
+
 # --- the real server -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

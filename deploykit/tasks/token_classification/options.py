@@ -114,6 +114,10 @@ class Eval:
 class Predict:
     aggregation: str | None = opt(None, "token-classification: how tokens become entities (default: the "
                                   "manifest's).", choices=AGGREGATIONS)
+    tokens_column: str | None = opt(None, "token-classification, word-level files: read this column of token "
+                                    "lists (a list, or a CSV cell of JSON or space-separated words) instead "
+                                    "of --text-column; the text is the tokens joined by single spaces, as "
+                                    "training reads them, and the spans are offsets into it.")
 
 
 @dataclass

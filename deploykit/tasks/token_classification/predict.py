@@ -6,9 +6,11 @@ token budget; a row's ``entities`` are the service's (``--aggregation``, default
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from deploykit.config import PredictConfig
+from deploykit.tasks.token_classification import formats
 from deploykit.tasks.token_classification.runtime import Runtime
 
 
@@ -27,6 +29,14 @@ class Scorer:
                                max_batch_size=cfg.max_batch_size, spin=True)
         self.aggregation = self.runtime.check_aggregation(cfg.aggregation)
         self.name, self.variant = self.runtime.name, self.runtime.variant
+        self.text_column, self.tokens_column = cfg.text_column, cfg.tokens_column
+
+    def reads(self) -> tuple[str, Callable[[Any], str] | None, str]:
+        """(column, cell -> text, its flag): ``--tokens-column``'s tokens joined by single spaces (the
+        text training built from them), else ``--text-column`` as it is."""
+        if self.tokens_column is None:
+            return self.text_column, None, "--text-column"
+        return self.tokens_column, lambda cell: " ".join(formats.tokens(cell)), "--tokens-column"
 
     def __call__(self, texts: list[str], first_row: int) -> list[dict[str, Any]]:
         return [{"entities": found} for found in self.runtime.predict(texts, self.aggregation)]
