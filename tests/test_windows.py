@@ -146,3 +146,19 @@ def test_aggregation_gives_the_pipelines_entities_for_every_strategy(tokenizer, 
                 [(x.get("entity_group") or x["entity"], x["start"], x["end"], x.get("index")) for x in want], (strategy, text)
             assert np.allclose([x["score"] for x in got], [float(x["score"]) for x in want], atol=1e-5)
             assert all(x["word"] == text[x["start"]:x["end"]] for x in got)
+
+
+def test_labels_go_to_each_words_first_sub_token_or_to_all_with_label_all_tokens(tokenizer):
+    from deploykit.tasks.token_classification.train import IGNORED, aligned_labels
+
+    text = "met Smithson in Paris"
+    rows = windows(backend_of(tokenizer, 32, 4).encode_batch([text]), 32, 4)
+    pieces = [t for t, s in zip(rows[0].tokens, rows[0].special) if not s]
+    assert pieces[1:3] == ["smith", "##son"]  # one word, two sub-tokens
+    ids = {n: i for i, n in enumerate(LABELS)}
+    tags = [["O", "B-PER", "O", "B-LOC"]]
+    names = {v: k for k, v in ids.items()}
+    first = [names.get(i, i) for i in aligned_labels(rows, tags, ids, False)[0]]
+    every = [names.get(i, i) for i in aligned_labels(rows, tags, ids, True)[0]]
+    assert first == [IGNORED, "O", "B-PER", IGNORED, "O", "B-LOC", IGNORED]
+    assert every == [IGNORED, "O", "B-PER", "I-PER", "O", "B-LOC", IGNORED]
