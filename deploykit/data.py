@@ -306,12 +306,15 @@ def subsample(rows: list, n: int | None, seed: int, strata: list | None) -> list
     return train_test_split(rows, train_size=n, random_state=seed, stratify=strata)[0]
 
 
-def rebuild_config(stored: DataConfig | None, *, data: str | None = None, **overrides: Any) -> DataConfig:
+def rebuild_config(stored: DataConfig | None, *, data: str | None = None, split: str | None = None,
+                   **overrides: Any) -> DataConfig:
     """A checkpoint's data options (task, source, columns, seed, ratios) with overrides applied.
 
     Args:
         stored: The checkpoint's stored config (None if it has none).
         data: Another data source.
+        split: The split to be read; ``all`` (a file scored whole, never split) drops the
+            training data's ``--group-column``, which another file need not have.
         **overrides: Other ``DataConfig`` fields (``task``, a task's column options such as
             ``text_column`` or ``prompt_column``); None keeps the stored one.
 
@@ -324,6 +327,8 @@ def rebuild_config(stored: DataConfig | None, *, data: str | None = None, **over
                             "pass --data (and --split all for a file that is a test set)")
     base.update({k: v for k, v in {"data": data, **overrides}.items() if v is not None})
     base["max_train_samples"] = None
+    if split == "all":
+        base["group_column"] = None
     return DataConfig(**base)
 
 

@@ -134,7 +134,8 @@ def run(cfg: EvalConfig) -> Path:
     ckpt = checkpoint.validate(cfg.checkpoint)
     task = tasks.of_checkpoint(ckpt)
     check_task(cfg, task.name, f"{ckpt} is a {task.name} checkpoint")
-    dcfg: DataConfig = data.rebuild_config(checkpoint.train_config(ckpt), task=task.name, **data.held_out_options(cfg))
+    dcfg: DataConfig = data.rebuild_config(checkpoint.train_config(ckpt), task=task.name, split=cfg.split,
+                                           **data.held_out_options(cfg))
     part = task.part("evaluate")
     evaluation: Evaluation = part.Evaluation(cfg, ckpt, dcfg)
     metrics, errors = evaluation.score()

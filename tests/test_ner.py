@@ -1,4 +1,5 @@
-"""token-classification end to end on a tiny BERT that learns a few names in seconds: windows and their
+"""token-classification end to end on a tiny BERT that learns a few names in seconds, trained and exported
+through the CLI on a new user's word-level CSV (a span-level JSONL file is its test file): windows and their
 merge (an entity across a window edge comes back once, with its offsets), parity with the
 transformers pipeline span for span, evaluation of a separate test file, predict, the real server
 (/ner, the v2 route with tritonclient, bad input), the Triton repository on a real tritonserver,
@@ -17,11 +18,11 @@ import numpy as np
 import pytest
 
 from deploykit.manifest import Manifest
+from deploykit.serve.launch import stop_process_group
 from deploykit.tasks.token_classification.head import AGGREGATIONS
 from deploykit.tasks.token_classification.runtime import Runtime
-from deploykit.serve.launch import stop_process_group
 from test_serve import http, post_json, start_server, stop_server
-from test_triton import _readme_command, launch
+from test_triton import launch, readme_command
 
 ROOT = Path(__file__).resolve().parents[1]
 FILLER = ["road", "sun", "tree", "we", "saw", "it", "today", "car", "blue", "quiet", "night", "green", "house",
@@ -55,23 +56,55 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def word_level(row: dict) -> tuple[list[str], list[str]]:
+    """A span-level learnable row as CoNLL-style words and IOB2 tags (its words are split at spaces)."""
+    words, tags, end = [], [], 0
+    for word in row["text"].split(" "):
+        start = row["text"].index(word, end)
+        end = start + len(word)
+        kind = [(e["label"], e["start"] == start) for e in row["entities"] if e["start"] <= start < e["end"]]
+        words.append(word)
+        tags.append(f"{'B' if kind[0][1] else 'I'}-{kind[0][0]}" if kind else "O")
+    return words, tags
+
+
+def write_word_level(path: Path, rows: list[dict]) -> Path:
+    """A new user's CoNLL-shaped CSV: space-separated tokens and tags, and a document column."""
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["words", "labels", "doc"])
+        for i, row in enumerate(rows):
+            words, tags = word_level(row)
+            out.writerow([" ".join(words), " ".join(tags), f"d{i // 3}"])
+    return path
+
+
+def cli(*args: str) -> str:
+    """``deploykit ARGS`` as a user runs it; its output (it must succeed)."""
+    done = subprocess.run([sys.executable, "-m", "deploykit", *args], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, (args[0], done.stderr[-3000:])
+    return done.stdout + done.stderr
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """{data, test, checkpoint, artifact}: a tiny BERT trained on learnable rows, exported (fp32, fused)."""
-    from deploykit import export, train
-    from deploykit.config import ExportConfig, TrainConfig
+    """{root, data, test, checkpoint, artifact}: a tiny BERT trained through the CLI on a word-level CSV
+    (learnable rows; --group-column), exported (fp32, fused); ``test`` is a span-level JSONL file."""
     from deploykit.tasks.token_classification import example
 
     root = tmp_path_factory.mktemp("ner")
-    data = write_jsonl(root / "train.jsonl", learnable_rows(400))
+    data = write_word_level(root / "train.csv", learnable_rows(400))
     test = write_jsonl(root / "test.jsonl", learnable_rows(40, seed=7))
-    checkpoint = train.run(TrainConfig(task="token-classification", data=str(data), entities_column="entities",
-                                       model=str(example.pretrained(root / "pretrained")), out=str(root / "run"),
-                                       max_length=MAX_LENGTH, stride=STRIDE, max_steps=150, batch_size=16,
-                                       lr=5e-3, eval_every=75, warmup_ratio=0.0))
-    artifact = export.run(ExportConfig(checkpoint=str(checkpoint), out=str(root / "artifact"), name="ner",
-                                       quantize="none", aggregation="simple", long_texts=6))
-    return {"root": root, "data": data, "test": test, "checkpoint": checkpoint, "artifact": artifact}
+    run, artifact = root / "run", root / "artifact"
+    cli("train", "--task", "token-classification", "--data", str(data), "--tokens-column", "words", "--tags-column",
+        "labels", "--group-column", "doc", "--model", str(example.pretrained(root / "pretrained")), "--out", str(run),
+        "--max-length", str(MAX_LENGTH), "--stride", str(STRIDE), "--max-steps", "150", "--batch-size", "16",
+        "--lr", "5e-3", "--eval-every", "75", "--warmup-ratio", "0")
+    cli("export", str(run / "checkpoint"), "--out", str(artifact), "--name", "ner", "--quantize", "none",
+        "--aggregation", "simple", "--long-texts", "6")
+    return {"root": root, "data": data, "test": test, "checkpoint": run / "checkpoint", "artifact": artifact}
 
 
 @pytest.fixture(scope="module")
@@ -147,14 +180,16 @@ def test_export_records_the_head_and_parity_with_windows(trained):
         assert all(share == 1.0 for share in parity["agreement"].values())
         assert manifest.variants[name].batch_dependence <= 1e-4
     assert manifest.reference_metrics["entity_f1"] > 0.95
-    assert manifest.evaluation.columns == {"text_column": "text", "entities_column": "entities"}
+    assert manifest.evaluation.columns == {"tokens_column": "words", "tags_column": "labels"}
 
 
 def test_evaluate_scores_a_separate_file_with_split_all_and_slices(trained, tmp_path):
+    # The test file is span-level JSONL; the checkpoint was trained on a word-level CSV.
     from deploykit import evaluation
     from deploykit.config import EvalConfig
 
     out = evaluation.run(EvalConfig(checkpoint=str(trained["checkpoint"]), data=str(trained["test"]), split="all",
+                                    entities_column="entities",
                                     out=str(tmp_path / "eval"), slice_column="part", max_errors=3))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 40 and metrics["split"] == "all" and metrics["entity_f1"] > 0.9
@@ -178,55 +213,20 @@ def test_predict_writes_jsonl_spans(trained, tmp_path):
     assert bad.returncode == 2 and "--aggregation" in bad.stderr
 
 
-def word_level(row: dict) -> tuple[list[str], list[str]]:
-    """A span-level learnable row as CoNLL-style words and IOB2 tags (its words are split at spaces)."""
-    words, tags, end = [], [], 0
-    for word in row["text"].split(" "):
-        start = row["text"].index(word, end)
-        end = start + len(word)
-        kind = [(e["label"], e["start"] == start) for e in row["entities"] if e["start"] <= start < e["end"]]
-        words.append(word)
-        tags.append(f"{'B' if kind[0][1] else 'I'}-{kind[0][0]}" if kind else "O")
-    return words, tags
-
-
-def test_the_cli_runs_the_whole_path_on_a_word_level_csv(trained, tmp_path):
-    """A new user's CoNLL-shaped CSV (space-separated tokens and tags, a document column): train with
-    --group-column, evaluate a separate file, export, verify, predict from the tokens column."""
-    import csv
-
-    def write(path: Path, rows: list[dict]) -> Path:
-        with open(path, "w", newline="") as fh:
-            out = csv.writer(fh)
-            out.writerow(["words", "labels", "doc"])
-            for i, row in enumerate(rows):
-                words, tags = word_level(row)
-                out.writerow([" ".join(words), " ".join(tags), f"d{i // 3}"])
-        return path
-
-    def cli(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "deploykit", *args], capture_output=True, text=True, cwd=ROOT)
-        assert done.returncode == 0, (args[0], done.stderr[-3000:])
-        return done.stdout + done.stderr
-
-    data, new = write(tmp_path / "train.csv", learnable_rows(240)), write(tmp_path / "new.csv", learnable_rows(20, seed=7))
-    run, art = tmp_path / "run", tmp_path / "art"
-    cli("train", "--task", "token-classification", "--data", str(data), "--tokens-column", "words",
-        "--tags-column", "labels", "--group-column", "doc", "--model", str(trained["root"] / "pretrained"),
-        "--out", str(run), "--max-length", str(MAX_LENGTH), "--stride", str(STRIDE), "--max-steps", "40",
-        "--batch-size", "16", "--lr", "5e-3", "--eval-every", "20", "--warmup-ratio", "0")
-    cli("evaluate", str(run / "checkpoint"), "--data", str(new), "--split", "all", "--out", str(tmp_path / "eval"))
+def test_the_cli_evaluates_verifies_and_predicts_a_word_level_file(trained, tmp_path):
+    """The rest of the path on the user's word-level CSV: evaluate a separate file, verify, predict
+    from the tokens column (the spans are offsets into the tokens joined by single spaces)."""
+    rows = learnable_rows(20, seed=7)
+    new = write_word_level(tmp_path / "new.csv", rows)
+    cli("evaluate", str(trained["checkpoint"]), "--data", str(new), "--split", "all", "--out", str(tmp_path / "eval"))
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert metrics["n"] == 20 and metrics["entity_f1"] > 0.8, metrics
-    cli("export", str(run / "checkpoint"), "--out", str(art), "--name", "words", "--quantize", "none", "--long-texts", "2")
-    assert "pass" in cli("verify", str(art), "--checkpoint", str(run / "checkpoint"))
-    cli("predict", str(art), "--data", str(new), "--tokens-column", "words", "--out", str(tmp_path / "p.jsonl"))
+    assert metrics["n"] == 20 and metrics["entity_f1"] > 0.9, metrics
+    assert "pass" in cli("verify", str(trained["artifact"]), "--checkpoint", str(trained["checkpoint"]))
+    cli("predict", str(trained["artifact"]), "--data", str(new), "--tokens-column", "words", "--out", str(tmp_path / "p.jsonl"))
     predicted = [json.loads(line)["entities"] for line in (tmp_path / "p.jsonl").read_text().splitlines()]
-    texts = [r["text"] for r in learnable_rows(20, seed=7)]  # the tokens joined by single spaces
-    assert len(predicted) == 20 and all(e["word"] == t[e["start"]:e["end"]] for t, p in zip(texts, predicted) for e in p)
-    gold = [{(e["label"], e["start"], e["end"]) for e in r["entities"]} for r in learnable_rows(20, seed=7)]
-    found = [{(e["entity_group"], e["start"], e["end"]) for e in p} for p in predicted]
-    assert sum(f == g for f, g in zip(found, gold)) >= 16, (found, gold)
+    gold = [{(e["label"], e["start"], e["end"]) for e in r["entities"]} for r in rows]
+    assert [{(e["entity_group"], e["start"], e["end"]) for e in p} for p in predicted] == gold
+    assert all(e["word"] == r["text"][e["start"]:e["end"]] for r, p in zip(rows, predicted) for e in p)
 
 
 # --- the real server -------------------------------------------------------------------------------
@@ -379,7 +379,7 @@ def triton_ner(trained, tmp_path_factory, pytriton_venv):
 
     repo = triton_repo.run(TritonConfig(artifact=str(trained["artifact"]), out=str(tmp_path_factory.mktemp("t") / "repo"),
                                         max_batch_size=16))
-    command = _readme_command((repo / "README.md").read_text(), "ner")
+    command = readme_command((repo / "README.md").read_text(), "ner")
     proc, url = launch(pytriton_venv, repo, command[2:], ("ner",), repo.parent / "tritonserver.log")
     client = httpclient.InferenceServerClient(url)
     try:

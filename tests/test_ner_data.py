@@ -273,3 +273,11 @@ def test_a_bad_row_exits_2_with_row_and_column_from_the_cli(tmp_path):
     assert done.returncode == 2, done.stderr[-2000:]
     assert "row 5 of column 'entities'" in done.stderr and "--skip-bad-rows" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_file_scored_whole_does_not_need_the_training_group_column(tmp_path):
+    from deploykit.data import rebuild_config
+
+    stored = DataConfig(task="token-classification", data=str(tmp_path / "train.csv"), group_column="doc")
+    assert rebuild_config(stored, data=str(tmp_path / "other.jsonl"), split="all").group_column is None
+    assert rebuild_config(stored, data=str(tmp_path / "other.jsonl"), split="test").group_column == "doc"

@@ -294,7 +294,7 @@ def _venv_paths(venv: Path) -> tuple[Path, Path, str]:
     return site / "pytriton" / "tritonserver", site / "nvidia_pytriton.libs", libdir
 
 
-def _readme_command(readme: str, model: str) -> list[str]:
+def readme_command(readme: str, model: str) -> list[str]:
     """The README's tritonserver command line that loads ``model``."""
     for line in readme.splitlines():
         if line.startswith("tritonserver ") and line.endswith(f"--load-model={model}"):
@@ -317,8 +317,8 @@ def server(repo, tmp_path_factory, pytriton_venv):
     shutil.copy(ROOT / "tests" / "triton_onnx_standin.py", served / f"{NAME}_onnx" / "1" / "model.py")
 
     readme = (repo / "README.md").read_text()
-    python_cmd = _readme_command(readme, f"{NAME}_python")
-    ensemble_cmd = _readme_command(readme, NAME)
+    python_cmd = readme_command(readme, f"{NAME}_python")
+    ensemble_cmd = readme_command(readme, NAME)
     assert python_cmd[:3] == ensemble_cmd[:3] == ["tritonserver", '--model-repository=$PWD',
                                                   "--model-control-mode=explicit"]
     proc, url = launch(pytriton_venv, served, [*python_cmd[2:], ensemble_cmd[-1]], (NAME, f"{NAME}_python"),
