@@ -37,6 +37,7 @@ import orjson
 
 from deploykit.errors import BadInputError
 from deploykit.serve.batcher import ClientGone, ServiceError
+from deploykit.serve.quoting import quote
 
 log = logging.getLogger("deploykit.serve")
 
@@ -313,7 +314,7 @@ class Front:
         if declared is not None:
             size = int(declared) if declared.isdigit() else -1
             if size < 0:
-                raise HTTPError(400, f"Content-Length {declared.decode(errors='replace')!r} is not a "
+                raise HTTPError(400, f"Content-Length {quote(declared)} is not a "
                                 "number of bytes", close=True)
             if size > self.max_body_bytes:
                 raise self._too_large(str(size))
@@ -397,11 +398,11 @@ def request_timeout(call: Call, parameter_us: Any = None) -> float | None:
             ms = -1
         if not ms > 0 or ms != ms or ms == float("inf"):
             raise HTTPError(400, f"X-Request-Timeout must be a positive number of milliseconds, got "
-                            f"{header.decode(errors='replace')!r}")
+                            f"{quote(header)}")
         return ms / 1000
     if parameter_us is not None:
         if isinstance(parameter_us, bool) or not isinstance(parameter_us, int) or parameter_us <= 0:
             raise HTTPError(400, f"parameter 'timeout' must be a positive integer of microseconds, got "
-                            f"{parameter_us!r}")
+                            f"{quote(parameter_us)}")
         return parameter_us / 1e6
     return None

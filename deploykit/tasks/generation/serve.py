@@ -40,6 +40,7 @@ from deploykit.errors import BadInputError
 from deploykit.manifest import Manifest
 from deploykit.serve.app import Call, HTTPError, Reply, Route, json_reply, request_timeout
 from deploykit.serve.batcher import DeadlineExceeded, Overloaded
+from deploykit.serve.quoting import quote, shorten
 from deploykit.tasks.generation.head import Generation
 from deploykit.tasks.generation.runtime import Event, Generator, Sampling, Seq
 
@@ -337,7 +338,7 @@ def _parse(model: type[BaseModel], call: Call) -> Any:
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
         first = errors[0]
-        where = ".".join(map(str, first["loc"])) or "the body"
+        where = shorten(".".join(map(str, first["loc"]))) or "the body"
         raise HTTPError(400, f"{len(errors)} validation error{'s' if len(errors) > 1 else ''} in the request body: "
                         f"{first['msg']} at {where}", detail=errors) from None
 
@@ -458,7 +459,7 @@ async def _closing(body: AsyncIterator[bytes], events: AsyncIterator[Event]) -> 
 
 def _openai_model(call: Call, name: str) -> None:
     if name != call.backend.name:
-        raise HTTPError(404, f"the model {name!r} does not exist here; this server serves {call.backend.name!r} "
+        raise HTTPError(404, f"the model {quote(name)} does not exist here; this server serves {call.backend.name!r} "
                         "(GET /v1/models)")
 
 
