@@ -43,6 +43,12 @@ class Recorder:
     def unread(self, texts):
         self.drops["unread"] = self.drops.get("unread", 0) + texts
 
+    def queued(self, route, tokens):
+        self.queued_tokens = getattr(self, "queued_tokens", 0) + tokens
+
+    def input_tokens(self, tokens):
+        pass
+
 
 def test_batcher_merges_concurrent_requests_and_keeps_each_order(runtime):
     metrics = Recorder()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
@@ -216,6 +217,11 @@ class Front:
     async def handle(self, route: Route, params: dict[str, str], scope: Scope, receive: Receive,
                      send: Send) -> None:
         call = None
+        started = time.perf_counter()
+        backend = self.get_backend()
+        metrics = backend.metrics if backend is not None else None  # counted in and out alike
+        if metrics is not None:
+            metrics.inflight(route.label, 1)
         try:
             try:
                 if scope["method"] not in route.methods:
@@ -232,7 +238,7 @@ class Front:
                     await self._read_body(call)
                 reply = await route.handler(call)
             except ClientGone:
-                self._count(route, 499)
+                self._count(metrics, route, 499, started)
                 return  # nobody to answer
             except HTTPError as exc:
                 reply = self._error(exc.status, str(exc), exc.detail, exc.headers, exc.close, scope)
@@ -250,14 +256,16 @@ class Front:
                 reply.headers.append((b"connection", b"close"))
             if reply.stream is not None:
                 await self._stream(reply, scope, send)
-                self._count(route, reply.status)
+                self._count(metrics, route, reply.status, started)
                 return
             await send({"type": "http.response.start", "status": reply.status,
                         "headers": [(b"content-type", reply.content_type),
                                     (b"content-length", str(len(reply.body)).encode()), *reply.headers]})
             await send({"type": "http.response.body", "body": reply.body})
-            self._count(route, reply.status)
+            self._count(metrics, route, reply.status, started)
         finally:
+            if metrics is not None:
+                metrics.inflight(route.label, -1)
             if call is not None:
                 self.budget.give(call.reserved)
 
@@ -283,10 +291,10 @@ class Front:
         finally:
             await reply.stream.aclose()
 
-    def _count(self, route: Route, status: int) -> None:
-        backend = self.get_backend()
-        if backend is not None:
-            backend.metrics.request(route.label, status)
+    @staticmethod
+    def _count(metrics: Any, route: Route, status: int, started: float) -> None:
+        if metrics is not None:
+            metrics.request(route.label, status, time.perf_counter() - started)
 
     @staticmethod
     def _error(status: int, message: str, detail: Any, headers: Mapping[str, str], close: bool,

@@ -128,6 +128,10 @@ class BatchMetrics(Protocol):
 
     def unread(self, texts: int) -> None: ...
 
+    def queued(self, route: str, tokens: int) -> None: ...
+
+    def input_tokens(self, tokens: int) -> None: ...
+
 
 class StepCost:
     """The seconds a step takes, as a fixed part per step plus a part per token, fitted on the
@@ -194,6 +198,12 @@ class NoMetrics:
     def unread(self, texts: int) -> None:
         pass
 
+    def queued(self, route: str, tokens: int) -> None:
+        pass
+
+    def input_tokens(self, tokens: int) -> None:
+        pass
+
 
 @dataclass(eq=False)
 class _Request:
@@ -208,6 +218,7 @@ class _Request:
     done_rows: int = 0
     started: bool = False
     logits: np.ndarray | None = None
+    route: str = "classify"  # the route label its queued tokens are counted under
 
 
 class DynamicBatcher:
@@ -259,7 +270,8 @@ class DynamicBatcher:
     # --- the public API ----------------------------------------------------------------------
 
     async def submit(self, texts: Sequence[str], *, deadline: float | None = None,
-                     disconnected: Callable[[], Awaitable] | None = None) -> tuple[list[Encoded], np.ndarray]:
+                     disconnected: Callable[[], Awaitable] | None = None,
+                     route: str = "classify") -> tuple[list[Encoded], np.ndarray]:
         """Tokenize texts, queue them and wait for their logits.
 
         Args:
@@ -269,6 +281,7 @@ class DynamicBatcher:
             disconnected: Optional function returning an awaitable that completes when the
                 client leaves (called once the request is admitted); if it does before the
                 answer, the request leaves the queue and ``ClientGone`` is raised.
+            route: The route label its queued tokens count under (``deploykit_queued_tokens``).
 
         Returns:
             ``(rows, logits)``: the encoded rows (with their ``truncated`` flags) and float32
@@ -288,7 +301,7 @@ class DynamicBatcher:
             rows = await asyncio.get_running_loop().run_in_executor(None, self.runtime.tokenize, texts)
         else:
             rows = self.runtime.tokenize(texts)
-        return rows, await self.submit_rows(rows, deadline=deadline, disconnected=disconnected)
+        return rows, await self.submit_rows(rows, deadline=deadline, disconnected=disconnected, route=route)
 
     async def classify(self, texts: Sequence[str], **options: Any) -> list[dict[str, Any]]:
         """``submit`` turned into the runtime's result dicts (label, score, scores, truncated)."""
@@ -302,9 +315,10 @@ class DynamicBatcher:
         return time.perf_counter() + timeout
 
     async def submit_rows(self, rows: list[Encoded], *, deadline: float | None = None,
-                          disconnected: Callable[[], Awaitable] | None = None) -> np.ndarray:
+                          disconnected: Callable[[], Awaitable] | None = None,
+                          route: str = "classify") -> np.ndarray:
         """Like ``submit`` for rows tokenized already; returns the logits."""
-        request = self._admit(rows, self.deadline() if deadline is None else deadline)
+        request = self._admit(rows, self.deadline() if deadline is None else deadline, route)
         waiters: set[Any] = {request.future}
         until = None
         if disconnected is not None:
@@ -405,8 +419,9 @@ class DynamicBatcher:
 
     # --- admission ---------------------------------------------------------------------------
 
-    def _admit(self, rows: list[Encoded], deadline: float) -> _Request:
+    def _admit(self, rows: list[Encoded], deadline: float, route: str = "classify") -> _Request:
         tokens = sum(r.length for r in rows)
+        self.metrics.input_tokens(tokens)
         if self.max_request_tokens is not None and tokens > self.max_request_tokens:
             raise TooLarge(f"the request holds {tokens} tokens, more than the limit of {self.max_request_tokens} "
                            "per request (DEPLOYKIT_MAX_REQUEST_TOKENS); split it into smaller requests")
@@ -437,7 +452,7 @@ class DynamicBatcher:
         self._ensure_started()
         # Rows left shortest first, so that the next (longest) one pops off the end.
         request = _Request(rows, asyncio.get_running_loop().create_future(), deadline, now,
-                           sorted(range(len(rows)), key=lambda i: rows[i].length), tokens)
+                           sorted(range(len(rows)), key=lambda i: rows[i].length), tokens, route=route)
         self._queue.append(request)
         self._count(request, 1)
         self._wakeup.set()
@@ -450,6 +465,7 @@ class DynamicBatcher:
             self._queued_rows += sign * len(request.left)
             self._queued_tokens += sign * request.tokens_left
             self._next_row_tokens += sign * request.rows[request.left[-1]].length
+            self.metrics.queued(request.route, sign * request.tokens_left)
 
     @staticmethod
     def _deadline_hint() -> str:

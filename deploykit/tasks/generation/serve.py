@@ -55,8 +55,10 @@ SSE = b"text/event-stream"
 class Stream:
     """The events of one sequence, handed from the engine's thread to the request's event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, route: str = "generate") -> None:
         self.loop = loop
+        self.route = route  # the route label its prompt counts under while it waits
+        self.waiting_tokens = 0  # its prompt's tokens until its first event (deploykit_queued_tokens)
         self.queue: asyncio.Queue = asyncio.Queue()
         self.seq: Seq | None = None
         self.submitted = time.perf_counter()
@@ -90,8 +92,10 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._deadlines: dict[int, float] = {}  # id(seq) -> deadline of its first token
 
-    def submit(self, prompt: list[int], sampling: Sampling, timeout_s: float | None = None) -> Stream:
-        """Queue a sequence; its events arrive on the returned stream.
+    def submit(self, prompt: list[int], sampling: Sampling, timeout_s: float | None = None,
+               route: str = "generate") -> Stream:
+        """Queue a sequence; its events arrive on the returned stream (``route``: the label its
+        waiting prompt tokens count under in ``deploykit_queued_tokens``).
 
         Raises:
             Overloaded: Shutting down, or ``DEPLOYKIT_MAX_QUEUE`` sequences wait already.
@@ -105,9 +109,17 @@ class Engine:
             self.metrics.rejected("queue_full")
             raise Overloaded(f"{self.scheduler.waiting} sequences wait for a place in the batch, the limit "
                              "(DEPLOYKIT_MAX_QUEUE); retry later", reason="queue_full", retry_after=1)
-        stream = Stream(asyncio.get_running_loop())
+        stream = Stream(asyncio.get_running_loop(), route)
         timeout = self.request_timeout if timeout_s is None else min(timeout_s, self.request_timeout)
-        stream.seq = self.scheduler.submit(prompt, sampling, tag=stream)
+        self.metrics.input_tokens(len(prompt))
+        # Counted in before the engine's thread can see the sequence (its first event counts it out).
+        stream.waiting_tokens = len(prompt)
+        self.metrics.queued(route, len(prompt))
+        try:
+            stream.seq = self.scheduler.submit(prompt, sampling, tag=stream)
+        except BaseException:
+            self.metrics.queued(route, -len(prompt))
+            raise
         self._deadlines[id(stream.seq)] = stream.submitted + timeout
         self._start()
         self._wake.set()
@@ -149,6 +161,9 @@ class Engine:
 
     def _deliver(self, event: Event, now: float) -> None:
         stream: Stream = event.seq.tag
+        if stream.waiting_tokens:  # its first event: it left the waiting queue (joined, or cancelled)
+            self.metrics.queued(stream.route, -stream.waiting_tokens)
+            stream.waiting_tokens = 0
         if event.token is not None:
             if stream.last is None:
                 self.metrics.first_token(now - stream.submitted)
@@ -343,7 +358,8 @@ def _parse(model: type[BaseModel], call: Call) -> Any:
                         f"{first['msg']} at {where}", detail=errors) from None
 
 
-def _start(call: Call, prompt: Any, max_new_tokens: int | None, req: _Sampling, ignore_eos: bool = False) -> Stream:
+def _start(call: Call, prompt: Any, max_new_tokens: int | None, req: _Sampling, ignore_eos: bool = False,
+           route: str = "generate") -> Stream:
     """Tokenize, check the settings and queue the sequence (400 for what the request got wrong)."""
     backend: GenerationBackend = call.backend
     limit = backend.settings.max_new_tokens
@@ -356,7 +372,7 @@ def _start(call: Call, prompt: Any, max_new_tokens: int | None, req: _Sampling, 
         sampling = g.sampling(max_new_tokens=max_new_tokens or min(g.head.defaults["max_new_tokens"], limit),
                               temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=req.seed,
                               stop=req.stop, ignore_eos=ignore_eos)
-        return backend.engine.submit(ids, sampling, request_timeout(call))
+        return backend.engine.submit(ids, sampling, request_timeout(call), route=route)
     except BadInputError as exc:
         raise HTTPError(400, str(exc)) from None
 
@@ -467,13 +483,13 @@ async def completions(call: Call) -> Reply:
     req = _parse(CompletionRequest, call)
     _openai_model(call, req.model)
     prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
-    return await _openai(call, req, _start(call, prompt, req.max_tokens, req), chat=False)
+    return await _openai(call, req, _start(call, prompt, req.max_tokens, req, route="openai"), chat=False)
 
 
 async def chat_completions(call: Call) -> Reply:
     req = _parse(ChatRequest, call)
     _openai_model(call, req.model)
-    stream = _start(call, req.messages, req.max_completion_tokens or req.max_tokens, req)
+    stream = _start(call, req.messages, req.max_completion_tokens or req.max_tokens, req, route="openai")
     return await _openai(call, req, stream, chat=True)
 
 
