@@ -192,6 +192,7 @@ def test_long_generations_never_get_short_requests_refused(gen_server):
     ({"prompt": PROMPT, "messages": MESSAGES}, 400, "exactly one"),
     ({"max_new_tokens": 4}, 400, "exactly one"),
     ({"prompt": PROMPT, "temperature": -1}, 400, "temperature"),
+    ({"prompt": PROMPT, "seed": -1, "max_new_tokens": 2}, 400, "seed"),  # a 500 the 20,000-example fuzz found
     ({"messages": [{"role": "user"}]}, 400, "content"),
     ({"prompt": "red " * 2100, "max_new_tokens": 4}, 400, "context"),
     (b"{not json", 400, "validation error"),

@@ -301,7 +301,7 @@ class _Sampling(BaseModel):
     temperature: float | None = Field(None, ge=0, le=100, description="0 is greedy.")
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0, description="/generate only: 0 keeps every token.")
-    seed: int | None = Field(None, description="Reproducible sampling.")
+    seed: int | None = Field(None, ge=0, description="Reproducible sampling (a non-negative integer).")
     stop: NonBlank | list[NonBlank] | None = Field(None, description="Stop string(s), not part of the text.")
     stream: bool = Field(False, description="Server-sent events instead of one JSON answer.")
 
