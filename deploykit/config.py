@@ -695,6 +695,23 @@ class KubeConfig:
     train_args: str = opt("--data tweets --model minilm --out /runs/tweets",
                           "--train: arguments of 'deploykit train' (the run folder should be "
                           "under /runs, the shared volume).")
+    kind: str = opt("deployment", "What runs the service: deployment (Deployment, Service, autoscaler, "
+                    "PodDisruptionBudget, NetworkPolicy) or kserve (a KServe InferenceService, raw "
+                    "mode).", choices=("deployment", "kserve"))
+    autoscale: str | None = opt(None, "Autoscaler: cpu (HPA on CPU), queue (HPA on the per-pod queue "
+                                "wait through prometheus-adapter; its rule is written to "
+                                "OUT-adapter-rules.yaml), keda (KEDA ScaledObject on the mean queue "
+                                "wait and CPU). Default: cpu; queue with --gpu.",
+                                choices=("cpu", "queue", "keda"))
+    prometheus_url: str = opt("http://prometheus-server.monitoring.svc", "--autoscale keda: the "
+                              "Prometheus KEDA queries.")
+    queue_wait_target_ms: float = opt(100.0, "--autoscale queue or keda: the mean queue wait to hold "
+                                      "(a fifth of the default 500 ms admission bound).")
+    api_keys_secret: str | None = opt(None, "Secret whose key 'api-keys' holds the API keys, one per "
+                                      "line: mounted read-only, DEPLOYKIT_API_KEYS_FILE points at it "
+                                      "(no key ever enters the manifests).")
+    tls_secret: str | None = opt(None, "kubernetes.io/tls Secret: the service serves HTTPS with its "
+                                 "tls.crt and tls.key; probes and scrape annotations say https.")
     manifests: str | None = opt(None, "The k8s/ folder to render from (default: the one in "
                                 "this checkout).")
     validate: bool = opt(True, "Build the overlay with 'kubectl kustomize' and validate it "
@@ -718,6 +735,23 @@ class KubeConfig:
         require(self.namespace is None or re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
                                                      self.namespace) is not None,
                  "namespace", f"{self.namespace!r} is not a valid namespace name")
+        require(self.kind in ("deployment", "kserve"), "kind", "choose deployment or kserve")
+        require(self.autoscale in (None, "cpu", "queue", "keda"), "autoscale", "choose cpu, queue or keda")
+        for name in ("kind", "autoscale", "api_keys_secret", "tls_secret"):
+            require(not (self.train and getattr(self, name) not in (None, "deployment")), name,
+                    "is a setting of the service; drop it with --train")
+        for name in ("api_keys_secret", "tls_secret"):
+            value = getattr(self, name)
+            require(value is None or re.match(r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$", value) is not None,
+                    name, f"{value!r} is not a valid Secret name")
+        require(self.queue_wait_target_ms > 0, "queue_wait_target_ms", "must be a positive number of ms")
+        require(self.prometheus_url.startswith(("http://", "https://")), "prometheus_url",
+                f"{self.prometheus_url!r} must start with http:// or https://")
+
+    @property
+    def autoscaler(self) -> str:
+        """``autoscale``, or its default: queue on a GPU (CPU is the wrong signal there), else cpu."""
+        return self.autoscale or ("queue" if self.gpu else "cpu")
 
 
 # --- Demo (deploykit/demo.py) ---------------------------------------------------------------
