@@ -402,7 +402,19 @@ class _Service:
     access_log: bool = opt(False, "BentoML's access log (one line per request).")
     request_metrics: bool = opt(False, "BentoML's per-request metrics (one series per URL path) on "
                                 "/metrics beside deploykit's.")
-    tracing: bool = opt(False, "BentoML's OpenTelemetry tracing of requests (bypassed when off).")
+    tracing: bool = opt(False, "OpenTelemetry spans of every request (tokenize, queue, batch step, "
+                        "respond), children of the client's traceparent, through BentoML's tracer "
+                        "provider; exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.")
+    trace_sample_rate: float = opt(1.0, "With tracing: the fraction of new traces sampled (a client's "
+                                   "sampled traceparent is always followed).")
+    log_format: str = opt("text", "Log lines as text or json (one JSON object per line, with the "
+                          "trace and span ids of the request being served).", choices=("text", "json"))
+    api_keys_file: str | None = opt(None, "File of API keys, one per line (DEPLOYKIT_API_KEYS holds keys "
+                                    "inline, comma-separated): with either, every request but the probes "
+                                    "needs 'Authorization: Bearer KEY'.")
+    protect_metrics: bool = opt(False, "With API keys: /metrics needs a key too.")
+    ssl_certfile: str | None = opt(None, "PEM certificate: serve HTTPS (with --ssl-keyfile).")
+    ssl_keyfile: str | None = opt(None, "PEM private key of --ssl-certfile.")
     providers: str = opt("CPUExecutionProvider", "onnxruntime execution providers, comma-separated "
                          "in order of preference (e.g. CUDAExecutionProvider,CPUExecutionProvider).")
     batcher: str = opt("deploykit", "Who batches /classify: deploykit's own dynamic batcher "
@@ -424,6 +436,8 @@ class _Service:
         require(self.max_latency_ms is None or self.max_latency_ms >= 0, "max_latency_ms", "must be >= 0")
         require(self.batcher in BATCHERS, "batcher", f"choose one of {', '.join(BATCHERS)}")
         require(self.spin in ("auto", "on", "off"), "spin", "choose auto, on or off")
+        require(self.log_format in ("text", "json"), "log_format", "choose text or json")
+        require(0 <= self.trace_sample_rate <= 1, "trace_sample_rate", "must be a fraction in [0, 1]")
         require(bool(self.provider_list()), "providers", "name at least one execution provider")
 
     def spins(self, task_default: bool) -> bool:

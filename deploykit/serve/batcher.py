@@ -219,6 +219,7 @@ class _Request:
     started: bool = False
     logits: np.ndarray | None = None
     route: str = "classify"  # the route label its queued tokens are counted under
+    timeline: Any = None  # deploykit.serve.tracing.Timeline of a traced request
 
 
 class DynamicBatcher:
@@ -271,7 +272,7 @@ class DynamicBatcher:
 
     async def submit(self, texts: Sequence[str], *, deadline: float | None = None,
                      disconnected: Callable[[], Awaitable] | None = None,
-                     route: str = "classify") -> tuple[list[Encoded], np.ndarray]:
+                     route: str = "classify", timeline: Any = None) -> tuple[list[Encoded], np.ndarray]:
         """Tokenize texts, queue them and wait for their logits.
 
         Args:
@@ -282,6 +283,7 @@ class DynamicBatcher:
                 client leaves (called once the request is admitted); if it does before the
                 answer, the request leaves the queue and ``ClientGone`` is raised.
             route: The route label its queued tokens count under (``deploykit_queued_tokens``).
+            timeline: Where to note its tokenize, queue and step times (a traced request).
 
         Returns:
             ``(rows, logits)``: the encoded rows (with their ``truncated`` flags) and float32
@@ -296,12 +298,16 @@ class DynamicBatcher:
             ClientGone: The client left first.
             BadInputError: A text the tokenizer cannot take.
         """
+        start = time.perf_counter()
         if sum(map(len, texts)) > _INLINE_TOKENIZE_CHARS:
             # A large request would stall every other request on the event loop meanwhile.
             rows = await asyncio.get_running_loop().run_in_executor(None, self.runtime.tokenize, texts)
         else:
             rows = self.runtime.tokenize(texts)
-        return rows, await self.submit_rows(rows, deadline=deadline, disconnected=disconnected, route=route)
+        if timeline is not None:
+            timeline.tokenize = (start, time.perf_counter())
+        return rows, await self.submit_rows(rows, deadline=deadline, disconnected=disconnected, route=route,
+                                            timeline=timeline)
 
     async def classify(self, texts: Sequence[str], **options: Any) -> list[dict[str, Any]]:
         """``submit`` turned into the runtime's result dicts (label, score, scores, truncated)."""
@@ -316,9 +322,10 @@ class DynamicBatcher:
 
     async def submit_rows(self, rows: list[Encoded], *, deadline: float | None = None,
                           disconnected: Callable[[], Awaitable] | None = None,
-                          route: str = "classify") -> np.ndarray:
+                          route: str = "classify", timeline: Any = None) -> np.ndarray:
         """Like ``submit`` for rows tokenized already; returns the logits."""
         request = self._admit(rows, self.deadline() if deadline is None else deadline, route)
+        request.timeline = timeline
         waiters: set[Any] = {request.future}
         until = None
         if disconnected is not None:
@@ -549,6 +556,8 @@ class DynamicBatcher:
             if not request.started:
                 request.started = True
                 self.metrics.queue_wait(now - request.enqueued)
+                if request.timeline is not None:
+                    request.timeline.queue = (request.enqueued, now)
             if request.left:
                 self._queue.append(request)  # its next turn comes after everyone queued now
                 self._count(request, 1)
@@ -584,8 +593,9 @@ class DynamicBatcher:
                     self._drop(request, "error", ServiceError(f"the model failed on this request ({exc})"))
                 self._step_tokens = 0
                 continue
-            self._cost.add(self._step_tokens, time.perf_counter() - self._step_started)
-            self._step_tokens = 0
+            ended = time.perf_counter()
+            self._cost.add(self._step_tokens, ended - self._step_started)
+            step_tokens, self._step_tokens = self._step_tokens, 0
             offset = 0
             for request, taken in step:
                 part = logits[offset:offset + len(taken)]
@@ -593,6 +603,9 @@ class DynamicBatcher:
                 if request.future.done():  # the client left or the deadline passed while this step ran
                     self.metrics.unread(len(taken))
                     continue
+                if request.timeline is not None:
+                    request.timeline.steps.append((self._step_started, ended, len(rows), step_tokens))
+                    request.timeline.computed = ended
                 if request.logits is None:
                     request.logits = np.zeros((len(request.rows), part.shape[1]), dtype=np.float32)
                 request.logits[taken] = part

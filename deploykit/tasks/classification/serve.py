@@ -195,7 +195,8 @@ async def classify(call: Call) -> Reply:
                         detail=errors) from None
     batcher = backend.batcher
     rows, logits = await batcher.submit(texts, deadline=batcher.deadline(request_timeout(call)),
-                                        disconnected=call.disconnected, route="classify")
+                                        disconnected=call.disconnected, route="classify",
+                                        timeline=call.timeline)
     return json_reply(backend.runtime.results(logits, rows))
 
 
@@ -233,7 +234,8 @@ async def infer(call: Call) -> Reply:
         raise HTTPError(exc.status, str(exc)) from None
     batcher = backend.batcher
     _, logits = await batcher.submit(req.texts, deadline=batcher.deadline(request_timeout(call, req.timeout_us)),
-                                     disconnected=call.disconnected, route="v2_infer")
+                                     disconnected=call.disconnected, route="v2_infer",
+                                     timeline=call.timeline)
     probs = softmax(logits)
     labels = [backend.runtime.labels[i] for i in probs.argmax(axis=-1)]
     body, headers = v2.encode_response(backend.name, req, labels, probs)

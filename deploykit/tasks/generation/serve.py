@@ -560,14 +560,34 @@ _ERRORS = {400: "Malformed request: a field, setting or prompt the message names
            504: "No place in the batch before the request's deadline."}
 
 
+# The OpenAI API's error types by status (what its clients read from {"error": {...}}).
+_OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                       408: "timeout_error", 413: "invalid_request_error", 503: "server_overloaded",
+                       504: "timeout_error"}
+
+
+def openai_error(status: int, message: str) -> dict[str, Any]:
+    """An error in the OpenAI API's own shape, for the /v1 routes."""
+    code = {401: "invalid_api_key", 404: "model_not_found"}.get(status)
+    return {"error": {"message": message, "type": _OPENAI_ERROR_TYPES.get(status, "server_error"),
+                      "param": None, "code": code}}
+
+
+OPENAI_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type"],
+    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                   "param": {"type": "string", "nullable": True}, "code": {"type": "string", "nullable": True}}}}}
+
+
 @functools.lru_cache(maxsize=None)
 def routes() -> list[Route]:
     """``/generate``, the OpenAI routes, and a ``/classify`` that says what this server serves."""
-    def op(summary: str, op_id: str, request: type[BaseModel] | None, ok: str) -> dict[str, Any]:
+    def op(summary: str, op_id: str, request: type[BaseModel] | None, ok: str,
+           error: dict[str, Any] = ERROR) -> dict[str, Any]:
         doc: dict[str, Any] = {"summary": summary, "operationId": op_id, "responses": {
             "200": {"description": ok, "content": {"application/json": {"schema": {"type": "object"}},
                                                    "text/event-stream": {"schema": {"type": "string"}}}},
-            **{str(c): {"description": t, "content": {"application/json": {"schema": ERROR}}}
+            **{str(c): {"description": t, "content": {"application/json": {"schema": error}}}
                for c, t in _ERRORS.items()}}}
         if request is not None:
             doc["requestBody"] = {"required": True, "content": {"application/json": {
@@ -579,11 +599,13 @@ def routes() -> list[Route]:
             "Generate a completion (JSON, or server-sent events with stream: true)", "generate", GenerateRequest,
             "{model, text, finish_reason, usage}; streamed: data: {text} per chunk, then {text: '', "
             "finish_reason, usage}.")}),
-        Route("/v1/completions", ("POST",), completions, "openai", body=True, openapi={"post": op(
-            "OpenAI completions", "openai_completions", CompletionRequest, "An OpenAI text_completion.")}),
-        Route("/v1/chat/completions", ("POST",), chat_completions, "openai", body=True, openapi={"post": op(
-            "OpenAI chat completions", "openai_chat_completions", ChatRequest, "An OpenAI chat.completion.")}),
-        Route("/v1/models", ("GET",), models, "openai", openapi={"get": {
+        Route("/v1/completions", ("POST",), completions, "openai", body=True, error=openai_error, openapi={"post": op(
+            "OpenAI completions", "openai_completions", CompletionRequest, "An OpenAI text_completion.",
+            OPENAI_ERROR)}),
+        Route("/v1/chat/completions", ("POST",), chat_completions, "openai", body=True, error=openai_error,
+              openapi={"post": op("OpenAI chat completions", "openai_chat_completions", ChatRequest,
+                                  "An OpenAI chat.completion.", OPENAI_ERROR)}),
+        Route("/v1/models", ("GET",), models, "openai", error=openai_error, openapi={"get": {
             "summary": "OpenAI model list", "operationId": "openai_models",
             "responses": {"200": {"description": "The served model."}}}}),
         Route("/classify", ("POST",), not_a_classifier, "classify", openapi={}),
