@@ -368,7 +368,10 @@ def _start(call: Call, prompt: Any, max_new_tokens: int | None, req: _Sampling, 
                         "(DEPLOYKIT_MAX_NEW_TOKENS)")
     g = backend.generator
     try:
+        start = time.perf_counter()
         ids = g.encode(prompt if isinstance(prompt, str) else [m.model_dump(exclude_none=True) for m in prompt])
+        if call.timeline is not None:
+            call.timeline.tokenize = (start, time.perf_counter())
         sampling = g.sampling(max_new_tokens=max_new_tokens or min(g.head.defaults["max_new_tokens"], limit),
                               temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=req.seed,
                               stop=req.stop, ignore_eos=ignore_eos)
@@ -392,6 +395,12 @@ async def _events(call: Call, stream: Stream) -> AsyncIterator[Event]:
             event: Event = get.result()
             if stream.error is not None and event.token is None:
                 raise stream.error
+            timeline = call.timeline
+            if timeline is not None:  # the queue: until its first token; the tokens: until the last
+                if timeline.queue is None:
+                    timeline.queue = (stream.submitted, time.perf_counter())
+                if event.finished:
+                    timeline.computed = time.perf_counter()
             yield event
             if event.finished:
                 return
