@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer

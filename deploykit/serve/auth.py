@@ -23,7 +23,7 @@ import hmac
 import os
 import ssl
 from pathlib import Path
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from deploykit.errors import BadInputError
 

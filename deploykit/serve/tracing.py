@@ -23,7 +23,8 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import orjson
 
