@@ -106,6 +106,8 @@ def test_predict_scores_every_row_in_order_through_the_cli(run, tmp_path):
     done = subprocess.run([sys.executable, "-m", "deploykit", "predict", str(run["artifact"]), "--data", str(data),
                            "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env={**os.environ, **PLUGIN_ENV})
     assert done.returncode == 0, done.stderr[-2000:]
+    # Its log is a pipe here: plain progress lines, no carriage-return frames (deploykit.progress).
+    assert "\r" not in done.stderr and "deploykit.progress: predict:" in done.stderr, done.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["row"] for r in rows] == list(range(len(example.INPUTS)))
     assert all(set(example.PREDICTION_KEYS) <= set(r) for r in rows)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from tqdm import tqdm
+from deploykit.progress import bar as progress_bar
 
 from deploykit import tasks
 from deploykit.bench import client, report
@@ -238,7 +238,7 @@ async def run_levels(cfg: BenchOnlineConfig, texts: list[str], target: Target) -
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, headers=client.headers()) as session:
         await probe(session, target, cfg.url, cfg.timeout)
-        with tqdm(total=steps, desc="load levels", unit="level") as bar:
+        with progress_bar(total=steps, desc="load levels", unit="level") as bar:
             if cfg.single_requests:
                 rec, window = await single_requests(session, target, cycle, cfg.single_requests, cfg.timeout)
                 results.append(summarize("single, before load", "single", rec, window, 1, phase="before"))

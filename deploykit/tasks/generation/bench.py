@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from tqdm import tqdm
+from deploykit.progress import bar as progress_bar
 
 from deploykit.bench import client
 from deploykit.bench.report import machine_markdown
@@ -288,7 +288,7 @@ async def run_levels(cfg: BenchOnlineConfig, prompts: list[str]) -> list[dict[st
         if probe["status"] != "ok":
             raise BadInputError(f"{url} answered a test generation with {probe['status']}; start 'deploykit serve' "
                                 "on a text-generation artifact, or fix --url")
-        for concurrency in tqdm(sorted(int_list(cfg.concurrency)), desc="load levels", unit="level"):
+        for concurrency in progress_bar(sorted(int_list(cfg.concurrency)), desc="load levels", unit="level"):
             results.append(await level(session, url, prompts, concurrency, cfg))
     return results
 
