@@ -273,6 +273,14 @@ def test_every_serving_overlay_validates_and_has_one_autoscaler(serving_overlays
         for doc in docs:
             if doc["kind"] in validate.CUSTOM_KINDS:
                 assert custom_problems(doc) == [], (kind, mode, gpu)
+        for doc in docs:  # a downward-API reference names a container of its own pod
+            pod = (doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment"
+                   else doc["spec"]["predictor"] if doc["kind"] == "InferenceService" else None)
+            if pod is not None:
+                names = {c["name"] for c in pod["containers"]}
+                refs = [e["valueFrom"]["resourceFieldRef"].get("containerName") for c in pod["containers"]
+                        for e in c.get("env", []) if "resourceFieldRef" in e.get("valueFrom", {})]
+                assert refs and set(refs) <= names, (kind, mode, refs, names)
         autoscalers = kinds.count("HorizontalPodAutoscaler") + kinds.count("ScaledObject")
         if kind == "deployment":
             assert autoscalers == 1 and "Deployment" in kinds, (mode, kinds)

@@ -41,6 +41,10 @@ def inference_service(name: str, deployment: dict[str, Any], *, mode: str, min_r
     pod = deployment["spec"]["template"]["spec"]
     container = copy.deepcopy(pod["containers"][0])
     container["name"] = CONTAINER
+    for env in container.get("env", []):  # e.g. DEPLOYKIT_THREADS from the container's CPU limit
+        field = env.get("valueFrom", {}).get("resourceFieldRef")
+        if field is not None and "containerName" in field:
+            field["containerName"] = CONTAINER
     # Probes name the port "http"; KServe's predictor service targets the container's port too.
     annotations = dict(deployment["spec"]["template"]["metadata"].get("annotations", {}))
     predictor: dict[str, Any] = {
