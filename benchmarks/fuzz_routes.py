@@ -4,10 +4,12 @@ Each artifact is served with default settings on a free 127.0.0.1 port and gets 
 mutated requests of its routes (a classifier: the v2 route, JSON and binary-tensor bodies; a
 text generator: /generate and the OpenAI routes, with ``--max-new-tokens`` as the server's
 limit); no answer may be a 5xx, and the server log must hold no traceback. Writes the status
-counts, the seed and the time per artifact to ``--out`` (JSON).
+counts, the seed, the time per artifact and ``uptime`` before and after to ``--out``
+(``results.json`` and ``results.md``); exits 1 when any answer was a 5xx or the log holds a
+traceback.
 
     python3 benchmarks/fuzz_routes.py --artifact demo/artifact --examples 20000 \\
-        --out benchmarks/results/fuzz_routes.json
+        --out benchmarks/results/fuzz_routes
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from deploykit.bench.report import machine, machine_markdown  # noqa: E402
 from deploykit.manifest import Manifest  # noqa: E402
 from deploykit.serve.launch import free_port, stop_process_group  # noqa: E402
 from fuzz_bodies import SEED, fuzz, generation_case, v2_case  # noqa: E402
+from fair_admission import uptime  # noqa: E402
 from serving_compare import wait_ready  # noqa: E402
 
 
@@ -62,17 +66,33 @@ def main() -> None:
     parser.add_argument("--artifact", action="append", required=True, help="repeat for several artifacts")
     parser.add_argument("--examples", type=int, default=20_000)
     parser.add_argument("--max-new-tokens", type=int, default=8)
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--out", default=None, help="folder for results.json and results.md")
     args = parser.parse_args()
-    results = {"load_average_before": list(os.getloadavg()), "runs": []}
+    results = {"machine": machine(), "uptime_before": uptime(), "runs": []}
     with tempfile.TemporaryDirectory(prefix="dk-fuzz-") as tmp:
         for artifact in args.artifact:
             r = run(Path(artifact).resolve(), args.examples, args.max_new_tokens, Path(tmp))
             print(json.dumps(r), flush=True)
             results["runs"].append(r)
-    results["load_average_after"] = list(os.getloadavg())
+    results["uptime_after"] = uptime()
+    lines = [f"# Route fuzz at {args.examples} examples per artifact", "",
+             f"`python3 benchmarks/fuzz_routes.py {' '.join(sys.argv[1:])}`", "",
+             machine_markdown(results["machine"]).rstrip(), f"- `{results['uptime_before']}` before, "
+             f"`{results['uptime_after']}` after", "",
+             "| artifact | task | examples | seed | statuses | 5xx | traceback in log | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results["runs"]:
+        statuses = ", ".join(f"{k}: {v}" for k, v in r["statuses"].items())
+        lines.append(f"| {r['artifact']} | {r['task']} | {r['examples']} | {r['seed']} | {statuses} "
+                     f"| {r['five_xx']} | {'yes' if r['traceback_in_log'] else 'no'} | {r['seconds']} |")
+    print("\n".join(lines))
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out / "results.md").write_text("\n".join(lines) + "\n")
+    if any(r["five_xx"] or r["traceback_in_log"] for r in results["runs"]):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

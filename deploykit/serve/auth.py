@@ -22,8 +22,8 @@ import hashlib
 import hmac
 import os
 import ssl
-from pathlib import Path
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from deploykit.errors import BadInputError
 

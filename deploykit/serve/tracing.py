@@ -22,8 +22,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
