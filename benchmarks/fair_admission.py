@@ -27,7 +27,6 @@ import json
 import math
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -187,7 +186,7 @@ def run_wrk_timeout(url: str, bodies: Path, connections: int, seconds: float) ->
     proc = subprocess.run(["wrk", f"-t{connections}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
                            "--timeout", "60s", "-s", str(POST), url, "--", str(bodies)],
                           capture_output=True, text=True, timeout=seconds + 180)
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("WRK_JSON ")), None)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk failed: {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
     return json.loads(line.removeprefix("WRK_JSON "))
