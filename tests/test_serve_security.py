@@ -12,6 +12,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -153,7 +154,8 @@ def test_https_with_a_certificate_made_in_the_test(serve_artifact, tmp_path):
     log = tmp_path / "server.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "deploykit", "serve", str(serve_artifact), "--port", str(port),
-                                 "--threads", "1", "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)],
+                                 "--threads", "1", "--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
+                                 "--protect-metrics"],
                                 cwd=ROOT, env={**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"),
                                                "DEPLOYKIT_API_KEYS": KEYS[0]},
                                 stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
@@ -173,6 +175,13 @@ def test_https_with_a_certificate_made_in_the_test(serve_artifact, tmp_path):
         request = urllib.request.Request(url + "/classify", data=b'{"texts": ["great"]}', headers=bearer(KEYS[0]))
         with urllib.request.urlopen(request, context=context, timeout=30) as resp:
             assert resp.status == 200 and len(json.loads(resp.read())) == 1
+        # --protect-metrics: /metrics needs the key too (the probes never do).
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(url + "/metrics", context=context, timeout=30)
+        assert info.value.code == 401
+        scrape = urllib.request.Request(url + "/metrics", headers=bearer(KEYS[0]))
+        with urllib.request.urlopen(scrape, context=context, timeout=30) as resp:
+            assert resp.status == 200 and b"deploykit_inflight_requests" in resp.read()
         with pytest.raises(OSError):  # plain HTTP on the TLS port gets no answer
             urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
         with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):  # a client not trusting it is refused
