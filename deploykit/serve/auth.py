@@ -25,7 +25,12 @@ import ssl
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from deploykit.errors import BadInputError
+
+if TYPE_CHECKING:
+    from deploykit.config import ServiceConfig
 
 KEYS_ENV = "DEPLOYKIT_API_KEYS"
 # Paths any caller may reach: the probes (Kubernetes, KServe, tritonclient.is_server_ready).
@@ -100,16 +105,16 @@ def read_keys(environ: Mapping[str, str], keys_file: str | None) -> list[str] | 
     return keys
 
 
-def guard(settings: object, environ: Mapping[str, str] | None = None) -> Guard | None:
+def guard(settings: ServiceConfig, environ: Mapping[str, str] | None = None) -> Guard | None:
     """The service's ``Guard`` from its settings and environment (None: no keys, no auth).
 
     Raises:
         BadInputError: As ``read_keys``.
     """
-    keys = read_keys(os.environ if environ is None else environ, getattr(settings, "api_keys_file", None))
+    keys = read_keys(os.environ if environ is None else environ, settings.api_keys_file)
     if keys is None:
         return None
-    return Guard(keys, getattr(settings, "protect_metrics", False))
+    return Guard(keys, settings.protect_metrics)
 
 
 def check_tls(certfile: str | None, keyfile: str | None) -> None:
