@@ -204,7 +204,7 @@ def write_rows(cfg: PredictConfig, score: Callable[[list[str], int], Iterable[di
     Raises:
         BadInputError: As ``read_texts``; the temporary file is removed (on SIGTERM too).
     """
-    from tqdm import tqdm
+    from deploykit.progress import bar as progress_bar
 
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -214,7 +214,7 @@ def write_rows(cfg: PredictConfig, score: Callable[[list[str], int], Iterable[di
     n = 0
     try:
         with _terminate_as_interrupt(), os.fdopen(fd, "w", encoding="utf-8") as fh, \
-                tqdm(total=_count_rows(Path(cfg.data)), unit="row", desc="predict") as bar:
+                progress_bar(total=_count_rows(Path(cfg.data)), unit="row", desc="predict") as bar:
             while chunk := list(islice(texts, cfg.chunk_size)):
                 for result in score(chunk, n):
                     fh.write(json.dumps({"row": n, **result}) + "\n")

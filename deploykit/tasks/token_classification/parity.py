@@ -151,7 +151,7 @@ def pipeline_entities(model: Any, tokenizer: Any, texts: Sequence[str], max_leng
     """
     import copy
 
-    from tqdm.auto import tqdm
+    from deploykit.progress import bar as progress_bar
     from transformers import pipeline
     from transformers.pipelines.token_classification import AggregationStrategy
 
@@ -161,7 +161,7 @@ def pipeline_entities(model: Any, tokenizer: Any, texts: Sequence[str], max_leng
     # The pipeline's own parameter handling: how it windows for a stride, and its postprocess options.
     pre, _, _ = pipe._sanitize_parameters(aggregation_strategy="simple", stride=stride)
     out: dict[str, list] = {s: [] for s in strategies}
-    for text in tqdm(texts, desc=desc, unit="text", leave=False):
+    for text in progress_bar(texts, desc=desc, unit="text", leave=False):
         outputs = [pipe.forward(chunk) for chunk in pipe.preprocess(text, **pre)]
         for strategy in strategies:
             if strategy == "none" and len(outputs) > 1:
@@ -207,12 +207,12 @@ def compare(got: Sequence[Sequence[dict[str, Any]]], want: Sequence[Sequence[dic
 def runtime_logits(runtime: Runtime, texts: Sequence[str], sizes: Sequence[int], desc: str = "onnx",
                    progress: bool = True) -> tuple[list, np.ndarray]:
     """(windows, their logits) of ``texts`` through the serving runtime, batches cycling through ``sizes``."""
-    from tqdm.auto import tqdm
+    from deploykit.progress import bar as progress_bar
 
     rows = runtime.tokenize(texts)
     quiet = {} if progress else {"disable": True}  # passing disable=False would override TQDM_DISABLE
     out = np.empty(len(rows), dtype=object)
-    for part in tqdm(batches(len(rows), sizes), desc=desc, unit="batch", leave=False, **quiet):
+    for part in progress_bar(batches(len(rows), sizes), desc=desc, unit="batch", leave=False, **quiet):
         out[part] = runtime.run(rows[part])
     return rows, out
 
@@ -227,11 +227,11 @@ def batch_independence(runtime: Runtime, texts: Sequence[str], batched: np.ndarr
         ``{"max_abs_diff", "mean_abs_diff", "label_flips", "rows", "mixed_batch_size"}`` (rows and
         flips count windows: a window flips when any token's label differs).
     """
-    from tqdm.auto import tqdm
+    from deploykit.progress import bar as progress_bar
 
     rows = runtime.tokenize(texts)
     quiet = {} if progress else {"disable": True}
-    alone = [runtime.run([row])[0] for row in tqdm(rows, desc="rows alone", unit="row", leave=False, **quiet)]
+    alone = [runtime.run([row])[0] for row in progress_bar(rows, desc="rows alone", unit="row", leave=False, **quiet)]
     order = np.random.default_rng(seed).permutation(len(rows))
     mixed = np.empty(len(rows), dtype=object)
     for start in range(0, len(rows), batch_size):

@@ -81,7 +81,7 @@ def window_logits(model: Any, tokenizer: Any, rows: Sequence[Window], *, batch_s
         progress: Show a progress bar.
     """
     import torch
-    from tqdm.auto import tqdm
+    from deploykit.progress import bar as progress_bar
 
     device = next(model.parameters()).device
     was_training = model.training
@@ -89,7 +89,7 @@ def window_logits(model: Any, tokenizer: Any, rows: Sequence[Window], *, batch_s
     order = np.argsort([row.length for row in rows], kind="stable")
     out: list[np.ndarray] = [np.zeros((0, 0), dtype=np.float32)] * len(rows)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        for start in tqdm(range(0, len(rows), batch_size), desc="scoring", disable=not progress, leave=False):
+        for start in progress_bar(range(0, len(rows), batch_size), desc="scoring", disable=not progress, leave=False):
             index = order[start:start + batch_size]
             batch = tokenizer.pad([features(rows[i], tokenizer) for i in index], return_tensors="pt").to(device)
             logits = model(**batch).logits.float().cpu().numpy()

@@ -29,6 +29,7 @@ from deploykit.config import ServiceConfig
 from deploykit.manifest import Manifest
 from deploykit.serve import v2
 from deploykit.serve.app import Call, HTTPError, Reply, Route, json_reply, request_timeout
+from deploykit.serve.quoting import quote, shorten
 from deploykit.tasks.classification.serve import ClassificationBackend, Text, model_of, model_ready
 from deploykit.tasks.token_classification.head import AGGREGATIONS
 from deploykit.tasks.token_classification.runtime import Runtime
@@ -68,12 +69,14 @@ class NerBackend(ClassificationBackend):
         return (f"{r.name} (token-classification, variant {r.variant}, labels {r.labels}, aggregation "
                 f"{r.aggregation}, stride {r.stride}) with deploykit's batcher")
 
-    async def entities(self, call: Call, texts: list[str], aggregation: str | None, timeout_us: Any = None) -> list:
-        """Each text's entities, through the batcher (windows of every text as its rows)."""
+    async def entities(self, call: Call, texts: list[str], aggregation: str | None, timeout_us: Any = None,
+                       route: str = "ner") -> list:
+        """Each text's entities, through the batcher (windows of every text as its rows); ``route`` is
+        the metrics' route label."""
         strategy = self.runtime.check_aggregation(aggregation)
         batcher = self.batcher
         rows, logits = await batcher.submit(texts, deadline=batcher.deadline(request_timeout(call, timeout_us)),
-                                            disconnected=call.disconnected)
+                                            disconnected=call.disconnected, route=route, timeline=call.timeline)
         work = functools.partial(self.runtime.entities, texts, rows, logits, strategy)
         if len(rows) <= _INLINE_WINDOWS:
             return work()
@@ -111,14 +114,14 @@ async def ner(call: Call) -> Reply:
     backend: NerBackend = call.backend
     content_type = (call.header(b"content-type") or b"application/json").lower()
     if content_type.startswith(_NOT_JSON):
-        raise HTTPError(415, f"/ner takes a JSON body, not {content_type.decode(errors='replace')}; send "
+        raise HTTPError(415, f"/ner takes a JSON body, not {quote(content_type)}; send "
                         "Content-Type: application/json and {\"texts\": [...]}")
     model = request_model(backend.settings.max_texts)
     try:
         body = model.model_validate_json(call.body)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
-        where = ".".join(map(str, errors[0]["loc"])) or "the body"
+        where = shorten(".".join(map(str, errors[0]["loc"]))) or "the body"
         raise HTTPError(400, f"{len(errors)} validation error{'s' if len(errors) > 1 else ''} in the request body: "
                         f"{errors[0]['msg']} at {where}; send {{\"texts\": [1 to {backend.settings.max_texts} "
                         f"non-empty strings], \"aggregation\": one of {', '.join(AGGREGATIONS)} (optional)}}",
@@ -149,8 +152,8 @@ async def infer(call: Call) -> Reply:
         raise HTTPError(exc.status, str(exc)) from None
     aggregation = req.parameters.get("aggregation")
     if aggregation is not None and aggregation not in AGGREGATIONS:
-        raise HTTPError(400, f"parameter 'aggregation' is {aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
-    found = await backend.entities(call, req.texts, aggregation, req.timeout_us)
+        raise HTTPError(400, f"parameter 'aggregation' is {quote(aggregation)}; choose one of {', '.join(AGGREGATIONS)}")
+    found = await backend.entities(call, req.texts, aggregation, req.timeout_us, route="v2_infer")
     documents = [orjson.dumps(f) for f in found]
     entry: dict[str, Any] = {"name": OUTPUT, "datatype": "BYTES", "shape": [len(documents)]}
     head: dict[str, Any] = {"model_name": backend.name, "model_version": v2.VERSION, "outputs": [entry]}
