@@ -469,27 +469,68 @@ class BuildConfig:
         require(bool(self.artifact), "artifact", "give the artifact folder to pack")
 
 
+PREDICT_ENGINES = ("local", "ray")
+RAY_ONLY = ("address", "workers", "threads_per_worker", "object_store_memory", "allow_batch_dependent")
+
+
 @dataclass
 class _Predict:
-    """``deploykit predict``: torch-free batch scoring of a file with an artifact."""
+    """``deploykit predict``: torch-free batch scoring with an artifact, in one process or on Ray."""
 
     artifact: str = opt("", "Artifact folder written by 'deploykit export'.", positional=True)
-    data: str = opt("", "CSV, JSON (a list of objects), JSONL or Parquet file to score.")
+    data: str = opt("", "What to score: a CSV, JSON (a list of objects), JSONL or Parquet file, a folder "
+                    "of such files (any depth; names starting with . or _ skipped), or a URL of either "
+                    "(s3://bucket/prefix, gs://..., hdfs://..., file:///shared/path).")
     text_column: str = opt("text", "Column that holds the text (for a text-generation artifact: "
                            "the prompt).")
-    out: str = opt("predictions.jsonl", "JSONL file to write: one line per input row, in order.")
+    id_column: str | None = opt(None, "Column carried to the output to join on (default: each row "
+                                "carries its source file and row number instead).")
+    out: str | None = opt(None, "Where to write: a .jsonl file (local engine: one line per row, input "
+                          "order), or a folder or URL of Parquet parts with the completion marker "
+                          "_deploykit.json (default: predictions.jsonl; predictions/ with --engine ray).")
+    overwrite: bool = opt(False, "Delete what an earlier run left in the --out folder first (else a "
+                          "folder that holds files is refused).")
+    storage_options: str | None = opt(None, "JSON object of options of the URL's pyarrow filesystem, "
+                                      "e.g. '{\"endpoint_override\": \"http://127.0.0.1:9000\"}' (default: the "
+                                      "standard environment: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).")
+    engine: str = opt("local", "local (this process) or ray (Ray Data: an actor pool of --workers "
+                      "scorers, each loading the artifact once; docs/scale-out.md).", choices=PREDICT_ENGINES)
+    address: str | None = opt(None, "--engine ray: the cluster to join: auto (the one started on this "
+                              "machine with 'ray start'), HOST:PORT, or ray://HOST:10001 (Ray Client); "
+                              "default: a private single-node Ray started for this run.")
+    workers: int = opt(2, "--engine ray: scorer actors (each verifies and loads the artifact once).")
+    threads_per_worker: int = opt(1, "--engine ray: onnxruntime threads (and CPUs reserved) per actor.")
+    object_store_memory: int = opt(1 << 30, "--engine ray without --address: the private Ray's object "
+                                   "store cap in bytes.")
+    allow_batch_dependent: bool = opt(False, "--engine ray: score with a variant whose results move with "
+                                      "their batch mates (dynamic INT8); the marker records it.")
     variant: str | None = opt(None, "Model variant (default: the manifest's default_variant).")
-    threads: int | None = opt(None, "onnxruntime intra-op threads (default: all cores).")
+    threads: int | None = opt(None, "onnxruntime intra-op threads of the local engine (default: all cores).")
     max_batch_tokens: int = opt(16384, "Token budget of one model call.")
     max_batch_size: int = opt(64, "Most texts in one model call.")
-    chunk_size: int = opt(1024, "Rows read, scored and written per step (bounds memory).")
+    chunk_size: int = opt(1024, "Rows read, scored and written per step (bounds memory; a Ray batch).")
 
     def __post_init__(self) -> None:
         require(bool(self.artifact), "artifact", "give the artifact folder to score with")
-        require(bool(self.data), "data", "give the file to score")
-        for name in ("max_batch_tokens", "max_batch_size", "chunk_size"):
+        require(bool(self.data), "data", "give the file, folder or URL to score")
+        require(self.engine in PREDICT_ENGINES, "engine", f"choose one of {', '.join(PREDICT_ENGINES)}")
+        for name in ("max_batch_tokens", "max_batch_size", "chunk_size", "workers", "threads_per_worker",
+                     "object_store_memory"):
             require(getattr(self, name) > 0, name, "must be positive")
         require(self.threads is None or self.threads > 0, "threads", "must be positive")
+        if self.out is None:
+            self.out = "predictions" if self.engine == "ray" else "predictions.jsonl"
+        require(bool(self.out), "out", "give the file or folder to write")
+        if self.engine == "local":
+            defaults = _Predict.__dataclass_fields__
+            for name in RAY_ONLY:
+                require(getattr(self, name) == defaults[name].default, name, "applies to --engine ray only; "
+                         "add --engine ray or drop it")
+        else:
+            require(not self.out.lower().endswith(".jsonl"), "out", "--engine ray writes Parquet parts to a "
+                     "folder (rows in no particular order); name a folder or URL")
+            require(self.threads is None, "threads", "the local engine's; with --engine ray set "
+                     "--threads-per-worker")
 
 
 PredictConfig = assemble(_Predict, "PredictConfig")
