@@ -81,7 +81,7 @@ class BatchScorer:
         manifest = Manifest.verify(cfg.artifact)  # before anything loads, on every node
         self.scorer: predict.Scorer = tasks.get(manifest.task).part("predict").Scorer(cfg)
         self.text_column, self.keep, self.key_column = text_column, list(keep), key_column
-        log.info("scorer ready on node %s: %s, variant %s", _node_id(), self.scorer.name, self.scorer.variant)
+        log.info("scorer ready: %s, variant %s", self.scorer.name, self.scorer.variant)
 
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
@@ -99,12 +99,6 @@ class BatchScorer:
         if clash:
             raise BadInputError(f"the kept column(s) {', '.join(clash)} are also fields of the output; rename them")
         return pa.Table.from_pylist([{**{k: columns[k][i] for k in self.keep}, **r} for i, r in enumerate(results)])
-
-
-def _node_id() -> str:
-    import ray
-
-    return ray.get_runtime_context().get_node_id()
 
 
 def score(dataset: Any, artifact: str, *, text_column: str = "text", keep: Sequence[str] | None = None,
