@@ -195,6 +195,9 @@ class _Train(DataConfig):
     group_by_length: bool = opt(False, "Put rows of similar length in the same batch "
                                 "(less padding, faster).")
     resume: bool = opt(False, "Continue the run in --out from its RUN/last/ state.")
+    dist_timeout: float = opt(1800.0, "Under torchrun: seconds a collective (gradient all-reduce, "
+                              "barrier) may wait for the other processes before the run fails "
+                              "(a hung or unreachable node; a node that dies fails it at once).")
     lora_r: int = opt(8, "lora: rank of the adapters.")
     lora_alpha: float = opt(16.0, "lora: scaling numerator (the update is scaled by alpha / r).")
     lora_dropout: float = opt(0.0, "lora: dropout on the adapters' input.")
@@ -227,6 +230,7 @@ class _Train(DataConfig):
             value = getattr(self, name)
             require(value is None or value > 0, name, "must be a positive number")
         require(self.log_every > 0, "log_every", "must be positive")
+        require(self.dist_timeout > 0, "dist_timeout", "must be positive seconds")
 
 
 TrainConfig = assemble(_Train, "TrainConfig")
