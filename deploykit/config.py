@@ -682,6 +682,7 @@ class TritonConfig:
 # --- Deployment (deploykit/deploy) ------------------------------------------------------------
 
 CONTAINER_BACKENDS = ("docker", "buildah", "podman")
+TRAIN_KINDS = ("job", "trainjob")
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
 
 
@@ -701,6 +702,9 @@ class ContainerizeConfig:
                     "fp32 fused 'opt' variant on the CUDA provider.")
     train: bool = opt(False, "Build the training image (k8s/training/Dockerfile: deploykit "
                       "with the train extra) instead of the serving image.")
+    ray: bool = opt(False, "Build the batch-scoring image of an artifact (k8s/batch/Dockerfile: "
+                    "deploykit[ray] at the pinned Ray, the artifact at /opt/deploykit/artifact) for "
+                    "'deploykit k8s --batch-job' instead of the serving image.")
     dockerfile_only: str | None = opt(None, "Write the Dockerfile (and its build context) to "
                                       "this folder instead of building an image.")
     archive: str | None = opt(None, "Also write the image to this OCI archive file (podman "
@@ -716,6 +720,8 @@ class ContainerizeConfig:
                  f"choose one of {', '.join(CONTAINER_BACKENDS)}")
         require(not (self.train and self.gpu), "gpu",
                  "--gpu applies to the serving image; the training image takes TORCH_INDEX_URL")
+        require(not (self.ray and (self.train or self.gpu or self.archive)), "ray",
+                 "--ray builds the CPU batch-scoring image; drop --train, --gpu and --archive")
 
 
 @dataclass
@@ -740,6 +746,14 @@ class KubeConfig:
     train_args: str = opt("--data tweets --model minilm --out /runs/tweets",
                           "--train: arguments of 'deploykit train' (the run folder should be "
                           "under /runs, the shared volume).")
+    train_kind: str = opt("job", "--train: job (an Indexed Job and torchrun: core kinds only) or "
+                          "trainjob (a Kubeflow Trainer v2 TrainJob on the torch-distributed runtime; "
+                          "Trainer v2.3 pinned).", choices=TRAIN_KINDS)
+    batch_job: bool = opt(False, "Render a KubeRay RayJob that runs 'deploykit predict --engine ray' on "
+                          "--nodes worker pods (image: deploykit containerize --ray) instead of the service.")
+    batch_args: str = opt("--data s3://bucket/texts/ --out s3://bucket/predictions/ --id-column id",
+                          "--batch-job: arguments of 'deploykit predict' after the artifact the image "
+                          "holds (data and output on storage every pod reaches).")
     manifests: str | None = opt(None, "The k8s/ folder to render from (default: the one in "
                                 "this checkout).")
     validate: bool = opt(True, "Build the overlay with 'kubectl kustomize' and validate it "
@@ -760,6 +774,11 @@ class KubeConfig:
         require(1 <= self.port <= 65535, "port", f"{self.port} is not a TCP port")
         require(self.nodes >= 1, "nodes", "must be at least 1")
         require(self.nproc_per_node >= 1, "nproc_per_node", "must be at least 1")
+        require(self.train_kind in TRAIN_KINDS, "train_kind", f"choose one of {', '.join(TRAIN_KINDS)}")
+        require(self.train or self.train_kind == "job", "train_kind", "applies to --train; add --train")
+        require(not (self.batch_job and self.train), "batch_job", "renders the scoring job; drop --train")
+        require(not (self.batch_job and self.gpu), "gpu", "--batch-job scores on CPU workers (the "
+                 "batch-independent variants); drop --gpu")
         require(self.namespace is None or re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
                                                      self.namespace) is not None,
                  "namespace", f"{self.namespace!r} is not a valid namespace name")

@@ -12,12 +12,12 @@ import yaml
 from factories import hand_made_artifact
 
 from deploykit.config import KubeConfig
-from deploykit.deploy import k8s, validate
+from deploykit.deploy import crd, k8s, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
 needs_kubectl = pytest.mark.usefixtures("kubectl")  # tests/outside_tools.py: fail in CI, else skip
-KUSTOMIZATIONS = ["base", "overlays/cpu", "overlays/gpu", "training"]
+KUSTOMIZATIONS = ["base", "overlays/cpu", "overlays/gpu", "training", "trainjob", "batch"]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -58,12 +58,14 @@ def rendered(tmp_path_factory) -> dict[str, Path]:
 def test_every_plain_manifest_validates_strictly():
     files = [p for p in K8S.rglob("*.yaml") if "overlays" not in p.parts]  # overlay files are patches
     docs = [d for p in files for d in validate.load_documents(p) if d["kind"] != "Kustomization"]
+    docs, custom = crd.custom(docs)  # the operators' kinds: against their pinned CRDs (k8s/crds)
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(["Deployment", "Service", "HorizontalPodAutoscaler",
                             "PodDisruptionBudget", "NetworkPolicy", "Job", "Service",
-                            "PersistentVolumeClaim"])
+                            "PersistentVolumeClaim", "PersistentVolumeClaim"])
     assert validate.versions()[0] == "1.29" and len(validate.versions()) == 2
     assert validate.validate_documents(docs) == []
+    assert sorted(d["kind"] for d in custom) == ["RayJob", "TrainJob"] and crd.validate(custom, K8S / "crds") == []
 
 
 def test_strict_validation_rejects_a_misspelt_field():
@@ -78,8 +80,9 @@ def test_strict_validation_rejects_a_misspelt_field():
 @needs_kubectl
 @pytest.mark.parametrize("folder", KUSTOMIZATIONS)
 def test_kustomize_builds_and_validates(folder):
-    docs = validate.kustomize_build(K8S / folder)
-    assert docs and validate.validate_documents(docs) == []
+    docs, custom = crd.custom(validate.kustomize_build(K8S / folder))
+    assert docs or custom
+    assert validate.validate_documents(docs) == [] and crd.validate(custom, K8S / "crds") == []
 
 
 def _pod(doc: dict) -> dict:

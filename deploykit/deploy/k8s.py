@@ -20,6 +20,7 @@ import yaml
 
 from deploykit import tasks
 from deploykit.config import KubeConfig, ServiceConfig
+from deploykit.deploy import jobs
 from deploykit.errors import BadInputError, DeployKitError
 from deploykit.files import atomic_folder
 from deploykit.manifest import Manifest
@@ -176,9 +177,12 @@ def kustomization(cfg: KubeConfig, values: dict[str, str], root: Path, resource:
         doc["namespace"] = cfg.namespace
     # The overlays name a placeholder registry; map it (and the bare name) to the user's image.
     placeholder = TRAIN_IMAGE if cfg.train else SERVE_IMAGE
-    doc["images"] = [{"name": n, **split_image(cfg.image)}
-                     for n in _image_names(root / resource, placeholder)]
-    if cfg.train:
+    if not jobs.applies(cfg):  # a custom resource's image is set by its JSON patch
+        doc["images"] = [{"name": n, **split_image(cfg.image)}
+                         for n in _image_names(root / resource, placeholder)]
+    if jobs.applies(cfg):
+        patches = jobs.patches(cfg, _resources(cfg).get("resources"))
+    elif cfg.train:
         patches = _train_patches(cfg)
     else:
         doc["replicas"] = [{"name": SERVER, "count": cfg.replicas}]
@@ -200,12 +204,14 @@ def render(cfg: KubeConfig) -> Path:
         BadInputError: On a missing manifests folder or a bad artifact.
         DeployKitError: If the built overlay fails strict validation (a bug; nothing is written).
     """
-    from deploykit.deploy import validate
+    from deploykit.deploy import crd, validate
 
     src = manifests_dir(cfg.manifests)
     # Only the manifest is read: rendering does not need the model files.
     values = serving_values(Manifest.read(cfg.artifact) if cfg.artifact else None, cfg.gpu)
-    if cfg.train:
+    if jobs.applies(cfg):
+        copies = [resource := jobs.source(cfg)]
+    elif cfg.train:
         copies, resource = ["training"], "training"
     else:
         flavour = "gpu" if cfg.gpu else "cpu"
@@ -226,7 +232,8 @@ def render(cfg: KubeConfig) -> Path:
                 log.warning("kubectl not found: the overlay was written but not built or "
                             "validated (install kubectl to check it)")
             else:
-                problems = validate.validate_documents(validate.kustomize_build(tmp))
+                core, custom = crd.custom(validate.kustomize_build(tmp))
+                problems = validate.validate_documents(core) + crd.validate(custom, src / "crds")
                 if problems:
                     raise DeployKitError("the rendered overlay failed strict validation:\n  "
                                          + "\n  ".join(problems))

@@ -5,3 +5,5 @@ folder or a URL in; JSONL, or Parquet parts with a completion marker, out); ``ra
 engine (``deploykit predict --engine ray`` and the Python API ``deploykit.scale.ray.score``).
 Nothing here schedules work itself: Ray does (docs/scale-out.md).
 """
+
+RAY_VERSION = "2.60.0"  # deploykit[ray]'s pin (pyproject.toml): the RayJob's rayVersion and the --ray image's Ray

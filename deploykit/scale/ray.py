@@ -32,11 +32,10 @@ from deploykit import predict, tasks
 from deploykit.config import PredictConfig, from_dict
 from deploykit.errors import BadInputError, DeployKitError
 from deploykit.manifest import BATCH_INDEPENDENCE_ATOL, Manifest
-from deploykit.scale import storage
+from deploykit.scale import RAY_VERSION, storage  # noqa: F401 (RAY_VERSION: the pin, re-exported)
 
 log = logging.getLogger(__name__)
 
-RAY_VERSION = "2.60.0"  # deploykit[ray]'s pin: the RayJob's rayVersion and the --ray image's Ray
 # Reading and writing are I/O: they reserve a quarter CPU each, so they run beside scorer actors that
 # hold whole CPUs (with 2 CPUs and 2 actors x 1 CPU, whole-CPU readers would never be scheduled).
 IO_CPUS = 0.25
