@@ -23,11 +23,12 @@ import os
 import signal
 import tempfile
 import threading
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from deploykit import __version__, tasks
 from deploykit.config import PredictConfig, check_task
@@ -35,7 +36,7 @@ from deploykit.errors import BadInputError
 from deploykit.files import sha256_file
 from deploykit.manifest import MANIFEST, Manifest
 from deploykit.scale import storage
-from deploykit.scale.storage import FORMATS  # noqa: F401 (the formats predict reads, re-exported)
+from deploykit.scale.storage import FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +101,14 @@ def _json_rows(name: str, fh: BinaryIO) -> Iterator[dict[str, Any]]:
 
 def _parquet_rows(name: str, fh: Any, columns: list[str]) -> Iterator[dict[str, Any]]:
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise BadInputError(f"reading {name} needs pyarrow, which is not installed; "
                             "'pip install pyarrow' or convert the file to CSV/JSONL") from None
     try:
         parquet = pq.ParquetFile(fh)
-    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...: all mean "not Parquet"
+    except (pa.ArrowException, OSError, ValueError) as exc:  # ArrowInvalid, ...: all mean "not Parquet"
         raise BadInputError(f"{name} is not a readable Parquet file ({exc}); rewrite it or remove it") from None
     names = parquet.schema_arrow.names
     for column, option in zip(columns, ("--text-column", "--id-column")):
@@ -190,6 +192,7 @@ def _count_rows(fs: Any, files: list[tuple[str, str]]) -> int | None:
     """Rows of every file, for the progress bar (Parquet footers only; None otherwise)."""
     if not all(path.lower().endswith(".parquet") for _, path in files):
         return None
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     total = 0
@@ -197,7 +200,7 @@ def _count_rows(fs: Any, files: list[tuple[str, str]]) -> int | None:
         try:
             with fs.open(path, "rb") as fh:
                 total += pq.ParquetFile(fh).metadata.num_rows
-        except Exception:  # read_rows names the broken file
+        except (pa.ArrowException, OSError, ValueError):  # read_rows names the broken file
             return None
     return total
 

@@ -55,7 +55,7 @@ class Cluster:
         script = (f"import json, ray\nray.init(address={self.address!r}, logging_level='ERROR')\n{code}\n"
                   "ray.shutdown()\n")
         proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, **self.env})
+                              check=False, env={**os.environ, **self.env})
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc.stdout
 
@@ -127,10 +127,10 @@ def start(env: dict[str, str], cpus: int = 2, timeout: float = 120) -> Cluster:
         for ip, extra in ((HEAD, ["--head", "--port", str(port), "--include-dashboard", "false",
                                   "--temp-dir", str(temp)]),
                           (WORKER, ["--address", cluster.address])):
-            log = open(temp / f"{ip}.log", "w")
-            cluster.procs.append(subprocess.Popen(
-                [ray, "start", "--node-ip-address", ip, "--dashboard-agent-listen-port", str(_free_port(ip)),
-                 *extra, *common], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
+            with open(temp / f"{ip}.log", "w") as log:  # the node keeps its own copy of the descriptor
+                cluster.procs.append(subprocess.Popen(
+                    [ray, "start", "--node-ip-address", ip, "--dashboard-agent-listen-port", str(_free_port(ip)),
+                     *extra, *common], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
             deadline = time.monotonic() + timeout
             while "--block" not in (temp / f"{ip}.log").read_text():  # printed once the node is up
                 assert all(p.poll() is None for p in cluster.procs), (temp / f"{ip}.log").read_text()[-3000:]

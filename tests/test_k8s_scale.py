@@ -11,10 +11,10 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from deploykit.cli import build_config, build_parser
 from deploykit.config import PredictConfig, TrainConfig
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("kubectl")  # tests/outside_tools.py: fail 
 def render(tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "overlay"
     proc = subprocess.run([sys.executable, "-m", "deploykit", "k8s", "--image", "reg.example.com/dk:1", *args,
-                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "validated strictly" in proc.stderr
     docs = validate.kustomize_build(out)
@@ -118,14 +118,15 @@ def test_bad_job_options_are_refused_with_exit_2(tmp_path):
     for args, message in ((["--train-kind", "trainjob"], "add --train"), (["--batch-job", "--train"], "drop --train"),
                           (["--batch-job", "--gpu"], "drop --gpu")):
         proc = subprocess.run([sys.executable, "-m", "deploykit", "k8s", "--image", "x:1", *args, "--out",
-                               str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT, timeout=60)
+                               str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 
 def test_containerize_ray_writes_a_torch_free_context_with_the_verified_artifact(serve_artifact, tmp_path):
     out = tmp_path / "context"
     proc = subprocess.run([sys.executable, "-m", "deploykit", "containerize", str(serve_artifact), "--ray",
-                           "--dockerfile-only", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+                           "--dockerfile-only", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          check=False)
     assert proc.returncode == 0, proc.stderr
     dockerfile = (out / "Dockerfile").read_text()
     assert 'pip install ".[ray]" "ray[default]==${RAY_VERSION}"' in dockerfile
@@ -138,5 +139,5 @@ def test_containerize_ray_writes_a_torch_free_context_with_the_verified_artifact
     (tampered / "tokenizer.json").write_text("{}")
     proc = subprocess.run([sys.executable, "-m", "deploykit", "containerize", str(tampered),
                            "--ray", "--dockerfile-only", str(tmp_path / "c2")], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
+                          cwd=ROOT, timeout=120, check=False)
     assert proc.returncode == 4 and "tokenizer.json" in proc.stderr and not (tmp_path / "c2").exists()

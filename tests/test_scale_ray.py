@@ -75,7 +75,7 @@ def ray_env(tmp_path_factory) -> dict[str, str]:
 
 def deploykit(*args, env, timeout=600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "deploykit", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout, env={**os.environ, **env})
+                          cwd=ROOT, timeout=timeout, env={**os.environ, **env}, check=False)
 
 
 def read_parts(folder: Path) -> list[dict]:
@@ -183,7 +183,7 @@ def test_a_killed_scorer_actor_is_replaced_and_every_row_is_written_once(cluster
                     killed = actors[0]
                     os.kill(killed, signal.SIGKILL)
             time.sleep(0.2)
-        stdout, stderr = proc.communicate(timeout=600)
+        _, stderr = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()

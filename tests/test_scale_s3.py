@@ -26,9 +26,9 @@ def s3(tmp_path_factory):
     import pyarrow as pa
     import pyarrow.parquet as pq
     from moto.server import ThreadedMotoServer
+    from ray_cluster import environment
 
     from deploykit.serve.launch import free_port
-    from ray_cluster import environment
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -54,7 +54,7 @@ def s3(tmp_path_factory):
 def predict(*args, env) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     return subprocess.run([sys.executable, "-m", "deploykit", "predict", *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=600, env={**clean, **env})
+                          text=True, cwd=ROOT, timeout=600, env={**clean, **env}, check=False)
 
 
 def rows(client, prefix: str) -> list[dict]:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import copy
 import gzip
-from functools import lru_cache
+from collections.abc import Iterable
+from functools import cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -42,7 +43,7 @@ def _strict(schema: Any) -> Any:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def schema(kind: str, folder: str) -> dict[str, Any]:
     """The strict JSON schema of ``kind``'s served version, from its pinned CRD.
 

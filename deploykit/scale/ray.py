@@ -20,12 +20,12 @@ Torch-free: Ray Data, pyarrow, onnxruntime and the task's runtime only.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import socket
 import time
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 from deploykit import predict, tasks
