@@ -1,6 +1,6 @@
 """Ray Data batch scoring against the local engine, on this machine (issue 27's overhead target).
 
-    python benchmarks/ray_scoring.py --artifact ART            # full size: 100,000 rows, ~13 min
+    python benchmarks/ray_scoring.py --artifact ART            # full size: 100,000 rows, about 15 min
     python benchmarks/ray_scoring.py --artifact ART --rows 2000 --files 4 --out /tmp/smoke   # smoke test
 
 Run it alone on a quiet machine (1-minute load under 1.0): the results record ``uptime`` before and
@@ -17,8 +17,8 @@ each engine in its own process (interleaved, so drift hits both alike):
   object store capped at 1 GB, 2 actors x 1 thread)
 
 and records the wall time from launch to the completion marker, rows/s over that time (Ray's
-start-up included: it is what a user waits for), and the time from launch to the first Parquet
-part on disk. Start-up is measured apart: each engine scores a one-row file, from launch to the
+start-up included: it is what a user waits for; the target is on this figure), the same rate with
+each engine's start-up taken off, and the time from launch to the first Parquet part on disk. Start-up is measured apart: each engine scores a one-row file, from launch to the
 marker (the time to the first scored row). Both engines must write every row exactly once (the
 marker's row count) or the run stops.
 
@@ -161,11 +161,15 @@ def main() -> None:
     for name in engines:
         mine = [r for r in rounds if r["engine"] == name]
         firsts = [r["first_part_s"] for r in mine if r["first_part_s"] is not None]
+        seconds = statistics.median(r["seconds"] for r in mine)
         summary[name] = {"median_rows_per_s": statistics.median(r["rows_per_s"] for r in mine),
-                         "median_seconds": statistics.median(r["seconds"] for r in mine),
+                         "median_seconds": seconds,
                          "median_first_part_s": statistics.median(firsts) if firsts else None,
-                         "startup_s": startup[name]["seconds"]}
+                         "startup_s": startup[name]["seconds"],
+                         # The steady rate: the engine's own start-up (the one-row run) taken off.
+                         "rows_per_s_after_startup": round(args.rows / max(seconds - startup[name]["seconds"], 1e-9), 1)}
     ratio = summary["ray"]["median_rows_per_s"] / summary["local"]["median_rows_per_s"]
+    steady = summary["ray"]["rows_per_s_after_startup"] / summary["local"]["rows_per_s_after_startup"]
     import ray
 
     quiet = all(r["load_before"] < QUIET_LOAD for r in [*rounds, *startup.values()])
@@ -178,7 +182,8 @@ def main() -> None:
               "engines": {k: " ".join(v) for k, v in engines.items()},
               "startup": startup, "rounds": rounds, "summary": summary,
               "seconds_total": round(time.monotonic() - started, 1),
-              "ray_over_local": round(ratio, 3), "target": TARGET, "met": ratio >= TARGET}
+              "ray_over_local": round(ratio, 3), "ray_over_local_after_startup": round(steady, 3),
+              "target": TARGET, "met": ratio >= TARGET}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -198,7 +203,9 @@ def main() -> None:
     per_actor = summary["ray"]["median_rows_per_s"] / 2
     lines += ["", (f"Median rows/s: local {summary['local']['median_rows_per_s']}, ray "
                    f"{summary['ray']['median_rows_per_s']} ({per_actor:.1f} per actor): **ray / local = {ratio:.3f}** "
-                   f"(target >= {TARGET}: {'met' if ratio >= TARGET else 'missed'}). Total {record['seconds_total']} s.")]
+                   f"(target >= {TARGET}: {'met' if ratio >= TARGET else 'missed'}). Without each engine's start-up: "
+                   f"local {summary['local']['rows_per_s_after_startup']}, ray {summary['ray']['rows_per_s_after_startup']} "
+                   f"rows/s, ray / local = {steady:.3f}. Total {record['seconds_total']} s.")]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -104,8 +104,8 @@ def _parquet_rows(name: str, fh: Any, columns: list[str]) -> Iterator[dict[str, 
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise BadInputError(f"reading {name} needs pyarrow, which is not installed; "
-                            "'pip install pyarrow' or convert the file to CSV/JSONL") from None
+        raise BadInputError(f"reading {name} needs pyarrow, which is not installed; pip install pyarrow "
+                            "(or pip install 'deploykit[ray]'), or convert the file to CSV/JSONL") from None
     try:
         parquet = pq.ParquetFile(fh)
     except (pa.ArrowException, OSError, ValueError) as exc:  # ArrowInvalid, ...: all mean "not Parquet"
@@ -192,8 +192,11 @@ def _count_rows(fs: Any, files: list[tuple[str, str]]) -> int | None:
     """Rows of every file, for the progress bar (Parquet footers only; None otherwise)."""
     if not all(path.lower().endswith(".parquet") for _, path in files):
         return None
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:  # read_rows says what to install
+        return None
 
     total = 0
     for _, path in files:

@@ -28,6 +28,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 import lengthtask  # noqa: E402,F401
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_ray_token_in_home():
+    """Every Ray the tests start uses the session's token (above): none may create ~/.ray/auth_token,
+    which every later Ray on the machine would use."""
+    token = Path.home() / ".ray" / "auth_token"
+    before = token.exists()
+    yield
+    assert before or not token.exists(), (f"a test started a Ray without the session's RAY_AUTH_TOKEN_PATH and it "
+                                          f"created {token}; keep RAY_AUTH_* in the environment of every Ray")
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from factories import tiny_tokenizer

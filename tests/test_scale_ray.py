@@ -213,7 +213,7 @@ def test_errors_in_read_tasks_keep_their_message_and_exit_code_and_leave_nothing
 
 # --- refusals before any Ray starts (no cluster needed) ------------------------------------------
 
-def test_batch_dependent_variant_is_refused_unless_allowed(serve_artifact, data, tmp_path, ray_env):
+def test_batch_dependent_variant_is_refused_unless_allowed(serve_artifact, data, tmp_path, ray_env, cluster):
     from dataclasses import replace
 
     art = tmp_path / "artifact"
@@ -227,12 +227,12 @@ def test_batch_dependent_variant_is_refused_unless_allowed(serve_artifact, data,
     assert done.returncode == 2
     assert "batch-dependent" in done.stderr and "--allow-batch-dependent" in done.stderr and "0.05" in done.stderr
     assert not (tmp_path / "out").exists()
-    # Allowed (on a private single-node Ray this time), the marker says so.
+    # Allowed, the marker says so (a private single-node Ray is tested in test_scale_s3.py).
     done = deploykit("predict", art, "--data", data / "part-1.parquet", "--engine", "ray", "--out", tmp_path / "out",
-                     "--allow-batch-dependent", "--workers", 1, "--object-store-memory", 100_000_000, env=ray_env)
+                     "--allow-batch-dependent", "--workers", 1, "--address", cluster.address, env=ray_env)
     assert done.returncode == 0, done.stderr[-3000:]
     marker = json.loads((tmp_path / "out" / storage.MARKER).read_text())
-    assert marker["batch_dependent_allowed"] is True and marker["rows"] == 500 and marker["nodes"] == 1
+    assert marker["batch_dependent_allowed"] is True and marker["rows"] == 500 and marker["nodes"] == 2
 
 
 def test_a_tampered_artifact_is_exit_4_and_a_local_path_with_a_remote_cluster_exit_2(serve_artifact, data, tmp_path, ray_env):

@@ -67,7 +67,7 @@ def rows(client, prefix: str) -> list[dict]:
             for r in pq.read_table(io.BytesIO(client.get_object(Bucket="texts", Key=k)["Body"].read())).to_pylist()]
 
 
-def test_both_engines_read_and_write_s3_with_a_marker(s3, serve_artifact, tmp_path):
+def test_both_engines_read_and_write_s3_with_a_marker(s3, serve_artifact, tmp_path, monkeypatch):
     env, client = s3["env"], s3["client"]
     local = predict(serve_artifact, "--data", "s3://texts/in/", "--out", "s3://texts/out-local/", "--id-column", "id",
                     env=env)
@@ -78,17 +78,18 @@ def test_both_engines_read_and_write_s3_with_a_marker(s3, serve_artifact, tmp_pa
     by_engine = {name: {r["id"]: r for r in rows(client, f"out-{name}/")} for name in ("local", "ray")}
     assert sorted(by_engine["local"]) == sorted(by_engine["ray"]) == list(range(300))
     assert all(by_engine["local"][i]["label"] == by_engine["ray"][i]["label"] for i in range(300))
-    os.environ.update(env)  # read_marker in this process reaches moto through the same environment
-    try:
-        for name in ("local", "ray"):
-            marker = storage.read_marker(f"s3://texts/out-{name}/")
-            assert marker["rows"] == 300 and marker["engine"] == name
-            listed = {o["Key"].split("/", 1)[1] for o in client.list_objects_v2(
-                Bucket="texts", Prefix=f"out-{name}/")["Contents"]} - {storage.MARKER, ""}  # "": the folder object
-            assert {p["file"] for p in marker["parts"]} == listed
-    finally:
-        for key in env:
-            os.environ.pop(key, None)
+    # read_marker in this process reaches moto through the same AWS_* environment; monkeypatch puts
+    # back what was there (the session's RAY_* variables stay: a later Ray in this process needs them).
+    for key, value in env.items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    for name in ("local", "ray"):
+        marker = storage.read_marker(f"s3://texts/out-{name}/")
+        assert marker["rows"] == 300 and marker["engine"] == name
+        assert name == "local" or marker["nodes"] == 1  # no --address: a private single-node Ray
+        listed = {o["Key"].split("/", 1)[1] for o in client.list_objects_v2(
+            Bucket="texts", Prefix=f"out-{name}/")["Contents"]} - {storage.MARKER, ""}  # "": the folder object
+        assert {p["file"] for p in marker["parts"]} == listed
     # A rerun into a prefix that holds a run is refused; --overwrite replaces it.
     again = predict(serve_artifact, "--data", "s3://texts/in/part-0.parquet", "--out", "s3://texts/out-local/", env=env)
     assert again.returncode == 2 and "--overwrite" in again.stderr
