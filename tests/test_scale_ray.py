@@ -211,7 +211,7 @@ def test_errors_in_read_tasks_keep_their_message_and_exit_code_and_leave_nothing
     assert not out.exists() or list(out.iterdir()) == []
 
 
-# --- refusals before any Ray starts (no cluster needed) ------------------------------------------
+# --- refusals, checked before Ray scores anything --------------------------------------------------
 
 def test_batch_dependent_variant_is_refused_unless_allowed(serve_artifact, data, tmp_path, ray_env, cluster):
     from dataclasses import replace
