@@ -155,9 +155,11 @@ def write_bodies(path: Path, target: Target, texts: list[str], per_request: int)
     return path
 
 
-def run_wrk(url: str, bodies: Path, concurrency: int, seconds: float) -> dict:
-    """One wrk run (one thread, ``concurrency`` keep-alive connections); the script's JSON line."""
-    proc = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency",
+def run_wrk(url: str, bodies: Path, concurrency: int, seconds: float, headers: dict[str, str] | None = None) -> dict:
+    """One wrk run (one thread, ``concurrency`` keep-alive connections, ``headers`` on every
+    request); the script's JSON line."""
+    extra = [arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")]
+    proc = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency", *extra,
                            "--timeout", "30s", "-s", str(WRK_SCRIPT), url, "--", str(bodies)],
                           capture_output=True, text=True, timeout=seconds + 120)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("WRK_JSON ")), None)

@@ -406,7 +406,19 @@ class _Service:
     access_log: bool = opt(False, "BentoML's access log (one line per request).")
     request_metrics: bool = opt(False, "BentoML's per-request metrics (one series per URL path) on "
                                 "/metrics beside deploykit's.")
-    tracing: bool = opt(False, "BentoML's OpenTelemetry tracing of requests (bypassed when off).")
+    tracing: bool = opt(False, "OpenTelemetry spans of every request (tokenize, queue, batch step, "
+                        "respond), children of the client's traceparent, through BentoML's tracer "
+                        "provider; exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.")
+    trace_sample_rate: float = opt(1.0, "With tracing: the fraction of new traces sampled (a client's "
+                                   "sampled traceparent is always followed).")
+    log_format: str = opt("text", "Log lines as text or json (one JSON object per line, with the "
+                          "trace and span ids of the request being served).", choices=("text", "json"))
+    api_keys_file: str | None = opt(None, "File of API keys, one per line (DEPLOYKIT_API_KEYS holds keys "
+                                    "inline, comma-separated): with either, every request but the probes "
+                                    "needs 'Authorization: Bearer KEY'.")
+    protect_metrics: bool = opt(False, "With API keys: /metrics needs a key too.")
+    ssl_certfile: str | None = opt(None, "PEM certificate: serve HTTPS (with --ssl-keyfile).")
+    ssl_keyfile: str | None = opt(None, "PEM private key of --ssl-certfile.")
     providers: str = opt("CPUExecutionProvider", "onnxruntime execution providers, comma-separated "
                          "in order of preference (e.g. CUDAExecutionProvider,CPUExecutionProvider).")
     batcher: str = opt("deploykit", "Who batches /classify: deploykit's own dynamic batcher "
@@ -428,6 +440,8 @@ class _Service:
         require(self.max_latency_ms is None or self.max_latency_ms >= 0, "max_latency_ms", "must be >= 0")
         require(self.batcher in BATCHERS, "batcher", f"choose one of {', '.join(BATCHERS)}")
         require(self.spin in ("auto", "on", "off"), "spin", "choose auto, on or off")
+        require(self.log_format in ("text", "json"), "log_format", "choose text or json")
+        require(0 <= self.trace_sample_rate <= 1, "trace_sample_rate", "must be a fraction in [0, 1]")
         require(bool(self.provider_list()), "providers", "name at least one execution provider")
 
     def spins(self, task_default: bool) -> bool:
@@ -754,6 +768,23 @@ class KubeConfig:
     batch_args: str = opt("--data s3://bucket/texts/ --out s3://bucket/predictions/ --id-column id",
                           "--batch-job: arguments of 'deploykit predict' after the artifact the image "
                           "holds (data and output on storage every pod reaches).")
+    kind: str = opt("deployment", "What runs the service: deployment (Deployment, Service, autoscaler, "
+                    "PodDisruptionBudget, NetworkPolicy) or kserve (a KServe InferenceService, raw "
+                    "mode).", choices=("deployment", "kserve"))
+    autoscale: str | None = opt(None, "Autoscaler: cpu (HPA on CPU), queue (HPA on the per-pod queue "
+                                "wait through prometheus-adapter; its rule is written to "
+                                "OUT-adapter-rules.yaml), keda (KEDA ScaledObject on the mean queue "
+                                "wait and CPU). Default: cpu; queue with --gpu.",
+                                choices=("cpu", "queue", "keda"))
+    prometheus_url: str = opt("http://prometheus-server.monitoring.svc", "--autoscale keda: the "
+                              "Prometheus KEDA queries.")
+    queue_wait_target_ms: float = opt(100.0, "--autoscale queue or keda: the mean queue wait to hold "
+                                      "(a fifth of the default 500 ms admission bound).")
+    api_keys_secret: str | None = opt(None, "Secret whose key 'api-keys' holds the API keys, one per "
+                                      "line: mounted read-only, DEPLOYKIT_API_KEYS_FILE points at it "
+                                      "(no key ever enters the manifests).")
+    tls_secret: str | None = opt(None, "kubernetes.io/tls Secret: the service serves HTTPS with its "
+                                 "tls.crt and tls.key; probes and scrape annotations say https.")
     manifests: str | None = opt(None, "The k8s/ folder to render from (default: the one in "
                                 "this checkout).")
     validate: bool = opt(True, "Build the overlay with 'kubectl kustomize' and validate it "
@@ -782,6 +813,23 @@ class KubeConfig:
         require(self.namespace is None or re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
                                                      self.namespace) is not None,
                  "namespace", f"{self.namespace!r} is not a valid namespace name")
+        require(self.kind in ("deployment", "kserve"), "kind", "choose deployment or kserve")
+        require(self.autoscale in (None, "cpu", "queue", "keda"), "autoscale", "choose cpu, queue or keda")
+        for name in ("kind", "autoscale", "api_keys_secret", "tls_secret"):
+            require(not ((self.train or self.batch_job) and getattr(self, name) not in (None, "deployment")), name,
+                    f"is a setting of the service; drop it with {'--train' if self.train else '--batch-job'}")
+        for name in ("api_keys_secret", "tls_secret"):
+            value = getattr(self, name)
+            require(value is None or re.match(r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$", value) is not None,
+                    name, f"{value!r} is not a valid Secret name")
+        require(self.queue_wait_target_ms > 0, "queue_wait_target_ms", "must be a positive number of ms")
+        require(self.prometheus_url.startswith(("http://", "https://")), "prometheus_url",
+                f"{self.prometheus_url!r} must start with http:// or https://")
+
+    @property
+    def autoscaler(self) -> str:
+        """``autoscale``, or its default: queue on a GPU (CPU is the wrong signal there), else cpu."""
+        return self.autoscale or ("queue" if self.gpu else "cpu")
 
 
 # --- Demo (deploykit/demo.py) ---------------------------------------------------------------

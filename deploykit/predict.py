@@ -307,7 +307,7 @@ def writes_jsonl(cfg: PredictConfig) -> bool:
 def _write_jsonl(cfg: PredictConfig, scorer: Scorer, loc: storage.Location, files: list[tuple[str, str]],
                  size: int) -> int:
     """Every row as one JSON line, in input order, to a temporary file renamed to ``--out`` at the end."""
-    from tqdm import tqdm
+    from deploykit.progress import bar as progress_bar
 
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -315,7 +315,7 @@ def _write_jsonl(cfg: PredictConfig, scorer: Scorer, loc: storage.Location, file
     n = 0
     try:
         with _terminate_as_interrupt(), os.fdopen(fd, "w", encoding="utf-8") as fh, \
-                tqdm(total=_count_rows(loc.fs, files), unit="row", desc="predict") as bar:
+                progress_bar(total=_count_rows(loc.fs, files), unit="row", desc="predict") as bar:
             for name, path in files:
                 for chunk in file_chunks(loc.fs, path, name, cfg, size):
                     for record in score_chunk(scorer, chunk, cfg):
@@ -334,9 +334,10 @@ def _write_parts(cfg: PredictConfig, scorer: Scorer, loc: storage.Location, out:
     """One Parquet part per input file (``part-00000.parquet``, ...), a row group per chunk."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from tqdm import tqdm
 
-    with _terminate_as_interrupt(), tqdm(total=_count_rows(loc.fs, files), unit="row", desc="predict") as bar:
+    from deploykit.progress import bar as progress_bar
+
+    with _terminate_as_interrupt(), progress_bar(total=_count_rows(loc.fs, files), unit="row", desc="predict") as bar:
         for index, (name, path) in enumerate(files):
             writer = None
             try:

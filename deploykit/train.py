@@ -630,12 +630,12 @@ def run(cfg: TrainConfig) -> Path:
     Raises:
         BadInputError: A bad option, data source or model, named with the fix.
     """
-    from tqdm.auto import tqdm
+    from deploykit.progress import bar as progress_bar
 
     dist = _setup_distributed(cfg)
     _check_options(cfg, dist)
     loop, state = _setup(cfg, dist)
-    progress = tqdm(total=loop.total_steps, initial=state.step, desc="train", disable=not dist.main,
+    progress = progress_bar(total=loop.total_steps, initial=state.step, desc="train", disable=not dist.main,
                     dynamic_ncols=True)
     loop.model.train()
     try:

@@ -27,14 +27,18 @@ HOW = {
     "runc": "install it with 'apt-get install runc' (podman runs the images with --runtime runc)",
     "debootstrap": "install it with 'apt-get install debootstrap' (it makes the offline base image)",
     "curl": "install it with 'apt-get install curl' (the README's container commands use it)",
+    "openssl": "install it with 'apt-get install openssl' (the TLS test makes its certificate with it)",
+    "prometheus": "install it with 'apt-get install prometheus' (the autoscaling test evaluates its "
+                  "queries in a real Prometheus)",
     "root": "the image tests run rootful buildah and podman, as CI does: run them as root",
     "base image": "build it with 'k8s/offline/bookworm-python.sh' as root (needs debootstrap, a "
                   "Debian mirror and PyPI)",
 }
-# The tools CI installs from Debian (the package of each): the container tests' engines and the
-# offline base image's debootstrap.
+# The tools CI installs from Debian (the package of each): the container tests' engines, the
+# offline base image's debootstrap, openssl for the TLS test's certificate and Prometheus for the
+# autoscaling test.
 DEBIAN = {"buildah": "buildah", "podman": "podman", "runc": "runc", "debootstrap": "debootstrap",
-          "curl": "curl"}
+          "curl": "curl", "openssl": "openssl", "prometheus": "prometheus"}
 BASE_IMAGE = "localhost/bookworm-python:3.11"
 
 
@@ -62,7 +66,7 @@ def require_binary(tool: str) -> str:
 
 def container_tools() -> dict[str, str]:
     """The container tools' paths: rootful buildah and podman with runc, debootstrap, curl."""
-    paths = {tool: require_binary(tool) for tool in DEBIAN}
+    paths = {tool: require_binary(tool) for tool in ("buildah", "podman", "runc", "debootstrap", "curl")}
     if os.geteuid() != 0:
         missing("root", f"running as uid {os.geteuid()}")
     return paths

@@ -12,7 +12,8 @@ import yaml
 from factories import hand_made_artifact
 
 from deploykit.config import KubeConfig
-from deploykit.deploy import crd, k8s, validate
+from deploykit.deploy import autoscale, k8s, validate
+from deploykit.deploy import crd as pinned_crds
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -58,14 +59,14 @@ def rendered(tmp_path_factory) -> dict[str, Path]:
 def test_every_plain_manifest_validates_strictly():
     files = [p for p in K8S.rglob("*.yaml") if "overlays" not in p.parts]  # overlay files are patches
     docs = [d for p in files for d in validate.load_documents(p) if d["kind"] != "Kustomization"]
-    docs, custom = crd.custom(docs)  # the operators' kinds: against their pinned CRDs (k8s/crds)
+    docs, custom = pinned_crds.custom(docs)  # the operators' kinds: against their pinned CRDs (k8s/crds)
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(["Deployment", "Service", "HorizontalPodAutoscaler",
                             "PodDisruptionBudget", "NetworkPolicy", "Job", "Service",
                             "PersistentVolumeClaim", "PersistentVolumeClaim"])
     assert validate.versions()[0] == "1.29" and len(validate.versions()) == 2
     assert validate.validate_documents(docs) == []
-    assert sorted(d["kind"] for d in custom) == ["RayJob", "TrainJob"] and crd.validate(custom, K8S / "crds") == []
+    assert sorted(d["kind"] for d in custom) == ["RayJob", "TrainJob"] and pinned_crds.validate(custom, K8S / "crds") == []
 
 
 def test_strict_validation_rejects_a_misspelt_field():
@@ -80,9 +81,9 @@ def test_strict_validation_rejects_a_misspelt_field():
 @needs_kubectl
 @pytest.mark.parametrize("folder", KUSTOMIZATIONS)
 def test_kustomize_builds_and_validates(folder):
-    docs, custom = crd.custom(validate.kustomize_build(K8S / folder))
+    docs, custom = pinned_crds.custom(validate.kustomize_build(K8S / folder))
     assert docs or custom
-    assert validate.validate_documents(docs) == [] and crd.validate(custom, K8S / "crds") == []
+    assert validate.validate_documents(docs) == [] and pinned_crds.validate(custom, K8S / "crds") == []
 
 
 def _pod(doc: dict) -> dict:
@@ -207,3 +208,166 @@ def test_rendered_overlay_is_self_contained(rendered):
     assert (rendered["cpu"] / "base" / "deployment.yaml").is_file()
     for patch in kustomization["patches"]:
         assert (rendered["cpu"] / patch["path"]).is_file()
+
+
+# --- the serving flags: --autoscale, --kind, Secrets (issue 28) ---------------------------------
+
+CRDS = Path(__file__).parent / "data" / "crds"
+CRD_FILES = {"ScaledObject": ("keda-v2.20.2-scaledobjects.yaml", "keda.sh_scaledobjects.yaml"),
+             "InferenceService": ("kserve-v0.20.0-inferenceservices.yaml", "serving.kserve.io_inferenceservices.yaml")}
+
+
+def crd(kind: str) -> dict:
+    """The CRD of a custom kind: the test data, or the full CRD of the pinned release from
+    $DEPLOYKIT_CRD_DIR (the release's own file name) when set."""
+    import os
+
+    ours, theirs = CRD_FILES[kind]
+    folder = os.environ.get("DEPLOYKIT_CRD_DIR")
+    path = Path(folder) / theirs if folder else CRDS / ours
+    return next(d for d in validate.load_documents(path) if d["kind"] == "CustomResourceDefinition")
+
+
+def custom_problems(doc: dict) -> list[str]:
+    """A custom resource checked against its CRD, and its embedded Kubernetes parts strictly
+    with kubernetes-validate (a Pod of the predictor's pod fields, an HPA of the behavior)."""
+    problems = validate.validate_custom(doc, crd(doc["kind"]))
+    if doc["kind"] == "InferenceService":
+        predictor = doc["spec"]["predictor"]
+        keys = ("containers", "securityContext", "volumes", "tolerations", "nodeSelector",
+                "terminationGracePeriodSeconds", "automountServiceAccountToken")
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+               "spec": {k: predictor[k] for k in keys if k in predictor}}
+        problems += validate.validate_documents([pod])
+        behavior = predictor.get("autoScaling", {}).get("behavior")
+    else:
+        behavior = doc["spec"].get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior")
+    if behavior is not None:
+        hpa = autoscale.hpa("h", "Deployment", "d", 1, 2, [autoscale.cpu_metric()])
+        hpa["spec"]["behavior"] = behavior
+        problems += validate.validate_documents([hpa])
+    return problems
+
+
+@pytest.fixture(scope="module")
+def serving_overlays(tmp_path_factory) -> dict[tuple, tuple[Path, list[dict]]]:
+    """Every --kind x --autoscale (x --gpu), rendered and built: {(kind, autoscale, gpu): (folder, docs)}."""
+    validate.kustomize_build  # noqa: B018 (kubectl is needed: the builds below)
+    tmp = tmp_path_factory.mktemp("serving")
+    artifact = write_manifest(tmp / "artifact")
+    out = {}
+    for kind in ("deployment", "kserve"):
+        for mode in ("cpu", "queue", "keda"):
+            for gpu in (False, True):
+                folder = tmp / f"{kind}-{mode}-{'gpu' if gpu else 'cpu'}"
+                k8s.render(KubeConfig(image="reg.example.com/team/deploykit:1.2", artifact=str(artifact),
+                                      out=str(folder), kind=kind, autoscale=mode, gpu=gpu, namespace="ml",
+                                      api_keys_secret="deploykit-keys", tls_secret="deploykit-tls",
+                                      prometheus_url="http://prom.monitoring.svc:9090"))
+                out[(kind, mode, gpu)] = folder, validate.kustomize_build(folder)
+    return out
+
+
+@needs_kubectl
+def test_every_serving_overlay_validates_and_has_one_autoscaler(serving_overlays):
+    for (kind, mode, gpu), (folder, docs) in serving_overlays.items():
+        kinds = [d["kind"] for d in docs]
+        core = [d for d in docs if d["kind"] not in validate.CUSTOM_KINDS]
+        assert validate.validate_documents(core) == [], (kind, mode)
+        for doc in docs:
+            if doc["kind"] in validate.CUSTOM_KINDS:
+                assert custom_problems(doc) == [], (kind, mode, gpu)
+        for doc in docs:  # a downward-API reference names a container of its own pod
+            pod = (doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment"
+                   else doc["spec"]["predictor"] if doc["kind"] == "InferenceService" else None)
+            if pod is not None:
+                names = {c["name"] for c in pod["containers"]}
+                refs = [e["valueFrom"]["resourceFieldRef"].get("containerName") for c in pod["containers"]
+                        for e in c.get("env", []) if "resourceFieldRef" in e.get("valueFrom", {})]
+                assert refs and set(refs) <= names, (kind, mode, refs, names)
+        autoscalers = kinds.count("HorizontalPodAutoscaler") + kinds.count("ScaledObject")
+        if kind == "deployment":
+            assert autoscalers == 1 and "Deployment" in kinds, (mode, kinds)
+            assert ("ScaledObject" in kinds) == (mode == "keda")
+        else:
+            assert "Deployment" not in kinds and kinds.count("InferenceService") == 1
+            isvc = by_kind(docs)["InferenceService"]
+            cls = isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"]
+            assert cls == {"cpu": "hpa", "keda": "keda", "queue": "external"}[mode]
+            assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+            # KServe makes the autoscaler, except with `external`, where ours is the only one
+            assert autoscalers == (1 if mode == "queue" else 0), kinds
+        rules = folder.with_name(folder.name + "-adapter-rules.yaml")
+        assert rules.exists() == (mode == "queue")  # beside the overlay, never in it
+        assert not any("seriesQuery" in p.read_text() for p in folder.rglob("*.yaml"))
+
+
+@needs_kubectl
+def test_keda_scales_on_the_mean_queue_wait_as_a_value(serving_overlays):
+    _, docs = serving_overlays[("deployment", "keda", False)]
+    so = by_kind(docs)["ScaledObject"]
+    prom, cpu = so["spec"]["triggers"]
+    assert prom["type"] == "prometheus" and prom["metricType"] == "Value" and "metricName" not in prom["metadata"]
+    assert prom["metadata"]["serverAddress"] == "http://prom.monitoring.svc:9090"
+    assert float(prom["metadata"]["threshold"]) == 0.1 and float(prom["metadata"]["activationThreshold"]) > 0
+    assert 'namespace="ml"' in prom["metadata"]["query"] and "deploykit_queue_wait_seconds_sum" in prom["metadata"]["query"]
+    assert cpu == {"type": "cpu", "metricType": "Utilization", "metadata": {"value": "70"}}
+    assert so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"][
+        "stabilizationWindowSeconds"] == 300
+    assert so["spec"]["scaleTargetRef"]["name"] == by_kind(docs)["Deployment"]["metadata"]["name"]
+    # On a GPU the CPU trigger goes: CPU is the wrong signal there
+    _, gpu_docs = serving_overlays[("deployment", "keda", True)]
+    assert [t["type"] for t in by_kind(gpu_docs)["ScaledObject"]["spec"]["triggers"]] == ["prometheus"]
+
+
+@needs_kubectl
+def test_queue_hpa_and_its_adapter_rule_agree(serving_overlays):
+    folder, docs = serving_overlays[("deployment", "queue", False)]
+    hpa = by_kind(docs)["HorizontalPodAutoscaler"]
+    assert hpa["spec"]["metrics"] == [autoscale.queue_metric(100.0)]
+    rules = yaml.safe_load(folder.with_name(folder.name + "-adapter-rules.yaml").read_text())["rules"]
+    assert rules[0]["name"]["as"] == hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
+
+
+def test_the_gpu_overlay_defaults_to_the_queue_wait():
+    assert KubeConfig(image="x", gpu=True).autoscaler == "queue" and KubeConfig(image="x").autoscaler == "cpu"
+
+
+@needs_kubectl
+def test_secrets_are_references_and_tls_probes_say_https(serving_overlays):
+    for (kind, mode, gpu), (folder, docs) in serving_overlays.items():
+        if kind == "deployment":
+            pod = _pod(by_kind(docs)["Deployment"])
+            annotations = by_kind(docs)["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+        else:
+            pod = by_kind(docs)["InferenceService"]["spec"]["predictor"]
+            annotations = pod["annotations"]
+        container = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["DEPLOYKIT_API_KEYS_FILE"] == "/etc/deploykit/api-keys/api-keys" and "DEPLOYKIT_API_KEYS" not in env
+        assert env["DEPLOYKIT_SSL_CERTFILE"].endswith("tls.crt") and env["DEPLOYKIT_SSL_KEYFILE"].endswith("tls.key")
+        secrets = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+        assert secrets == {"deploykit-keys", "deploykit-tls"}
+        assert all(container[p]["httpGet"]["scheme"] == "HTTPS" for p in ("startupProbe", "readinessProbe",
+                                                                        "livenessProbe"))
+        assert annotations["prometheus.io/scheme"] == "https"
+
+
+def test_custom_resource_validation_rejects_a_misspelt_field(serving_overlays):
+    _, docs = serving_overlays[("kserve", "keda", False)]
+    isvc = by_kind(docs)["InferenceService"]
+    isvc["spec"]["predictor"]["autoScaling"]["metrics"][0]["external"]["metric"]["serverAdress"] = "x"
+    isvc["spec"]["predictor"]["containers"][0]["readinessProbes"] = {}
+    problems = custom_problems(isvc)
+    assert any("serverAdress" in p for p in problems) and any("readinessProbes" in p for p in problems)
+    so = by_kind(serving_overlays[("deployment", "keda", False)][1])["ScaledObject"]
+    assert validate.validate_custom(so, crd("ScaledObject")) == []
+    so["spec"]["triggers"][0]["metricName"] = "removed-from-keda"  # gone from current KEDA releases
+    so["spec"]["maxReplicas"] = 3
+    problems = validate.validate_custom(so, crd("ScaledObject"))
+    assert any("maxReplicas" in p for p in problems) and any("metricName" in p for p in problems)
+
+
+def test_serving_flags_are_refused_with_train():
+    proc = cli("k8s", "--train", "--image", "x:1", "--autoscale", "keda", "--out", "/tmp/never")
+    assert proc.returncode == 2 and "--autoscale" in proc.stderr

@@ -116,7 +116,8 @@ def test_the_pinned_crds_are_the_release_files_the_readme_names():
 
 def test_bad_job_options_are_refused_with_exit_2(tmp_path):
     for args, message in ((["--train-kind", "trainjob"], "add --train"), (["--batch-job", "--train"], "drop --train"),
-                          (["--batch-job", "--gpu"], "drop --gpu")):
+                          (["--batch-job", "--gpu"], "drop --gpu"),
+                          (["--batch-job", "--autoscale", "keda"], "drop it with --batch-job")):
         proc = subprocess.run([sys.executable, "-m", "deploykit", "k8s", "--image", "x:1", *args, "--out",
                                str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr

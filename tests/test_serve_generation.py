@@ -162,6 +162,27 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(gen_server):
     assert post_json(gen_server + "/generate", {"prompt": PROMPT, "max_new_tokens": 3})[0] == 200
 
 
+def test_long_generations_never_get_short_requests_refused(gen_server):
+    """Issue 30's check of generation admission: it refuses by count only (DEPLOYKIT_MAX_QUEUE
+    sequences waiting for a place), never by an estimate of the work ahead, so two long
+    generations (1,900 tokens each, EOS ignored: seconds of decoding) leave the batch's other
+    places to short requests, which are all answered while the long ones run."""
+    long_ones = [_stream_until_first_event(gen_server, {"prompt": PROMPT, "max_new_tokens": MAX_NEW, "stream": True,
+                                                        "ignore_eos": True}) for _ in range(2)]
+    try:
+        assert _wait_for(lambda: sum(metric(gen_server, "deploykit_running_sequences").values()) == 2)
+        statuses = []
+        for _ in range(10):
+            statuses.append(post_json(gen_server + "/generate", {"prompt": PROMPT, "max_new_tokens": 3})[0])
+            time.sleep(0.1)
+        assert statuses == [200] * 10
+        assert sum(metric(gen_server, "deploykit_running_sequences").values()) >= 2  # still decoding
+    finally:
+        for sock in long_ones:
+            sock.close()
+    assert _wait_for(lambda: sum(metric(gen_server, "deploykit_running_sequences").values()) == 0)
+
+
 @pytest.mark.parametrize("payload, status, message", [
     ({"prompt": "", "max_new_tokens": 4}, 400, "prompt"),
     ({"prompt": "   "}, 400, "prompt"),
@@ -171,6 +192,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(gen_server):
     ({"prompt": PROMPT, "messages": MESSAGES}, 400, "exactly one"),
     ({"max_new_tokens": 4}, 400, "exactly one"),
     ({"prompt": PROMPT, "temperature": -1}, 400, "temperature"),
+    ({"prompt": PROMPT, "seed": -1, "max_new_tokens": 2}, 400, "seed"),  # a 500 the 20,000-example fuzz found
     ({"messages": [{"role": "user"}]}, 400, "content"),
     ({"prompt": "red " * 2100, "max_new_tokens": 4}, 400, "context"),
     (b"{not json", 400, "validation error"),

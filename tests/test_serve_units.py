@@ -43,6 +43,12 @@ class Recorder:
     def unread(self, texts):
         self.drops["unread"] = self.drops.get("unread", 0) + texts
 
+    def queued(self, route, tokens):
+        self.queued_tokens = getattr(self, "queued_tokens", 0) + tokens
+
+    def input_tokens(self, tokens):
+        pass
+
 
 def test_batcher_merges_concurrent_requests_and_keeps_each_order(runtime):
     metrics = Recorder()
@@ -141,10 +147,14 @@ def test_admission_by_estimated_wait_and_the_token_cap(runtime, monkeypatch):
     monkeypatch.setattr(runtime, "probe_seconds_per_token", 10.0)
 
     async def main():
-        batcher = DynamicBatcher(runtime, max_queue_wait_ms=100, max_request_tokens=20, metrics=metrics)
+        batcher = DynamicBatcher(Slowed(runtime, 0.3), max_queue_wait_ms=100, max_request_tokens=20,
+                                 metrics=metrics, max_latency_ms=0,
+                                 request_timeout_ms=10**7)  # deadlines far beyond these estimates
         try:
             first = asyncio.create_task(batcher.submit(["first in line"]))
-            await asyncio.sleep(0)  # queued (an empty queue admits anything)
+            await asyncio.sleep(0.05)  # its step runs (an empty queue admits anything), for "10 s a token"
+            behind = asyncio.create_task(batcher.submit(["queued"]))  # the rest of the step: over the bound,
+            await asyncio.sleep(0)  # but the queue was empty
             with pytest.raises(Overloaded, match="DEPLOYKIT_MAX_QUEUE_WAIT_MS") as info:
                 await batcher.submit(["second"])
             assert info.value.reason == "queue_wait" and info.value.retry_after > 10
@@ -152,6 +162,7 @@ def test_admission_by_estimated_wait_and_the_token_cap(runtime, monkeypatch):
                 await batcher.submit(["word " * 50])
             assert info.value.status == 413
             await first
+            await behind
             batcher.max_queue_wait = None  # no bound by time: the request's own deadline decides
             blocker = asyncio.create_task(batcher.submit(["another one"]))
             await asyncio.sleep(0)
@@ -163,7 +174,84 @@ def test_admission_by_estimated_wait_and_the_token_cap(runtime, monkeypatch):
 
     asyncio.run(main())
     assert metrics.rejections == 1 and metrics.drops == {"deadline": 1}
-    assert _computed(metrics) == 2  # "first in line" and "another one" only
+    assert _computed(metrics) == 3  # "first in line", "queued" and "another one" only
+
+
+class TokenTimed(Slowed):
+    """The real runtime with every model call taking ``per_token`` seconds a token (the cost the
+    test sets, and the load probe the batcher starts from), recording when each step ends (the
+    batcher runs a step as the model calls of one ``plan``)."""
+
+    def __init__(self, runtime, per_token):
+        super().__init__(runtime, 0.0)
+        self.probe_seconds_per_token = per_token
+        self.steps: list[tuple[float, set[tuple[int, ...]]]] = []  # (end, the ids of its rows)
+
+    def run(self, rows, **options):
+        import time
+
+        time.sleep(self.probe_seconds_per_token * sum(r.length for r in rows))
+        return self._runtime.run(rows, **options)
+
+    def plan(self, rows):
+        import time
+
+        yield from self._runtime.plan(rows)
+        self.steps.append((time.perf_counter(), {tuple(r.ids) for r in rows}))  # its last call returned
+
+
+@pytest.mark.parametrize("bigs", [1, 2, 4])
+def test_small_requests_behind_big_ones_are_admitted_and_answered_within_two_steps(serve_artifact, bigs):
+    """Issue 30: while big requests (from ``bigs`` clients) are computed in fair steps, one-text
+    requests every 50 ms are all admitted (the bound is 1.5 steps: the old estimate charged them a
+    turn of the big requests' work and refused about half) and each is answered by the end of
+    the second step to end after it arrived: the running one, then its own."""
+    import time
+
+    budget, per_token = 512, 0.00025  # a step: 16 rows of 32 tokens, 128 ms
+    step = budget * per_token
+    timed = TokenTimed(Runtime(serve_artifact, "fp32", max_batch_size=64, max_batch_tokens=budget), per_token)
+    big_texts = [f"a long text number {i} " + "word " * 40 for i in range(64)]  # 4 steps alone, each
+    metrics = Recorder()
+    smalls: list[tuple[float, str, str]] = []  # (arrived, text, outcome)
+    answers: dict[str, np.ndarray] = {}
+
+    async def main():
+        batcher = DynamicBatcher(timed, max_batch_size=64, max_batch_tokens=budget, max_latency_ms=0,
+                                 max_queue_wait_ms=1.5 * step * 1000, metrics=metrics)
+
+        async def small(i):
+            arrived = time.perf_counter()
+            try:
+                _, logits = await batcher.submit([f"small {i}"])
+                smalls.append((arrived, f"small {i}", "ok"))
+                answers[f"small {i}"] = logits  # checked afterwards: nothing blocks the event loop
+            except Overloaded:
+                smalls.append((arrived, f"small {i}", "503"))
+
+        try:
+            big = [asyncio.create_task(batcher.submit(big_texts)) for _ in range(bigs)]
+            await asyncio.sleep(step / 2)
+            waiting, i = [], 0
+            while not all(b.done() for b in big):
+                waiting.append(asyncio.create_task(small(i)))
+                i += 1
+                await asyncio.sleep(0.05)
+            await asyncio.gather(*waiting)
+            return [b.result()[1] for b in big]
+        finally:
+            batcher.close()
+
+    for logits in asyncio.run(main()):
+        np.testing.assert_allclose(logits, timed.logits(big_texts), atol=1e-5)
+    for text, logits in answers.items():
+        np.testing.assert_allclose(logits, timed.logits([text]), atol=1e-5)
+    assert len(smalls) >= 4 * bigs * step / 0.05 * 0.5, smalls  # they arrived all along the big ones
+    assert [outcome for *_, outcome in smalls].count("503") == 0, smalls
+    for arrived, text, _ in smalls:  # its step is the first or second to end after it arrived
+        ids = tuple(timed.tokenize([text])[0].ids)
+        own = next(end for end, rows in timed.steps if ids in rows)
+        assert sum(arrived < end <= own for end, _ in timed.steps) <= 2, (text, arrived, timed.steps)
 
 
 @pytest.mark.parametrize("event", ["deadline", "disconnected"])

@@ -19,10 +19,12 @@ import pytest
 from deploykit import tasks
 from deploykit.errors import ConfigError, IntegrityError
 from deploykit.manifest import Manifest
+from fuzz_bodies import fuzz, json_case, schemathesis_no_5xx
 from test_serve import http, post_json, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = tasks.names()
+FUZZ_EXAMPLES = 300  # per task, on top of the routes' own fuzz (tests/test_fuzz_routes.py)
 # The processes this test starts register the test task as a user's plugin would.
 PLUGIN_ENV = {"DEPLOYKIT_TASKS": "lengthtask",
               "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
@@ -104,6 +106,8 @@ def test_predict_scores_every_row_in_order_through_the_cli(run, tmp_path):
     done = subprocess.run([sys.executable, "-m", "deploykit", "predict", str(run["artifact"]), "--data", str(data),
                            "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env={**os.environ, **PLUGIN_ENV})
     assert done.returncode == 0, done.stderr[-2000:]
+    # Its log is a pipe here: plain progress lines, no carriage-return frames (deploykit.progress).
+    assert "\r" not in done.stderr and "deploykit.progress: predict:" in done.stderr, done.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["row"] for r in rows] == list(range(len(example.INPUTS)))
     assert all(set(example.PREDICTION_KEYS) <= set(r) for r in rows)
@@ -125,6 +129,14 @@ def test_serve_answers_the_tasks_route_and_refuses_bad_bodies(run, tmp_path):
         docs = json.loads(http(url + "/docs.json")[1])
         assert route in docs["paths"]
         assert http(url + "/metrics")[0] == 200
+        # Every task's route is fuzzed as it lands: its example's request mutated at 1-3 places
+        # (no 5xx, JSON refusals), and schemathesis over the routes /docs.json documents.
+        statuses = fuzz(url, json_case(route, body), FUZZ_EXAMPLES)
+        assert statuses.get(200, 0) and statuses.get(400, 0), statuses
+        assert schemathesis_no_5xx(url, max_examples=5)
+        status, answer = post_json(url + route, body)
+        assert status == 200 and example.answers(answer)
+        assert "Traceback" not in (tmp_path / "server.log").read_text()
     finally:
         stop_server(proc)
 

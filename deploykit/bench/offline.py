@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from tqdm import tqdm
+from deploykit.progress import bar as progress_bar
 
 from deploykit import extras, tasks
 from deploykit.bench import report
@@ -211,13 +211,13 @@ def run(cfg: BenchOfflineConfig) -> Path:
         # Engines load concurrently (imports dominate); timings start once all are ready.
         for name, spec in specs.items():
             engines[name] = EngineProcess(name, spec, log_dir)
-        for name in tqdm(engines, desc="loading engines", unit="engine"):
+        for name in progress_bar(engines, desc="loading engines", unit="engine"):
             engines[name].wait_ready()
             for set_name, info in sets.items():
                 engines[name].ask({"op": "texts", "name": set_name, "texts": info["texts"]})
         plan = [(s, b) for s, info in sets.items() for b in info["batch_sizes"]]
         names = list(engines)
-        with tqdm(total=len(plan) * len(names), desc="benchmark", unit="run") as bar:
+        with progress_bar(total=len(plan) * len(names), desc="benchmark", unit="run") as bar:
             for index, (set_name, batch) in enumerate(plan):
                 # Rotate the order so that no engine always runs first (or right after another).
                 order = names[index % len(names):] + names[:index % len(names)]

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from tqdm import tqdm
+from deploykit.progress import bar as progress_bar
 
 from deploykit import tasks
-from deploykit.bench import report
+from deploykit.bench import client, report
 from deploykit.bench.inputs import sample_texts
 from deploykit.bench.stats import summarize_latencies
 from deploykit.config import BenchOnlineConfig, int_list, to_dict
@@ -236,9 +236,9 @@ async def run_levels(cfg: BenchOnlineConfig, texts: list[str], target: Target) -
     steps = len(levels) + (1 if cfg.rate else 0) + (2 if cfg.single_requests else 0)
     # One connection per client (keep-alive), as a real client pool would hold.
     connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector, headers=client.headers()) as session:
         await probe(session, target, cfg.url, cfg.timeout)
-        with tqdm(total=steps, desc="load levels", unit="level") as bar:
+        with progress_bar(total=steps, desc="load levels", unit="level") as bar:
             if cfg.single_requests:
                 rec, window = await single_requests(session, target, cycle, cfg.single_requests, cfg.timeout)
                 results.append(summarize("single, before load", "single", rec, window, 1, phase="before"))

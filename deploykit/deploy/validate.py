@@ -91,3 +91,49 @@ def kustomize_build(folder: str | Path) -> list[dict[str, Any]]:
     if proc.returncode != 0:
         raise BadInputError(f"kubectl kustomize {folder} failed: {proc.stderr.strip()}")
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+# Custom resources deploykit renders: their kinds and API versions. kubernetes-validate has no
+# schema for them; they are checked against their CRDs (``validate_custom``), whose schemas the
+# test suite ships (tests/data/crds).
+CUSTOM_KINDS = {"ScaledObject": "keda.sh/v1alpha1", "InferenceService": "serving.kserve.io/v1beta1"}
+
+
+def _strict(schema: Any) -> Any:
+    """A CRD's structural schema as the API server's strict field validation reads it: an object
+    with ``properties`` takes no other field unless it says so (``additionalProperties`` or
+    ``x-kubernetes-preserve-unknown-fields``)."""
+    if isinstance(schema, list):
+        return [_strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _strict(v) for k, v in schema.items()}
+    if ("properties" in out and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    return out
+
+
+def validate_custom(doc: dict[str, Any], crd: dict[str, Any]) -> list[str]:
+    """Validate a custom resource strictly against its CustomResourceDefinition.
+
+    Args:
+        doc: The resource.
+        crd: The CRD (``apiextensions.k8s.io/v1``) of its kind.
+
+    Returns:
+        One line per problem (empty when valid), naming the resource, the field path and the reason.
+    """
+    import jsonschema
+
+    group, _, version = doc.get("apiVersion", "").partition("/")
+    names = crd["spec"]["names"]
+    if group != crd["spec"]["group"] or doc.get("kind") != names["kind"]:
+        return [f"{_name(doc)}: the CRD is for {crd['spec']['group']} {names['kind']}"]
+    served = {v["name"]: v for v in crd["spec"]["versions"] if v.get("served", True)}
+    if version not in served:
+        return [f"{_name(doc)}: {doc.get('apiVersion')} is not served (served: {', '.join(served)})"]
+    schema = _strict(served[version]["schema"]["openAPIV3Schema"])
+    validator = jsonschema.Draft7Validator(schema)
+    return [f"{_name(doc)}: {'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
+            for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))]

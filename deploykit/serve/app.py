@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
@@ -37,6 +38,7 @@ import orjson
 
 from deploykit.errors import BadInputError
 from deploykit.serve.batcher import ClientGone, ServiceError
+from deploykit.serve.quoting import quote, shorten
 
 log = logging.getLogger("deploykit.serve")
 
@@ -85,12 +87,19 @@ def json_reply(payload: Any, status: int = 200) -> Reply:
 class Call:
     """One request as a handler sees it: the ASGI scope, path parameters and the body."""
 
-    __slots__ = ("scope", "receive", "params", "body", "backend", "reserved")
+    __slots__ = ("scope", "receive", "params", "body", "backend", "reserved", "trace")
 
-    def __init__(self, scope: Scope, receive: Receive, params: dict[str, str], backend: Any) -> None:
+    def __init__(self, scope: Scope, receive: Receive, params: dict[str, str], backend: Any,
+                 trace: Any = None) -> None:
         self.scope, self.receive, self.params, self.backend = scope, receive, params, backend
         self.body = b""
         self.reserved = 0  # bytes of the body budget this request holds
+        self.trace = trace  # deploykit.serve.tracing.Trace when tracing is on
+
+    @property
+    def timeline(self) -> Any:
+        """Where the batcher notes this request's times for its spans (None: not traced)."""
+        return self.trace.timeline if self.trace is not None else None
 
     def header(self, name: bytes) -> bytes | None:
         """A request header's value (``name`` in lower case), or None."""
@@ -117,6 +126,9 @@ class Route:
         openapi: ``{method: OpenAPI operation}`` for ``/docs.json``.
         body: Whether the handler needs the request body (read and bounded before it runs).
         needs_backend: Refuse with 503 while the model is still loading.
+        error: The protocol's error body for a status and message (default
+            ``{"error": message}``, the shape of /classify, v2 and /generate; the OpenAI routes
+            give theirs).
     """
 
     path: str
@@ -126,6 +138,7 @@ class Route:
     openapi: dict[str, dict[str, Any]] = field(default_factory=dict)
     body: bool = False
     needs_backend: bool = True
+    error: Callable[[int, str], dict[str, Any]] | None = None
     pattern: re.Pattern | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -166,13 +179,19 @@ class Front:
             the handlers use) or None while it loads.
         routes: The routes served whatever the task (``deploykit.serve.routes.shared_routes``).
         max_body_bytes, body_timeout_ms, max_inflight_body_bytes: The body bounds.
+        guard: The API keys (``deploykit.serve.auth.Guard``): every path but the probes, BentoML's
+            included, needs one; None: no keys.
+        tracer: Spans of each request (``deploykit.serve.tracing``), or None.
 
     The backend's ``metrics`` (``deploykit.serve.metrics``) count the answers by route.
     """
 
     def __init__(self, app: Callable, *, get_backend: Callable[[], Any], routes: list[Route],
-                 max_body_bytes: int, body_timeout_ms: float, max_inflight_body_bytes: int) -> None:
+                 max_body_bytes: int, body_timeout_ms: float, max_inflight_body_bytes: int,
+                 guard: Any = None, tracer: Any = None) -> None:
         self.app, self.get_backend = app, get_backend
+        self.guard = guard    # deploykit.serve.auth.Guard: the API keys, or None (no auth)
+        self.tracer = tracer  # deploykit.serve.tracing.Tracer, or None (tracing off)
         self.shared = routes
         self._table_of: Any = object()  # the backend the route table was built for
         self.static: dict[str, Route] = {}
@@ -207,14 +226,38 @@ class Front:
             await self.app(scope, receive, send)
             return
         route, params = self.match(scope["path"])
+        if self.guard is not None and self.guard.needs_key(scope["path"]) and not self.guard.allows(scope["headers"]):
+            await self._unauthorized(route, scope, send)
+            return
         if route is None:
             await self.app(scope, receive, send)
             return
         await self.handle(route, params, scope, receive, send)
 
+    async def _unauthorized(self, route: Route | None, scope: Scope, send: Send) -> None:
+        """401 in the protocol's own error shape, before anything is read (the key is never
+        logged: only that it was missing or wrong)."""
+        reply = self._error(401, "a valid API key is required: send 'Authorization: Bearer KEY' (or "
+                            "'X-API-Key: KEY')", None, {"WWW-Authenticate": "Bearer"}, False, scope,
+                            route.error if route is not None else None)
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", reply.content_type),
+                                (b"content-length", str(len(reply.body)).encode()), *reply.headers]})
+        await send({"type": "http.response.body", "body": reply.body})
+        backend = self.get_backend()
+        if route is not None and backend is not None:
+            backend.metrics.request(route.label, 401)
+
     async def handle(self, route: Route, params: dict[str, str], scope: Scope, receive: Receive,
                      send: Send) -> None:
         call = None
+        started = time.perf_counter()
+        backend = self.get_backend()
+        metrics = backend.metrics if backend is not None else None  # counted in and out alike
+        if metrics is not None:
+            metrics.inflight(route.label, 1)
+        trace = self.tracer.start(scope["method"], route.path, scope["headers"]) if self.tracer else None
+        status = 500
         try:
             try:
                 if scope["method"] not in route.methods:
@@ -223,7 +266,7 @@ class Front:
                 backend = self.get_backend()
                 if route.needs_backend and backend is None:
                     raise HTTPError(503, "the model is still loading; retry shortly", headers={"Retry-After": "1"})
-                call = Call(scope, receive, params, backend)
+                call = Call(scope, receive, params, backend, trace)
                 if route.body:
                     if self.draining:
                         raise HTTPError(503, "the server is shutting down; retry on another replica",
@@ -231,34 +274,40 @@ class Front:
                     await self._read_body(call)
                 reply = await route.handler(call)
             except ClientGone:
-                self._count(route, 499)
+                status = 499
+                self._count(metrics, route, 499, started)
                 return  # nobody to answer
             except HTTPError as exc:
-                reply = self._error(exc.status, str(exc), exc.detail, exc.headers, exc.close, scope)
+                reply = self._error(exc.status, str(exc), exc.detail, exc.headers, exc.close, scope, route.error)
             except BadInputError as exc:  # e.g. a text the tokenizer cannot take
-                reply = self._error(400, str(exc), None, {}, False, scope)
+                reply = self._error(400, str(exc), None, {}, False, scope, route.error)
             except ServiceError as exc:
                 headers = {}
                 if exc.retry_after is not None:
                     headers["Retry-After"] = str(max(1, round(exc.retry_after + 0.5)))
-                reply = self._error(exc.status, str(exc), None, headers, False, scope)
+                reply = self._error(exc.status, str(exc), None, headers, False, scope, route.error)
             except Exception:  # a bug: the one case that is a 500
                 log.exception("%s %s failed", scope["method"], scope["path"])
-                reply = Reply(orjson.dumps({"error": "internal error; see the server log"}), 500)
+                reply = self._error(500, "internal error; see the server log", None, {}, False, None, route.error)
             if self.draining and (b"connection", b"close") not in reply.headers:
                 reply.headers.append((b"connection", b"close"))
+            status = reply.status
             if reply.stream is not None:
                 await self._stream(reply, scope, send)
-                self._count(route, reply.status)
+                self._count(metrics, route, reply.status, started)
                 return
             await send({"type": "http.response.start", "status": reply.status,
                         "headers": [(b"content-type", reply.content_type),
                                     (b"content-length", str(len(reply.body)).encode()), *reply.headers]})
             await send({"type": "http.response.body", "body": reply.body})
-            self._count(route, reply.status)
+            self._count(metrics, route, reply.status, started)
         finally:
+            if metrics is not None:
+                metrics.inflight(route.label, -1)
             if call is not None:
                 self.budget.give(call.reserved)
+            if trace is not None:
+                trace.finish(status)
 
     @staticmethod
     async def _stream(reply: Reply, scope: Scope, send: Send) -> None:
@@ -282,17 +331,18 @@ class Front:
         finally:
             await reply.stream.aclose()
 
-    def _count(self, route: Route, status: int) -> None:
-        backend = self.get_backend()
-        if backend is not None:
-            backend.metrics.request(route.label, status)
+    @staticmethod
+    def _count(metrics: Any, route: Route, status: int, started: float) -> None:
+        if metrics is not None:
+            metrics.request(route.label, status, time.perf_counter() - started)
 
     @staticmethod
     def _error(status: int, message: str, detail: Any, headers: Mapping[str, str], close: bool,
-               scope: Scope) -> Reply:
-        log.info("%s %s -> %d: %s", scope["method"], scope["path"], status, message)
-        payload: dict[str, Any] = {"error": message}
-        if detail is not None:
+               scope: Scope | None, shape: Callable[[int, str], dict[str, Any]] | None = None) -> Reply:
+        if scope is not None:
+            log.info("%s %s -> %d: %s", scope["method"], shorten(scope["path"]), status, message)
+        payload: dict[str, Any] = {"error": message} if shape is None else shape(status, message)
+        if detail is not None and shape is None:
             payload["detail"] = detail
         extra = [(k.lower().encode(), str(v).encode()) for k, v in headers.items()]
         if close:
@@ -313,7 +363,7 @@ class Front:
         if declared is not None:
             size = int(declared) if declared.isdigit() else -1
             if size < 0:
-                raise HTTPError(400, f"Content-Length {declared.decode(errors='replace')!r} is not a "
+                raise HTTPError(400, f"Content-Length {quote(declared)} is not a "
                                 "number of bytes", close=True)
             if size > self.max_body_bytes:
                 raise self._too_large(str(size))
@@ -397,11 +447,11 @@ def request_timeout(call: Call, parameter_us: Any = None) -> float | None:
             ms = -1
         if not ms > 0 or ms != ms or ms == float("inf"):
             raise HTTPError(400, f"X-Request-Timeout must be a positive number of milliseconds, got "
-                            f"{header.decode(errors='replace')!r}")
+                            f"{quote(header)}")
         return ms / 1000
     if parameter_us is not None:
         if isinstance(parameter_us, bool) or not isinstance(parameter_us, int) or parameter_us <= 0:
             raise HTTPError(400, f"parameter 'timeout' must be a positive integer of microseconds, got "
-                            f"{parameter_us!r}")
+                            f"{quote(parameter_us)}")
         return parameter_us / 1e6
     return None

@@ -7,21 +7,24 @@ event loop keeps accepting requests.
 
 - **Admission by time, not count.** The batcher keeps a running estimate of a step's cost, a
   fixed part plus a part per token (``StepCost``, fitted on the recent steps, seeded by the
-  runtime's load probe) and, for each new request, estimates how long it would wait: the rest
-  of the step in progress plus the steps of one turn of the queue ahead of it. Beyond
-  ``max_queue_wait_ms`` the request is refused at once (``Overloaded``: HTTP 503 with
-  ``Retry-After``) instead of queueing seconds of work. ``max_queue`` (texts) stays as a memory
-  bound.
+  runtime's load probe) and, for each new request, estimates the wait it will really see under
+  the fair scheduler below (``DynamicBatcher.estimate``, the one admission rule, kept beside ``_take``,
+  the scheduler it models): the rest of the step in progress plus the steps that run before the
+  request's first row is taken. Beyond ``max_queue_wait_ms`` the request is refused at once
+  (``Overloaded``: HTTP 503 with ``Retry-After``) instead of queueing seconds of work.
+  ``max_queue`` (texts) stays as a memory bound.
 - **Deadlines.** Every request carries a deadline; a request still queued at its deadline is
   dropped, and the waiter gets ``DeadlineExceeded`` (HTTP 504). A request whose deadline cannot
-  be met even by the estimate is refused the same way on arrival.
+  be met even by the estimate (its wait plus its own steps at its fair share) is refused the
+  same way on arrival.
 - **No dead work.** ``submit`` takes an optional ``disconnected`` (the service passes "the
   client's connection closed"); when that happens first, the request leaves the queue before
   any more of it is computed.
-- **Fairness.** A step takes the queued requests in turn, each as much as still fits the step,
-  and a request with rows left goes to the back of the queue: a request of 256 long texts is
-  computed in several steps interleaved with the requests that arrive meanwhile, so a one-text
-  request waits at most about one step, not for the whole big request.
+- **Fairness.** A step first takes one row (the longest left) of each queued request in queue
+  order while the step has room, then shares what room is left among the requests in it, one
+  row each in turn; a request with rows left goes to the back of the queue. A request of 256
+  long texts is thus computed in several steps, and a request arriving meanwhile is in the very
+  next step: it waits at most the rest of the running step, however big the requests ahead.
 - **Continuous batching.** A step starts as soon as the model is free; while under load (the
   previous step held more than one request) it waits up to ``max_latency_ms`` for company; a
   lone request never waits.
@@ -125,6 +128,10 @@ class BatchMetrics(Protocol):
 
     def unread(self, texts: int) -> None: ...
 
+    def queued(self, route: str, tokens: int) -> None: ...
+
+    def input_tokens(self, tokens: int) -> None: ...
+
 
 class StepCost:
     """The seconds a step takes, as a fixed part per step plus a part per token, fitted on the
@@ -191,6 +198,12 @@ class NoMetrics:
     def unread(self, texts: int) -> None:
         pass
 
+    def queued(self, route: str, tokens: int) -> None:
+        pass
+
+    def input_tokens(self, tokens: int) -> None:
+        pass
+
 
 @dataclass(eq=False)
 class _Request:
@@ -205,6 +218,8 @@ class _Request:
     done_rows: int = 0
     started: bool = False
     logits: np.ndarray | None = None
+    route: str = "classify"  # the route label its queued tokens are counted under
+    timeline: Any = None  # deploykit.serve.tracing.Timeline of a traced request
 
 
 class DynamicBatcher:
@@ -237,9 +252,9 @@ class DynamicBatcher:
         self.max_request_tokens = max_request_tokens
         self.metrics = metrics or NoMetrics()
         self._queue: collections.deque[_Request] = collections.deque()
-        self._queued_rows = 0
-        # One turn of the queue in tokens: sum over queued requests of min(tokens left, step).
-        self._turn_tokens = 0
+        # What the queue holds, kept up to date for the estimate (``_count``): requests with rows
+        # left, their rows and tokens, and the tokens of each one's next (longest) row.
+        self._queued_requests = self._queued_rows = self._queued_tokens = self._next_row_tokens = 0
         self._cost = StepCost(getattr(runtime, "probe_seconds_per_token", None), runtime.max_length)
         self._step_tokens = 0  # tokens of the step in progress
         self._step_started = 0.0
@@ -256,7 +271,8 @@ class DynamicBatcher:
     # --- the public API ----------------------------------------------------------------------
 
     async def submit(self, texts: Sequence[str], *, deadline: float | None = None,
-                     disconnected: Callable[[], Awaitable] | None = None) -> tuple[list[Encoded], np.ndarray]:
+                     disconnected: Callable[[], Awaitable] | None = None,
+                     route: str = "classify", timeline: Any = None) -> tuple[list[Encoded], np.ndarray]:
         """Tokenize texts, queue them and wait for their logits.
 
         Args:
@@ -266,6 +282,8 @@ class DynamicBatcher:
             disconnected: Optional function returning an awaitable that completes when the
                 client leaves (called once the request is admitted); if it does before the
                 answer, the request leaves the queue and ``ClientGone`` is raised.
+            route: The route label its queued tokens count under (``deploykit_queued_tokens``).
+            timeline: Where to note its tokenize, queue and step times (a traced request).
 
         Returns:
             ``(rows, logits)``: the encoded rows (with their ``truncated`` flags) and float32
@@ -280,12 +298,16 @@ class DynamicBatcher:
             ClientGone: The client left first.
             BadInputError: A text the tokenizer cannot take.
         """
+        start = time.perf_counter()
         if sum(map(len, texts)) > _INLINE_TOKENIZE_CHARS:
             # A large request would stall every other request on the event loop meanwhile.
             rows = await asyncio.get_running_loop().run_in_executor(None, self.runtime.tokenize, texts)
         else:
             rows = self.runtime.tokenize(texts)
-        return rows, await self.submit_rows(rows, deadline=deadline, disconnected=disconnected)
+        if timeline is not None:
+            timeline.tokenize = (start, time.perf_counter())
+        return rows, await self.submit_rows(rows, deadline=deadline, disconnected=disconnected, route=route,
+                                            timeline=timeline)
 
     async def classify(self, texts: Sequence[str], **options: Any) -> list[dict[str, Any]]:
         """``submit`` turned into the runtime's result dicts (label, score, scores, truncated)."""
@@ -299,9 +321,11 @@ class DynamicBatcher:
         return time.perf_counter() + timeout
 
     async def submit_rows(self, rows: list[Encoded], *, deadline: float | None = None,
-                          disconnected: Callable[[], Awaitable] | None = None) -> np.ndarray:
+                          disconnected: Callable[[], Awaitable] | None = None,
+                          route: str = "classify", timeline: Any = None) -> np.ndarray:
         """Like ``submit`` for rows tokenized already; returns the logits."""
-        request = self._admit(rows, self.deadline() if deadline is None else deadline)
+        request = self._admit(rows, self.deadline() if deadline is None else deadline, route)
+        request.timeline = timeline
         waiters: set[Any] = {request.future}
         until = None
         if disconnected is not None:
@@ -327,20 +351,48 @@ class DynamicBatcher:
             if until is not None and not until.done():
                 until.cancel()
 
-    def estimated_wait(self) -> float:
-        """Seconds a request arriving now would wait before its first step (0 when unknown): the
-        rest of the step in progress plus the steps that one turn of the queue takes."""
+    def estimate(self, next_row: int = 1, tokens: int = 1) -> tuple[float, float]:
+        """The one admission rule: how long a request arriving now will wait under ``_take``.
+
+        ``_take`` gives every queued request one row per step, in queue order, before it shares
+        the rest of the step out, so a new request's first row is taken in the first step whose
+        first round reaches it: after the steps it takes to give one row to each of the
+        ``n`` requests ahead (at most ``max_batch_size`` rows and ``max_batch_tokens`` tokens a
+        step), however big they are. Those steps are full (``max_batch_tokens``, or
+        ``max_batch_size`` rows of the queue's mean next row, if fewer; never more than is
+        queued). Its own rows are then taken at its fair share of each step, the budget over
+        the requests sharing it (at least its next row), each of its steps as full as the queue
+        allows.
+
+        Args:
+            next_row: Tokens of the request's longest row (the one ``_take`` takes first).
+            tokens: All its tokens.
+
+        Returns:
+            ``(wait, answer)``: seconds until its first step starts (the rest of the running
+            step, then the steps before it) and until its last step ends. Both 0 while the step
+            cost is unknown (no probe and no step yet).
+        """
         if self._cost.per_token is None:
-            return 0.0
-        running = 0.0
-        if self._step_tokens:
+            return 0.0, 0.0
+        wait = 0.0
+        if self._step_tokens:  # the rest of the step in progress
             elapsed = time.perf_counter() - self._step_started
-            running = max(0.0, self._cost.seconds(self._step_tokens, 1) - elapsed)
-        if not self._turn_tokens:
-            return running
-        steps = max(1, math.ceil(self._turn_tokens / self.max_batch_tokens),
-                    math.ceil(self._queued_rows / self.max_batch_size))
-        return running + self._cost.seconds(self._turn_tokens, steps)
+            wait = max(0.0, self._cost.seconds(self._step_tokens, 1) - elapsed)
+        ahead, budget = self._queued_requests, self.max_batch_tokens
+        steps = max(ahead // self.max_batch_size, (self._next_row_tokens + next_row - 1) // budget)
+        if steps:
+            full = min(budget, self.max_batch_size * self._next_row_tokens / ahead)
+            wait += self._cost.seconds(int(min(steps * full, self._queued_tokens)), steps)
+        share = max(next_row, budget / min(ahead + 1, self.max_batch_size))
+        own_steps = math.ceil(tokens / share)
+        step_tokens = min(budget, self._queued_tokens + tokens)
+        return wait, wait + self._cost.seconds(own_steps * step_tokens, own_steps)
+
+    def estimated_wait(self) -> float:
+        """Seconds a one-text request arriving now would wait before its first step (0 when
+        unknown): ``estimate``'s wait."""
+        return self.estimate()[0]
 
     def drain(self) -> None:
         """Stop admitting (``Overloaded``, reason ``draining``); queued requests still run."""
@@ -363,7 +415,7 @@ class DynamicBatcher:
     @property
     def idle(self) -> bool:
         """Whether nothing is queued or running."""
-        return not self._queue and not self._step_tokens
+        return not self._queued_requests and not self._step_tokens
 
     def close(self) -> None:
         """Stop the worker task and thread."""
@@ -374,8 +426,9 @@ class DynamicBatcher:
 
     # --- admission ---------------------------------------------------------------------------
 
-    def _admit(self, rows: list[Encoded], deadline: float) -> _Request:
+    def _admit(self, rows: list[Encoded], deadline: float, route: str = "classify") -> _Request:
         tokens = sum(r.length for r in rows)
+        self.metrics.input_tokens(tokens)
         if self.max_request_tokens is not None and tokens > self.max_request_tokens:
             raise TooLarge(f"the request holds {tokens} tokens, more than the limit of {self.max_request_tokens} "
                            "per request (DEPLOYKIT_MAX_REQUEST_TOKENS); split it into smaller requests")
@@ -389,26 +442,37 @@ class DynamicBatcher:
                              f"{self.max_queue}); retry later or raise DEPLOYKIT_MAX_QUEUE",
                              reason="queue_full", retry_after=max(1.0, self.estimated_wait()))
         now = time.perf_counter()
-        wait = self.estimated_wait()
-        if self.max_queue_wait is not None and wait > self.max_queue_wait and self._queue:
+        wait, answer = self.estimate(max(r.length for r in rows), tokens)
+        # An empty queue admits anything within the token cap: a request bigger than the bound
+        # on its own is not made to wait for nothing.
+        if self.max_queue_wait is not None and wait > self.max_queue_wait and self._queued_requests:
             self.metrics.rejected("queue_wait")
             raise Overloaded(f"the server is at capacity: the estimated queue wait is {wait * 1000:.0f} ms, "
                              f"over the bound of {self.max_queue_wait * 1000:.0f} ms "
                              "(DEPLOYKIT_MAX_QUEUE_WAIT_MS); retry after the Retry-After seconds",
                              reason="queue_wait", retry_after=wait)
-        if now + wait >= deadline:
+        if now + answer >= deadline:
             self.metrics.dropped("deadline", len(rows))
-            raise DeadlineExceeded(f"the estimated queue wait ({wait * 1000:.0f} ms) is longer than the "
-                                   f"request's deadline ({self._deadline_hint()})")
+            raise DeadlineExceeded(f"the estimated time to answer ({answer * 1000:.0f} ms: {wait * 1000:.0f} ms in "
+                                   f"the queue, then its own steps) is longer than the request's deadline "
+                                   f"({self._deadline_hint()})")
         self._ensure_started()
         # Rows left shortest first, so that the next (longest) one pops off the end.
         request = _Request(rows, asyncio.get_running_loop().create_future(), deadline, now,
-                           sorted(range(len(rows)), key=lambda i: rows[i].length), tokens)
+                           sorted(range(len(rows)), key=lambda i: rows[i].length), tokens, route=route)
         self._queue.append(request)
-        self._queued_rows += len(rows)
-        self._turn_tokens += min(tokens, self.max_batch_tokens)
+        self._count(request, 1)
         self._wakeup.set()
         return request
+
+    def _count(self, request: _Request, sign: int) -> None:
+        """Add (``sign`` 1) or take out (-1) a queued request's share of the queue's totals."""
+        if request.left:
+            self._queued_requests += sign
+            self._queued_rows += sign * len(request.left)
+            self._queued_tokens += sign * request.tokens_left
+            self._next_row_tokens += sign * request.rows[request.left[-1]].length
+            self.metrics.queued(request.route, sign * request.tokens_left)
 
     @staticmethod
     def _deadline_hint() -> str:
@@ -422,8 +486,7 @@ class DynamicBatcher:
             return
         if request.left:
             self.metrics.dropped(reason, len(request.left))
-            self._queued_rows -= len(request.left)
-            self._turn_tokens -= min(request.tokens_left, self.max_batch_tokens)
+            self._count(request, -1)
             request.left, request.tokens_left = [], 0
         request.future.set_exception(error)
 
@@ -445,41 +508,60 @@ class DynamicBatcher:
         return False
 
     def _take(self) -> list[tuple[_Request, list[int]]]:
-        """One step: the queued requests in turn, each as much as still fits (longest rows first);
-        a request with rows left goes to the back of the queue."""
+        """One step, the scheduler ``estimate`` models: first one row (its longest left) of each
+        queued request in queue order while the step has room, then the room left shared out
+        among the requests in the step, one row each in turn; the requests in the step with rows
+        left go to the back of the queue, those the step did not reach stay at its front."""
         now = time.perf_counter()
-        step: list[tuple[_Request, list[int]]] = []
+        members: list[tuple[_Request, list[int]]] = []
         rows = tokens = 0
-        for _ in range(len(self._queue)):
-            if rows >= self.max_batch_size or tokens >= self.max_batch_tokens:
-                break
-            request = self._queue.popleft()
-            if request.future.done():
+
+        def take(request: _Request, taken: list[int]) -> None:
+            nonlocal rows, tokens
+            length = request.rows[request.left[-1]].length
+            taken.append(request.left.pop())
+            request.tokens_left -= length
+            rows += 1
+            tokens += length
+
+        # First round: every request in turn gets a row, until one does not fit.
+        while self._queue and rows < self.max_batch_size and tokens < self.max_batch_tokens:
+            request = self._queue[0]
+            if request.future.done() or not request.left:  # answered already (dropped: counted out)
+                self._queue.popleft()
                 continue
             if request.deadline <= now:
+                self._queue.popleft()
                 self._drop(request, "deadline", DeadlineExceeded(
                     f"no answer within the request's deadline ({self._deadline_hint()})"))
                 continue
+            if rows and tokens + request.rows[request.left[-1]].length > self.max_batch_tokens:
+                break  # first in the next step
+            self._queue.popleft()
+            self._count(request, -1)
             taken: list[int] = []
-            before = min(request.tokens_left, self.max_batch_tokens)
-            while request.left and rows < self.max_batch_size:
-                length = request.rows[request.left[-1]].length
-                if rows and tokens + length > self.max_batch_tokens:
-                    break
-                taken.append(request.left.pop())
-                rows += 1
-                tokens += length
-                request.tokens_left -= length
-            if taken:
-                if not request.started:
-                    request.started = True
-                    self.metrics.queue_wait(now - request.enqueued)
-                step.append((request, taken))
-                self._queued_rows -= len(taken)
-            self._turn_tokens += min(request.tokens_left, self.max_batch_tokens) - before
+            take(request, taken)
+            members.append((request, taken))
+        # Then the room left, one row per request in turn (a row that does not fit is left for
+        # the request's next step; a shorter one of another request may still fit).
+        growing = True
+        while growing and rows < self.max_batch_size and tokens < self.max_batch_tokens:
+            growing = False
+            for request, taken in members:
+                if (request.left and rows < self.max_batch_size
+                        and tokens + request.rows[request.left[-1]].length <= self.max_batch_tokens):
+                    take(request, taken)
+                    growing = True
+        for request, taken in members:
+            if not request.started:
+                request.started = True
+                self.metrics.queue_wait(now - request.enqueued)
+                if request.timeline is not None:
+                    request.timeline.queue = (request.enqueued, now)
             if request.left:
                 self._queue.append(request)  # its next turn comes after everyone queued now
-        return step
+                self._count(request, 1)
+        return members
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -511,8 +593,9 @@ class DynamicBatcher:
                     self._drop(request, "error", ServiceError(f"the model failed on this request ({exc})"))
                 self._step_tokens = 0
                 continue
-            self._cost.add(self._step_tokens, time.perf_counter() - self._step_started)
-            self._step_tokens = 0
+            ended = time.perf_counter()
+            self._cost.add(self._step_tokens, ended - self._step_started)
+            step_tokens, self._step_tokens = self._step_tokens, 0
             offset = 0
             for request, taken in step:
                 part = logits[offset:offset + len(taken)]
@@ -520,6 +603,9 @@ class DynamicBatcher:
                 if request.future.done():  # the client left or the deadline passed while this step ran
                     self.metrics.unread(len(taken))
                     continue
+                if request.timeline is not None:
+                    request.timeline.steps.append((self._step_started, ended, len(rows), step_tokens))
+                    request.timeline.computed = ended
                 if request.logits is None:
                     request.logits = np.zeros((len(request.rows), part.shape[1]), dtype=np.float32)
                 request.logits[taken] = part

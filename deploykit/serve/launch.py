@@ -23,7 +23,7 @@ from deploykit import tasks
 from deploykit.config import ServeConfig, check_task
 from deploykit.errors import BadInputError
 from deploykit.manifest import Manifest, device_of
-from deploykit.serve import settings
+from deploykit.serve import auth, settings
 from deploykit.session import available_providers
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,19 @@ def command(cfg: ServeConfig) -> tuple[list[str], dict[str, str]]:
     manifest = Manifest.verify(artifact)
     check_task(cfg, manifest.task, f"{cfg.artifact} is a {manifest.task} artifact")
     variant = manifest.pick(cfg.variant, device_of(cfg.provider_list())).name
+    # Keys and certificate refused here, with exit 2, before anything listens (the worker checks
+    # again: the container starts bentoml serve directly).
+    auth.guard(cfg)
+    auth.check_tls(cfg.ssl_certfile, cfg.ssl_keyfile)
     missing = [p for p in cfg.provider_list() if p not in available_providers()]
     if missing:
         raise BadInputError(f"execution provider(s) {', '.join(missing)} are not available (available: "
                             f"{', '.join(available_providers())}); change --providers")
     env = {**os.environ, **settings.to_env(str(artifact), cfg)}
     env[settings.env_name("variant")] = variant  # the service serves exactly the variant checked here
+    for name in ("api_keys_file", "ssl_certfile", "ssl_keyfile"):  # the worker's working folder differs
+        if getattr(cfg, name):
+            env[settings.env_name(name)] = str(Path(getattr(cfg, name)).resolve())
     env.setdefault("BENTOML_DO_NOT_TRACK", "True")
     # The checkout (or site-packages) that holds this deploykit, so bentoml imports the same one.
     working_dir = str(Path(__file__).resolve().parents[2])
@@ -71,8 +78,8 @@ def run(cfg: ServeConfig) -> None:
     """Serve until stopped: replaces this process with ``bentoml serve`` (same pid)."""
     argv, env = command(cfg)
     preflight(cfg, env[settings.env_name("variant")])
-    log.info("serving %s (variant %s) on http://%s:%s", Manifest.read(cfg.artifact).name,
-             env[settings.env_name("variant")], cfg.host, cfg.port)
+    log.info("serving %s (variant %s) on %s://%s:%s", Manifest.read(cfg.artifact).name,
+             env[settings.env_name("variant")], "https" if cfg.ssl_certfile else "http", cfg.host, cfg.port)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(argv[0], argv, env)

@@ -17,6 +17,8 @@ from typing import Any
 
 # The values of the ``route`` label of deploykit_requests_total (a fixed set: bounded series).
 ROUTES = ("classify", "v2_infer", "v2_metadata", "v2_health", "metrics", "docs", "generate", "openai")
+# The ``status`` label of deploykit_request_seconds: the status class (a bounded set).
+_STATUS_CLASS = {2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 
 class PrometheusMetrics:
@@ -47,6 +49,22 @@ class PrometheusMetrics:
                                     "the client left or the deadline passed while their step ran")
         self._requests = prom.Counter("deploykit_requests", "Requests answered by deploykit's routes, by "
                                       "route and status code", ["route", "code"])
+        # What a platform scales and alerts on: requests in flight and tokens queued per route
+        # (summed over the workers), each request's time end to end, and the size of requests.
+        self._inflight = prom.Gauge("deploykit_inflight_requests", "Requests being read, queued, computed "
+                                    "or answered, by route", ["route"], multiprocess_mode="livesum")
+        self._queued_tokens = prom.Gauge("deploykit_queued_tokens", "Tokens waiting for the model (not yet "
+                                         "in a step, or a prompt not yet in the batch), by route", ["route"],
+                                         multiprocess_mode="livesum")
+        self._request_seconds = prom.Histogram("deploykit_request_seconds", "From a request's arrival at "
+                                               "deploykit's layer to its last byte sent, by route and status "
+                                               "class (2xx, 4xx, 5xx)", ["route", "status"],
+                                               buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5,
+                                                        5, 10, 30))
+        self._input_tokens = prom.Histogram("deploykit_input_tokens", "Tokens of one request's input (texts "
+                                            "after truncation, or the prompt)",
+                                            buckets=(8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192,
+                                                     16384, 32768))
         # text-generation: tokens (their rate is tokens/s), the step's own rate, time to first
         # token, inter-token latency, and the batch (running and waiting sequences, cached tokens).
         self._tokens = prom.Counter("deploykit_generated_tokens", "Tokens generated (rate: tokens/s)")
@@ -80,8 +98,22 @@ class PrometheusMetrics:
     def unread(self, texts: int) -> None:
         self._unread.inc(texts)
 
-    def request(self, route: str, code: int) -> None:
+    def request(self, route: str, code: int, seconds: float | None = None) -> None:
+        """One answered request: its status code, and its time end to end when known."""
         self._requests.labels(route, str(code)).inc()
+        if seconds is not None:
+            self._request_seconds.labels(route, _STATUS_CLASS.get(code // 100, "5xx")).observe(seconds)
+
+    def inflight(self, route: str, change: int) -> None:
+        """A request entered (+1) or left (-1) deploykit's layer."""
+        self._inflight.labels(route).inc(change)
+
+    def queued(self, route: str, tokens: int) -> None:
+        """Tokens joined (positive) or left (negative) the queue of ``route``."""
+        self._queued_tokens.labels(route).inc(tokens)
+
+    def input_tokens(self, tokens: int) -> None:
+        self._input_tokens.observe(tokens)
 
     def generation_step(self, rows: int, tokens: int, seconds: float) -> None:
         self._tokens.inc(tokens)

@@ -33,7 +33,7 @@ from deploykit import __version__, tasks
 from deploykit.config import ServiceConfig, check_task
 from deploykit.errors import DeployKitError
 from deploykit.manifest import Manifest
-from deploykit.serve import lifecycle, metrics
+from deploykit.serve import auth, lifecycle, metrics, tracing
 from deploykit.serve import settings as settings_mod
 from deploykit.serve.app import FRONTS, Front
 from deploykit.serve.backend import Backend
@@ -45,6 +45,13 @@ log = logging.getLogger(__name__)
 # BentoML layers are part of the service's definition. The artifact itself is only needed in
 # __init__, so 'bentoml build' can import this module without one.
 SETTINGS = settings_mod.from_env()
+# API keys and TLS, checked at import (a refusal stops the worker in __init__, before it serves).
+try:
+    _GUARD = auth.guard(SETTINGS)
+    auth.check_tls(SETTINGS.ssl_certfile, SETTINGS.ssl_keyfile)
+    _SETUP_ERROR: DeployKitError | None = None
+except DeployKitError as exc:
+    _GUARD, _SETUP_ERROR = None, exc
 
 _BACKEND: Backend | None = None  # the loaded backend of this process, for the lean layer
 
@@ -59,9 +66,14 @@ def bentoml_config(settings: ServiceConfig) -> dict[str, Any]:
     """
     config: dict[str, Any] = {"name": "deploykit", "http": {"port": 3000}, "workers": settings.workers,
                               "metrics": {"enabled": settings.request_metrics},
-                              "logging": {"access": {"enabled": settings.access_log}}}
-    if not settings.tracing:
-        config["tracing"] = {"excluded_urls": [".*"]}
+                              "logging": {"access": {"enabled": settings.access_log}},
+                              # deploykit's layer makes the spans (deploykit.serve.tracing); BentoML's
+                              # middleware would add a span per ASGI message to every request.
+                              "tracing": {"excluded_urls": [".*"]}}
+    if settings.tracing:
+        config["tracing"].update(tracing.bentoml_settings(settings.trace_sample_rate))
+    if settings.ssl_certfile and settings.ssl_keyfile:  # BentoML's own SSL settings: uvicorn serves HTTPS
+        config["ssl"] = {"enabled": True, "certfile": settings.ssl_certfile, "keyfile": settings.ssl_keyfile}
     return config
 
 
@@ -84,8 +96,12 @@ class _Host:
     def __init__(self) -> None:
         global _BACKEND
         logging.getLogger("deploykit").setLevel(logging.INFO)  # BentoML's root logger is at WARNING
+        if SETTINGS.log_format == "json":
+            tracing.json_logs()
         self.settings = SETTINGS
         try:
+            if _SETUP_ERROR is not None:  # keys or certificate refused: never serve without them
+                raise _SETUP_ERROR
             backend = load_backend(settings_mod.artifact_from_env(), self.settings)
         except DeployKitError as exc:
             if not lifecycle.in_bentoml_worker():
@@ -93,7 +109,8 @@ class _Host:
             lifecycle.exit_server(str(exc), exc.exit_code)  # never returns
         self.backend = backend
         _BACKEND = backend
-        log.info("serving %s on %s", backend.describe(), lifecycle.http_stack())
+        log.info("serving %s on %s%s%s", backend.describe(), lifecycle.http_stack(),
+                 ", HTTPS" if SETTINGS.ssl_certfile else "", ", API keys required" if _GUARD is not None else "")
         lifecycle.drain_on_sigterm(self._begin_drain, self.settings.shutdown_timeout_ms / 1000)
 
     def _begin_drain(self) -> None:
@@ -139,4 +156,5 @@ Service.add_asgi_middleware(
     Front, get_backend=lambda: _BACKEND,
     routes=shared_routes(__version__, lambda: _BACKEND.routes() if _BACKEND is not None else []),
     max_body_bytes=SETTINGS.max_body_bytes, body_timeout_ms=SETTINGS.body_timeout_ms,
-    max_inflight_body_bytes=SETTINGS.max_inflight_body_bytes)
+    max_inflight_body_bytes=SETTINGS.max_inflight_body_bytes, guard=_GUARD,
+    tracer=tracing.Tracer() if SETTINGS.tracing else None)

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from deploykit.serve.quoting import quote
+
 log = logging.getLogger(__name__)
 
 INPUT = "TEXT"
@@ -82,7 +84,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any],
         try:
             n = int(header_length)
         except ValueError:
-            raise ProtocolError(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+            raise ProtocolError(f"{HEADER_LENGTH} must be an integer, got {quote(header_length)}") from None
         if not 0 < n <= len(body):
             raise ProtocolError(f"{HEADER_LENGTH} {n} does not fit the {len(body)}-byte body")
         head, binary = body[:n], body[n:]
@@ -101,11 +103,11 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any],
 def _texts_of(tensor: dict[str, Any], binary: bytes, max_texts: int) -> list[str]:
     datatype = tensor.get("datatype")
     if datatype != "BYTES":
-        raise ProtocolError(f"input {INPUT} must have datatype BYTES, got {datatype!r}")
+        raise ProtocolError(f"input {INPUT} must have datatype BYTES, got {quote(datatype)}")
     shape = tensor.get("shape")
     if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
             or len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1)):
-        raise ProtocolError(f"input {INPUT} must have shape [n] or [n, 1], got {shape!r}")
+        raise ProtocolError(f"input {INPUT} must have shape [n] or [n, 1], got {quote(shape)}")
     n = shape[0]
     if n < 1:
         raise ProtocolError(f"input {INPUT} holds no texts (shape {shape}); send at least one")
@@ -116,7 +118,7 @@ def _texts_of(tensor: dict[str, Any], binary: bytes, max_texts: int) -> list[str
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if isinstance(size, bool) or not isinstance(size, int) or size != len(binary):
-            raise ProtocolError(f"input {INPUT} declares binary_data_size {size!r} but {len(binary)} bytes "
+            raise ProtocolError(f"input {INPUT} declares binary_data_size {quote(size)} but {len(binary)} bytes "
                                 f"follow the JSON header ({HEADER_LENGTH})")
         raw = deserialize_bytes(binary)
         try:
@@ -158,14 +160,14 @@ def parse_infer(body: bytes, header_length: str | None, max_texts: int) -> Infer
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise ProtocolError(f"the request must have exactly one input, {INPUT} (BYTES, shape [n])")
     if inputs[0].get("name") != INPUT:
-        raise ProtocolError(f"unknown input {inputs[0].get('name')!r}; this model takes one input "
+        raise ProtocolError(f"unknown input {quote(inputs[0].get('name'))}; this model takes one input "
                             f"named {INPUT}")
     texts = _texts_of(inputs[0], binary, max_texts)
     params = _parameters(request, "the request")
     binary_default = _flag(params, "binary_data_output", False, "the request")
     timeout = params.get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0):
-        raise ProtocolError(f"parameter 'timeout' must be a positive integer of microseconds, got {timeout!r}")
+        raise ProtocolError(f"parameter 'timeout' must be a positive integer of microseconds, got {quote(timeout)}")
     wanted = request.get("outputs")
     if wanted is None:
         outputs = {name: binary_default for name in OUTPUTS}
@@ -176,12 +178,12 @@ def parse_infer(body: bytes, header_length: str | None, max_texts: int) -> Infer
         for o in wanted:
             name = o.get("name")
             if not isinstance(name, str) or name not in OUTPUTS:
-                raise ProtocolError(f"unknown output {name!r}; choose from {', '.join(OUTPUTS)}")
+                raise ProtocolError(f"unknown output {quote(name)}; choose from {', '.join(OUTPUTS)}")
             outputs[name] = _flag(_parameters(o, f"output {name}"), "binary_data", binary_default,
                                   f"output {name}")
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise ProtocolError(f"'id' must be a string, got {orjson.dumps(request_id)[:40].decode()}")
+        raise ProtocolError(f"'id' must be a string, got {quote(request_id)}")
     return InferRequest(texts, request_id, outputs, timeout)
 
 
@@ -192,14 +194,14 @@ def _parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:
         return {}
     if not isinstance(params, dict):
         raise ProtocolError(f"'parameters' of {where} must be a JSON object, got "
-                            f"{orjson.dumps(params)[:40].decode()}")
+                            f"{quote(params)}")
     return params
 
 
 def _flag(params: dict[str, Any], key: str, default: bool, where: str) -> bool:
     value = params.get(key, default)
     if not isinstance(value, bool):
-        raise ProtocolError(f"parameter {key!r} of {where} must be true or false, got {value!r}")
+        raise ProtocolError(f"parameter {key!r} of {where} must be true or false, got {quote(value)}")
     return value
 
 

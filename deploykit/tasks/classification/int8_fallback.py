@@ -249,7 +249,7 @@ def search(src: Path, dst: Path, quantizer: Quantizer, scorer: Scorer, first: Tr
         ``dst`` keeps every candidate in float and the record says ``met: false``; parity then
         judges it.
     """
-    from tqdm.auto import tqdm
+    from deploykit.progress import bar as progress_bar
 
     scratch = Path(tempfile.mkdtemp(prefix="deploykit-int8-", dir=dst.parent.parent))
     trials: dict[int, Trial] = {}
@@ -276,7 +276,7 @@ def search(src: Path, dst: Path, quantizer: Quantizer, scorer: Scorer, first: Tr
             sample = sorted(scorer.rows.texts[:damage_rows], key=len)  # similar lengths batch with less padding
             sample_reference = scorer.logits(src, sample, [DAMAGE_BATCH])
             damage = {}
-            for node in tqdm(candidates, desc="int8 search: damage per operator", unit="op", leave=False):
+            for node in progress_bar(candidates, desc="int8 search: damage per operator", unit="op", leave=False):
                 path = scratch / "one.onnx"
                 quantizer.write(src, path, only_nodes=[node])
                 damage[node] = float(np.abs(scorer.logits(path, sample, [DAMAGE_BATCH]) - sample_reference).mean())

@@ -128,13 +128,13 @@ def reference_logits(model: Any, tokenizer: Any, texts: Sequence[str], max_lengt
     import inspect
 
     import torch
-    from tqdm.auto import tqdm
+    from deploykit.progress import bar as progress_bar
 
     # A tokenizer may return inputs the model does not take (DistilBERT: no token_type_ids).
     accepted = set(inspect.signature(model.forward).parameters)
     out = []
     with torch.inference_mode():
-        for start in tqdm(range(0, len(texts), batch_size), desc="pytorch reference", unit="batch",
+        for start in progress_bar(range(0, len(texts), batch_size), desc="pytorch reference", unit="batch",
                           leave=False):
             batch = tokenizer(list(texts[start:start + batch_size]), truncation=True,
                               max_length=max_length, padding=True, return_tensors="pt")
@@ -156,12 +156,12 @@ def runtime_logits(runtime: Any, texts: Sequence[str], sizes: Sequence[int], des
     Returns:
         float32 array [len(texts), num_labels].
     """
-    from tqdm.auto import tqdm
+    from deploykit.progress import bar as progress_bar
 
     rows = runtime.tokenize(texts)
     quiet = {} if progress else {"disable": True}  # passing disable=False would override TQDM_DISABLE
     out = [runtime.run(rows[part])
-           for part in tqdm(batches(len(rows), sizes), desc=desc, unit="batch", leave=False, **quiet)]
+           for part in progress_bar(batches(len(rows), sizes), desc=desc, unit="batch", leave=False, **quiet)]
     return np.concatenate(out).astype(np.float32)
 
 
@@ -186,14 +186,14 @@ def batch_independence(runtime: Any, texts: Sequence[str], batched: np.ndarray |
         ``{"max_abs_diff", "mean_abs_diff", "label_flips", "rows", "mixed_batch_size"}``: the worst
         and mean |Δlogit| between alone and batched, and the rows whose label differs in a batch.
     """
-    from tqdm.auto import tqdm
+    from deploykit.progress import bar as progress_bar
 
     rows = runtime.tokenize(texts)
     if not rows:
         return {"max_abs_diff": 0.0, "mean_abs_diff": 0.0, "label_flips": 0, "rows": 0,
                 "mixed_batch_size": batch_size}
     quiet = {} if progress else {"disable": True}
-    alone = np.concatenate([runtime.run([row]) for row in tqdm(rows, desc="rows alone", unit="row",
+    alone = np.concatenate([runtime.run([row]) for row in progress_bar(rows, desc="rows alone", unit="row",
                                                                leave=False, **quiet)])
     order = np.random.default_rng(seed).permutation(len(rows))
     mixed = np.zeros_like(alone)

@@ -86,7 +86,7 @@ def logits_for_rows(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], 
         float32 array [len(rows), num_labels].
     """
     import torch
-    from tqdm.auto import tqdm
+    from deploykit.progress import bar as progress_bar
 
     device = next(model.parameters()).device
     was_training = model.training
@@ -95,7 +95,7 @@ def logits_for_rows(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], 
     out = np.zeros((len(rows), model.config.num_labels), dtype=np.float32)
     starts = range(0, len(rows), batch_size)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        for start in tqdm(starts, desc="scoring", disable=not progress, leave=False):
+        for start in progress_bar(starts, desc="scoring", disable=not progress, leave=False):
             index = order[start:start + batch_size]
             batch = tokenizer.pad([rows[i] for i in index], return_tensors="pt").to(device)
             out[index] = model(**batch).logits.float().cpu().numpy()

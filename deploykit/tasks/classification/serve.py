@@ -26,6 +26,7 @@ from deploykit.manifest import Manifest
 from deploykit.serve import v2
 from deploykit.serve.app import Call, HTTPError, Reply, Route, json_reply, request_timeout
 from deploykit.serve.batcher import DynamicBatcher
+from deploykit.serve.quoting import quote, shorten
 from deploykit.tasks.classification.runtime import Runtime, softmax
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ async def classify(call: Call) -> Reply:
     backend: ClassificationBackend = call.backend
     content_type = (call.header(b"content-type") or b"application/json").lower()
     if content_type.startswith(_NOT_JSON):
-        raise HTTPError(415, f"/classify takes a JSON body, not {content_type.decode(errors='replace')}; "
+        raise HTTPError(415, f"/classify takes a JSON body, not {quote(content_type)}; "
                         "send Content-Type: application/json and {\"texts\": [...]}")
     model = request_model(backend.settings.max_texts)
     try:
@@ -194,21 +195,22 @@ async def classify(call: Call) -> Reply:
                         detail=errors) from None
     batcher = backend.batcher
     rows, logits = await batcher.submit(texts, deadline=batcher.deadline(request_timeout(call)),
-                                        disconnected=call.disconnected)
+                                        disconnected=call.disconnected, route="classify",
+                                        timeline=call.timeline)
     return json_reply(backend.runtime.results(logits, rows))
 
 
 def _where(loc: tuple) -> str:
-    return ".".join(map(str, loc)) or "the body"
+    return shorten(".".join(map(str, loc))) or "the body"
 
 
 def _model(call: Call) -> ClassificationBackend:
     backend: ClassificationBackend = call.backend
     name, version = call.params.get("name"), call.params.get("version")
     if name != backend.name:
-        raise HTTPError(404, f"unknown model {name!r}; this server serves {backend.name!r}")
+        raise HTTPError(404, f"unknown model {quote(name)}; this server serves {backend.name!r}")
     if version is not None and version != v2.VERSION:
-        raise HTTPError(404, f"unknown version {version!r} of model {name!r}; available: {v2.VERSION}")
+        raise HTTPError(404, f"unknown version {quote(version)} of model {quote(name)}; available: {v2.VERSION}")
     return backend
 
 
@@ -232,7 +234,8 @@ async def infer(call: Call) -> Reply:
         raise HTTPError(exc.status, str(exc)) from None
     batcher = backend.batcher
     _, logits = await batcher.submit(req.texts, deadline=batcher.deadline(request_timeout(call, req.timeout_us)),
-                                     disconnected=call.disconnected)
+                                     disconnected=call.disconnected, route="v2_infer",
+                                     timeline=call.timeline)
     probs = softmax(logits)
     labels = [backend.runtime.labels[i] for i in probs.argmax(axis=-1)]
     body, headers = v2.encode_response(backend.name, req, labels, probs)

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from tqdm import tqdm
+from deploykit.progress import bar as progress_bar
 
+from deploykit.bench import client
 from deploykit.bench.report import machine_markdown
 from deploykit.bench.stats import summarize_latencies
 from deploykit.config import BenchOfflineConfig, BenchOnlineConfig, int_list
@@ -282,12 +283,12 @@ async def run_levels(cfg: BenchOnlineConfig, prompts: list[str]) -> list[dict[st
 
     url = cfg.url.rstrip("/") + "/generate"
     results = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=client.headers()) as session:
         probe = await stream_one(session, url, "probe", 2, cfg.timeout)
         if probe["status"] != "ok":
             raise BadInputError(f"{url} answered a test generation with {probe['status']}; start 'deploykit serve' "
                                 "on a text-generation artifact, or fix --url")
-        for concurrency in tqdm(sorted(int_list(cfg.concurrency)), desc="load levels", unit="level"):
+        for concurrency in progress_bar(sorted(int_list(cfg.concurrency)), desc="load levels", unit="level"):
             results.append(await level(session, url, prompts, concurrency, cfg))
     return results
 

@@ -95,7 +95,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, max_ne
         Each prompt's new tokens, up to (not including) the first EOS.
     """
     import torch
-    from tqdm.auto import tqdm
+    from deploykit.progress import bar as progress_bar
     from transformers import GenerationConfig
 
     device = next(model.parameters()).device
@@ -109,7 +109,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, max_ne
     out: list[list[int]] = [[] for _ in prompts]
     batches = _by_length([len(p) for p in prompts], batch_size)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        for index in tqdm(batches, desc="generate", disable=not progress, leave=False):
+        for index in progress_bar(batches, desc="generate", disable=not progress, leave=False):
             width = max(len(prompts[i]) for i in index)
             # Left padding: every prompt ends at the same position, where generation starts.
             ids = torch.tensor([[pad] * (width - len(prompts[i])) + list(prompts[i]) for i in index], device=device)

@@ -89,11 +89,11 @@ def reference(model: Any, tokenizer: Any, held: Prompts, tokens: int, eos: Seque
     """PyTorch's answers on the held-out prompts: each prompt's last-position logits (unpadded)
     and ``generate``'s greedy tokens (batched, left padded, up to the first EOS)."""
     import torch
-    from tqdm.auto import tqdm
+    from deploykit.progress import bar as progress_bar
 
     rows = []
     with torch.inference_mode():
-        for ids in tqdm(held.ids, desc="pytorch first step", unit="prompt", leave=False):
+        for ids in progress_bar(held.ids, desc="pytorch first step", unit="prompt", leave=False):
             rows.append(model(input_ids=torch.tensor([ids])).logits[0, -1].float().numpy())
     new = decoding.generate(model, tokenizer, held.ids, max_new_tokens=tokens, eos_token_ids=eos, progress=True)
     texts = tokenizer.batch_decode(new, skip_special_tokens=True)

@@ -73,6 +73,8 @@ class Sampling:
             raise BadInputError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise BadInputError(f"top_k must be >= 0 (0: no limit), got {self.top_k}")
+        if self.seed is not None and self.seed < 0:  # numpy's generators take non-negative seeds only
+            raise BadInputError(f"seed must be a non-negative integer, got {self.seed}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise BadInputError("stop strings must be non-empty strings")
         return self

@@ -40,6 +40,7 @@ from deploykit.errors import BadInputError
 from deploykit.manifest import Manifest
 from deploykit.serve.app import Call, HTTPError, Reply, Route, json_reply, request_timeout
 from deploykit.serve.batcher import DeadlineExceeded, Overloaded
+from deploykit.serve.quoting import quote, shorten
 from deploykit.tasks.generation.head import Generation
 from deploykit.tasks.generation.runtime import Event, Generator, Sampling, Seq
 
@@ -54,8 +55,10 @@ SSE = b"text/event-stream"
 class Stream:
     """The events of one sequence, handed from the engine's thread to the request's event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, route: str = "generate") -> None:
         self.loop = loop
+        self.route = route  # the route label its prompt counts under while it waits
+        self.waiting_tokens = 0  # its prompt's tokens until its first event (deploykit_queued_tokens)
         self.queue: asyncio.Queue = asyncio.Queue()
         self.seq: Seq | None = None
         self.submitted = time.perf_counter()
@@ -89,8 +92,10 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._deadlines: dict[int, float] = {}  # id(seq) -> deadline of its first token
 
-    def submit(self, prompt: list[int], sampling: Sampling, timeout_s: float | None = None) -> Stream:
-        """Queue a sequence; its events arrive on the returned stream.
+    def submit(self, prompt: list[int], sampling: Sampling, timeout_s: float | None = None,
+               route: str = "generate") -> Stream:
+        """Queue a sequence; its events arrive on the returned stream (``route``: the label its
+        waiting prompt tokens count under in ``deploykit_queued_tokens``).
 
         Raises:
             Overloaded: Shutting down, or ``DEPLOYKIT_MAX_QUEUE`` sequences wait already.
@@ -104,9 +109,17 @@ class Engine:
             self.metrics.rejected("queue_full")
             raise Overloaded(f"{self.scheduler.waiting} sequences wait for a place in the batch, the limit "
                              "(DEPLOYKIT_MAX_QUEUE); retry later", reason="queue_full", retry_after=1)
-        stream = Stream(asyncio.get_running_loop())
+        stream = Stream(asyncio.get_running_loop(), route)
         timeout = self.request_timeout if timeout_s is None else min(timeout_s, self.request_timeout)
-        stream.seq = self.scheduler.submit(prompt, sampling, tag=stream)
+        self.metrics.input_tokens(len(prompt))
+        # Counted in before the engine's thread can see the sequence (its first event counts it out).
+        stream.waiting_tokens = len(prompt)
+        self.metrics.queued(route, len(prompt))
+        try:
+            stream.seq = self.scheduler.submit(prompt, sampling, tag=stream)
+        except BaseException:
+            self.metrics.queued(route, -len(prompt))
+            raise
         self._deadlines[id(stream.seq)] = stream.submitted + timeout
         self._start()
         self._wake.set()
@@ -148,6 +161,9 @@ class Engine:
 
     def _deliver(self, event: Event, now: float) -> None:
         stream: Stream = event.seq.tag
+        if stream.waiting_tokens:  # its first event: it left the waiting queue (joined, or cancelled)
+            self.metrics.queued(stream.route, -stream.waiting_tokens)
+            stream.waiting_tokens = 0
         if event.token is not None:
             if stream.last is None:
                 self.metrics.first_token(now - stream.submitted)
@@ -285,7 +301,7 @@ class _Sampling(BaseModel):
     temperature: float | None = Field(None, ge=0, le=100, description="0 is greedy.")
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0, description="/generate only: 0 keeps every token.")
-    seed: int | None = Field(None, description="Reproducible sampling.")
+    seed: int | None = Field(None, ge=0, description="Reproducible sampling (a non-negative integer).")
     stop: NonBlank | list[NonBlank] | None = Field(None, description="Stop string(s), not part of the text.")
     stream: bool = Field(False, description="Server-sent events instead of one JSON answer.")
 
@@ -337,12 +353,13 @@ def _parse(model: type[BaseModel], call: Call) -> Any:
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
         first = errors[0]
-        where = ".".join(map(str, first["loc"])) or "the body"
+        where = shorten(".".join(map(str, first["loc"]))) or "the body"
         raise HTTPError(400, f"{len(errors)} validation error{'s' if len(errors) > 1 else ''} in the request body: "
                         f"{first['msg']} at {where}", detail=errors) from None
 
 
-def _start(call: Call, prompt: Any, max_new_tokens: int | None, req: _Sampling, ignore_eos: bool = False) -> Stream:
+def _start(call: Call, prompt: Any, max_new_tokens: int | None, req: _Sampling, ignore_eos: bool = False,
+           route: str = "generate") -> Stream:
     """Tokenize, check the settings and queue the sequence (400 for what the request got wrong)."""
     backend: GenerationBackend = call.backend
     limit = backend.settings.max_new_tokens
@@ -351,11 +368,14 @@ def _start(call: Call, prompt: Any, max_new_tokens: int | None, req: _Sampling, 
                         "(DEPLOYKIT_MAX_NEW_TOKENS)")
     g = backend.generator
     try:
+        start = time.perf_counter()
         ids = g.encode(prompt if isinstance(prompt, str) else [m.model_dump(exclude_none=True) for m in prompt])
+        if call.timeline is not None:
+            call.timeline.tokenize = (start, time.perf_counter())
         sampling = g.sampling(max_new_tokens=max_new_tokens or min(g.head.defaults["max_new_tokens"], limit),
                               temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=req.seed,
                               stop=req.stop, ignore_eos=ignore_eos)
-        return backend.engine.submit(ids, sampling, request_timeout(call))
+        return backend.engine.submit(ids, sampling, request_timeout(call), route=route)
     except BadInputError as exc:
         raise HTTPError(400, str(exc)) from None
 
@@ -375,6 +395,12 @@ async def _events(call: Call, stream: Stream) -> AsyncIterator[Event]:
             event: Event = get.result()
             if stream.error is not None and event.token is None:
                 raise stream.error
+            timeline = call.timeline
+            if timeline is not None:  # the queue: until its first token; the tokens: until the last
+                if timeline.queue is None:
+                    timeline.queue = (stream.submitted, time.perf_counter())
+                if event.finished:
+                    timeline.computed = time.perf_counter()
             yield event
             if event.finished:
                 return
@@ -458,7 +484,7 @@ async def _closing(body: AsyncIterator[bytes], events: AsyncIterator[Event]) -> 
 
 def _openai_model(call: Call, name: str) -> None:
     if name != call.backend.name:
-        raise HTTPError(404, f"the model {name!r} does not exist here; this server serves {call.backend.name!r} "
+        raise HTTPError(404, f"the model {quote(name)} does not exist here; this server serves {call.backend.name!r} "
                         "(GET /v1/models)")
 
 
@@ -466,13 +492,13 @@ async def completions(call: Call) -> Reply:
     req = _parse(CompletionRequest, call)
     _openai_model(call, req.model)
     prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
-    return await _openai(call, req, _start(call, prompt, req.max_tokens, req), chat=False)
+    return await _openai(call, req, _start(call, prompt, req.max_tokens, req, route="openai"), chat=False)
 
 
 async def chat_completions(call: Call) -> Reply:
     req = _parse(ChatRequest, call)
     _openai_model(call, req.model)
-    stream = _start(call, req.messages, req.max_completion_tokens or req.max_tokens, req)
+    stream = _start(call, req.messages, req.max_completion_tokens or req.max_tokens, req, route="openai")
     return await _openai(call, req, stream, chat=True)
 
 
@@ -543,14 +569,34 @@ _ERRORS = {400: "Malformed request: a field, setting or prompt the message names
            504: "No place in the batch before the request's deadline."}
 
 
+# The OpenAI API's error types by status (what its clients read from {"error": {...}}).
+_OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                       408: "timeout_error", 413: "invalid_request_error", 503: "server_overloaded",
+                       504: "timeout_error"}
+
+
+def openai_error(status: int, message: str) -> dict[str, Any]:
+    """An error in the OpenAI API's own shape, for the /v1 routes."""
+    code = {401: "invalid_api_key", 404: "model_not_found"}.get(status)
+    return {"error": {"message": message, "type": _OPENAI_ERROR_TYPES.get(status, "server_error"),
+                      "param": None, "code": code}}
+
+
+OPENAI_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type"],
+    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                   "param": {"type": "string", "nullable": True}, "code": {"type": "string", "nullable": True}}}}}
+
+
 @functools.lru_cache(maxsize=None)
 def routes() -> list[Route]:
     """``/generate``, the OpenAI routes, and a ``/classify`` that says what this server serves."""
-    def op(summary: str, op_id: str, request: type[BaseModel] | None, ok: str) -> dict[str, Any]:
+    def op(summary: str, op_id: str, request: type[BaseModel] | None, ok: str,
+           error: dict[str, Any] = ERROR) -> dict[str, Any]:
         doc: dict[str, Any] = {"summary": summary, "operationId": op_id, "responses": {
             "200": {"description": ok, "content": {"application/json": {"schema": {"type": "object"}},
                                                    "text/event-stream": {"schema": {"type": "string"}}}},
-            **{str(c): {"description": t, "content": {"application/json": {"schema": ERROR}}}
+            **{str(c): {"description": t, "content": {"application/json": {"schema": error}}}
                for c, t in _ERRORS.items()}}}
         if request is not None:
             doc["requestBody"] = {"required": True, "content": {"application/json": {
@@ -562,11 +608,13 @@ def routes() -> list[Route]:
             "Generate a completion (JSON, or server-sent events with stream: true)", "generate", GenerateRequest,
             "{model, text, finish_reason, usage}; streamed: data: {text} per chunk, then {text: '', "
             "finish_reason, usage}.")}),
-        Route("/v1/completions", ("POST",), completions, "openai", body=True, openapi={"post": op(
-            "OpenAI completions", "openai_completions", CompletionRequest, "An OpenAI text_completion.")}),
-        Route("/v1/chat/completions", ("POST",), chat_completions, "openai", body=True, openapi={"post": op(
-            "OpenAI chat completions", "openai_chat_completions", ChatRequest, "An OpenAI chat.completion.")}),
-        Route("/v1/models", ("GET",), models, "openai", openapi={"get": {
+        Route("/v1/completions", ("POST",), completions, "openai", body=True, error=openai_error, openapi={"post": op(
+            "OpenAI completions", "openai_completions", CompletionRequest, "An OpenAI text_completion.",
+            OPENAI_ERROR)}),
+        Route("/v1/chat/completions", ("POST",), chat_completions, "openai", body=True, error=openai_error,
+              openapi={"post": op("OpenAI chat completions", "openai_chat_completions", ChatRequest,
+                                  "An OpenAI chat.completion.", OPENAI_ERROR)}),
+        Route("/v1/models", ("GET",), models, "openai", error=openai_error, openapi={"get": {
             "summary": "OpenAI model list", "operationId": "openai_models",
             "responses": {"200": {"description": "The served model."}}}}),
         Route("/classify", ("POST",), not_a_classifier, "classify", openapi={}),
