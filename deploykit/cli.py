@@ -128,9 +128,15 @@ def _build(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from deploykit import predict
+    cfg = build_config(PredictConfig, args)
+    if cfg.engine == "ray":
+        from deploykit.scale import ray
 
-    predict.run(build_config(PredictConfig, args))
+        ray.run(cfg)
+    else:
+        from deploykit import predict
+
+        predict.run(cfg)
 
 
 def _containerize(args: argparse.Namespace) -> None:
@@ -213,8 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
                   "protocol, health and Prometheus metrics.", ServeConfig, _serve),
         ("build", "Pack an artifact, the service and deploykit into a bento (bentoml build).",
          BuildConfig, _build),
-        ("predict", "Score a CSV/JSON/JSONL/Parquet file with an artifact (torch-free), "
-                    "one JSON line per row.", PredictConfig, _predict),
+        ("predict", "Score CSV/JSON/JSONL/Parquet files (a file, a folder or a URL) with an artifact, "
+                    "torch-free, in this process or on Ray (--engine ray): JSONL, or Parquet parts "
+                    "with a completion marker.", PredictConfig, _predict),
         ("triton", "Write a Triton Inference Server model repository (ONNX model, tokenizer, "
                    "postprocess, ensemble, Python-backend model) from an artifact.",
          TritonConfig, _triton),

@@ -201,6 +201,9 @@ class _Train(DataConfig):
     group_by_length: bool = opt(False, "Put rows of similar length in the same batch "
                                 "(less padding, faster).")
     resume: bool = opt(False, "Continue the run in --out from its RUN/last/ state.")
+    dist_timeout: float = opt(1800.0, "Under torchrun: seconds a collective (gradient all-reduce, "
+                              "barrier) may wait for the other processes before the run fails "
+                              "(a hung or unreachable node; a node that dies fails it at once).")
     lora_r: int = opt(8, "lora: rank of the adapters.")
     lora_alpha: float = opt(16.0, "lora: scaling numerator (the update is scaled by alpha / r).")
     lora_dropout: float = opt(0.0, "lora: dropout on the adapters' input.")
@@ -233,6 +236,7 @@ class _Train(DataConfig):
             value = getattr(self, name)
             require(value is None or value > 0, name, "must be a positive number")
         require(self.log_every > 0, "log_every", "must be positive")
+        require(self.dist_timeout > 0, "dist_timeout", "must be positive seconds")
 
 
 TrainConfig = assemble(_Train, "TrainConfig")
@@ -489,27 +493,68 @@ class BuildConfig:
         require(bool(self.artifact), "artifact", "give the artifact folder to pack")
 
 
+PREDICT_ENGINES = ("local", "ray")
+RAY_ONLY = ("address", "workers", "threads_per_worker", "object_store_memory", "allow_batch_dependent")
+
+
 @dataclass
 class _Predict:
-    """``deploykit predict``: torch-free batch scoring of a file with an artifact."""
+    """``deploykit predict``: torch-free batch scoring with an artifact, in one process or on Ray."""
 
     artifact: str = opt("", "Artifact folder written by 'deploykit export'.", positional=True)
-    data: str = opt("", "CSV, JSON (a list of objects), JSONL or Parquet file to score.")
+    data: str = opt("", "What to score: a CSV, JSON (a list of objects), JSONL or Parquet file, a folder "
+                    "of such files (any depth; names starting with . or _ skipped), or a URL of either "
+                    "(s3://bucket/prefix, gs://..., hdfs://..., file:///shared/path).")
     text_column: str = opt("text", "Column that holds the text (for a text-generation artifact: "
                            "the prompt).")
-    out: str = opt("predictions.jsonl", "JSONL file to write: one line per input row, in order.")
+    id_column: str | None = opt(None, "Column carried to the output to join on (default: each row "
+                                "carries its source file and row number instead).")
+    out: str | None = opt(None, "Where to write: a .jsonl file (local engine: one line per row, input "
+                          "order), or a folder or URL of Parquet parts with the completion marker "
+                          "_deploykit.json (default: predictions.jsonl; predictions/ with --engine ray).")
+    overwrite: bool = opt(False, "Delete what an earlier run left in the --out folder first (else a "
+                          "folder that holds files is refused).")
+    storage_options: str | None = opt(None, "JSON object of options of the URL's pyarrow filesystem, "
+                                      "e.g. '{\"endpoint_override\": \"http://127.0.0.1:9000\"}' (default: the "
+                                      "standard environment: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).")
+    engine: str = opt("local", "local (this process) or ray (Ray Data: an actor pool of --workers "
+                      "scorers, each loading the artifact once; docs/scale-out.md).", choices=PREDICT_ENGINES)
+    address: str | None = opt(None, "--engine ray: the cluster to join: auto (the one started on this "
+                              "machine with 'ray start'), HOST:PORT, or ray://HOST:10001 (Ray Client); "
+                              "default: a private single-node Ray started for this run.")
+    workers: int = opt(2, "--engine ray: scorer actors (each verifies and loads the artifact once).")
+    threads_per_worker: int = opt(1, "--engine ray: onnxruntime threads (and CPUs reserved) per actor.")
+    object_store_memory: int = opt(1 << 30, "--engine ray without --address: the private Ray's object "
+                                   "store cap in bytes.")
+    allow_batch_dependent: bool = opt(False, "--engine ray: score with a variant whose results move with "
+                                      "their batch mates (dynamic INT8); the marker records it.")
     variant: str | None = opt(None, "Model variant (default: the manifest's default_variant).")
-    threads: int | None = opt(None, "onnxruntime intra-op threads (default: all cores).")
+    threads: int | None = opt(None, "onnxruntime intra-op threads of the local engine (default: all cores).")
     max_batch_tokens: int = opt(16384, "Token budget of one model call.")
     max_batch_size: int = opt(64, "Most texts in one model call.")
-    chunk_size: int = opt(1024, "Rows read, scored and written per step (bounds memory).")
+    chunk_size: int = opt(1024, "Rows read, scored and written per step (bounds memory; a Ray batch).")
 
     def __post_init__(self) -> None:
         require(bool(self.artifact), "artifact", "give the artifact folder to score with")
-        require(bool(self.data), "data", "give the file to score")
-        for name in ("max_batch_tokens", "max_batch_size", "chunk_size"):
+        require(bool(self.data), "data", "give the file, folder or URL to score")
+        require(self.engine in PREDICT_ENGINES, "engine", f"choose one of {', '.join(PREDICT_ENGINES)}")
+        for name in ("max_batch_tokens", "max_batch_size", "chunk_size", "workers", "threads_per_worker",
+                     "object_store_memory"):
             require(getattr(self, name) > 0, name, "must be positive")
         require(self.threads is None or self.threads > 0, "threads", "must be positive")
+        if self.out is None:
+            self.out = "predictions" if self.engine == "ray" else "predictions.jsonl"
+        require(bool(self.out), "out", "give the file or folder to write")
+        if self.engine == "local":
+            defaults = _Predict.__dataclass_fields__
+            for name in RAY_ONLY:
+                require(getattr(self, name) == defaults[name].default, name, "applies to --engine ray only; "
+                         "add --engine ray or drop it")
+        else:
+            require(not self.out.lower().endswith(".jsonl"), "out", "--engine ray writes Parquet parts to a "
+                     "folder (rows in no particular order); name a folder or URL")
+            require(self.threads is None, "threads", "the local engine's; with --engine ray set "
+                     "--threads-per-worker")
 
 
 PredictConfig = assemble(_Predict, "PredictConfig")
@@ -657,6 +702,7 @@ class TritonConfig:
 # --- Deployment (deploykit/deploy) ------------------------------------------------------------
 
 CONTAINER_BACKENDS = ("docker", "buildah", "podman")
+TRAIN_KINDS = ("job", "trainjob")
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
 
 
@@ -676,6 +722,9 @@ class ContainerizeConfig:
                     "fp32 fused 'opt' variant on the CUDA provider.")
     train: bool = opt(False, "Build the training image (k8s/training/Dockerfile: deploykit "
                       "with the train extra) instead of the serving image.")
+    ray: bool = opt(False, "Build the batch-scoring image of an artifact (k8s/batch/Dockerfile: "
+                    "deploykit[ray] at the pinned Ray, the artifact at /opt/deploykit/artifact) for "
+                    "'deploykit k8s --batch-job' instead of the serving image.")
     dockerfile_only: str | None = opt(None, "Write the Dockerfile (and its build context) to "
                                       "this folder instead of building an image.")
     archive: str | None = opt(None, "Also write the image to this OCI archive file (podman "
@@ -691,6 +740,8 @@ class ContainerizeConfig:
                  f"choose one of {', '.join(CONTAINER_BACKENDS)}")
         require(not (self.train and self.gpu), "gpu",
                  "--gpu applies to the serving image; the training image takes TORCH_INDEX_URL")
+        require(not (self.ray and (self.train or self.gpu or self.archive)), "ray",
+                 "--ray builds the CPU batch-scoring image; drop --train, --gpu and --archive")
 
 
 @dataclass
@@ -715,6 +766,14 @@ class KubeConfig:
     train_args: str = opt("--data tweets --model minilm --out /runs/tweets",
                           "--train: arguments of 'deploykit train' (the run folder should be "
                           "under /runs, the shared volume).")
+    train_kind: str = opt("job", "--train: job (an Indexed Job and torchrun: core kinds only) or "
+                          "trainjob (a Kubeflow Trainer v2 TrainJob on the torch-distributed runtime; "
+                          "Trainer v2.3 pinned).", choices=TRAIN_KINDS)
+    batch_job: bool = opt(False, "Render a KubeRay RayJob that runs 'deploykit predict --engine ray' on "
+                          "--nodes worker pods (image: deploykit containerize --ray) instead of the service.")
+    batch_args: str = opt("--data s3://bucket/texts/ --out s3://bucket/predictions/ --id-column id",
+                          "--batch-job: arguments of 'deploykit predict' after the artifact the image "
+                          "holds (data and output on storage every pod reaches).")
     kind: str = opt("deployment", "What runs the service: deployment (Deployment, Service, autoscaler, "
                     "PodDisruptionBudget, NetworkPolicy) or kserve (a KServe InferenceService, raw "
                     "mode).", choices=("deployment", "kserve"))
@@ -752,14 +811,19 @@ class KubeConfig:
         require(1 <= self.port <= 65535, "port", f"{self.port} is not a TCP port")
         require(self.nodes >= 1, "nodes", "must be at least 1")
         require(self.nproc_per_node >= 1, "nproc_per_node", "must be at least 1")
+        require(self.train_kind in TRAIN_KINDS, "train_kind", f"choose one of {', '.join(TRAIN_KINDS)}")
+        require(self.train or self.train_kind == "job", "train_kind", "applies to --train; add --train")
+        require(not (self.batch_job and self.train), "batch_job", "renders the scoring job; drop --train")
+        require(not (self.batch_job and self.gpu), "gpu", "--batch-job scores on CPU workers (the "
+                 "batch-independent variants); drop --gpu")
         require(self.namespace is None or re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
                                                      self.namespace) is not None,
                  "namespace", f"{self.namespace!r} is not a valid namespace name")
         require(self.kind in ("deployment", "kserve"), "kind", "choose deployment or kserve")
         require(self.autoscale in (None, "cpu", "queue", "keda"), "autoscale", "choose cpu, queue or keda")
         for name in ("kind", "autoscale", "api_keys_secret", "tls_secret"):
-            require(not (self.train and getattr(self, name) not in (None, "deployment")), name,
-                    "is a setting of the service; drop it with --train")
+            require(not ((self.train or self.batch_job) and getattr(self, name) not in (None, "deployment")), name,
+                    f"is a setting of the service; drop it with {'--train' if self.train else '--batch-job'}")
         for name in ("api_keys_secret", "tls_secret"):
             value = getattr(self, name)
             require(value is None or re.match(r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$", value) is not None,

@@ -1,7 +1,7 @@
 """Fine-tuning: data -> model -> the best checkpoint, with exact resume and torchrun support.
 
 ``run`` reads top to bottom: set up (small ``_setup_*`` helpers that fail early and name the
-fix), then one loop of micro-batches -> optimizer steps -> periodic evaluation -> best
+fix), then one loop (``_loop``) of micro-batches -> optimizer steps -> periodic evaluation -> best
 checkpoint, resume state and early stopping. The loop is the same for text-classification and
 text-generation: the task's ``Training`` object (``deploykit/tasks/<task>/train.py``, found through
 the task registry) supplies the model class, the examples and their batches, the loss and the
@@ -33,11 +33,15 @@ import yaml
 from deploykit import checkpoint, data, strategies, tasks
 from deploykit.data import Splits
 from deploykit.config import BUILTIN_MODELS, TrainConfig, save_yaml, to_dict
-from deploykit.errors import BadInputError
+from deploykit.errors import BadInputError, DeployKitError
 
 log = logging.getLogger(__name__)
 
 LOWER_IS_BETTER = {"loss"}
+# The address this node's gloo binds to (gloo itself offers only GLOO_SOCKET_IFNAME, an interface,
+# or the address the hostname resolves to): for nodes that share an interface, e.g. two loopback
+# addresses, or a host with several addresses on one interface.
+GLOO_HOST_ENV = "DEPLOYKIT_GLOO_HOST"
 
 
 @dataclass
@@ -112,15 +116,36 @@ def resolve_model(name: str) -> str:
                         f"(owner/name); save a model with save_pretrained first, or name one on the Hub")
 
 
-def _setup_distributed() -> Dist:
+def _gloo_bound_to(host: str) -> str:
+    """A gloo backend whose device binds to ``host`` (registered once; returns its name)."""
+    import torch.distributed as torch_dist
+
+    name = "deploykit_gloo"
+    if name not in torch_dist.Backend.backend_list:
+        def create(store: Any, rank: int, size: int, timeout: Any) -> Any:
+            options = torch_dist.ProcessGroupGloo._Options()
+            options._timeout = timeout
+            options._devices = [torch_dist.ProcessGroupGloo.create_device(hostname=host)]
+            return torch_dist.ProcessGroupGloo(store, rank, size, options)
+
+        torch_dist.Backend.register_backend(name, create, devices=["cpu"])
+    return name
+
+
+def _setup_distributed(cfg: TrainConfig) -> Dist:
+    import datetime
+
     import torch
     import torch.distributed as torch_dist
 
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
         return Dist()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "gloo" and os.environ.get(GLOO_HOST_ENV):
+        backend = _gloo_bound_to(os.environ[GLOO_HOST_ENV])
     if not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend=backend)
+        # A collective that waits longer than --dist-timeout fails the run instead of hanging it.
+        torch_dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=cfg.dist_timeout))
     dist = Dist(torch_dist.get_rank(), torch_dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     if torch.cuda.is_available():
         torch.cuda.set_device(dist.local_rank)
@@ -151,7 +176,7 @@ def _check_options(cfg: TrainConfig, dist: Dist) -> None:
 
 
 # Options that may change on --resume: they do not change what the run computes.
-RESUME_MAY_CHANGE = {"resume", "save_every", "log_every", "out"}
+RESUME_MAY_CHANGE = {"resume", "save_every", "log_every", "out", "dist_timeout"}
 
 
 def _check_same_run(cfg: TrainConfig, stored_file: Path) -> None:
@@ -607,12 +632,42 @@ def run(cfg: TrainConfig) -> Path:
     """
     from deploykit.progress import bar as progress_bar
 
-    dist = _setup_distributed()
+    dist = _setup_distributed(cfg)
     _check_options(cfg, dist)
     loop, state = _setup(cfg, dist)
     progress = progress_bar(total=loop.total_steps, initial=state.step, desc="train", disable=not dist.main,
                     dynamic_ncols=True)
     loop.model.train()
+    try:
+        _loop(loop, state, progress)
+    except Exception as exc:
+        if _lost_peer(exc, dist):
+            raise DeployKitError(f"rank {dist.rank}: another process of the run stopped answering at step "
+                                 f"{state.step} ({str(exc).splitlines()[0][:300]}); the run is stopped. Once every "
+                                 f"node is back, start the same command on every node with --resume: it continues "
+                                 f"from {loop.out / 'last'} (the resume state saved every --save-every steps and "
+                                 "at each evaluation)") from exc
+        raise
+    progress.close()
+    _finish(loop)
+    return loop.out / "checkpoint"
+
+
+def _lost_peer(exc: Exception, dist: Dist) -> bool:
+    """Whether a training error is a collective that lost another rank (a dead or unreachable node,
+    or one that missed --dist-timeout): gloo reports it as a RuntimeError, NCCL as DistBackendError."""
+    import torch.distributed as torch_dist
+
+    if dist.world_size == 1:
+        return False
+    text = str(exc)
+    return isinstance(exc, torch_dist.DistError) or (
+        isinstance(exc, RuntimeError) and any(s in text for s in ("gloo", "Connection", "Timed out", "timed out")))
+
+
+def _loop(loop: Loop, state: TrainState, progress: Any) -> None:
+    """Micro-batches -> optimizer steps -> periodic evaluation, best checkpoint, resume state."""
+    cfg, dist = loop.cfg, loop.dist
     while state.step < loop.total_steps and not state.stopped_early:
         group = _next_group(loop, state)
         losses, grad_norm = _train_step(loop, group)
@@ -632,6 +687,3 @@ def run(cfg: TrainConfig) -> Path:
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
         if eval_due or (cfg.save_every and state.step % cfg.save_every == 0):
             _save_last(loop.out, cfg, loop.model, loop.optimizer, loop.scheduler, state, dist)
-    progress.close()
-    _finish(loop)
-    return loop.out / "checkpoint"

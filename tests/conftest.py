@@ -7,11 +7,36 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Every Ray the tests start (in this process or below it) runs without usage stats and with token
+# authentication on a token of the session's own: Ray reads these when it is first imported, and a
+# new local Ray would otherwise write ~/.ray/auth_token, which every later Ray on the machine uses.
+if "RAY_AUTH_TOKEN_PATH" not in os.environ:
+    import atexit
+    import secrets
+    import shutil
+    import tempfile
+
+    _ray_auth = tempfile.mkdtemp(prefix="deploykit-ray-auth-")
+    atexit.register(shutil.rmtree, _ray_auth, ignore_errors=True)
+    Path(_ray_auth, "auth_token").write_text(secrets.token_hex(32))
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(Path(_ray_auth, "auth_token")),
+                      RAY_USAGE_STATS_ENABLED="0")
 sys.path.insert(0, str(Path(__file__).parent))
 # A third task, registered from outside the package (tests/lengthtask), before anything builds the
 # stage configs (which gain its options): the contract test (test_task_contract.py) runs it through
 # every stage, and hands DEPLOYKIT_TASKS=lengthtask to the processes it starts.
 import lengthtask  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_ray_token_in_home():
+    """Every Ray the tests start uses the session's token (above): none may create ~/.ray/auth_token,
+    which every later Ray on the machine would use."""
+    token = Path.home() / ".ray" / "auth_token"
+    before = token.exists()
+    yield
+    assert before or not token.exists(), (f"a test started a Ray without the session's RAY_AUTH_TOKEN_PATH and it "
+                                          f"created {token}; keep RAY_AUTH_* in the environment of every Ray")
 
 
 @pytest.fixture(scope="session")

@@ -13,11 +13,12 @@ from factories import hand_made_artifact
 
 from deploykit.config import KubeConfig
 from deploykit.deploy import autoscale, k8s, validate
+from deploykit.deploy import crd as pinned_crds
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
 needs_kubectl = pytest.mark.usefixtures("kubectl")  # tests/outside_tools.py: fail in CI, else skip
-KUSTOMIZATIONS = ["base", "overlays/cpu", "overlays/gpu", "training"]
+KUSTOMIZATIONS = ["base", "overlays/cpu", "overlays/gpu", "training", "trainjob", "batch"]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -58,12 +59,14 @@ def rendered(tmp_path_factory) -> dict[str, Path]:
 def test_every_plain_manifest_validates_strictly():
     files = [p for p in K8S.rglob("*.yaml") if "overlays" not in p.parts]  # overlay files are patches
     docs = [d for p in files for d in validate.load_documents(p) if d["kind"] != "Kustomization"]
+    docs, custom = pinned_crds.custom(docs)  # the operators' kinds: against their pinned CRDs (k8s/crds)
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(["Deployment", "Service", "HorizontalPodAutoscaler",
                             "PodDisruptionBudget", "NetworkPolicy", "Job", "Service",
-                            "PersistentVolumeClaim"])
+                            "PersistentVolumeClaim", "PersistentVolumeClaim"])
     assert validate.versions()[0] == "1.29" and len(validate.versions()) == 2
     assert validate.validate_documents(docs) == []
+    assert sorted(d["kind"] for d in custom) == ["RayJob", "TrainJob"] and pinned_crds.validate(custom, K8S / "crds") == []
 
 
 def test_strict_validation_rejects_a_misspelt_field():
@@ -78,8 +81,9 @@ def test_strict_validation_rejects_a_misspelt_field():
 @needs_kubectl
 @pytest.mark.parametrize("folder", KUSTOMIZATIONS)
 def test_kustomize_builds_and_validates(folder):
-    docs = validate.kustomize_build(K8S / folder)
-    assert docs and validate.validate_documents(docs) == []
+    docs, custom = pinned_crds.custom(validate.kustomize_build(K8S / folder))
+    assert docs or custom
+    assert validate.validate_documents(docs) == [] and pinned_crds.validate(custom, K8S / "crds") == []
 
 
 def _pod(doc: dict) -> dict:
@@ -208,26 +212,13 @@ def test_rendered_overlay_is_self_contained(rendered):
 
 # --- the serving flags: --autoscale, --kind, Secrets (issue 28) ---------------------------------
 
-CRDS = Path(__file__).parent / "data" / "crds"
-CRD_FILES = {"ScaledObject": ("keda-v2.20.2-scaledobjects.yaml", "keda.sh_scaledobjects.yaml"),
-             "InferenceService": ("kserve-v0.20.0-inferenceservices.yaml", "serving.kserve.io_inferenceservices.yaml")}
-
-
-def crd(kind: str) -> dict:
-    """The CRD of a custom kind: the test data, or the full CRD of the pinned release from
-    $DEPLOYKIT_CRD_DIR (the release's own file name) when set."""
-    import os
-
-    ours, theirs = CRD_FILES[kind]
-    folder = os.environ.get("DEPLOYKIT_CRD_DIR")
-    path = Path(folder) / theirs if folder else CRDS / ours
-    return next(d for d in validate.load_documents(path) if d["kind"] == "CustomResourceDefinition")
+CRDS = Path(__file__).resolve().parents[1] / "k8s" / "crds"
 
 
 def custom_problems(doc: dict) -> list[str]:
     """A custom resource checked against its CRD, and its embedded Kubernetes parts strictly
     with kubernetes-validate (a Pod of the predictor's pod fields, an HPA of the behavior)."""
-    problems = validate.validate_custom(doc, crd(doc["kind"]))
+    problems = pinned_crds.validate([doc], CRDS)
     if doc["kind"] == "InferenceService":
         predictor = doc["spec"]["predictor"]
         keys = ("containers", "securityContext", "volumes", "tolerations", "nodeSelector",
@@ -268,11 +259,10 @@ def serving_overlays(tmp_path_factory) -> dict[tuple, tuple[Path, list[dict]]]:
 def test_every_serving_overlay_validates_and_has_one_autoscaler(serving_overlays):
     for (kind, mode, gpu), (folder, docs) in serving_overlays.items():
         kinds = [d["kind"] for d in docs]
-        core = [d for d in docs if d["kind"] not in validate.CUSTOM_KINDS]
+        core, custom = pinned_crds.custom(docs)
         assert validate.validate_documents(core) == [], (kind, mode)
-        for doc in docs:
-            if doc["kind"] in validate.CUSTOM_KINDS:
-                assert custom_problems(doc) == [], (kind, mode, gpu)
+        for doc in custom:
+            assert custom_problems(doc) == [], (kind, mode, gpu)
         for doc in docs:  # a downward-API reference names a container of its own pod
             pod = (doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment"
                    else doc["spec"]["predictor"] if doc["kind"] == "InferenceService" else None)
@@ -357,10 +347,10 @@ def test_custom_resource_validation_rejects_a_misspelt_field(serving_overlays):
     problems = custom_problems(isvc)
     assert any("serverAdress" in p for p in problems) and any("readinessProbes" in p for p in problems)
     so = by_kind(serving_overlays[("deployment", "keda", False)][1])["ScaledObject"]
-    assert validate.validate_custom(so, crd("ScaledObject")) == []
+    assert pinned_crds.validate([so], CRDS) == []
     so["spec"]["triggers"][0]["metricName"] = "removed-from-keda"  # gone from current KEDA releases
     so["spec"]["maxReplicas"] = 3
-    problems = validate.validate_custom(so, crd("ScaledObject"))
+    problems = pinned_crds.validate([so], CRDS)
     assert any("maxReplicas" in p for p in problems) and any("metricName" in p for p in problems)
 
 

@@ -185,3 +185,38 @@ def test_another_tasks_option_is_refused_by_its_flag(name):
             if other not in f.metadata["tasks"]:
                 with pytest.raises(ConfigError, match="--" + f.name.replace("_", "-")):
                     check_task(cfg, other, f"--task is {other}")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A private single-node Ray in this process (conftest set its token), whose workers register
+    the test task too."""
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=100_000_000, include_dashboard=False, logging_level="ERROR",
+             runtime_env={"env_vars": PLUGIN_ENV})
+    yield ray
+    ray.shutdown()
+
+
+def test_the_ray_engine_scores_through_the_same_task_hooks(run, local_ray, tmp_path):
+    """deploykit.scale.ray.score builds the task's own predict.Scorer in an actor: every task gets
+    the Ray engine with no code of its own, and answers as the local engine does."""
+    import ray.data
+
+    from deploykit import predict
+    from deploykit.config import PredictConfig
+    from deploykit.scale.ray import score
+
+    example = run["example"]
+    rows = [{"text": t, "row": i} for i, t in enumerate(example.INPUTS)]
+    scored = score(ray.data.from_items(rows), str(run["artifact"]), key_column="row", workers=1, batch_rows=2,
+                   allow_batch_dependent=True).take_all()
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in example.INPUTS))
+    local = predict.run(PredictConfig(artifact=str(run["artifact"]), data=str(data), out=str(tmp_path / "out.jsonl"),
+                                      chunk_size=len(rows)))
+    by_row = {r["row"]: r for r in map(json.loads, local.read_text().splitlines())}
+    assert sorted(r["row"] for r in scored) == sorted(by_row) == list(range(len(rows)))
+    for r in scored:
+        assert set(r) == set(by_row[r["row"]]) - {"source"} and set(example.PREDICTION_KEYS) <= set(r)

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 AUTOSCALERS = ("cpu", "queue", "keda")
-KEDA_RELEASE = "v2.20.2"  # the release whose ScaledObject CRD tests/data/crds checks against
+KEDA_RELEASE = "v2.20.2"  # the release whose ScaledObject CRD is pinned in k8s/crds (deploy/crd.py)
 ADAPTER_METRIC = "deploykit_queue_wait_seconds_avg"
 CPU_TARGET = 70  # percent, as k8s/base/hpa.yaml
 # The base HPA's scale-down (k8s/base/hpa.yaml): after a burst wait 5 minutes, then remove

@@ -17,7 +17,9 @@ a failure leaves no image under the tag. The image runs on a read-only root file
 service writes only below ``/tmp`` (``BENTOML_HOME=/tmp/bentoml``, Python's temporary files),
 onnxruntime's telemetry is off, and nothing else is written.
 
-The training image is ``k8s/training/Dockerfile`` built with the same backends.
+The training image is ``k8s/training/Dockerfile`` built with the same backends, and so is the
+batch-scoring image (``--ray``: ``k8s/batch/Dockerfile``, deploykit[ray] and the artifact), which
+``deploykit k8s --batch-job`` runs as a KubeRay RayJob.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ GPU_RUNTIME = "onnxruntime-gpu[cuda,cudnn]"
 # Never in a serving image (docs/architecture.md: serving depends on the artifact alone).
 FORBIDDEN = ("torch", "transformers", "datasets", "optimum", "optimum-onnx")
 TRAIN_DOCKERFILE = Path("k8s") / "training" / "Dockerfile"
+RAY_DOCKERFILE = Path("k8s") / "batch" / "Dockerfile"
 SLIM_SCRIPT = Path(__file__).with_name("slim.py")
 # The image's own settings for a read-only root, so it writes nothing outside /tmp (the
 # Deployment's emptyDir) even when run without the Deployment's environment: BentoML's home
@@ -361,6 +364,8 @@ def run(cfg: ContainerizeConfig) -> str:
     """
     if cfg.train:
         return _run_train(cfg)
+    if cfg.ray:
+        return _run_ray(cfg)
     if cfg.tag:
         engines.check_tag(cfg.tag)
     backend = None if cfg.dockerfile_only else pick_backend(cfg.backend)  # fail before building
@@ -444,6 +449,47 @@ def _run_train(cfg: ContainerizeConfig) -> str:
     args = {"BASE_IMAGE": cfg.base_image} if cfg.base_image else None
     log.info("building the training image %s from %s with %s", tag, dockerfile, backend)
     _build(backend, dockerfile, root, tag, args)
+    _report(backend, tag)
+    return tag
+
+
+def _run_ray(cfg: ContainerizeConfig) -> str:
+    """The batch-scoring image: k8s/batch/Dockerfile over a context of deploykit's source and the
+    verified artifact (``deploykit k8s --batch-job`` runs it as a KubeRay RayJob)."""
+    from deploykit.files import atomic_folder
+    from deploykit.scale import RAY_VERSION
+
+    root = Path(__file__).resolve().parents[2]
+    dockerfile = root / RAY_DOCKERFILE
+    if not dockerfile.is_file():
+        raise BadInputError(f"{dockerfile} not found: --ray builds from a deploykit checkout (run it from the "
+                            "repository)")
+    if not (Path(cfg.source) / MANIFEST).is_file():
+        raise BadInputError(f"{cfg.source} is not an artifact folder (no manifest.json); --ray packs the folder "
+                            "written by 'deploykit export'")
+    manifest = Manifest.verify(cfg.source)  # what the image will score, file by file
+    tag = engines.check_tag(cfg.tag or f"deploykit-ray-{manifest.name.lower()}:{__version__}")
+    backend = None if cfg.dockerfile_only else pick_backend(cfg.backend)
+    with tempfile.TemporaryDirectory(prefix="deploykit-ray-") as tmp:
+        context = Path(tmp) / "context"
+        context.mkdir()
+        shutil.copy(dockerfile, context / "Dockerfile")
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy(root / name, context / name)
+        shutil.copytree(root / "deploykit", context / "deploykit", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(cfg.source, context / "artifact",
+                        ignore=lambda folder, names: [n for n in names if Path(folder) == Path(cfg.source)
+                                                      and n not in manifest.files and n != MANIFEST])
+        if cfg.dockerfile_only:
+            with atomic_folder(cfg.dockerfile_only) as out:
+                shutil.copytree(context, out, dirs_exist_ok=True)
+            log.info("wrote the batch-scoring image's Dockerfile and context to %s (build with: docker build -t %s "
+                     "%s)", cfg.dockerfile_only, tag, cfg.dockerfile_only)
+            return cfg.dockerfile_only
+        args = {"RAY_VERSION": RAY_VERSION, **({"BASE_IMAGE": cfg.base_image} if cfg.base_image else {})}
+        log.info("building the batch-scoring image %s (Ray %s, artifact %s) with %s", tag, RAY_VERSION,
+                 manifest.name, backend)
+        _build(backend, context / "Dockerfile", context, tag, args)
     _report(backend, tag)
     return tag
 

@@ -20,7 +20,7 @@ import yaml
 
 from deploykit import tasks
 from deploykit.config import KubeConfig, ServiceConfig
-from deploykit.deploy import autoscale, kserve
+from deploykit.deploy import autoscale, jobs, kserve
 from deploykit.errors import BadInputError, DeployKitError
 from deploykit.files import atomic_folder
 from deploykit.manifest import Manifest
@@ -223,9 +223,12 @@ def kustomization(cfg: KubeConfig, values: dict[str, str], root: Path, resource:
         doc["namespace"] = cfg.namespace
     # The overlays name a placeholder registry; map it (and the bare name) to the user's image.
     placeholder = TRAIN_IMAGE if cfg.train else SERVE_IMAGE
-    doc["images"] = [{"name": n, **split_image(cfg.image)}
-                     for n in _image_names(root / resource, placeholder)]
-    if cfg.train:
+    if not jobs.applies(cfg):  # a custom resource's image is set by its JSON patch
+        doc["images"] = [{"name": n, **split_image(cfg.image)}
+                         for n in _image_names(root / resource, placeholder)]
+    if jobs.applies(cfg):
+        patches = jobs.patches(cfg, _resources(cfg).get("resources"))
+    elif cfg.train:
         patches = _train_patches(cfg)
     else:
         doc["replicas"] = [{"name": SERVER, "count": cfg.replicas}]
@@ -310,7 +313,9 @@ def render(cfg: KubeConfig) -> Path:
     src = manifests_dir(cfg.manifests)
     # Only the manifest is read: rendering does not need the model files.
     values = serving_values(Manifest.read(cfg.artifact) if cfg.artifact else None, cfg.gpu)
-    if cfg.train:
+    if jobs.applies(cfg):
+        copies = [resource := jobs.source(cfg)]
+    elif cfg.train:
         copies, resource = ["training"], "training"
     else:
         flavour = "gpu" if cfg.gpu else "cpu"
@@ -337,7 +342,7 @@ def render(cfg: KubeConfig) -> Path:
             "# Rendered by `deploykit k8s`; apply with: kubectl apply -k .\n"
             + yaml.safe_dump(doc, sort_keys=False))
         if cfg.validate:
-            _validate(tmp)
+            _validate(tmp, src / "crds")
     if not cfg.train and cfg.autoscaler == "queue":
         rules = adapter_rules_path(cfg)
         rules.write_text("# prometheus-adapter rule for `deploykit k8s --autoscale queue` (rendered beside the\n"
@@ -351,17 +356,17 @@ def render(cfg: KubeConfig) -> Path:
     return out
 
 
-def _validate(folder: Path) -> None:
-    """Build the overlay with kubectl kustomize and validate its core kinds strictly (custom
-    resources, KEDA's and KServe's, are checked against their CRDs by the test suite)."""
-    from deploykit.deploy import validate
+def _validate(folder: Path, crds: Path) -> None:
+    """Build the overlay with kubectl kustomize and validate its core kinds strictly, and its custom
+    resources (ScaledObject, InferenceService, TrainJob, RayJob) against their pinned CRDs in ``crds``."""
+    from deploykit.deploy import crd, validate
 
     if validate.kubectl() is None:
         log.warning("kubectl not found: the overlay was written but not built or validated (install "
                     "kubectl to check it)")
         return
-    docs = validate.kustomize_build(folder)
-    problems = validate.validate_documents([d for d in docs if d.get("kind") not in validate.CUSTOM_KINDS])
+    core, pinned = crd.custom(validate.kustomize_build(folder))
+    problems = validate.validate_documents(core) + crd.validate(pinned, crds)
     if problems:
         raise DeployKitError("the rendered overlay failed strict validation:\n  " + "\n  ".join(problems))
     log.info("built with kubectl kustomize and validated strictly against Kubernetes %s",

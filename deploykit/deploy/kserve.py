@@ -19,7 +19,7 @@ from typing import Any
 
 from deploykit.deploy import autoscale
 
-KSERVE_RELEASE = "v0.20.0"  # the release whose InferenceService CRD tests/data/crds checks against
+KSERVE_RELEASE = "v0.20.0"  # the release whose InferenceService CRD is pinned in k8s/crds (deploy/crd.py)
 DEPLOYMENT_MODE = "Standard"
 CONTAINER = "kserve-container"  # the name KServe gives a predictor's main container
 

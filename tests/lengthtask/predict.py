@@ -5,16 +5,28 @@ from __future__ import annotations
 from typing import Any
 
 from deploykit.config import PredictConfig
+from deploykit.manifest import Manifest
+from deploykit.predict import TextSource
 from lengthtask.runtime import Runtime
 
+
+def batch_rows(cfg: PredictConfig, manifest: Manifest) -> int:
+    return cfg.chunk_size
+
+
+
+def text_source(cfg: PredictConfig) -> TextSource:
+    """The text is ``--text-column`` as it is."""
+    return TextSource(cfg.text_column)
 
 class Scorer:
     what = "buckets"
 
     def __init__(self, cfg: PredictConfig) -> None:
-        self.runtime = Runtime(cfg.artifact, cfg.variant, threads=cfg.threads, spin=True)
+        threads = cfg.threads if cfg.engine == "local" else cfg.threads_per_worker
+        self.runtime = Runtime(cfg.artifact, cfg.variant, threads=threads, spin=True)
         self.name, self.variant = self.runtime.name, self.runtime.variant
 
-    def __call__(self, texts: list[str], first_row: int) -> list[dict[str, Any]]:
+    def __call__(self, texts: list[str], keys: list[int]) -> list[dict[str, Any]]:
         return [{"bucket": r["label"], "score": r["score"], "words": len(t.split())}
                 for t, r in zip(texts, self.runtime.predict(texts))]

@@ -1,6 +1,6 @@
 """``deploykit predict`` on a text-classification artifact: a label and its scores per row.
 
-Torch-free: the serving ``Runtime`` scores each chunk (token-budget batches, length-sorted).
+Torch-free: the serving ``Runtime`` scores each batch (token-budget model calls, length-sorted).
 """
 
 from __future__ import annotations
@@ -8,11 +8,24 @@ from __future__ import annotations
 from typing import Any
 
 from deploykit.config import PredictConfig
+from deploykit.manifest import Manifest
+from deploykit.predict import TextSource
 from deploykit.tasks.classification.runtime import Runtime
 
 
+def batch_rows(cfg: PredictConfig, manifest: Manifest) -> int:
+    """Rows per batch an engine hands the scorer: ``--chunk-size`` (the runtime splits a batch
+    into model calls by its token budget itself)."""
+    return cfg.chunk_size
+
+
+
+def text_source(cfg: PredictConfig) -> TextSource:
+    """The text is ``--text-column`` as it is."""
+    return TextSource(cfg.text_column)
+
 class Scorer:
-    """A classifier loaded once; each row's ``{"label", "score", "scores", "truncated"}``.
+    """A classifier verified and loaded once; each row's ``{"label", "score", "scores", "truncated"}``.
 
     Raises:
         BadInputError, IntegrityError: As ``Runtime``.
@@ -22,9 +35,10 @@ class Scorer:
 
     def __init__(self, cfg: PredictConfig) -> None:
         # One caller calling back to back: idle threads may spin (see Runtime's ``spin``).
-        self.runtime = Runtime(cfg.artifact, cfg.variant, threads=cfg.threads, max_batch_tokens=cfg.max_batch_tokens,
+        threads = cfg.threads if cfg.engine == "local" else cfg.threads_per_worker
+        self.runtime = Runtime(cfg.artifact, cfg.variant, threads=threads, max_batch_tokens=cfg.max_batch_tokens,
                                max_batch_size=cfg.max_batch_size, spin=True)
         self.name, self.variant = self.runtime.name, self.runtime.variant
 
-    def __call__(self, texts: list[str], first_row: int) -> list[dict[str, Any]]:
+    def __call__(self, texts: list[str], keys: list[int]) -> list[dict[str, Any]]:
         return self.runtime.predict(texts)

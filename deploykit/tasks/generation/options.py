@@ -109,7 +109,8 @@ class Predict:
     max_new_tokens: int | None = opt(None, "text-generation: most tokens generated per prompt "
                                      "(default: the manifest's generation default).")
     temperature: float = opt(0.0, "text-generation: sampling temperature (0 = greedy).")
-    seed: int = opt(0, "text-generation: seed of sampling (row i samples with seed + i).")
+    seed: int = opt(0, "text-generation: seed of sampling (row i of its file samples with seed + i, under "
+                   "either engine).")
 
     def validate(self) -> None:
         require(self.max_new_tokens is None or self.max_new_tokens > 0, "max_new_tokens", "must be positive")
