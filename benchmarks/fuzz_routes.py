@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from deploykit.bench.report import machine, machine_markdown  # noqa: E402
 from deploykit.manifest import Manifest  # noqa: E402
 from deploykit.serve.launch import free_port, stop_process_group  # noqa: E402
-from fuzz_bodies import SEED, fuzz, generation_case, v2_case  # noqa: E402
+from fuzz_bodies import SEED, fuzz, generation_case, has_traceback, v2_case  # noqa: E402
 from fair_admission import uptime  # noqa: E402
 from serving_compare import wait_ready  # noqa: E402
 
@@ -56,9 +56,13 @@ def run(artifact: Path, examples: int, max_new_tokens: int, work: Path) -> dict:
     finally:
         stop_process_group(proc, timeout=60)
     text = log.read_text()
+    # The first traceback, kept: the server's log goes with the temporary folder.
+    header = "Traceback (most recent call last)"
+    first = text[text.index(header):].splitlines()[:80] if has_traceback(text) else []
     return {"artifact": str(artifact), "task": manifest.task, "examples": examples, "seed": SEED,
             "statuses": {str(k): v for k, v in sorted(statuses.items())}, "seconds": round(seconds, 1),
-            "five_xx": sum(v for k, v in statuses.items() if k >= 500), "traceback_in_log": "Traceback" in text}
+            "five_xx": sum(v for k, v in statuses.items() if k >= 500), "traceback_in_log": has_traceback(text),
+            "first_traceback": "\n".join(first)}
 
 
 def main() -> None:
@@ -85,6 +89,9 @@ def main() -> None:
         statuses = ", ".join(f"{k}: {v}" for k, v in r["statuses"].items())
         lines.append(f"| {r['artifact']} | {r['task']} | {r['examples']} | {r['seed']} | {statuses} "
                      f"| {r['five_xx']} | {'yes' if r['traceback_in_log'] else 'no'} | {r['seconds']} |")
+    for r in results["runs"]:
+        if r["first_traceback"]:
+            lines += ["", f"First traceback in the log of {r['artifact']}:", "", "```", r["first_traceback"], "```"]
     print("\n".join(lines))
     if args.out:
         out = Path(args.out)

@@ -296,6 +296,13 @@ class Client:
 
 # --- the check -------------------------------------------------------------------------------
 
+def has_traceback(log: str) -> bool:
+    """Whether a server log holds a Python traceback. Its header line, not the word alone: the
+    fuzzed inputs, quoted back in the 400s' log lines, may hold "Traceback" (Hypothesis draws
+    strings from the constants of the code it runs, this suite's included)."""
+    return "Traceback (most recent call last)" in log
+
+
 # A new seed each run (printed with any failure); DEPLOYKIT_FUZZ_SEED replays one.
 SEED = int(os.environ.get("DEPLOYKIT_FUZZ_SEED") or random.randrange(2**32))
 
