@@ -38,6 +38,26 @@ Call = Callable[[Sequence[str]], int]
 
 # --- offline ---------------------------------------------------------------------------------
 
+
+def untruncated_tokenizer(artifact: str) -> Any:
+    """The artifact's tokenizer with truncation and padding off (texts' real token counts)."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(artifact) / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def data_set(cfg: BenchOfflineConfig, tokenizer: Any) -> dict[str, Any]:
+    """The input set of the data set's texts (``--samples`` of them, seeded), with their real
+    token counts (mean and longest, by ``untruncated_tokenizer``) for the report."""
+    texts = sample_texts(cfg.data, cfg.text_column, cfg.samples, cfg.seed)
+    lengths = [len(e.ids) for e in tokenizer.encode_batch(texts)]
+    return {"texts": texts, "batch_sizes": int_list(cfg.batch_sizes),
+            "mean_tokens": sum(lengths) / len(lengths), "max_tokens": max(lengths)}
+
+
 class Offline:
     """The classifier's offline benchmark (see ``deploykit.bench.offline.Offline``)."""
 
@@ -53,16 +73,10 @@ class Offline:
 
     def input_sets(self) -> dict[str, dict[str, Any]]:
         """The data set's texts, then one synthetic set per length."""
-        from tokenizers import Tokenizer
-
         cfg = self.cfg
-        texts = sample_texts(cfg.data, cfg.text_column, cfg.samples, cfg.seed)
-        tokenizer = Tokenizer.from_file(str(Path(cfg.artifact) / "tokenizer.json"))
-        tokenizer.no_truncation()
-        tokenizer.no_padding()
-        lengths = [len(e.ids) for e in tokenizer.encode_batch(texts)]
-        sets = {"data": {"texts": texts, "batch_sizes": int_list(cfg.batch_sizes),
-                         "mean_tokens": sum(lengths) / len(lengths), "max_tokens": max(lengths)}}
+        tokenizer = untruncated_tokenizer(cfg.artifact)
+        sets = {"data": data_set(cfg, tokenizer)}
+        texts = sets["data"]["texts"]
         largest = max(int_list(cfg.synthetic_batch_sizes))
         for length in int_list(cfg.synthetic_lengths):
             synthetic = synthetic_texts(tokenizer, texts, length, max(largest, 8))

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.bench import report
-from deploykit.bench.inputs import sample_texts
 from deploykit.bench.online import run_levels
 from deploykit.config import BenchOfflineConfig, BenchOnlineConfig, int_list
 from deploykit.manifest import Manifest
@@ -57,16 +56,8 @@ class Offline:
 
     def input_sets(self) -> dict[str, dict[str, Any]]:
         """The data set's texts (their real lengths; long ones are windowed by every engine)."""
-        from tokenizers import Tokenizer
-
-        cfg = self.cfg
-        texts = sample_texts(cfg.data, cfg.text_column, cfg.samples, cfg.seed)
-        tokenizer = Tokenizer.from_file(str(Path(cfg.artifact) / "tokenizer.json"))
-        tokenizer.no_truncation()
-        tokenizer.no_padding()
-        lengths = [len(e.ids) for e in tokenizer.encode_batch(texts)]
-        return {"data": {"texts": texts, "batch_sizes": int_list(cfg.batch_sizes),
-                         "mean_tokens": sum(lengths) / len(lengths), "max_tokens": max(lengths)}}
+        tokenizer = classification_bench.untruncated_tokenizer(self.cfg.artifact)
+        return {"data": classification_bench.data_set(self.cfg, tokenizer)}
 
     def engine(self, engine: str, common: dict[str, Any], checkpoint: str | None, out: Path) -> dict[str, dict[str, Any]]:
         """``optimum-quantized``: Optimum's own dynamic INT8 of the checkpoint, built in ``out`` first."""
