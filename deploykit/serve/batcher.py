@@ -255,7 +255,7 @@ class DynamicBatcher:
         # What the queue holds, kept up to date for the estimate (``_count``): requests with rows
         # left, their rows and tokens, and the tokens of each one's next (longest) row.
         self._queued_requests = self._queued_rows = self._queued_tokens = self._next_row_tokens = 0
-        self._cost = StepCost(getattr(runtime, "probe_seconds_per_token", None), runtime.max_length)
+        self._cost = StepCost(runtime.probe_seconds_per_token, runtime.max_length)
         self._step_tokens = 0  # tokens of the step in progress
         self._step_started = 0.0
         self._wakeup: asyncio.Event | None = None
