@@ -119,6 +119,17 @@ def _read_saved_dataset(path: Path) -> dict[str, pd.DataFrame]:
     return {"all": loaded.to_pandas()}
 
 
+def check_source(source: str) -> None:
+    """Whether a data source can be read at all (it exists), before anything heavy loads.
+
+    Raises:
+        BadInputError: No such file or folder, with the shapes that are read.
+    """
+    if source != "tweets" and not Path(source).exists():
+        raise BadInputError(f"data source {source} does not exist; pass a CSV, JSON, JSONL or "
+                            f"Parquet file, a datasets.save_to_disk folder, or 'tweets'")
+
+
 def read_frames(source: str) -> tuple[dict[str, pd.DataFrame], str]:
     """Frames by split name (``all`` when the source has no splits) and how to name the source."""
     import pandas as pd
@@ -127,10 +138,8 @@ def read_frames(source: str) -> tuple[dict[str, pd.DataFrame], str]:
         # The corpus is not UTF-8 (a few bytes are Latin-1).
         return ({"all": pd.read_csv(tweets_path(), encoding="latin-1", keep_default_na=False)},
                 "the built-in 'tweets' data")
+    check_source(source)
     path = Path(source)
-    if not path.exists():
-        raise BadInputError(f"data source {source} does not exist; pass a CSV, JSON, JSONL or "
-                            f"Parquet file, a datasets.save_to_disk folder, or 'tweets'")
     frames = _read_saved_dataset(path) if path.is_dir() else {"all": _read_file(path)}
     for split, frame in frames.items():
         if len(frame) == 0:
@@ -319,7 +328,8 @@ def rebuild_config(stored: DataConfig | None, *, data: str | None = None, split:
             ``text_column`` or ``prompt_column``); None keeps the stored one.
 
     Raises:
-        BadInputError: If there is neither a stored config nor a ``data`` source.
+        BadInputError: If there is neither a stored config nor a ``data`` source, or the source
+            does not exist (said before a stage loads its model).
     """
     base = {f.name: getattr(stored, f.name) for f in dataclasses.fields(DataConfig)} if stored else {}
     if data is None and not base:
@@ -329,6 +339,7 @@ def rebuild_config(stored: DataConfig | None, *, data: str | None = None, split:
     base["max_train_samples"] = None
     if split == "all":
         base["group_column"] = None
+    check_source(base["data"])
     return DataConfig(**base)
 
 

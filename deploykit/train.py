@@ -152,16 +152,15 @@ def _setup_distributed(cfg: TrainConfig) -> Dist:
     return dist
 
 
-def _check_options(cfg: TrainConfig, dist: Dist) -> None:
+def _preflight(cfg: TrainConfig) -> None:
+    """The checks that need neither torch nor the data's rows, made before either loads (seconds
+    earlier): the options agree, the data source and the model exist, and ``--out`` holds what
+    ``--resume`` says."""
     if cfg.strategy == "lora" and cfg.layer_lr_decay < 1:
         raise BadInputError("--layer-lr-decay is not supported with --strategy lora (the adapters "
                             "train at one rate); set --layer-lr-decay 1")
-    if dist.world_size > 1 and cfg.strategy == "layerwise":
-        raise BadInputError("--strategy layerwise is not supported under torchrun (DDP cannot change "
-                            "which weights train mid-run); use --strategy full, ffn or head, or run "
-                            "it in one process")
-    if dist.world_size > 1 and cfg.group_by_length:
-        raise BadInputError("--group-by-length is not supported under torchrun; drop the flag")
+    data.check_source(cfg.data)
+    resolve_model(cfg.model)
     out = Path(cfg.out)
     if cfg.resume and not (out / "last" / "state.json").is_file():
         checkpoint.recover_folder(out / "last")
@@ -173,6 +172,16 @@ def _check_options(cfg: TrainConfig, dist: Dist) -> None:
     if not cfg.resume and (out / "last").exists():
         raise BadInputError(f"{out} already holds a run; pass --resume to continue it, or choose "
                             f"another --out")
+
+
+def _check_options(cfg: TrainConfig, dist: Dist) -> None:
+    """The options that a run of several processes refuses."""
+    if dist.world_size > 1 and cfg.strategy == "layerwise":
+        raise BadInputError("--strategy layerwise is not supported under torchrun (DDP cannot change "
+                            "which weights train mid-run); use --strategy full, ffn or head, or run "
+                            "it in one process")
+    if dist.world_size > 1 and cfg.group_by_length:
+        raise BadInputError("--group-by-length is not supported under torchrun; drop the flag")
 
 
 # Options that may change on --resume: they do not change what the run computes.
@@ -632,6 +641,7 @@ def run(cfg: TrainConfig) -> Path:
     """
     from deploykit.progress import bar as progress_bar
 
+    _preflight(cfg)
     dist = _setup_distributed(cfg)
     _check_options(cfg, dist)
     loop, state = _setup(cfg, dist)

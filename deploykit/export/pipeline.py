@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 from deploykit import checkpoint as ckpt
-from deploykit import tasks
+from deploykit import data, tasks
 from deploykit.config import ExportConfig, ParityConfig, VerifyConfig, check_task
 from deploykit.errors import BadInputError, ParityError
 from deploykit.export.parity import Column, ParityResult, table
@@ -165,6 +165,8 @@ def run(cfg: ExportConfig) -> Path:
     checkpoint = ckpt.validate(cfg.checkpoint)
     task = tasks.of_checkpoint(checkpoint)
     check_task(cfg, task.name, f"{checkpoint} is a {task.name} checkpoint")
+    if cfg.data is not None:
+        data.check_source(cfg.data)  # before the task's exporter loads torch (seconds)
     exporter = _exporter(task, cfg, checkpoint)
     out = prepare_out(cfg)
     exporter.load()
