@@ -207,6 +207,9 @@ def _read(cfg: DataConfig, slice_column: str | None) -> tuple[dict[str, list[tup
     Raises:
         BadInputError: A missing column, or (without --skip-bad-rows) the first bad row.
     """
+    if (cfg.answer_column is None) != (cfg.answer_start_column is None):
+        raise BadInputError("give --answer-column and --answer-start-column together (an answer text and its "
+                            "character start), or neither (--answers-column holds both)")
     frames, where, shape = _frames(cfg)
     squad = shape == "SQuAD JSON"
     question, context = ("question", "context") if squad else (cfg.question_column, cfg.context_column)

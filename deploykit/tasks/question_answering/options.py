@@ -39,8 +39,6 @@ class Data:
 
     def validate(self) -> None:
         require(self.doc_stride >= 0, "doc_stride", "must be >= 0 tokens")
-        require((self.answer_column is None) == (self.answer_start_column is None), "answer_column",
-                "give --answer-column and --answer-start-column together (or neither, for --answers-column)")
 
 
 @dataclass
