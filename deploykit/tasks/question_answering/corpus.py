@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from deploykit.tasks.token_classification.corpus import FALLBACK_SENTENCES, MONTHS, name_pools, tweets
+from deploykit.tasks.token_classification.corpus import FALLBACK_SENTENCES, MONTHS, name_pools, tweets, write_jsonl
 
 KINDS = ("who", "where", "when", "how_many")
 EVENTS = ("jazz festival", "chess tournament", "bake sale", "science fair", "charity run", "book fair",
@@ -124,15 +124,6 @@ def answerable(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [row for row in rows if row["answers"]["text"]]
 
 
-def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
-    """One JSON object per line (UTF-8)."""
-    path = Path(path)
-    with open(path, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
-
-
 def to_squad(rows: Iterable[dict[str, Any]], path: str | Path, version: str = "v2.0") -> Path:
     """The rows as a SQuAD JSON file (``data/paragraphs/qas``; one article per title).
 
@@ -157,4 +148,5 @@ def to_squad(rows: Iterable[dict[str, Any]], path: str | Path, version: str = "v
     return path
 
 
+# write_jsonl is token classification's (one JSON object per line), offered here for the corpus's users.
 __all__ = ["FALLBACK_SENTENCES", "KINDS", "answerable", "generate", "to_squad", "write_jsonl"]

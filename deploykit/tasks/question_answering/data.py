@@ -30,6 +30,7 @@ from deploykit.config import DataConfig
 from deploykit.data import (SPLIT_NAMES, Splits, group_cells, read_frames, require_columns, slice_cells,
                             source_sha256, subsample, three_splits)
 from deploykit.errors import BadInputError
+from deploykit.tasks.token_classification.data import RowProblems, refuse_or_skip
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -117,16 +118,6 @@ def squad_frame(path: Path) -> pd.DataFrame | None:
     if not rows:
         raise BadInputError(f"{path} is a SQuAD file without questions; give one with data/paragraphs/qas")
     return pd.DataFrame(rows)
-
-
-class _Rows:
-    """The good rows of a frame and the problems of the bad ones (``row N of column 'C': why``)."""
-
-    def __init__(self, where: str) -> None:
-        self.where, self.rows, self.problems = where, [], []
-
-    def bad(self, row: int, column: str, why: str) -> None:
-        self.problems.append(f"{self.where}: row {row + 1} of column '{column}' {why}")
 
 
 class CellError(ValueError):
@@ -226,7 +217,7 @@ def _read(cfg: DataConfig, slice_column: str | None) -> tuple[dict[str, list[tup
                                                          if pair else f"'{answers}')"))
     raw, problems = {}, []
     for split, frame in frames.items():
-        rows = _Rows(f"{where} ({split})" if len(frames) > 1 or split != "all" else where)
+        rows = RowProblems(f"{where} ({split})" if len(frames) > 1 or split != "all" else where)
         ids = [str(v) for v in frame["id"].tolist()] if "id" in frame.columns else \
             [f"{split}-{i}" for i in range(len(frame))]
         extra = list(zip(slice_cells(frame, slice_column), group_cells(frame, cfg.group_column)))
@@ -255,14 +246,7 @@ def _read(cfg: DataConfig, slice_column: str | None) -> tuple[dict[str, list[tup
                 continue
             rows.rows.append((q, c, found, ids[i], *extra[i]))
         raw[split], problems = rows.rows, problems + rows.problems
-    if problems and not cfg.skip_bad_rows:
-        more = f" (and {len(problems) - 1} more bad rows)" if len(problems) > 1 else ""
-        raise BadInputError(f"{problems[0]}{more}; fix or remove the row, or pass --skip-bad-rows to skip "
-                            "such rows")
-    if problems:
-        log.warning("--skip-bad-rows: skipped %d row(s) of %s, e.g. %s", len(problems), where, problems[0])
-    if not any(raw.values()):
-        raise BadInputError(f"{where} has no usable rows; fix the data (see --skip-bad-rows' warnings)")
+    refuse_or_skip(problems, cfg.skip_bad_rows, where, raw)
     return raw, where, shape, len(problems)
 
 

@@ -15,33 +15,29 @@ the validation split, in its score space.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from deploykit import checkpoint as ckpt
 from deploykit.config import ParityConfig
 from deploykit.errors import BadInputError
-from deploykit.export import onnx_export, optimize, quantize
+from deploykit.export import onnx_export, quantize
 from deploykit.export.parity import Column, ParityResult
-from deploykit.export.pipeline import Graphs
-from deploykit.manifest import VARIANT_FILES, Manifest
+from deploykit.manifest import Manifest
 from deploykit.tasks.classification import int8_fallback, int8_schemes
 from deploykit.tasks.classification.export import tolerated
 from deploykit.tasks.question_answering import data, int8, parity
 from deploykit.tasks.question_answering.evaluate import validation_threshold
 from deploykit.tasks.question_answering.head import QuestionAnswering
 from deploykit.tasks.question_answering.runtime import Runtime
-from deploykit.tasks.token_classification.export import max_length
+from deploykit.tasks.token_classification.export import WindowedExport, max_length
 
 log = logging.getLogger(__name__)
 
 OPTIMUM_TASK = "question-answering"  # optimum's task: the encoder with its span head (start and end logits)
 
 
-class Export:
+class Export(WindowedExport):
     """The export hooks of question-answering (see ``deploykit.export.pipeline.Export``).
 
     Args:
@@ -51,6 +47,10 @@ class Export:
     Raises:
         BadInputError: optimum-onnx cannot export the architecture for question answering.
     """
+
+    OPTIMUM_TASK = OPTIMUM_TASK
+    RUNTIME = Runtime
+    UNITS = "questions"
 
     def __init__(self, cfg: ParityConfig, checkpoint: Path) -> None:
         self.cfg, self.checkpoint = cfg, checkpoint
@@ -76,59 +76,8 @@ class Export:
         return QuestionAnswering(min(dcfg.doc_stride, self.max_length - 4), cfg.max_answer_len, cfg.max_question_len,
                                  cfg.align_to_words, bool(dcfg.allow_no_answer), threshold)
 
-    def write(self, folder: Path) -> Graphs:
-        """Steps 1-3: tokenizer, config, fp32 and fused graphs, then INT8 by ``--quantize``."""
-        cfg, model = self.cfg, self.model
-        tokenizer_file = onnx_export.write_tokenizer(self.tokenizer, folder / "tokenizer.json", self.max_length)
-        shutil.copy(self.checkpoint / "config.json", folder / "config.json")
-        fp32, opt = folder / VARIANT_FILES["fp32"], folder / VARIANT_FILES["opt"]
-        onnx_export.export_onnx(model, fp32, cfg.opset, OPTIMUM_TASK)
-        head = self.head()
-        inputs = Runtime.of_graph(fp32, tokenizer_file, self.max_length, stride=head.doc_stride).input_names
-        records: dict[str, dict[str, Any]] = {"fp32": {"fused_ops": {}}}
-        if cfg.optimize != "none":
-            info = optimize.optimize(fp32, opt, cfg.optimize, model.config)
-            if info["missing_fusions"]:
-                log.warning("onnxruntime's optimizer found no %s fusion for %s; model.opt.onnx is optimized "
-                            "without it (recorded as missing_fusions)", "/".join(info["missing_fusions"]),
-                            model.config.model_type)
-            records["opt"] = {"fused_ops": info["fused_ops"], "optimization": {
-                "level": info["level"], "missing_fusions": info["missing_fusions"], "attn_implementation": "eager"}}
-        extra: dict[str, Any] = {}
-        if cfg.quantize != "none":
-            quantization, selection = self._quantize(folder, head, records)
-            if quantization is not None:
-                records["int8"] = {"fused_ops": optimize.fused_ops(folder / VARIANT_FILES["int8"]),
-                                   "quantization": quantization}
-            elif selection is not None:
-                extra["int8_selection"] = selection
-        return Graphs(head, self.max_length, inputs, records, extra)
-
-    def _quantize(self, folder: Path, head: QuestionAnswering, records: dict[str, Any]) -> tuple[Any, Any]:
-        """Step 3: (the ``quantization`` record of model.int8.onnx or None, the selection record)."""
-        cfg = self.cfg
-        reduce_range = quantize.choose_reduce_range(cfg.reduce_range)
-        src, dst = folder / VARIANT_FILES["fp32"], folder / VARIANT_FILES["int8"]
-        scorer = self._scorer(src, folder / "tokenizer.json", head)
-        if cfg.quantize == "dynamic":
-            source = folder / VARIANT_FILES["opt" if "opt" in records else "fp32"]
-            scheme = quantize.Dynamic(reduce_range)
-            if cfg.int8_fallback == "off":
-                scheme.write(source, dst)
-                return {**scheme.info(source, dst, []), "fallback": {"mode": "off"}}, None
-            return int8_fallback.search(source, dst, scheme, scorer), None
-        calibration = self._calibration(src, folder / "tokenizer.json", head.doc_stride)
-        log.info("int8: calibrating on %d training questions of %s (%d unpadded batches)", len(calibration.texts),
-                 calibration.source, len(calibration.feeds))
-        scratch = Path(tempfile.mkdtemp(prefix="deploykit-int8-schemes-", dir=folder.parent))
-        try:
-            info, selection = int8_schemes.choose(src, dst, cfg.int8_scheme, scorer, calibration, reduce_range,
-                                                  scratch, fallback=cfg.int8_fallback == "auto",
-                                                  keep_best=cfg.quantize == "static")
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        log.log(logging.INFO if selection["met"] else logging.WARNING, "int8: %s", selection["reason"])
-        return info, (selection if info is None else None)
+    def stride_of(self, head: QuestionAnswering) -> int:
+        return head.doc_stride
 
     def _calibration(self, src: Path, tokenizer_file: Path, stride: int) -> int8_schemes.Calibration:
         """The first ``--calibration-samples`` training questions (never held-out ones), windowed as

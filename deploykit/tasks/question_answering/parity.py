@@ -35,12 +35,12 @@ from deploykit.manifest import Manifest, ParityRows
 from deploykit.tasks.question_answering import data, squad
 from deploykit.tasks.question_answering.head import QuestionAnswering
 from deploykit.tasks.question_answering.runtime import Runtime
+from deploykit.tasks.token_classification import parity as windows_parity
 
 log = logging.getLogger(__name__)
 
 INT8_PRECISIONS = ("int8",)
 PARITY_TOP_K = 3
-MIXED_BATCH = 32
 COLUMNS = ("question_column", "context_column", "answers_column")
 
 
@@ -165,32 +165,10 @@ def runtime_logits(runtime: Runtime, held: data.Questions, sizes: Sequence[int],
     return rows, out
 
 
-def batch_independence(runtime: Runtime, held: data.Questions, batched: np.ndarray | None = None,
-                       batch_size: int = MIXED_BATCH, seed: int = 0) -> dict[str, Any]:
-    """How far a window's logits move with its batch mates: each window alone against the same window
-    in seeded random batches of ``batch_size`` (and, if given, in the batches that produced ``batched``).
-
-    Returns:
-        ``{"max_abs_diff", "mean_abs_diff", "label_flips", "rows", "mixed_batch_size"}`` (a window flips
-        when its best start or end token moves).
-    """
-    rows = runtime.tokenize(held.questions, held.contexts)
-    alone = [runtime.run([row])[0] for row in rows]
-    order = np.random.default_rng(seed).permutation(len(rows))
-    mixed = np.empty(len(rows), dtype=object)
-    for start in range(0, len(rows), batch_size):
-        part = order[start:start + batch_size]
-        mixed[part] = runtime.run([rows[i] for i in part])
-    worst, total, count, flips = 0.0, 0.0, 0, 0
-    for i, base in enumerate(alone):
-        flipped = False
-        for other in ([mixed] if batched is None else [mixed, batched]):
-            diff = np.abs(other[i].astype(np.float64) - base)
-            worst, total, count = max(worst, float(diff.max(initial=0.0))), total + float(diff.sum()), count + diff.size
-            flipped |= bool((other[i].argmax(-1) != base.argmax(-1)).any())
-        flips += flipped
-    return {"max_abs_diff": worst, "mean_abs_diff": total / max(count, 1), "label_flips": flips, "rows": len(rows),
-            "mixed_batch_size": batch_size}
+def batch_independence(runtime: Runtime, held: data.Questions, batched: np.ndarray | None = None) -> dict[str, Any]:
+    """How far a window's start/end logits move with its batch mates (token classification's measure,
+    ``token_classification.parity.batch_independence``, on the questions' pair windows)."""
+    return windows_parity.batch_independence(runtime, [], batched, rows=runtime.tokenize(held.questions, held.contexts))
 
 
 def bounds_for(precision: str, cfg: ParityConfig) -> dict[str, float]:

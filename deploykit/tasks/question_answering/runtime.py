@@ -32,6 +32,7 @@ from deploykit.errors import BadInputError
 from deploykit.tasks.classification.runtime import Runtime as ClassifierRuntime
 from deploykit.tasks.question_answering import answers
 from deploykit.tasks.question_answering.head import OUTPUTS, QuestionAnswering
+from deploykit.tasks.token_classification.runtime import Runtime as TokenRuntime
 from deploykit.tasks.windows import Window, by_text, set_windows
 
 MAX_TOP_K = 20  # the most answers one question may ask for
@@ -150,12 +151,9 @@ class Runtime(ClassifierRuntime):
                 out[i] = np.stack([starts[i, :row.length], ends[i, :row.length]]).astype(np.float32, copy=False)
         return out
 
-    def logits_of(self, rows: Sequence[Window]) -> np.ndarray:
-        """The logits of windows of any number, batched by budget, in the rows' order (as ``run``)."""
-        result = np.empty(len(rows), dtype=object)
-        for batch in self.plan(rows):
-            result[batch] = self.run([rows[i] for i in batch])
-        return result
+    # The logits of windows of any number, batched by budget, in the rows' order (as ``run``): the
+    # token classifier's, which batches windows of any span task.
+    logits_of = TokenRuntime.logits_of
 
     # --- answers -----------------------------------------------------------------------------
 
