@@ -349,3 +349,41 @@ def test_fuzzed_answer_and_v2_bodies_get_4xx_never_5xx(server):
         statuses = fuzz(server, json_case(route, body), 60)
         assert statuses.get(400, 0) and not any(s >= 500 for s in statuses), statuses
     assert post_json(server + "/answer", {"question": QUESTION, "context": "we saw Ann Lee"})[0] == 200
+
+
+# --- around it ---------------------------------------------------------------------------------------
+
+def test_triton_repository_and_kubernetes_overlay(trained, tmp_path):
+    from deploykit.config import KubeConfig, TritonConfig
+    from deploykit.deploy import k8s
+    from deploykit.serve import triton_repo
+
+    repo = triton_repo.run(TritonConfig(artifact=str(trained["artifact"]), out=str(tmp_path / "repo")))
+    assert sorted(p.name for p in repo.iterdir()) == ["README.md", "qa"]
+    config = (repo / "qa" / "config.pbtxt").read_text()
+    assert 'backend: "python"' in config and all(f'"{n}"' in config for n in ("QUESTION", "CONTEXT", "ANSWER", "END"))
+    assert "TYPE_FP32" in config and "TYPE_INT64" in config
+    assert list(Manifest.verify(repo / "qa" / "1" / "artifact").variants) == [Manifest.read(trained["artifact"]).default_variant]
+    out = k8s.render(KubeConfig(image="registry.example.com/qa:1", artifact=str(trained["artifact"]),
+                                out=str(tmp_path / "k8s"), validate=False))
+    text = "\n".join(p.read_text() for p in out.rglob("*.yaml"))
+    assert "DEPLOYKIT_VARIANT" in text and "deploykit.io/model: qa" in text
+
+
+def test_bench_offline_and_online_drive_the_reader(trained, server, tmp_path):
+    from deploykit.bench import offline, online
+    from deploykit.config import BenchOfflineConfig, BenchOnlineConfig
+
+    out = offline.run(BenchOfflineConfig(artifact=str(trained["artifact"]), data=str(trained["test"]),
+                                         checkpoint=str(trained["checkpoint"]), out=str(tmp_path / "bench"),
+                                         engines="runtime", batch_sizes="1,8", samples=16, warmup=1, min_iters=2,
+                                         min_duration=0, threads=1))
+    results = json.loads((out / "results.json").read_text())
+    assert {c["engine"] for c in results["cells"]} == {"runtime:fp32", "runtime:opt"}
+    assert results["rules"]["doc_stride"] == STRIDE and all(c["texts_per_s"] > 0 for c in results["cells"])
+    for protocol in ("answer", "answer-v2"):
+        out = online.run(BenchOnlineConfig(url=server, protocol=protocol, model="qa", data=str(trained["test"]),
+                                           concurrency="2", duration=0.5, warmup=0.1, single_requests=2,
+                                           out=str(tmp_path / protocol)))
+        levels = json.loads((out / "results.json").read_text())["levels"]
+        assert all(level["ok"] == level["requests"] > 0 for level in levels), levels

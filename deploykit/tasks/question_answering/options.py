@@ -98,8 +98,24 @@ class Predict:
     context_column: str | None = opt(None, "question-answering: the column of contexts (default: context).")
 
 
+@dataclass
+class BenchOffline:
+    # Shared with text-classification (same types and defaults).
+    batch_sizes: str = opt("1,8,32,128", "Batch sizes for the data set's texts.")
+
+
+@dataclass
+class BenchOnline:
+    # Shared with text-classification's request/response load generator (same types and defaults).
+    model: str = opt("classifier", "Model name for --protocol v2.")
+    rate: float | None = opt(None, "Also run an open-loop level at this many requests per second.")
+    single_requests: int = opt(50, "Sequential single requests timed after the heaviest level.")
+    texts_per_request: int = opt(1, "Texts in each request.")
+
+
 OPTIONS = {"DataConfig": Data, "HeldOutConfig": HeldOut, "EvalConfig": Answers, "ParityConfig": Parity,
-           "ExportConfig": Export, "PredictConfig": Predict}
+           "ExportConfig": Export, "PredictConfig": Predict, "BenchOfflineConfig": BenchOffline,
+           "BenchOnlineConfig": BenchOnline}
 
 
 def check(cfg: Any, stage: str) -> None:

@@ -33,8 +33,9 @@ from deploykit.manifest import Manifest
 from deploykit.serve import v2
 from deploykit.serve.app import Call, HTTPError, Reply, Route, json_reply, request_timeout
 from deploykit.serve.quoting import quote, shorten
-from deploykit.tasks.classification.serve import ClassificationBackend, Text, model_of, model_ready
+from deploykit.tasks.classification.serve import ClassificationBackend, Text, model_of
 from deploykit.tasks.question_answering.runtime import MAX_TOP_K, Runtime
+from deploykit.tasks.token_classification.serve import ERRORS, TIMEOUT_HEADER, responses, v2_routes
 
 INPUTS = ("QUESTION", "CONTEXT")
 OUTPUTS = ("ANSWER", "SCORE", "START", "END")
@@ -220,52 +221,24 @@ async def infer(call: Call) -> Reply:
 
 # --- routes and their OpenAPI operations --------------------------------------------------------
 
-ERROR = {"description": "A JSON {\"error\": ...}: what was wrong and what to do.",
-         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 ANSWER = {"type": "object", "description": "An answer: its text and character offsets into the context (an empty "
                                            "answer at 0-0 when the question has none).",
           "properties": {"answer": {"type": "string"}, "score": {"type": "number"}, "start": {"type": "integer"},
                          "end": {"type": "integer"}}}
 
 
-def _responses(ok: dict[str, Any], *codes: int) -> dict[str, Any]:
-    return {"200": ok, **{str(code): ERROR for code in codes}}
-
-
 def routes(settings: ServiceConfig) -> list[Route]:
-    """``/answer`` and the v2 model routes."""
-    errors = (400, 404, 408, 413, 415, 503, 504)
-    timeout_header = {"name": "X-Request-Timeout", "in": "header", "required": False,
-                      "description": "This request's deadline in milliseconds (at most DEPLOYKIT_REQUEST_TIMEOUT_MS).",
-                      "schema": {"type": "number", "minimum": 0, "exclusiveMinimum": True}}
+    """``/answer`` and the v2 model routes (token classification's ``v2_routes``)."""
     reply = {"type": "object", "properties": {
         **ANSWER["properties"], "answers": {"type": "array", "items": {}},
         "model": {"type": "string"}, "variant": {"type": "string"}}}
-    out = [Route("/answer", ("POST",), answer, "answer", body=True, openapi={"post": {
+    return [Route("/answer", ("POST",), answer, "answer", body=True, openapi={"post": {
         "summary": "The answer to a question in a context, with character offsets", "operationId": "answer",
-        "parameters": [timeout_header],
+        "parameters": [TIMEOUT_HEADER],
         "requestBody": {"required": True, "content": {"application/json": {
             "schema": request_adapter(settings.max_texts).json_schema()}}},
-        "responses": _responses({"description": "The answer (a list with top_k > 1 or a list of questions).",
-                                 "content": {"application/json": {"schema": reply}}}, *errors)}})]
-    model_params = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
-    version_param = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
-    for prefix, extra in (("/v2/models/{name}", []), ("/v2/models/{name}/versions/{version}", [version_param])):
-        params, suffix = model_params + extra, "_versioned" if extra else ""
-        out += [
-            Route(prefix, ("GET",), model_metadata, "v2_metadata", openapi={"get": {
-                "summary": "v2 model metadata", "operationId": "v2_model_metadata" + suffix, "parameters": params,
-                "responses": _responses({"description": "Inputs and outputs of the model."}, 404)}}),
-            Route(prefix + "/ready", ("GET",), model_ready, "v2_health", openapi={"get": {
-                "summary": "v2 model readiness", "operationId": "v2_model_ready" + suffix, "parameters": params,
-                "responses": _responses({"description": "Ready."}, 404, 503)}}),
-            Route(prefix + "/infer", ("POST",), infer, "v2_infer", body=True, openapi={"post": {
-                "summary": "v2 inference: QUESTION, CONTEXT (BYTES [n]) -> ANSWER, SCORE, START, END [n]",
-                "operationId": "v2_infer" + suffix, "parameters": [*params, timeout_header],
-                "requestBody": {"required": True, "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
-                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-                "responses": _responses({"description": "ANSWER, SCORE, START, END (JSON, or binary after the JSON "
-                                                        "header with Inference-Header-Content-Length)."}, *errors)}}),
-        ]
-    return out
+        "responses": responses({"description": "The answer (a list with top_k > 1 or a list of questions).",
+                                "content": {"application/json": {"schema": reply}}}, *ERRORS)}}),
+            *v2_routes(model_metadata, infer, "v2 inference: QUESTION, CONTEXT (BYTES [n]) -> ANSWER, SCORE, START, "
+                       "END [n]", "ANSWER, SCORE, START, END (JSON, or binary after the JSON header with "
+                       "Inference-Header-Content-Length).")]
