@@ -13,6 +13,8 @@ from typing import Any
 
 from deploykit.options import opt, require
 from deploykit.tasks.classification.options import INT8_SCHEMES
+# The request/response load generator's options, as token classification declares them.
+from deploykit.tasks.token_classification.options import BenchOnline
 
 
 @dataclass
@@ -102,15 +104,6 @@ class Predict:
 class BenchOffline:
     # Shared with text-classification (same types and defaults).
     batch_sizes: str = opt("1,8,32,128", "Batch sizes for the data set's texts.")
-
-
-@dataclass
-class BenchOnline:
-    # Shared with text-classification's request/response load generator (same types and defaults).
-    model: str = opt("classifier", "Model name for --protocol v2.")
-    rate: float | None = opt(None, "Also run an open-loop level at this many requests per second.")
-    single_requests: int = opt(50, "Sequential single requests timed after the heaviest level.")
-    texts_per_request: int = opt(1, "Texts in each request.")
 
 
 OPTIONS = {"DataConfig": Data, "HeldOutConfig": HeldOut, "EvalConfig": Answers, "ParityConfig": Parity,
