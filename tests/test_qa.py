@@ -167,6 +167,31 @@ def test_squad_metrics_use_the_official_normalisation_and_find_the_best_threshol
     assert best["best_f1"] == pytest.approx(2 / 3) and best["best_f1_threshold"] == -0.5
 
 
+def test_every_strategy_trains_the_span_head():
+    """full, ffn, layerwise, head and lora on a question-answering model: the new span head trains in each
+    (what the one loop's _apply_strategy sets up), and a step's loss has a gradient."""
+    import torch
+    from transformers import AutoModelForQuestionAnswering
+
+    from deploykit import strategies
+    from factories import tiny_config
+
+    config = tiny_config(labels=["start", "end"])
+    for strategy in ("full", "ffn", "layerwise", "head", "lora"):
+        torch.manual_seed(0)
+        model = AutoModelForQuestionAnswering.from_config(config)
+        if strategy == "lora":
+            model = strategies.add_lora(model, r=4, alpha=8, dropout=0.0, train_head=True)
+        else:
+            strategies.apply(model, strategies.trainable_names(model, strategy))
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert any("qa_outputs" in n for n in trainable), strategy
+        batch = {"input_ids": torch.tensor([[101, 2040, 102, 3103, 102]]), "start_positions": torch.tensor([3]),
+                 "end_positions": torch.tensor([3])}
+        model(**batch).loss.backward()
+        assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "qa_outputs" in n)
+
+
 # --- the trained model ---------------------------------------------------------------------------------
 
 def test_training_learned_who_and_the_checkpoint_is_a_reader(trained):
