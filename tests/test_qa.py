@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import random
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from deploykit.tasks.question_answering.runtime import Runtime
 from fuzz_bodies import fuzz, json_case
 from test_serve import http, post_json, start_server, stop_server
 
-ROOT = Path(__file__).resolve().parents[1]
 FILLER = ["road", "sun", "tree", "we", "saw", "it", "today", "car", "blue", "quiet", "night", "green", "house",
           "then", "drove", "to", "and", "a", "cat", "slept"]
 NAMES = ["Ann Lee", "Bob Stone", "Mia Park", "Tom Reed"]
@@ -66,17 +64,19 @@ def as_squad(rows: list[dict]) -> list[dict]:
                          "answer_start": [r["answer_start"]] if r["answer"] else []}} for i, r in enumerate(rows)]
 
 
-def cli(*args: str, code: int = 0) -> str:
-    """``deploykit ARGS`` as a user runs it; its output (it must exit with ``code``)."""
-    done = subprocess.run([sys.executable, "-m", "deploykit", *args], capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == code, (args[0], done.stderr[-3000:])
-    return done.stdout + done.stderr
+def cli(*args: str) -> None:
+    """``deploykit ARGS`` as a user types it (the command's own parser and stages), in this process: the
+    suite has torch loaded already, a subprocess would load it again."""
+    from deploykit.cli import main
+
+    assert main(list(args)) == 0, args
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """{root, data, test, checkpoint, artifact}: a tiny BERT trained through the CLI on a flat CSV (answer and
-    start columns, unanswerable questions, --group-column), exported (fp32, fused); ``test`` is SQuAD JSON."""
+    """{root, data, test, checkpoint, artifact}: a tiny BERT trained through the command line on a flat CSV
+    (answer and start columns, unanswerable questions, --group-column), exported (fp32, fused); ``test`` is
+    SQuAD JSON."""
     from deploykit.tasks.question_answering import example
 
     root = tmp_path_factory.mktemp("qa")
