@@ -331,6 +331,9 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server):
     assert http(server + "/answer", json.dumps(ok).encode(), {"Content-Type": "multipart/form-data"})[0] == 415
     status, answer = post_json(server + "/answer", ok)
     assert status == 200 and answer["answer"] == "Ann Lee"
+    # A context the tokenizer reads as no token at all answers nothing (not an error).
+    status, answer = post_json(server + "/answer", {"question": QUESTION, "context": "\u200b", "top_k": 2})
+    assert status == 200 and answer["answers"][0]["answer"] == ""
     docs = json.loads(http(server + "/docs.json")[1])
     assert "/answer" in docs["paths"] and "/v2/models/{name}/infer" in docs["paths"]
 

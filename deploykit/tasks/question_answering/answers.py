@@ -149,11 +149,11 @@ def decode(context: str, windows: Sequence[Window], start_logits: Sequence[np.nd
 
 
 def with_threshold(decoded: Decoded, threshold: float | None, top_k: int) -> list[dict[str, Any]]:
-    """The served answers: with a tuned null threshold, the empty answer comes first when the no-answer
-    score beats the best answer by more than the threshold (and is left out otherwise); without one,
-    the pipeline's own ranking (``decoded.answers``)."""
-    if threshold is None:
-        return decoded.answers
+    """The served answers (at least one): with a tuned null threshold, the empty answer comes first when
+    the no-answer score beats the best answer by more than the threshold (and is left out otherwise);
+    without one, the pipeline's own ranking (``decoded.answers``)."""
+    if threshold is None:  # never an empty list: a context without a single token answers nothing
+        return decoded.answers or [{"score": decoded.null_score, **NO_ANSWER}]
     answers = [a for a in decoded.answers if a["answer"] or a["end"]]
     if decoded.null_minus_best > threshold or not answers:
         answers = [{"score": decoded.null_score, **NO_ANSWER}, *answers]
