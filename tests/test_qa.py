@@ -415,3 +415,50 @@ def test_bench_offline_and_online_drive_the_reader(trained, server, tmp_path):
                                            out=str(tmp_path / protocol)))
         levels = json.loads((out / "results.json").read_text())["levels"]
         assert all(level["ok"] == level["requests"] > 0 for level in levels), levels
+
+
+# --- a real tritonserver on the repository (PyTriton's CPU build, the Python backend) ----------------
+
+@pytest.fixture(scope="module")
+def triton_qa(trained, tmp_path_factory, pytriton_venv):
+    """tritonserver on the repository ``deploykit triton`` writes, started with its README's command line."""
+    import tritonclient.http as httpclient
+
+    from deploykit.config import TritonConfig
+    from deploykit.serve import triton_repo
+    from deploykit.serve.launch import stop_process_group
+    from test_triton import launch, readme_command
+
+    repo = triton_repo.run(TritonConfig(artifact=str(trained["artifact"]), out=str(tmp_path_factory.mktemp("t") / "repo"),
+                                        max_batch_size=16))
+    command = readme_command((repo / "README.md").read_text(), "qa")
+    proc, url = launch(pytriton_venv, repo, command[2:], ("qa",), repo.parent / "tritonserver.log")
+    client = httpclient.InferenceServerClient(url)
+    try:
+        yield client
+    finally:
+        client.close()
+        stop_process_group(proc, timeout=60)
+
+
+@pytest.mark.slow
+def test_real_tritonserver_answers_as_the_runtime_and_refuses_bad_bytes(triton_qa, runtime):
+    import tritonclient.http as httpclient
+
+    def infer(questions: list, contexts: list):
+        inputs = []
+        for name, values in (("QUESTION", questions), ("CONTEXT", contexts)):
+            tensor = httpclient.InferInput(name, [len(values), 1], "BYTES")
+            tensor.set_data_from_numpy(np.array(values, dtype=np.object_).reshape(-1, 1))
+            inputs.append(tensor)
+        result = triton_qa.infer("qa", inputs)
+        return [(a.decode(), int(s), int(e)) for a, s, e in zip(result.as_numpy("ANSWER").reshape(-1),
+                                                                  result.as_numpy("START").reshape(-1),
+                                                                  result.as_numpy("END").reshape(-1))]
+
+    contexts = [LONG, "we saw Mia Park", "a cat slept"]
+    want = [(a["answer"], a["start"], a["end"]) for a in (f[0] for f in runtime.predict([QUESTION] * 3, contexts))]
+    assert infer([QUESTION] * 3, contexts) == want
+    with pytest.raises(Exception, match="UTF-8|utf-8|bad request"):
+        infer([b"\xff\xfe bad"], ["x"])
+    assert infer([QUESTION], ["we saw Ann Lee"]) == [("Ann Lee", 7, 14)]
