@@ -32,9 +32,10 @@ class Data:
     allow_no_answer: bool = opt(False, "question-answering: accept questions without an answer in their "
                                 "context (SQuAD 2.0 style: an empty answers list, or an empty answer cell); "
                                 "the model learns to point at [CLS] for them and serves an empty answer.")
-    skip_bad_rows: bool = opt(False, "token-classification: skip rows that cannot be used (overlapping "
-                              "spans, a span outside the text or splitting a word, tags and tokens of "
-                              "different lengths, ...) and record their count, instead of exit 2.")
+    skip_bad_rows: bool = opt(False, "token-classification, question-answering: skip rows that cannot be used "
+                              "(overlapping spans, a span outside the text or splitting a word, tags and tokens "
+                              "of different lengths; an answer that is not the context's text at its start, an "
+                              "empty question or context, ...) and record their count, instead of exit 2.")
     doc_stride: int = opt(32, "question-answering: tokens that consecutive windows of a context longer than "
                           "--max-length share (training, evaluation and the served default; the pipeline's "
                           "doc_stride).")
@@ -68,9 +69,9 @@ class Answers:
 
 @dataclass
 class Parity:
-    fp32_score_atol: float = opt(1e-4, "token-classification: largest difference of an entity's score from "
-                                 "the transformers pipeline's allowed for the fp32 and fused variants (which "
-                                 "must find the very same entities).")
+    fp32_score_atol: float = opt(1e-4, "token-classification, question-answering: largest difference of an "
+                                 "entity's or answer's score from the transformers pipeline's allowed for the fp32 "
+                                 "and fused variants (which must find the very same entities or answers).")
     int8_min_answer_agreement: float = opt(0.99, "question-answering: smallest share of questions whose answer "
                                            "(text, start, end) an INT8 variant must reproduce.")
     int8_max_qa_f1_drop: float = opt(0.005, "question-answering: largest SQuAD-F1 loss (0.005 = half a point) "
