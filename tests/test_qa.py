@@ -119,6 +119,12 @@ def test_squad_json_and_flat_files_read_the_same_questions(tmp_path):
     # SQuAD v2.0's unanswerable questions need --allow-no-answer; the message names the row.
     with pytest.raises(BadInputError, match=r"row 5 of column 'answers' has no answer; pass --allow-no-answer"):
         data.held_out(_dcfg(squad_file), "all")
+    # Training splits of the SQuAD file: --group-column title keeps an article's questions in one split.
+    splits = data.load_splits(_dcfg(squad_file, allow_no_answer=True, group_column="title"))
+    titles = {name: {r["title"] for r in rows if r["id"] in set(splits.get(name).ids)}
+              for name in ("train", "validation", "test")}
+    assert all(titles.values()) and not (titles["train"] & titles["test"]) and not (titles["train"] & titles["validation"])
+    assert splits.shape == "SQuAD JSON" and splits.no_answer > 0
     # Both answer shapes: SQuAD's dict and a list of {text, answer_start}.
     assert data.answers_cell({"text": ["x"], "answer_start": [3]}) == [("x", 3)]
     assert data.answers_cell('[{"text": "x", "answer_start": 3}]') == [("x", 3)]
