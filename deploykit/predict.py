@@ -128,18 +128,21 @@ class TextSource:
     a word-level row's tokens."""
 
     column: str
-    to_text: Callable[[Any], str] | None = None  # raises ValueError saying what is wrong with the cell
+    to_text: Callable[..., str] | None = None  # raises ValueError saying what is wrong with the cell(s)
     flag: str = "--text-column"
+    # Further (column, option) whose cells ``to_text`` takes after the first (a question's context).
+    also: tuple[tuple[str, str], ...] = ()
 
-    def text(self, cell: Any) -> str:
-        """The text of a cell (non-string values as ``str`` without ``to_text``).
+    def text(self, cell: Any, *others: Any) -> str:
+        """The text of a cell (non-string values as ``str`` without ``to_text``), or of a row's cells
+        (``column``'s, then those of ``also``).
 
         Raises:
-            ValueError: ``to_text`` refuses the cell.
+            ValueError: ``to_text`` refuses the cell(s).
         """
         if self.to_text is None:
             return cell if isinstance(cell, str) else str(cell)
-        return self.to_text(cell)
+        return self.to_text(cell, *others)
 
 
 def read_rows(fs: Any, path: str, name: str, source: TextSource, id_column: str | None = None
@@ -168,7 +171,7 @@ def read_rows(fs: Any, path: str, name: str, source: TextSource, id_column: str 
     with storage.open_binary(fs, path) as fh:
         rows = {".csv": lambda: _csv_rows(name, fh), ".jsonl": lambda: _jsonl_rows(name, fh),
                 ".json": lambda: _json_rows(name, fh),
-                ".parquet": lambda: _parquet_rows(name, fh, [(source.column, source.flag)]
+                ".parquet": lambda: _parquet_rows(name, fh, [(source.column, source.flag), *source.also]
                                                    + ([(id_column, "--id-column")] if id_column else []))
                 }[suffix]()
         number = 0
@@ -179,8 +182,15 @@ def read_rows(fs: Any, path: str, name: str, source: TextSource, id_column: str 
                 keys = ", ".join(map(str, row)) if isinstance(row, dict) else type(row).__name__
                 raise BadInputError(f"row {number} of {name} has no {text_column!r} value (it has: {keys}); "
                                     f"pass the right {source.flag} or fix the row")
+            others = []
+            for column, flag in source.also:
+                other = row.get(column)
+                if other is None:
+                    raise BadInputError(f"row {number} of {name} has no {column!r} value; pass the right {flag} or "
+                                        "fix the row")
+                others.append(other)
             try:
-                text = source.text(value)
+                text = source.text(value, *others)
             except ValueError as exc:
                 raise BadInputError(f"row {number} of {name}: column {text_column!r} {exc}; fix the row") from None
             if not text.strip():

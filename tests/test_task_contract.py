@@ -101,7 +101,7 @@ def test_verify_rechecks_the_recorded_rows_and_refuses_a_changed_file(run, tmp_p
 def test_predict_scores_every_row_in_order_through_the_cli(run, tmp_path):
     example = run["example"]
     data = tmp_path / "in.jsonl"
-    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in example.INPUTS))
+    data.write_text("".join(json.dumps(t if isinstance(t, dict) else {"text": t}) + "\n" for t in example.INPUTS))
     out = tmp_path / "out.jsonl"
     done = subprocess.run([sys.executable, "-m", "deploykit", "predict", str(run["artifact"]), "--data", str(data),
                            "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env={**os.environ, **PLUGIN_ENV})
@@ -209,11 +209,15 @@ def test_the_ray_engine_scores_through_the_same_task_hooks(run, local_ray, tmp_p
     from deploykit.scale.ray import score
 
     example = run["example"]
-    rows = [{"text": t, "row": i} for i, t in enumerate(example.INPUTS)]
+    # A row's text as the task's text_source reads it from a file (a question and its context: one text).
+    inputs = [t if isinstance(t, dict) else {"text": t} for t in example.INPUTS]
+    source = run["task"].part("predict").text_source(PredictConfig(artifact=str(run["artifact"]), data="-", out="-"))
+    rows = [{"text": source.text(r[source.column], *(r[c] for c, _ in source.also)), "row": i}
+            for i, r in enumerate(inputs)]
     scored = score(ray.data.from_items(rows), str(run["artifact"]), key_column="row", workers=1, batch_rows=2,
                    allow_batch_dependent=True).take_all()
     data = tmp_path / "in.jsonl"
-    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in example.INPUTS))
+    data.write_text("".join(json.dumps(t if isinstance(t, dict) else {"text": t}) + "\n" for t in example.INPUTS))
     local = predict.run(PredictConfig(artifact=str(run["artifact"]), data=str(data), out=str(tmp_path / "out.jsonl"),
                                       chunk_size=len(rows)))
     by_row = {r["row"]: r for r in map(json.loads, local.read_text().splitlines())}

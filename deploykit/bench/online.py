@@ -30,7 +30,6 @@ from deploykit.progress import bar as progress_bar
 
 from deploykit import tasks
 from deploykit.bench import client, report
-from deploykit.bench.inputs import sample_texts
 from deploykit.bench.stats import summarize_latencies
 from deploykit.config import BenchOnlineConfig, int_list, to_dict
 from deploykit.errors import BadInputError
@@ -82,6 +81,9 @@ class Online(Protocol):
     (``deploykit/tasks/<task>/bench.py``'s ``Online``, built from the config)."""
 
     kind: str  # the results' "kind"
+
+    def texts(self) -> list[str]:
+        """The requests' inputs: a seeded sample of ``--data`` (``--samples`` of them)."""
 
     async def levels(self, texts: list[str]) -> list[dict[str, Any]]:
         """Run every load level with ``texts`` as the requests' inputs."""
@@ -282,7 +284,7 @@ def run(cfg: BenchOnlineConfig) -> Path:
     machine = report.machine()
     check_target(cfg)
     online: Online = tasks.of_protocol(cfg.protocol).part("bench").Online(cfg)
-    texts = sample_texts(cfg.data, cfg.text_column, cfg.samples, cfg.seed)
+    texts = online.texts()
     started = time.time()
     levels = asyncio.run(online.levels(texts))
     results = {"kind": online.kind, "target": cfg.url, "protocol": cfg.protocol, **online.facts(),

@@ -53,6 +53,7 @@ class InferRequest:
     outputs: dict[str, bool]  # output name -> as binary data
     timeout_us: int | None = None  # the request's 'timeout' parameter (tritonclient's, microseconds)
     parameters: dict[str, Any] = field(default_factory=dict)  # the request's 'parameters' object
+    columns: dict[str, list[str]] = field(default_factory=dict)  # every input's texts, by input name
 
 
 def serialize_bytes(items: list[bytes]) -> bytes:
@@ -101,49 +102,52 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any],
     return request, binary
 
 
-def _texts_of(tensor: dict[str, Any], binary: bytes, max_texts: int) -> list[str]:
+def _texts_of(tensor: dict[str, Any], binary: bytes, max_texts: int, name: str = INPUT) -> tuple[list[str], int]:
+    """The strings of one BYTES input and how many bytes of ``binary`` (what follows the JSON header,
+    from this input's share on) its binary data took."""
     datatype = tensor.get("datatype")
     if datatype != "BYTES":
-        raise ProtocolError(f"input {INPUT} must have datatype BYTES, got {quote(datatype)}")
+        raise ProtocolError(f"input {name} must have datatype BYTES, got {quote(datatype)}")
     shape = tensor.get("shape")
     if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
             or len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1)):
-        raise ProtocolError(f"input {INPUT} must have shape [n] or [n, 1], got {quote(shape)}")
+        raise ProtocolError(f"input {name} must have shape [n] or [n, 1], got {quote(shape)}")
     n = shape[0]
     if n < 1:
-        raise ProtocolError(f"input {INPUT} holds no texts (shape {shape}); send at least one")
+        raise ProtocolError(f"input {name} holds no texts (shape {shape}); send at least one")
     if n > max_texts:
-        raise ProtocolError(f"input {INPUT} holds {n} texts, more than the limit of {max_texts} "
+        raise ProtocolError(f"input {name} holds {n} texts, more than the limit of {max_texts} "
                             "(DEPLOYKIT_MAX_TEXTS); split the request")
-    params = _parameters(tensor, f"input {INPUT}")
+    params = _parameters(tensor, f"input {name}")
+    used = 0
     if "binary_data_size" in params:
         size = params["binary_data_size"]
-        if isinstance(size, bool) or not isinstance(size, int) or size != len(binary):
-            raise ProtocolError(f"input {INPUT} declares binary_data_size {quote(size)} but {len(binary)} bytes "
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= len(binary):
+            raise ProtocolError(f"input {name} declares binary_data_size {quote(size)} but {len(binary)} bytes "
                                 f"follow the JSON header ({HEADER_LENGTH})")
-        raw = deserialize_bytes(binary)
+        raw, used = deserialize_bytes(binary[:size]), size
         try:
             items = [b.decode("utf-8") for b in raw]
         except UnicodeDecodeError:
-            raise ProtocolError(f"input {INPUT} holds bytes that are not valid UTF-8 text") from None
+            raise ProtocolError(f"input {name} holds bytes that are not valid UTF-8 text") from None
     else:
         data = tensor.get("data")
         if not isinstance(data, list):
-            raise ProtocolError(f"input {INPUT} needs a 'data' list (or binary data)")
+            raise ProtocolError(f"input {name} needs a 'data' list (or binary data)")
         items = [x for row in data for x in row] if data and all(isinstance(r, list) for r in data) else data
         if not all(type(x) is str for x in items):
-            raise ProtocolError(f"input {INPUT} must hold strings only")
+            raise ProtocolError(f"input {name} must hold strings only")
     if len(items) != n:
-        raise ProtocolError(f"input {INPUT} declares shape {shape} but holds {len(items)} elements")
+        raise ProtocolError(f"input {name} declares shape {shape} but holds {len(items)} elements")
     empty = [i for i, t in enumerate(items) if not t.strip()]
     if empty:
-        raise ProtocolError(f"input {INPUT} holds empty text at position(s) {empty[:10]}; send "
+        raise ProtocolError(f"input {name} holds empty text at position(s) {empty[:10]}; send "
                             "non-empty strings")
-    return items
+    return items, used
 
 
 def parse_infer(body: bytes, header_length: str | None, max_texts: int,
-                offered: Sequence[str] = OUTPUTS) -> InferRequest:
+                offered: Sequence[str] = OUTPUTS, inputs: Sequence[str] = (INPUT,)) -> InferRequest:
     """Parse a v2 infer request body.
 
     Args:
@@ -151,21 +155,39 @@ def parse_infer(body: bytes, header_length: str | None, max_texts: int,
         header_length: The ``Inference-Header-Content-Length`` header (binary extension) or None.
         max_texts: Most texts accepted.
         offered: The outputs the served model has (a classifier's ``OUTPUTS``; a task's own).
+        inputs: The BYTES inputs the model takes (a classifier's ``TEXT``; a task's own, e.g. a
+            question and a context), each of the same length; their binary data follow the JSON
+            header in the request's order.
 
     Returns:
-        The texts, the request id and the requested outputs.
+        The texts (of the first input; every input's in ``columns``), the request id and the
+        requested outputs.
 
     Raises:
         ProtocolError: On malformed JSON, a wrong input name, datatype or shape, or bad data.
     """
     request, binary = _split_body(body, header_length)
-    inputs = request.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise ProtocolError(f"the request must have exactly one input, {INPUT} (BYTES, shape [n])")
-    if inputs[0].get("name") != INPUT:
-        raise ProtocolError(f"unknown input {quote(inputs[0].get('name'))}; this model takes one input "
-                            f"named {INPUT}")
-    texts = _texts_of(inputs[0], binary, max_texts)
+    tensors = request.get("inputs")
+    names = " and ".join(inputs)
+    if not isinstance(tensors, list) or len(tensors) != len(inputs) or not all(isinstance(t, dict) for t in tensors):
+        raise ProtocolError(f"the request must have exactly {'one input' if len(inputs) == 1 else f'{len(inputs)} inputs'}, "
+                            f"{names} (BYTES, shape [n])")
+    columns: dict[str, list[str]] = {}
+    offset = 0
+    for tensor in tensors:
+        name = tensor.get("name")
+        if name not in inputs or name in columns:
+            raise ProtocolError(f"unknown input {quote(name)}; this model takes {'one input' if len(inputs) == 1 else 'the inputs'} "
+                                f"named {names}")
+        columns[name], used = _texts_of(tensor, binary[offset:], max_texts, name)
+        offset += used
+    if offset != len(binary):
+        raise ProtocolError(f"the inputs declare binary_data_size {offset} in all but {len(binary)} bytes follow the JSON "
+                            f"header ({HEADER_LENGTH})")
+    sizes = {name: len(values) for name, values in columns.items()}
+    if len(set(sizes.values())) > 1:
+        raise ProtocolError(f"the inputs hold different numbers of texts ({sizes}); send one of each per row")
+    texts = columns[inputs[0]]
     params = _parameters(request, "the request")
     binary_default = _flag(params, "binary_data_output", False, "the request")
     timeout = params.get("timeout")
@@ -187,7 +209,7 @@ def parse_infer(body: bytes, header_length: str | None, max_texts: int,
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError(f"'id' must be a string, got {quote(request_id)}")
-    return InferRequest(texts, request_id, outputs, timeout, params)
+    return InferRequest(texts, request_id, outputs, timeout, params, columns)
 
 
 def _parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:

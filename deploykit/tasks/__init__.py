@@ -119,6 +119,10 @@ register(Task("token-classification", "deploykit.tasks.token_classification",
               "a label per word: entities with character offsets (encoders: BERT, RoBERTa, ...)",
               metrics=("entity_f1", "token_accuracy", "loss"), architectures=("ForTokenClassification",),
               protocols=("ner", "ner-v2")))
+register(Task("question-answering", "deploykit.tasks.question_answering",
+              "the answer's span in a context, or none (extractive reading comprehension, SQuAD; encoders)",
+              metrics=("f1", "exact_match", "loss"), architectures=("ForQuestionAnswering",),
+              protocols=("answer", "answer-v2")))
 DEFAULT = "text-classification"
 
 

@@ -5,7 +5,9 @@ A text of any length is encoded once by the ``tokenizers`` library with truncati
 length and a ``stride``: the encoding and its ``overflowing`` windows are exactly the chunks
 ``transformers`` builds with ``return_overflowing_tokens=True, stride=K`` (its fast tokenizers
 call the same library), each with its own special tokens and with character offsets into the
-original text. ``windows`` flattens them into ``Window`` rows a runtime can batch (they carry
+original text. A question and its context are encoded as a pair the same way, truncating only the
+context (``set_windows(..., pair=True)``: transformers' ``truncation="only_second"``, what its
+question-answering pipeline builds). ``windows`` flattens them into ``Window`` rows a runtime can batch (they carry
 ``ids``, ``type_ids`` and ``length``, what the shared feeds and batching plan read), and records
 where each window sits among its text's tokens. ``merge_overlapping`` is the transformers
 token-classification pipeline's rule for entities found by two overlapping windows (the longer
@@ -20,7 +22,7 @@ torch-free serving side imports it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 E = TypeVar("E", bound=dict)
@@ -42,6 +44,8 @@ class Window:
         words: The pre-tokenizer word of each token (None for specials), numbered within the text.
         first_token: How many of the text's content tokens come before this window's first one.
         windows: How many windows its text has.
+        sequences: Which sequence of the pair each token belongs to (0 the first, 1 the second, None
+            for specials); a single text's tokens are all 0.
     """
 
     text: int
@@ -54,6 +58,7 @@ class Window:
     words: list[int | None]
     first_token: int = 0
     windows: int = 1
+    sequences: list[int | None] = field(default_factory=list)
 
     @property
     def length(self) -> int:
@@ -84,16 +89,23 @@ def check_stride(max_length: int, stride: int, specials: int) -> None:
                          f"window of {max_length} (max_length minus {specials} special tokens)")
 
 
-def set_windows(tokenizer: Any, max_length: int, stride: int) -> None:
+def set_windows(tokenizer: Any, max_length: int, stride: int, pair: bool = False) -> None:
     """Set a ``tokenizers.Tokenizer`` up to cut texts into windows of ``max_length`` tokens that
     share ``stride`` tokens, without padding (each batch pads itself).
+
+    Args:
+        tokenizer: The ``tokenizers.Tokenizer`` to set up.
+        max_length: Tokens per window, special tokens included.
+        stride: Tokens consecutive windows share.
+        pair: Inputs are (question, context) pairs: only the second is cut, the first is repeated
+            in every window (its length is checked per input: ``check_pair``).
 
     Raises:
         ValueError: As ``check_stride``.
     """
-    check_stride(max_length, stride, tokenizer.num_special_tokens_to_add(False))
+    check_stride(max_length, stride, tokenizer.num_special_tokens_to_add(pair))
     tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length, stride=stride)
+    tokenizer.enable_truncation(max_length, stride=stride, strategy="only_second" if pair else "longest_first")
 
 
 def windows(encodings: Sequence[Any], max_length: int, stride: int, first_text: int = 0) -> list[Window]:
@@ -112,11 +124,14 @@ def windows(encodings: Sequence[Any], max_length: int, stride: int, first_text: 
     out: list[Window] = []
     for i, encoding in enumerate(encodings):
         parts = [encoding, *encoding.overflowing]
-        content = max_length - sum(encoding.special_tokens_mask) if len(parts) > 1 else 0
+        sequences = encoding.sequence_ids
+        last = max((s for s in sequences if s is not None), default=0)  # the sequence that is cut
+        # The cut sequence's tokens in a full window (a single text: all but the specials).
+        content = sum(1 for s in sequences if s == last) if len(parts) > 1 else 0
         for number, part in enumerate(parts):
             out.append(Window(first_text + i, number, part.ids, part.type_ids, part.offsets,
                               part.special_tokens_mask, part.tokens, part.word_ids,
-                              number * (content - stride), len(parts)))
+                              number * (content - stride), len(parts), part.sequence_ids))
     return out
 
 

@@ -244,6 +244,11 @@ class Online:
     def __init__(self, cfg: BenchOnlineConfig) -> None:
         self.cfg = cfg
 
+    def texts(self) -> list[str]:
+        """A seeded sample of ``--data``'s ``--text-column``."""
+        cfg = self.cfg
+        return sample_texts(cfg.data, cfg.text_column, cfg.samples, cfg.seed)
+
     async def levels(self, texts: list[str]) -> list[dict[str, Any]]:
         return await run_levels(self.cfg, texts, Target(self.cfg))
 

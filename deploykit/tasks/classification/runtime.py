@@ -89,6 +89,8 @@ class Runtime:
 
     # The manifest head this runtime serves (a subclass serving another task's artifacts names its own).
     HEAD: ClassVar[type] = Classification
+    # The output a graph that is not an artifact's yet (``of_graph``) is read by.
+    GRAPH_OUTPUT: ClassVar[str] = "logits"
 
     def __init__(self, artifact: str | Path, variant: str | None = None, *, threads: int | None = None,
                  providers: Sequence[str] | None = None, max_batch_tokens: int = 16384,
@@ -148,7 +150,7 @@ class Runtime:
         self.name: str = manifest.name if manifest else model_file.stem
         head = manifest.head_as(self.HEAD) if manifest else None
         self.labels: list[str] = list(head.labels) if head else []
-        self.output_name: str = head.output if head else "logits"
+        self.output_name: str = head.output if head else self.GRAPH_OUTPUT
         self.max_length: int = manifest.max_length if manifest else int(max_length)
         self.max_batch_tokens = int(max_batch_tokens)
         self.max_batch_size = int(max_batch_size)

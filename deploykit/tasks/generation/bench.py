@@ -33,6 +33,7 @@ from typing import Any, Callable
 import numpy as np
 from deploykit.progress import bar as progress_bar
 
+from deploykit.bench.inputs import sample_texts
 from deploykit.bench import client
 from deploykit.bench.report import machine_markdown
 from deploykit.bench.stats import summarize_latencies
@@ -300,6 +301,11 @@ class Online:
 
     def __init__(self, cfg: BenchOnlineConfig) -> None:
         self.cfg = cfg
+
+    def texts(self) -> list[str]:
+        """A seeded sample of ``--data``'s ``--text-column``."""
+        cfg = self.cfg
+        return sample_texts(cfg.data, cfg.text_column, cfg.samples, cfg.seed)
 
     async def levels(self, texts: list[str]) -> list[dict[str, Any]]:
         return await run_levels(self.cfg, texts)

@@ -105,7 +105,7 @@ FALLBACK_SENTENCES = (
 _SPACE = re.compile(r"\s+")
 
 
-def _pools(side: str) -> dict[str, list[str]]:
+def name_pools(side: str) -> dict[str, list[str]]:
     """The name pools of one side (``train`` or ``test``: the even or odd entries, disjoint)."""
     pick = 0 if side == "train" else 1
     first, last = FIRST[pick::2], LAST[pick::2]
@@ -116,7 +116,7 @@ def _pools(side: str) -> dict[str, list[str]]:
 
 def pool_sizes(side: str) -> dict[str, int]:
     """How many distinct names each type's pool holds on one side."""
-    pools = _pools(side)
+    pools = name_pools(side)
     return {"PER": len(pools["FIRST"]) * len(pools["LAST"]), "ORG": len(pools["ORG"]), "LOC": len(pools["LOC"]),
             "FIRST": len(pools["FIRST"]), "LAST": len(pools["LAST"])}
 
@@ -177,7 +177,7 @@ def generate(n: int, seed: int = 0, pools: str = "train", sentences: list[str] |
         Rows ``{"text", "entities", "template", "source"}``.
     """
     rng = random.Random(f"{seed}-{pools}")
-    names = _pools(pools)
+    names = name_pools(pools)
     real = sentences if sentences is not None else tweets()
     rows = []
     for _ in range(n):

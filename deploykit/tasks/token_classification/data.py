@@ -93,14 +93,31 @@ def words(tokenizer: Any, texts: list[str]) -> list[list[tuple[int, int]]]:
 
 # --- reading cells -----------------------------------------------------------------------------
 
-class _Rows:
-    """The good rows of a frame and the problems of the bad ones (``row N of column 'C': why``)."""
+class RowProblems:
+    """The good rows of a frame and the problems of the bad ones (``row N of column 'C': why``); shared
+    by the span tasks' readers."""
 
     def __init__(self, where: str) -> None:
         self.where, self.rows, self.problems = where, [], []
 
     def bad(self, row: int, column: str, why: str) -> None:
         self.problems.append(f"{self.where}: row {row + 1} of column '{column}' {why}")
+
+
+def refuse_or_skip(problems: list[str], skip: bool, where: str, rows: dict[str, list]) -> None:
+    """The first bad row as the error (with the count of the others), or with ``--skip-bad-rows`` a warning.
+
+    Raises:
+        BadInputError: A bad row without ``skip``, or no usable row left.
+    """
+    if problems and not skip:
+        more = f" (and {len(problems) - 1} more bad rows)" if len(problems) > 1 else ""
+        raise BadInputError(f"{problems[0]}{more}; fix or remove the row, or pass --skip-bad-rows to skip "
+                            "such rows")
+    if problems:
+        log.warning("--skip-bad-rows: skipped %d row(s) of %s, e.g. %s", len(problems), where, problems[0])
+    if not any(rows.values()):
+        raise BadInputError(f"{where} has no usable rows; fix the data (see --skip-bad-rows' warnings)")
 
 
 def _tag_names(cfg: DataConfig) -> list[str] | None:
@@ -120,7 +137,7 @@ def _tag_names(cfg: DataConfig) -> list[str] | None:
     return None
 
 
-def _word_level(frame: pd.DataFrame, cfg: DataConfig, out: _Rows, extra: list[tuple]) -> None:
+def _word_level(frame: pd.DataFrame, cfg: DataConfig, out: RowProblems, extra: list[tuple]) -> None:
     """(text, entities) of word-level rows: tokens joined by spaces, tags decoded to spans."""
     names = _tag_names(cfg)
     for i, (cell_tokens, cell_tags) in enumerate(zip(frame[cfg.tokens_column].tolist(), frame[cfg.tags_column].tolist())):
@@ -183,7 +200,7 @@ def _check_spans(text: str, found: list[Entity], spans: list[tuple[int, int]]) -
     return checked, None
 
 
-def _span_level(frame: pd.DataFrame, cfg: DataConfig, fmt: str, tokenizer: Any, out: _Rows,
+def _span_level(frame: pd.DataFrame, cfg: DataConfig, fmt: str, tokenizer: Any, out: RowProblems,
                 extra: list[tuple]) -> None:
     """(text, entities) of span-level rows, checked against the text and its words."""
     column = cfg.entities_column
@@ -249,21 +266,14 @@ def _read(cfg: DataConfig, tokenizer: Any, slice_column: str | None) -> tuple[di
     require_columns(frames, where, {"slice": slice_column, "group": cfg.group_column})
     raw, problems = {}, []
     for split, frame in frames.items():
-        rows = _Rows(f"{where} ({split})" if len(frames) > 1 or split != "all" else where)
+        rows = RowProblems(f"{where} ({split})" if len(frames) > 1 or split != "all" else where)
         extra = list(zip(slice_cells(frame, slice_column), group_cells(frame, cfg.group_column)))
         if cfg.entities_column:
             _span_level(frame, cfg, fmt, tokenizer, rows, extra)
         else:
             _word_level(frame, cfg, rows, extra)
         raw[split], problems = rows.rows, problems + rows.problems
-    if problems and not cfg.skip_bad_rows:
-        more = f" (and {len(problems) - 1} more bad rows)" if len(problems) > 1 else ""
-        raise BadInputError(f"{problems[0]}{more}; fix or remove the row, or pass --skip-bad-rows to skip "
-                            "such rows")
-    if problems:
-        log.warning("--skip-bad-rows: skipped %d row(s) of %s, e.g. %s", len(problems), where, problems[0])
-    if not any(raw.values()):
-        raise BadInputError(f"{where} has no usable rows; fix the data (see --skip-bad-rows' warnings)")
+    refuse_or_skip(problems, cfg.skip_bad_rows, where, raw)
     return raw, where, shape, len(problems)
 
 

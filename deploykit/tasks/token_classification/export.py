@@ -38,7 +38,77 @@ log = logging.getLogger(__name__)
 OPTIMUM_TASK = "token-classification"  # optimum's task: the encoder with its token-classification head
 
 
-class Export:
+class WindowedExport:
+    """What the span tasks' exports share: the tokenizer, the config, the fp32 graph (optimum's exporter for
+    ``OPTIMUM_TASK``), the fused graph and INT8 by ``--quantize`` (the classifier's ladder, judged by the
+    task's ``_scorer``, calibrated on its ``_calibration``). A task's ``Export`` sets ``OPTIMUM_TASK``,
+    ``RUNTIME`` and ``UNITS`` and gives ``head``, ``stride_of``, ``_scorer`` and ``_calibration``; ``load``
+    sets ``cfg``, ``model``, ``tokenizer``, ``checkpoint`` and ``max_length``."""
+
+    OPTIMUM_TASK: str
+    RUNTIME: Any
+    UNITS = "sentences"
+
+    def stride_of(self, head: Any) -> int:
+        """The windows' stride a head records."""
+        return head.stride
+
+    def write(self, folder: Path) -> Graphs:
+        """Steps 1-3: tokenizer, config, fp32 and fused graphs, then INT8 by ``--quantize``."""
+        cfg, model = self.cfg, self.model
+        tokenizer_file = onnx_export.write_tokenizer(self.tokenizer, folder / "tokenizer.json", self.max_length)
+        shutil.copy(self.checkpoint / "config.json", folder / "config.json")
+        fp32, opt = folder / VARIANT_FILES["fp32"], folder / VARIANT_FILES["opt"]
+        onnx_export.export_onnx(model, fp32, cfg.opset, self.OPTIMUM_TASK)
+        head = self.head()
+        inputs = self.RUNTIME.of_graph(fp32, tokenizer_file, self.max_length, stride=self.stride_of(head)).input_names
+        records: dict[str, dict[str, Any]] = {"fp32": {"fused_ops": {}}}
+        if cfg.optimize != "none":
+            info = optimize.optimize(fp32, opt, cfg.optimize, model.config)
+            if info["missing_fusions"]:
+                log.warning("onnxruntime's optimizer found no %s fusion for %s; model.opt.onnx is optimized "
+                            "without it (recorded as missing_fusions)", "/".join(info["missing_fusions"]),
+                            model.config.model_type)
+            records["opt"] = {"fused_ops": info["fused_ops"], "optimization": {
+                "level": info["level"], "missing_fusions": info["missing_fusions"], "attn_implementation": "eager"}}
+        extra: dict[str, Any] = {}
+        if cfg.quantize != "none":
+            quantization, selection = self._quantize(folder, head, records)
+            if quantization is not None:
+                records["int8"] = {"fused_ops": optimize.fused_ops(folder / VARIANT_FILES["int8"]),
+                                   "quantization": quantization}
+            elif selection is not None:
+                extra["int8_selection"] = selection
+        return Graphs(head, self.max_length, inputs, records, extra)
+
+    def _quantize(self, folder: Path, head: Any, records: dict[str, Any]) -> tuple[Any, Any]:
+        """Step 3: (the ``quantization`` record of model.int8.onnx or None, the selection record)."""
+        cfg = self.cfg
+        reduce_range = quantize.choose_reduce_range(cfg.reduce_range)
+        src, dst = folder / VARIANT_FILES["fp32"], folder / VARIANT_FILES["int8"]
+        scorer = self._scorer(src, folder / "tokenizer.json", head)
+        if cfg.quantize == "dynamic":
+            source = folder / VARIANT_FILES["opt" if "opt" in records else "fp32"]
+            scheme = quantize.Dynamic(reduce_range)
+            if cfg.int8_fallback == "off":
+                scheme.write(source, dst)
+                return {**scheme.info(source, dst, []), "fallback": {"mode": "off"}}, None
+            return int8_fallback.search(source, dst, scheme, scorer), None
+        calibration = self._calibration(src, folder / "tokenizer.json", self.stride_of(head))
+        log.info("int8: calibrating on %d training %s of %s (%d unpadded batches)", len(calibration.texts), self.UNITS,
+                 calibration.source, len(calibration.feeds))
+        scratch = Path(tempfile.mkdtemp(prefix="deploykit-int8-schemes-", dir=folder.parent))
+        try:
+            info, selection = int8_schemes.choose(src, dst, cfg.int8_scheme, scorer, calibration, reduce_range,
+                                                  scratch, fallback=cfg.int8_fallback == "auto",
+                                                  keep_best=cfg.quantize == "static")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        log.log(logging.INFO if selection["met"] else logging.WARNING, "int8: %s", selection["reason"])
+        return info, (selection if info is None else None)
+
+
+class Export(WindowedExport):
     """The export hooks of token-classification (see ``deploykit.export.pipeline.Export``).
 
     Args:
@@ -48,6 +118,9 @@ class Export:
     Raises:
         BadInputError: optimum-onnx cannot export the architecture for token classification.
     """
+
+    OPTIMUM_TASK = OPTIMUM_TASK
+    RUNTIME = Runtime
 
     def __init__(self, cfg: ParityConfig, checkpoint: Path) -> None:
         self.cfg, self.checkpoint = cfg, checkpoint
@@ -76,60 +149,6 @@ class Export:
         dcfg = self.dcfg
         return TokenClassification(tuple(self.labels), "logits", dcfg.tag_scheme, self.cfg.aggregation,
                                    min(dcfg.stride, self.max_length - 3))
-
-    def write(self, folder: Path) -> Graphs:
-        """Steps 1-3: tokenizer, config, fp32 and fused graphs, then INT8 by ``--quantize``."""
-        cfg, model = self.cfg, self.model
-        tokenizer_file = onnx_export.write_tokenizer(self.tokenizer, folder / "tokenizer.json", self.max_length)
-        shutil.copy(self.checkpoint / "config.json", folder / "config.json")
-        fp32, opt = folder / VARIANT_FILES["fp32"], folder / VARIANT_FILES["opt"]
-        onnx_export.export_onnx(model, fp32, cfg.opset, OPTIMUM_TASK)
-        head = self.head()
-        inputs = Runtime.of_graph(fp32, tokenizer_file, self.max_length, stride=head.stride).input_names
-        records: dict[str, dict[str, Any]] = {"fp32": {"fused_ops": {}}}
-        if cfg.optimize != "none":
-            info = optimize.optimize(fp32, opt, cfg.optimize, model.config)
-            if info["missing_fusions"]:
-                log.warning("onnxruntime's optimizer found no %s fusion for %s; model.opt.onnx is optimized "
-                            "without it (recorded as missing_fusions)", "/".join(info["missing_fusions"]),
-                            model.config.model_type)
-            records["opt"] = {"fused_ops": info["fused_ops"], "optimization": {
-                "level": info["level"], "missing_fusions": info["missing_fusions"], "attn_implementation": "eager"}}
-        extra: dict[str, Any] = {}
-        if cfg.quantize != "none":
-            quantization, selection = self._quantize(folder, head, records)
-            if quantization is not None:
-                records["int8"] = {"fused_ops": optimize.fused_ops(folder / VARIANT_FILES["int8"]),
-                                   "quantization": quantization}
-            elif selection is not None:
-                extra["int8_selection"] = selection
-        return Graphs(head, self.max_length, inputs, records, extra)
-
-    def _quantize(self, folder: Path, head: TokenClassification, records: dict[str, Any]) -> tuple[Any, Any]:
-        """Step 3: (the ``quantization`` record of model.int8.onnx or None, the selection record)."""
-        cfg = self.cfg
-        reduce_range = quantize.choose_reduce_range(cfg.reduce_range)
-        src, dst = folder / VARIANT_FILES["fp32"], folder / VARIANT_FILES["int8"]
-        scorer = self._scorer(src, folder / "tokenizer.json", head)
-        if cfg.quantize == "dynamic":
-            source = folder / VARIANT_FILES["opt" if "opt" in records else "fp32"]
-            scheme = quantize.Dynamic(reduce_range)
-            if cfg.int8_fallback == "off":
-                scheme.write(source, dst)
-                return {**scheme.info(source, dst, []), "fallback": {"mode": "off"}}, None
-            return int8_fallback.search(source, dst, scheme, scorer), None
-        calibration = self._calibration(src, folder / "tokenizer.json", head.stride)
-        log.info("int8: calibrating on %d training sentences of %s (%d unpadded batches)", len(calibration.texts),
-                 calibration.source, len(calibration.feeds))
-        scratch = Path(tempfile.mkdtemp(prefix="deploykit-int8-schemes-", dir=folder.parent))
-        try:
-            info, selection = int8_schemes.choose(src, dst, cfg.int8_scheme, scorer, calibration, reduce_range,
-                                                  scratch, fallback=cfg.int8_fallback == "auto",
-                                                  keep_best=cfg.quantize == "static")
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        log.log(logging.INFO if selection["met"] else logging.WARNING, "int8: %s", selection["reason"])
-        return info, (selection if info is None else None)
 
     def _calibration(self, src: Path, tokenizer_file: Path, stride: int) -> int8_schemes.Calibration:
         """The first ``--calibration-samples`` training sentences (never held-out ones), tokenized as

@@ -37,9 +37,10 @@ class Data:
     strict_tags: bool = opt(False, "token-classification: refuse (exit 2) an I- or E- tag that continues no "
                             "entity, or an unclosed BIOES entity, instead of starting one there (conlleval's "
                             "reading).")
-    skip_bad_rows: bool = opt(False, "token-classification: skip rows that cannot be used (overlapping "
-                              "spans, a span outside the text or splitting a word, tags and tokens of "
-                              "different lengths, ...) and record their count, instead of exit 2.")
+    skip_bad_rows: bool = opt(False, "token-classification, question-answering: skip rows that cannot be used "
+                              "(overlapping spans, a span outside the text or splitting a word, tags and tokens "
+                              "of different lengths; an answer that is not the context's text at its start, an "
+                              "empty question or context, ...) and record their count, instead of exit 2.")
     stride: int = opt(32, "token-classification: tokens that consecutive windows of a text longer than "
                       "--max-length share (training, evaluation, and the served default).")
 
@@ -68,9 +69,9 @@ class HeldOut:
 
 @dataclass
 class Parity:
-    fp32_score_atol: float = opt(1e-4, "token-classification: largest difference of an entity's score from "
-                                 "the transformers pipeline's allowed for the fp32 and fused variants (which "
-                                 "must find the very same entities).")
+    fp32_score_atol: float = opt(1e-4, "token-classification, question-answering: largest difference of an "
+                                 "entity's or answer's score from the transformers pipeline's allowed for the fp32 "
+                                 "and fused variants (which must find the very same entities or answers).")
     int8_min_span_agreement: float = opt(0.99, "token-classification: smallest share of sentences whose "
                                          "entity set (type, start, end) an INT8 variant must reproduce.")
     int8_max_entity_f1_drop: float = opt(0.005, "token-classification: largest entity-F1 loss (0.005 = half a "

@@ -217,19 +217,30 @@ def runtime_logits(runtime: Runtime, texts: Sequence[str], sizes: Sequence[int],
     return rows, out
 
 
-def batch_independence(runtime: Runtime, texts: Sequence[str], batched: np.ndarray | None = None,
-                       batch_size: int = MIXED_BATCH, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+def batch_independence(runtime: Any, texts: Sequence[str], batched: np.ndarray | None = None,
+                       batch_size: int = MIXED_BATCH, seed: int = 0, progress: bool = False,
+                       rows: Sequence[Any] | None = None) -> dict[str, Any]:
     """How far a window's logits move with its batch mates: each window alone (a batch of one, never
     padded) against the same window in seeded random batches of ``batch_size`` (and, if given, in
     the batches that produced ``batched``).
 
+    Args:
+        runtime: A runtime whose ``run`` answers one array per window (any span task's).
+        texts: The texts (``runtime.tokenize(texts)``), unless ``rows`` gives their windows.
+        batched: Their windows' outputs as computed in other batches, to compare too.
+        batch_size: Windows per mixed batch.
+        seed: Seed of the mixed batches.
+        progress: Show a progress bar.
+        rows: Windows tokenized already (a question-answering runtime's pairs).
+
     Returns:
         ``{"max_abs_diff", "mean_abs_diff", "label_flips", "rows", "mixed_batch_size"}`` (rows and
-        flips count windows: a window flips when any token's label differs).
+        flips count windows: a window flips when any row of its output changes its argmax: a
+        token's label, a best start or end).
     """
     from deploykit.progress import bar as progress_bar
 
-    rows = runtime.tokenize(texts)
+    rows = runtime.tokenize(texts) if rows is None else list(rows)
     quiet = {} if progress else {"disable": True}
     alone = [runtime.run([row])[0] for row in progress_bar(rows, desc="rows alone", unit="row", leave=False, **quiet)]
     order = np.random.default_rng(seed).permutation(len(rows))

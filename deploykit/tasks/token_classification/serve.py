@@ -179,26 +179,28 @@ ENTITY = {"type": "object", "description": "An entity (aggregation none: a token
                          "start": {"type": "integer"}, "end": {"type": "integer"}}}
 
 
-def _responses(ok: dict[str, Any], *codes: int) -> dict[str, Any]:
+def responses(ok: dict[str, Any], *codes: int) -> dict[str, Any]:
+    """An OpenAPI operation's responses: ``ok`` for 200, the error body for each of ``codes``."""
     return {"200": ok, **{str(code): ERROR for code in codes}}
 
 
-def routes(settings: ServiceConfig) -> list[Route]:
-    """``/ner`` and the v2 model routes."""
-    errors = (400, 404, 408, 413, 415, 503, 504)
-    timeout_header = {"name": "X-Request-Timeout", "in": "header", "required": False,
-                      "description": "This request's deadline in milliseconds (at most DEPLOYKIT_REQUEST_TIMEOUT_MS).",
-                      "schema": {"type": "number", "minimum": 0, "exclusiveMinimum": True}}
-    answer = {"type": "object", "properties": {
-        "entities": {"type": "array", "items": {"type": "array", "items": ENTITY}},
-        "model": {"type": "string"}, "variant": {"type": "string"}}}
-    out = [Route("/ner", ("POST",), ner, "ner", body=True, openapi={"post": {
-        "summary": "Named entities of texts, with character offsets", "operationId": "ner",
-        "parameters": [timeout_header],
-        "requestBody": {"required": True, "content": {"application/json": {
-            "schema": request_model(settings.max_texts).model_json_schema()}}},
-        "responses": _responses({"description": "One list of entities per text, in order.",
-                                 "content": {"application/json": {"schema": answer}}}, *errors)}})]
+ERRORS = (400, 404, 408, 413, 415, 503, 504)
+TIMEOUT_HEADER = {"name": "X-Request-Timeout", "in": "header", "required": False,
+                  "description": "This request's deadline in milliseconds (at most DEPLOYKIT_REQUEST_TIMEOUT_MS).",
+                  "schema": {"type": "number", "minimum": 0, "exclusiveMinimum": True}}
+
+
+def v2_routes(model_metadata: Any, infer: Any, summary: str, outputs: str) -> list[Route]:
+    """The KServe v2 model routes of a task's handlers (metadata, readiness, infer; with and without
+    ``/versions/{version}``), shared by the span tasks.
+
+    Args:
+        model_metadata: The metadata handler.
+        infer: The infer handler.
+        summary: The infer operation's summary (its inputs and outputs).
+        outputs: What a 200 answer of infer holds.
+    """
+    out = []
     model_params = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
     version_param = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
     for prefix, extra in (("/v2/models/{name}", []), ("/v2/models/{name}/versions/{version}", [version_param])):
@@ -206,17 +208,32 @@ def routes(settings: ServiceConfig) -> list[Route]:
         out += [
             Route(prefix, ("GET",), model_metadata, "v2_metadata", openapi={"get": {
                 "summary": "v2 model metadata", "operationId": "v2_model_metadata" + suffix, "parameters": params,
-                "responses": _responses({"description": "Inputs and outputs of the model."}, 404)}}),
+                "responses": responses({"description": "Inputs and outputs of the model."}, 404)}}),
             Route(prefix + "/ready", ("GET",), model_ready, "v2_health", openapi={"get": {
                 "summary": "v2 model readiness", "operationId": "v2_model_ready" + suffix, "parameters": params,
-                "responses": _responses({"description": "Ready."}, 404, 503)}}),
+                "responses": responses({"description": "Ready."}, 404, 503)}}),
             Route(prefix + "/infer", ("POST",), infer, "v2_infer", body=True, openapi={"post": {
-                "summary": "v2 inference: TEXT (BYTES [n] or [n, 1]) -> ENTITIES (BYTES [n], JSON per text)",
-                "operationId": "v2_infer" + suffix, "parameters": [*params, timeout_header],
+                "summary": summary, "operationId": "v2_infer" + suffix, "parameters": [*params, TIMEOUT_HEADER],
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-                "responses": _responses({"description": "ENTITIES (JSON, or binary after the JSON header with "
-                                                        "Inference-Header-Content-Length)."}, *errors)}}),
+                "responses": responses({"description": outputs}, *ERRORS)}}),
         ]
     return out
+
+
+def routes(settings: ServiceConfig) -> list[Route]:
+    """``/ner`` and the v2 model routes."""
+    answer = {"type": "object", "properties": {
+        "entities": {"type": "array", "items": {"type": "array", "items": ENTITY}},
+        "model": {"type": "string"}, "variant": {"type": "string"}}}
+    return [Route("/ner", ("POST",), ner, "ner", body=True, openapi={"post": {
+        "summary": "Named entities of texts, with character offsets", "operationId": "ner",
+        "parameters": [TIMEOUT_HEADER],
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": request_model(settings.max_texts).model_json_schema()}}},
+        "responses": responses({"description": "One list of entities per text, in order.",
+                                "content": {"application/json": {"schema": answer}}}, *ERRORS)}}),
+            *v2_routes(model_metadata, infer, "v2 inference: TEXT (BYTES [n] or [n, 1]) -> ENTITIES (BYTES [n], JSON "
+                       "per text)", "ENTITIES (JSON, or binary after the JSON header with "
+                       "Inference-Header-Content-Length).")]
