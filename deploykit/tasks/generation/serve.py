@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from deploykit.config import ServiceConfig
 from deploykit.errors import BadInputError
 from deploykit.manifest import Manifest
+from deploykit.serve import backend
 from deploykit.serve.app import Call, HTTPError, Reply, Route, json_reply, request_timeout
 from deploykit.serve.batcher import DeadlineExceeded, Overloaded
 from deploykit.serve.quoting import quote, shorten
@@ -256,9 +257,7 @@ def preflight(artifact: str, variant: str, settings: ServiceConfig) -> None:
               max_batch_size=settings.max_batch_size, max_cache_tokens=settings.max_cache_tokens)
 
 
-def bento_apis(settings: ServiceConfig) -> dict[str, Any]:
-    """No BentoML-declared API: every route is the lean layer's."""
-    return {}
+bento_apis = backend.no_bento_apis  # every route is the lean layer's
 
 
 # Sequences decoded together, and the memory of Python, BentoML, onnxruntime and the tokenizer

@@ -26,8 +26,7 @@ import orjson
 from pydantic import BaseModel, Field, ValidationError
 
 from deploykit.config import ServiceConfig
-from deploykit.manifest import Manifest
-from deploykit.serve import v2
+from deploykit.serve import backend, v2
 from deploykit.serve.app import Call, HTTPError, Reply, Route, json_reply, request_timeout
 from deploykit.serve.quoting import quote, shorten
 from deploykit.tasks.classification.serve import ClassificationBackend, Text, model_of, model_ready
@@ -88,24 +87,10 @@ def load(artifact: str, settings: ServiceConfig, metrics: Any) -> NerBackend:
     return NerBackend(artifact, settings, metrics)
 
 
-def preflight(artifact: str, variant: str, settings: ServiceConfig) -> None:
-    """Load the artifact as a worker will, so that ``deploykit serve`` fails before anything listens.
-
-    Raises:
-        BadInputError: The graph contradicts the manifest.
-    """
-    Runtime(artifact, variant, threads=1, providers=settings.provider_list(),
-            max_batch_tokens=settings.max_batch_tokens, max_batch_size=settings.max_batch_size)
-
-
-def deployment_values(manifest: Manifest, variant: str) -> dict[str, str]:
-    """A token classifier needs no settings beyond the shared ones (``deploykit.deploy.k8s``)."""
-    return {}
-
-
-def bento_apis(settings: ServiceConfig) -> dict[str, Any]:
-    """No BentoML-declared API: ``/ner`` and the v2 routes are the lean layer's."""
-    return {}
+# The serve contract's hooks a batched task shares (deploykit.serve.backend).
+preflight = backend.runtime_preflight(Runtime)
+deployment_values = backend.no_deployment_values
+bento_apis = backend.no_bento_apis
 
 
 # --- handlers ---------------------------------------------------------------------------------
