@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,29 @@ def copy_artifact(src: Path, dst: Path, manifest: Manifest, variant: str) -> Non
 def providers(kind: str) -> str:
     """The execution providers a Python-backend model asks for on ``kind``."""
     return "CUDAExecutionProvider,CPUExecutionProvider" if kind == "gpu" else "CPUExecutionProvider"
+
+
+def write_runtime_model(cfg: TritonConfig, manifest: Manifest, src: Path, name: str, variant: str, folder: Path,
+                        tensors: tuple[list[Tensor], list[Tensor]], templates: Path, **readme: Any) -> None:
+    """One Python-backend model ``name`` that runs deploykit's torch-free runtime on the artifact (what a
+    task whose answers span windows ships instead of an ensemble), and the repository's README.
+
+    Args:
+        cfg, manifest, src, name, variant, folder: As a task's ``triton.write``.
+        tensors: The model's inputs and outputs (the tensor names of ``deploykit serve``'s v2 route).
+        templates: The task's ``triton_templates`` folder: ``python.py`` (the model) and ``README.md``
+            (a ``string.Template`` given ``name``, ``variant``, ``max_length``, ``providers``,
+            ``onnxruntime`` and ``readme``).
+        **readme: The task's own fields of its README.
+    """
+    inputs, outputs = tensors
+    version = write_model(folder / name, python_config(name, cfg, inputs, outputs, {
+        "variant": variant, "threads": cfg.threads, "providers": providers(cfg.kind)}), templates / "python.py")
+    copy_artifact(src, version / "artifact", manifest, variant)
+    template = string.Template((templates / "README.md").read_text(encoding="utf-8"))
+    (folder / "README.md").write_text(template.substitute(
+        name=name, variant=variant, max_length=manifest.max_length, providers=providers(cfg.kind),
+        onnxruntime="onnxruntime-gpu" if cfg.kind == "gpu" else "onnxruntime", **readme), encoding="utf-8")
 
 def write_repository(cfg: TritonConfig) -> Path:
     """Write the model repository ``cfg.out`` from the artifact ``cfg.artifact``.

@@ -10,12 +10,11 @@ searched together (``triton_templates/README.md``).
 
 from __future__ import annotations
 
-import string
 from pathlib import Path
 
 from deploykit.config import TritonConfig
 from deploykit.manifest import Manifest
-from deploykit.serve.triton_repo import Tensor, copy_artifact, providers, python_config, write_model
+from deploykit.serve.triton_repo import Tensor, write_runtime_model
 from deploykit.tasks.question_answering.head import QuestionAnswering
 
 TEMPLATES = Path(__file__).parent / "triton_templates"
@@ -36,11 +35,5 @@ def write(cfg: TritonConfig, manifest: Manifest, src: Path, name: str, variant: 
         folder: The repository folder (a temporary one the stage renames into place).
     """
     head = manifest.head_as(QuestionAnswering)
-    version = write_model(folder / name, python_config(name, cfg, INPUTS, OUTPUTS, {
-        "variant": variant, "threads": cfg.threads, "providers": providers(cfg.kind)}), TEMPLATES / "python.py")
-    copy_artifact(src, version / "artifact", manifest, variant)
-    template = string.Template((TEMPLATES / "README.md").read_text(encoding="utf-8"))
-    (folder / "README.md").write_text(template.substitute(
-        name=name, variant=variant, max_length=manifest.max_length, stride=head.doc_stride,
-        max_answer_len=head.max_answer_len, null_threshold=head.null_threshold, providers=providers(cfg.kind),
-        onnxruntime="onnxruntime-gpu" if cfg.kind == "gpu" else "onnxruntime"), encoding="utf-8")
+    write_runtime_model(cfg, manifest, src, name, variant, folder, (INPUTS, OUTPUTS), TEMPLATES,
+                        stride=head.doc_stride, max_answer_len=head.max_answer_len, null_threshold=head.null_threshold)

@@ -12,12 +12,11 @@ package), with a ``README.md`` of the ``tritonserver`` command line and a client
 
 from __future__ import annotations
 
-import string
 from pathlib import Path
 
 from deploykit.config import TritonConfig
 from deploykit.manifest import Manifest
-from deploykit.serve.triton_repo import Tensor, copy_artifact, providers, python_config, write_model
+from deploykit.serve.triton_repo import Tensor, write_runtime_model
 from deploykit.tasks.token_classification.head import TokenClassification
 
 TEMPLATES = Path(__file__).parent / "triton_templates"
@@ -37,11 +36,5 @@ def write(cfg: TritonConfig, manifest: Manifest, src: Path, name: str, variant: 
         folder: The repository folder (a temporary one the stage renames into place).
     """
     head = manifest.head_as(TokenClassification)
-    version = write_model(folder / name, python_config(name, cfg, TEXT_IN, ENTITIES_OUT, {
-        "variant": variant, "threads": cfg.threads, "providers": providers(cfg.kind)}), TEMPLATES / "python.py")
-    copy_artifact(src, version / "artifact", manifest, variant)
-    template = string.Template((TEMPLATES / "README.md").read_text(encoding="utf-8"))
-    (folder / "README.md").write_text(template.substitute(
-        name=name, variant=variant, types=", ".join(head.entity_types), aggregation=head.aggregation,
-        max_length=manifest.max_length, stride=head.stride, providers=providers(cfg.kind),
-        onnxruntime="onnxruntime-gpu" if cfg.kind == "gpu" else "onnxruntime"), encoding="utf-8")
+    write_runtime_model(cfg, manifest, src, name, variant, folder, (TEXT_IN, ENTITIES_OUT), TEMPLATES,
+                        types=", ".join(head.entity_types), aggregation=head.aggregation, stride=head.stride)
