@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 INPUT = "TEXT"
 OUTPUTS = ("LABEL", "SCORES")
+# A multi-label classifier's outputs: each row's chosen labels (a JSON list as one BYTES element) and
+# every label's probability.
+MULTI_LABEL_OUTPUTS = ("LABELS", "SCORES")
 VERSION = "1"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -209,21 +212,22 @@ def _flag(params: dict[str, Any], key: str, default: bool, where: str) -> bool:
 
 
 def encode_response(model: str, req: InferRequest, labels: list[str],
-                    probs: np.ndarray) -> tuple[bytes, dict[str, str]]:
+                    probs: np.ndarray, label_output: str = "LABEL") -> tuple[bytes, dict[str, str]]:
     """Build the v2 infer response body and headers.
 
     Args:
         model: The model name.
         req: The parsed request (which outputs, binary or JSON).
-        labels: The label of each text.
+        labels: The label of each text (multi-label: its chosen labels as one string).
         probs: float32 [n, k] probabilities.
+        label_output: The labels' output name (``LABEL``; ``LABELS`` for a multi-label model).
 
     Returns:
         ``(body, headers)``; binary outputs follow the JSON header as the extension specifies.
     """
     probs = np.ascontiguousarray(probs, dtype=np.float32)
     tensors = {
-        "LABEL": ("BYTES", [len(labels)], lambda: labels,
+        label_output: ("BYTES", [len(labels)], lambda: labels,
                   lambda: serialize_bytes([label.encode("utf-8") for label in labels])),
         "SCORES": ("FP32", list(probs.shape), lambda: probs.reshape(-1).tolist(),
                    lambda: probs.astype("<f4").tobytes()),
@@ -249,9 +253,10 @@ def encode_response(model: str, req: InferRequest, labels: list[str],
                                            HEADER_LENGTH: str(len(head_bytes))}
 
 
-def model_metadata(name: str, num_labels: int, platform: str = "onnxruntime_onnx") -> dict[str, Any]:
-    """The v2 model metadata document."""
+def model_metadata(name: str, num_labels: int, platform: str = "onnxruntime_onnx",
+                   label_output: str = "LABEL") -> dict[str, Any]:
+    """The v2 model metadata document (``label_output``: ``LABELS`` for a multi-label model)."""
     return {"name": name, "versions": [VERSION], "platform": platform,
             "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": "LABEL", "datatype": "BYTES", "shape": [-1]},
+            "outputs": [{"name": label_output, "datatype": "BYTES", "shape": [-1]},
                         {"name": "SCORES", "datatype": "FP32", "shape": [-1, num_labels]}]}

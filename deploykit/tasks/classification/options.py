@@ -17,19 +17,51 @@ from deploykit.options import int_list, opt, require, require_int_list
 INT8_SCHEMES = ("auto", "static-minmax", "static-entropy", "static-minmax-fallback", "static-entropy-fallback")
 
 
+# --problem-type: one label per text (softmax), or any number (per-label sigmoid and thresholds).
+PROBLEM_TYPES = ("single-label", "multi-label")
+
+
 @dataclass
 class Data:
     label_column: str = opt("label", "Name of the column that holds the label "
                             "(the built-in 'tweets' data uses its own 'sentiment' column).")
+    problem_type: str = opt("single-label", "text-classification: single-label (one label per text, "
+                            "softmax) or multi-label (any number of labels per text, even none: a list in "
+                            "the label column, or a string split on --label-separator; per-label sigmoid "
+                            "and thresholds).", choices=PROBLEM_TYPES)
+    label_separator: str = opt(",", "text-classification, multi-label: what separates the labels of a "
+                               "label cell that is a string (a JSON/Parquet list needs none).")
+    skip_bad_rows: bool = opt(False, "Skip rows that cannot be used (token-classification: overlapping "
+                              "spans, a span outside the text, tags and tokens of different lengths; "
+                              "multi-label: a held-out row with a label the training split lacks) and "
+                              "log their count, instead of exit 2.")
+
+    def validate(self) -> None:
+        require(self.problem_type in PROBLEM_TYPES, "problem_type", f"choose one of {', '.join(PROBLEM_TYPES)}")
+        require(bool(self.label_separator), "label_separator", "must be a non-empty string")
 
 
 @dataclass
 class Train:
-    class_weights: str = opt("none", "Weight the loss by inverse class frequency (auto) or not.",
-                             choices=("none", "auto"))
+    class_weights: str = opt("none", "Weight the loss by inverse class frequency (auto) or not; "
+                             "multi-label: auto weighs each label's positives by its negatives/positives "
+                             "(BCE's pos_weight).", choices=("none", "auto"))
+    thresholds: str = opt("tuned", "multi-label: each label's probability threshold: tuned (the one that "
+                          "maximises the label's F1 on the validation split, at every evaluation) or one "
+                          "number for every label (e.g. 0.5); recorded in the checkpoint's config.json "
+                          "and the artifact's manifest.")
 
     def validate(self) -> None:
         require(self.class_weights in ("none", "auto"), "class_weights", "choose none or auto")
+        require(self.thresholds == "tuned" or _probability(self.thresholds), "thresholds",
+                f"{self.thresholds!r} is neither 'tuned' nor a probability in (0, 1), e.g. 0.5")
+
+
+def _probability(value: str) -> bool:
+    try:
+        return 0 < float(value) < 1
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -135,5 +167,8 @@ OPTIONS = {"DataConfig": Data, "TrainConfig": Train, "HeldOutConfig": HeldOut, "
 
 
 def check(cfg: Any, stage: str) -> None:
-    """The rules of a ``stage`` config (its class name) that runs text-classification: none beyond
-    the options' own checks."""
+    """The rules of a ``stage`` config (its class name) that runs text-classification: --thresholds
+    applies to multi-label training only."""
+    if stage == "TrainConfig":
+        require(cfg.thresholds == "tuned" or cfg.problem_type == "multi-label", "thresholds",
+                "applies to --problem-type multi-label only")

@@ -26,6 +26,7 @@ import numpy as np
 from deploykit.errors import BadInputError
 from deploykit.manifest import TOKENIZER, Manifest, device_of
 from deploykit.session import malloc_trim, session
+from deploykit.tasks.classification.decisions import Decisions, softmax  # noqa: F401 - softmax: public here
 from deploykit.tasks.classification.head import Classification
 
 log = logging.getLogger(__name__)
@@ -34,14 +35,6 @@ log = logging.getLogger(__name__)
 # used when tokenizer.json carries no padding configuration of its own.
 _PAD_TOKENS = ("[PAD]", "<pad>")
 _ORT_INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise probabilities of logits [n, k] (computed in float64 for stability)."""
-    logits = np.asarray(logits, dtype=np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 @dataclass
@@ -173,6 +166,8 @@ class Runtime:
         width = (outputs[self.output_name] or [None])[-1]
         if not manifest and isinstance(width, int):  # of_graph: the logits' columns by number
             self.labels = [str(i) for i in range(width)]
+        # What the logits mean: softmax and the top label, or sigmoid and per-label thresholds.
+        self.decisions = Decisions.of(head, self.labels)
         if self.labels and isinstance(width, int) and width != len(self.labels):
             raise BadInputError(f"{model_file} gives {width} logits per text but the manifest's "
                                 f"'labels' lists {len(self.labels)}; re-export the artifact")
@@ -366,15 +361,9 @@ class Runtime:
         return self.logits_of(self.tokenize(texts))
 
     def results(self, logits: np.ndarray, rows: Sequence[Encoded]) -> list[dict[str, Any]]:
-        """Turn logits into ``{"label", "score", "scores", "truncated"}`` dicts."""
-        probs = softmax(logits)
-        best = probs.argmax(axis=-1)
-        out = []
-        for i, row in enumerate(rows):
-            scores = {label: float(p) for label, p in zip(self.labels, probs[i])}
-            out.append({"label": self.labels[int(best[i])], "score": float(probs[i, best[i]]),
-                        "scores": scores, "truncated": row.truncated})
-        return out
+        """Turn logits into answers by the head's rule (``Decisions.results``): single-label
+        ``{"label", "score", "scores", "truncated"}``, multi-label ``{"labels", "scores", "truncated"}``."""
+        return self.decisions.results(logits, [row.truncated for row in rows])
 
     def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         """Classify texts.
@@ -383,8 +372,9 @@ class Runtime:
             texts: The texts (any number; split into batches by the token budget).
 
         Returns:
-            One ``{"label": str, "score": float, "scores": {label: float}, "truncated": bool}``
-            per text, in the caller's order.
+            One answer per text, in the caller's order: ``{"label": str, "score": float, "scores":
+            {label: float}, "truncated": bool}``, or for a multi-label head ``{"labels": [str],
+            "scores": {label: float}, "truncated": bool}``.
         """
         rows = self.tokenize(texts)
         return self.results(self.logits_of(rows), rows)

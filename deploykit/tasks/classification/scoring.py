@@ -38,6 +38,71 @@ def classification_metrics(gold: Sequence[int], predicted: Sequence[int], label_
     }
 
 
+def multi_label_metrics(gold: np.ndarray, predicted: np.ndarray, label_names: list[str]) -> dict[str, Any]:
+    """Multi-label metrics (scikit-learn): micro, macro, weighted and samples F1, subset accuracy,
+    Hamming loss and the per-label report.
+
+    Args:
+        gold: 0/1 matrix [rows, labels].
+        predicted: 0/1 (or bool) matrix [rows, labels].
+        label_names: Names of the columns.
+
+    Returns:
+        ``micro_f1``, ``macro_f1``, ``weighted_f1``, ``samples_f1``, ``subset_accuracy``,
+        ``hamming_loss``, ``per_class`` ({label: {precision, recall, f1, support}}), ``n``.
+    """
+    from sklearn.metrics import accuracy_score, f1_score, hamming_loss, precision_recall_fscore_support
+
+    gold, predicted = np.asarray(gold, dtype=int), np.asarray(predicted, dtype=int)
+    precision, recall, f1, support = precision_recall_fscore_support(gold, predicted, zero_division=0)
+
+    def f1_of(average: str) -> float:
+        return float(f1_score(gold, predicted, average=average, zero_division=0)) if len(gold) else 0.0
+
+    return {
+        "micro_f1": f1_of("micro"), "macro_f1": f1_of("macro"), "weighted_f1": f1_of("weighted"),
+        "samples_f1": f1_of("samples"),
+        "subset_accuracy": float(accuracy_score(gold, predicted)) if len(gold) else 0.0,
+        "hamming_loss": float(hamming_loss(gold, predicted)) if len(gold) else 0.0,
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]),
+                             "f1": float(f1[i]), "support": int(support[i])}
+                      for i, name in enumerate(label_names)},
+        "n": int(len(gold)),
+    }
+
+
+def tune_thresholds(gold: np.ndarray, probs: np.ndarray, default: float = 0.5) -> list[float]:
+    """Each label's probability threshold that maximises its F1 on these rows.
+
+    A label's candidates are the midpoints between its consecutive distinct probabilities (and
+    ``default``); ties go to the candidate nearest ``default``. A label without a positive row
+    keeps ``default``. Thresholds stay inside (0, 1).
+
+    Args:
+        gold: 0/1 matrix [rows, labels].
+        probs: Probabilities [rows, labels].
+        default: The threshold of a label the rows cannot tune.
+
+    Returns:
+        One threshold per label.
+    """
+    out = []
+    for j in range(probs.shape[1]):
+        y, p = np.asarray(gold[:, j], dtype=bool), np.asarray(probs[:, j], dtype=np.float64)
+        if not y.any():
+            out.append(default)
+            continue
+        values = np.unique(p)
+        candidates = np.unique(np.concatenate([(values[1:] + values[:-1]) / 2, [default]]))
+        picked = p[None, :] >= candidates[:, None]
+        tp = (picked & y).sum(axis=1)
+        f1 = 2 * tp / np.maximum(picked.sum(axis=1) + y.sum(), 1)
+        best = np.flatnonzero(f1 >= f1.max() - 1e-12)
+        chosen = candidates[best[np.argmin(np.abs(candidates[best] - default))]]
+        out.append(float(np.clip(chosen, 1e-6, 1 - 1e-6)))
+    return out
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax, numerically stable."""
     shifted = logits - logits.max(axis=-1, keepdims=True)

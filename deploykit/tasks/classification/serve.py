@@ -27,7 +27,7 @@ from deploykit.serve import v2
 from deploykit.serve.app import Call, HTTPError, Reply, Route, json_reply, request_timeout
 from deploykit.serve.batcher import DynamicBatcher
 from deploykit.serve.quoting import quote, shorten
-from deploykit.tasks.classification.runtime import Runtime, softmax
+from deploykit.tasks.classification.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,20 @@ class Result(BaseModel):
     score: float = Field(description="Its probability.")
     scores: dict[str, float] = Field(description="Every label's probability.")
     truncated: bool = Field(description="Whether the text was cut at the model's max_length tokens.")
+
+
+class MultiLabelResult(BaseModel):
+    """The labels of one text (a multi-label model)."""
+
+    labels: list[str] = Field(description="The labels whose probability is at or over their threshold, "
+                                          "most probable first (possibly none).")
+    scores: dict[str, float] = Field(description="Every label's own probability (sigmoid).")
+    truncated: bool = Field(description="Whether the text was cut at the model's max_length tokens.")
+
+
+def _outputs(backend: "ClassificationBackend") -> tuple[str, ...]:
+    """The v2 outputs a model offers: LABEL and SCORES, or LABELS and SCORES (multi-label)."""
+    return v2.MULTI_LABEL_OUTPUTS if backend.runtime.decisions.multi_label else v2.OUTPUTS
 
 
 @functools.lru_cache(maxsize=None)
@@ -147,7 +161,7 @@ def bento_apis(settings: ServiceConfig) -> dict[str, Any]:
                                              description="Texts to classify (non-empty strings).")]
     # The declared media type spares BentoML from rebuilding the output's JSON schema on every
     # response just to find it (IOMixin.mime_type).
-    results_type = Annotated[list[Result], ContentType("application/json")]
+    results_type = Annotated[list[Result | MultiLabelResult], ContentType("application/json")]
     if settings.batcher == "bentoml":
         def classify(self: Any, texts: list[str]) -> list[dict[str, Any]]:
             """Classify texts; BentoML's adaptive batcher merges concurrent requests."""
@@ -220,7 +234,7 @@ def model_of(call: Call) -> ClassificationBackend:
 
 async def model_metadata(call: Call) -> Reply:
     backend = model_of(call)
-    return json_reply(v2.model_metadata(backend.name, len(backend.runtime.labels)))
+    return json_reply(v2.model_metadata(backend.name, len(backend.runtime.labels), label_output=_outputs(backend)[0]))
 
 
 async def model_ready(call: Call) -> Reply:
@@ -233,16 +247,16 @@ async def infer(call: Call) -> Reply:
     header = call.header(v2.HEADER_LENGTH.lower().encode())
     try:
         req = v2.parse_infer(call.body, None if header is None else header.decode("latin-1"),
-                             backend.settings.max_texts)
+                             backend.settings.max_texts, _outputs(backend))
     except v2.ProtocolError as exc:
         raise HTTPError(exc.status, str(exc)) from None
     batcher = backend.batcher
     _, logits = await batcher.submit(req.texts, deadline=batcher.deadline(request_timeout(call, req.timeout_us)),
                                      disconnected=call.disconnected, route="v2_infer",
                                      timeline=call.timeline)
-    probs = softmax(logits)
-    labels = [backend.runtime.labels[i] for i in probs.argmax(axis=-1)]
-    body, headers = v2.encode_response(backend.name, req, labels, probs)
+    decisions = backend.runtime.decisions
+    body, headers = v2.encode_response(backend.name, req, decisions.label_strings(logits),
+                                       decisions.scores(logits), label_output=_outputs(backend)[0])
     content_type = headers.pop("Content-Type").encode()
     return Reply(body, content_type=content_type,
                  headers=[(k.lower().encode(), v.encode()) for k, v in headers.items()])
@@ -286,7 +300,9 @@ def routes(settings: ServiceConfig) -> list[Route]:
             "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
             "responses": _responses({"description": "One result per text, in order.", "content": {
                 "application/json": {"schema": {"type": "array",
-                                                "items": Result.model_json_schema()}}}},
+                                                "items": {"anyOf": [
+                                                    Result.model_json_schema(),
+                                                    MultiLabelResult.model_json_schema()]}}}}},
                 *body_errors, 415)}}))
     for prefix, extra in (("/v2/models/{name}", []), ("/v2/models/{name}/versions/{version}", [version_param])):
         params = model_params + extra
