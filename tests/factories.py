@@ -216,3 +216,23 @@ def make_lm_checkpoint(path: Path, arch: str, data: Path, seed: int = 0, init: f
     train_cfg = TrainConfig(task="text-generation", data=str(data), model=str(path), out=str(Path(path).parent),
                             max_length=64, **cfg)
     return checkpoint.save(model, lm_tokenizer(), train_cfg, {"loss": 0.0}, path)
+
+
+TOPICS = {"travel": ["flight", "airport", "hotel", "layover"], "sports": ["football", "goal", "match", "stadium"],
+          "food": ["pizza", "dinner", "bread", "recipe"]}
+
+
+def multi_label_rows(n: int = 300, seed: int = 0, separator: str = "|") -> list[tuple[str, str]]:
+    """Texts with 0 to 2 topic labels, each spelled out by one of its keywords (a multi-label task a
+    tiny model learns in seconds); the label cell joins the labels with ``separator`` ("" for none)."""
+    import random
+
+    rng = random.Random(seed)
+    filler = ["the", "car", "drives", "today", "we", "saw", "it", "road", "city"]
+    out = []
+    for _ in range(n):
+        labels = sorted(rng.sample(sorted(TOPICS), rng.choice([0, 1, 1, 2])))
+        body = rng.sample(filler, 4) + [rng.choice(TOPICS[t]) for t in labels]
+        rng.shuffle(body)
+        out.append((" ".join(body), separator.join(labels)))
+    return out
