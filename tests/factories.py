@@ -236,3 +236,24 @@ def multi_label_rows(n: int = 300, seed: int = 0, separator: str = "|") -> list[
         rng.shuffle(body)
         out.append((" ".join(body), separator.join(labels)))
     return out
+
+
+def pair_rows(queries: int = 60, seed: int = 0) -> list[tuple[str, str, str, str]]:
+    """(query id, query, document, relevance) rows: each query names a topic by one keyword and has
+    one relevant document (another keyword of its topic) and three others (other topics): a
+    reranking task a tiny cross-encoder learns in seconds."""
+    import random
+
+    rng = random.Random(seed)
+    filler = ["the", "car", "drives", "today", "we", "saw", "it", "road", "city"]
+    topics = sorted(TOPICS)
+    out = []
+    for q in range(queries):
+        topic = topics[q % len(topics)]
+        query = " ".join(rng.sample(filler, 2) + [rng.choice(TOPICS[topic])])
+        others = [t for t in topics if t != topic]
+        for doc_topic in [topic] + [rng.choice(others) for _ in range(3)]:
+            doc = rng.sample(filler, 3) + [rng.choice(TOPICS[doc_topic])]
+            rng.shuffle(doc)
+            out.append((f"q{q}", query, " ".join(doc), "1" if doc_topic == topic else "0"))
+    return out

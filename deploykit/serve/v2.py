@@ -31,10 +31,13 @@ from deploykit.serve.quoting import quote
 log = logging.getLogger(__name__)
 
 INPUT = "TEXT"
+# A text-pair model's inputs: the two texts of each row (query and document, two sentences).
+PAIR_INPUTS = ("TEXT", "TEXT_PAIR")
 OUTPUTS = ("LABEL", "SCORES")
 # A multi-label classifier's outputs: each row's chosen labels (a JSON list as one BYTES element) and
 # every label's probability.
 MULTI_LABEL_OUTPUTS = ("LABELS", "SCORES")
+SCORE_OUTPUTS = ("SCORES",)  # a relevance or similarity model: one score per row, no label
 VERSION = "1"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -51,7 +54,7 @@ class ProtocolError(Exception):
 class InferRequest:
     """A parsed v2 infer request."""
 
-    texts: list[str]
+    texts: list[Any]  # strings, or (text, text_pair) tuples for a model of two inputs
     request_id: str | None
     outputs: dict[str, bool]  # output name -> as binary data
     timeout_us: int | None = None  # the request's 'timeout' parameter (tritonclient's, microseconds)
@@ -104,49 +107,53 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any],
     return request, binary
 
 
-def _texts_of(tensor: dict[str, Any], binary: bytes, max_texts: int) -> list[str]:
+def _texts_of(tensor: dict[str, Any], binary: bytes, max_texts: int, name: str = INPUT) -> tuple[list[str], int]:
+    """One BYTES input's texts, and how many bytes of ``binary`` (the data after the JSON header,
+    from this input's start) it took."""
     datatype = tensor.get("datatype")
     if datatype != "BYTES":
-        raise ProtocolError(f"input {INPUT} must have datatype BYTES, got {quote(datatype)}")
+        raise ProtocolError(f"input {name} must have datatype BYTES, got {quote(datatype)}")
     shape = tensor.get("shape")
     if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
             or len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1)):
-        raise ProtocolError(f"input {INPUT} must have shape [n] or [n, 1], got {quote(shape)}")
+        raise ProtocolError(f"input {name} must have shape [n] or [n, 1], got {quote(shape)}")
     n = shape[0]
     if n < 1:
-        raise ProtocolError(f"input {INPUT} holds no texts (shape {shape}); send at least one")
+        raise ProtocolError(f"input {name} holds no texts (shape {shape}); send at least one")
     if n > max_texts:
-        raise ProtocolError(f"input {INPUT} holds {n} texts, more than the limit of {max_texts} "
+        raise ProtocolError(f"input {name} holds {n} texts, more than the limit of {max_texts} "
                             "(DEPLOYKIT_MAX_TEXTS); split the request")
-    params = _parameters(tensor, f"input {INPUT}")
+    params = _parameters(tensor, f"input {name}")
     if "binary_data_size" in params:
         size = params["binary_data_size"]
-        if isinstance(size, bool) or not isinstance(size, int) or size != len(binary):
-            raise ProtocolError(f"input {INPUT} declares binary_data_size {quote(size)} but {len(binary)} bytes "
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= len(binary):
+            raise ProtocolError(f"input {name} declares binary_data_size {quote(size)} but {len(binary)} bytes "
                                 f"follow the JSON header ({HEADER_LENGTH})")
-        raw = deserialize_bytes(binary)
+        raw = deserialize_bytes(binary[:size])
+        used = size
         try:
             items = [b.decode("utf-8") for b in raw]
         except UnicodeDecodeError:
-            raise ProtocolError(f"input {INPUT} holds bytes that are not valid UTF-8 text") from None
+            raise ProtocolError(f"input {name} holds bytes that are not valid UTF-8 text") from None
     else:
+        used = 0
         data = tensor.get("data")
         if not isinstance(data, list):
-            raise ProtocolError(f"input {INPUT} needs a 'data' list (or binary data)")
+            raise ProtocolError(f"input {name} needs a 'data' list (or binary data)")
         items = [x for row in data for x in row] if data and all(isinstance(r, list) for r in data) else data
         if not all(type(x) is str for x in items):
-            raise ProtocolError(f"input {INPUT} must hold strings only")
+            raise ProtocolError(f"input {name} must hold strings only")
     if len(items) != n:
-        raise ProtocolError(f"input {INPUT} declares shape {shape} but holds {len(items)} elements")
+        raise ProtocolError(f"input {name} declares shape {shape} but holds {len(items)} elements")
     empty = [i for i, t in enumerate(items) if not t.strip()]
     if empty:
-        raise ProtocolError(f"input {INPUT} holds empty text at position(s) {empty[:10]}; send "
+        raise ProtocolError(f"input {name} holds empty text at position(s) {empty[:10]}; send "
                             "non-empty strings")
-    return items
+    return items, used
 
 
 def parse_infer(body: bytes, header_length: str | None, max_texts: int,
-                offered: Sequence[str] = OUTPUTS) -> InferRequest:
+                offered: Sequence[str] = OUTPUTS, taken: Sequence[str] = (INPUT,)) -> InferRequest:
     """Parse a v2 infer request body.
 
     Args:
@@ -154,6 +161,8 @@ def parse_infer(body: bytes, header_length: str | None, max_texts: int,
         header_length: The ``Inference-Header-Content-Length`` header (binary extension) or None.
         max_texts: Most texts accepted.
         offered: The outputs the served model has (a classifier's ``OUTPUTS``; a task's own).
+        taken: The BYTES inputs the model takes, in order (``TEXT``; a pair model's ``PAIR_INPUTS``):
+            with two, each row's texts come back as a tuple.
 
     Returns:
         The texts, the request id and the requested outputs.
@@ -163,12 +172,24 @@ def parse_infer(body: bytes, header_length: str | None, max_texts: int,
     """
     request, binary = _split_body(body, header_length)
     inputs = request.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise ProtocolError(f"the request must have exactly one input, {INPUT} (BYTES, shape [n])")
-    if inputs[0].get("name") != INPUT:
-        raise ProtocolError(f"unknown input {quote(inputs[0].get('name'))}; this model takes one input "
-                            f"named {INPUT}")
-    texts = _texts_of(inputs[0], binary, max_texts)
+    wanted_inputs = " and ".join(taken)
+    if not isinstance(inputs, list) or len(inputs) != len(taken) or not all(isinstance(i, dict) for i in inputs):
+        raise ProtocolError(f"the request must have exactly the input(s) {wanted_inputs} (BYTES, shape [n])")
+    names = [i.get("name") for i in inputs]
+    if sorted(map(str, names)) != sorted(taken):
+        unknown = next((n for n in names if n not in taken), names[0])
+        raise ProtocolError(f"unknown or repeated input {quote(unknown)}; this model takes the input(s) {wanted_inputs}")
+    columns, offset = {}, 0
+    for tensor in inputs:  # binary data follows the header in the inputs' order
+        columns[tensor["name"]], used = _texts_of(tensor, binary[offset:], max_texts, tensor["name"])
+        offset += used
+    if offset != len(binary):
+        raise ProtocolError(f"{len(binary)} bytes follow the JSON header but the inputs' binary_data_size "
+                            f"add up to {offset} ({HEADER_LENGTH})")
+    if len({len(c) for c in columns.values()}) > 1:
+        raise ProtocolError(f"inputs {wanted_inputs} hold {[len(columns[n]) for n in taken]} texts; each row needs "
+                            "both (a pair with one side missing)")
+    texts: list[Any] = list(zip(*(columns[n] for n in taken))) if len(taken) > 1 else columns[taken[0]]
     params = _parameters(request, "the request")
     binary_default = _flag(params, "binary_data_output", False, "the request")
     timeout = params.get("timeout")

@@ -25,9 +25,10 @@ import numpy as np
 from deploykit import checkpoint
 from deploykit.config import DataConfig, EvalConfig
 from deploykit.evaluation import length_groups, length_plot, slice_groups, slice_table
-from deploykit.tasks.classification.data import held_out, multi_hot
+from deploykit.tasks.classification.data import encode, held_out, multi_hot
 from deploykit.tasks.classification.decisions import Decisions
-from deploykit.tasks.classification.scoring import classification_metrics, multi_label_metrics, predict_logits
+from deploykit.tasks.classification.scoring import (classification_metrics, multi_label_metrics, predict_logits,
+                                                    ranking_metrics, score_metrics)
 from deploykit.tasks.classification.train import checkpoint_head
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,14 @@ class Evaluation:
         model, tokenizer = checkpoint.load_model(self.checkpoint)
         log.info("scoring %d rows of %s (%s)", len(split), dcfg.data, cfg.split)
         logits = predict_logits(model, tokenizer, split.texts, max_length=dcfg.max_length,
-                                batch_size=cfg.batch_size, progress=True)
+                                batch_size=cfg.batch_size, progress=True, truncation=dcfg.truncation)
         probs, predicted = self.decisions.scores(logits), self.decisions.predicted(logits)
-        lengths = [len(ids) for ids in tokenizer(split.texts, truncation=True, max_length=dcfg.max_length)["input_ids"]]
-        if self.decisions.multi_label:
+        lengths = [len(ids) for ids in encode(tokenizer, split.texts, dcfg.max_length, dcfg.truncation)["input_ids"]]
+        if self.decisions.score_head:
+            gold = np.asarray(split.labels, dtype=np.float64)
+            scored: SingleLabelScores = ScoreScores(label_names)
+            errors = score_errors(split.texts, gold, predicted, cfg.max_errors)
+        elif self.decisions.multi_label:
             gold = multi_hot(split.labels, len(label_names))
             scored = MultiLabelScores(label_names)
             errors = multi_label_errors(split.texts, gold, probs, predicted, label_names, cfg.max_errors)
@@ -60,6 +65,8 @@ class Evaluation:
             scored = SingleLabelScores(label_names)
             errors = error_cases(split.texts, split.labels, probs, label_names, cfg.max_errors)
         metrics = scored.metrics(gold, predicted)
+        if self.decisions.score_head and split.groups is not None:  # a query id column: rank per query
+            metrics.update(ranking_metrics(split.groups, gold, predicted))
         metrics["by_length"] = bucket_metrics(lengths, gold, predicted, scored, dcfg.max_length)
         if cfg.slice_column:
             metrics["slice_column"] = cfg.slice_column
@@ -69,8 +76,9 @@ class Evaluation:
         return metrics, errors
 
     def plots(self, folder: Path, metrics: dict[str, Any]) -> None:
-        if self.decisions.multi_label:
-            _length_plot(folder, metrics["by_length"], MultiLabelScores.BRIEF)
+        if self.decisions.multi_label or self.decisions.score_head:
+            _length_plot(folder, metrics["by_length"], (ScoreScores if self.decisions.score_head
+                                                        else MultiLabelScores).BRIEF)
             return
         _plots(folder, self.gold.tolist(), self.predicted.tolist(), self.label_names, metrics["by_length"])
 
@@ -109,8 +117,31 @@ class MultiLabelScores(SingleLabelScores):
         return metrics
 
 
+class ScoreScores(SingleLabelScores):
+    """A score head's metrics (relevance, similarity): Pearson and Spearman with the gold scores."""
+
+    BRIEF = (("spearman", "Spearman"), ("pearson", "Pearson"))
+
+    def metrics(self, gold: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+        return score_metrics(gold, predicted)
+
+
+def score_errors(texts: list[Any], gold: np.ndarray, scores: np.ndarray, limit: int) -> list[dict[str, Any]]:
+    """A score head's worst rows: the largest distance between score and gold first
+    (``{"text", "gold", "predicted", "confidence"}``, ``confidence`` being that distance)."""
+    distance = np.abs(scores - gold)
+    return [{"text": list(texts[i]) if isinstance(texts[i], tuple) else texts[i], "gold": float(gold[i]),
+             "predicted": round(float(scores[i]), 6), "confidence": round(float(distance[i]), 6)}
+            for i in np.argsort(-distance, kind="stable")[:limit]]
+
+
 def summary(metrics: dict[str, Any]) -> str:
     """The split, its rows and its headline metrics on one line."""
+    if "spearman" in metrics:
+        ranking = (f", NDCG@10 {metrics['ndcg_at_10']:.4f}, MRR@10 {metrics['mrr_at_10']:.4f} over "
+                   f"{metrics['queries']} queries" if "ndcg_at_10" in metrics else "")
+        return (f"{metrics['split']} ({metrics['n']} rows): Spearman {metrics['spearman']:.4f}, Pearson "
+                f"{metrics['pearson']:.4f}{ranking}")
     if "micro_f1" in metrics:
         return (f"{metrics['split']} ({metrics['n']} rows): micro-F1 {metrics['micro_f1']:.4f}, macro-F1 "
                 f"{metrics['macro_f1']:.4f}, samples-F1 {metrics['samples_f1']:.4f}, subset accuracy "
@@ -187,6 +218,8 @@ def _plots(out: Path, gold: list[int], predicted: list[int], label_names: list[s
 
 
 def _report(metrics: dict[str, Any], errors: list[dict[str, Any]]) -> str:
+    if "spearman" in metrics:
+        return _score_report(metrics, errors)
     multi = "micro_f1" in metrics
     head = (("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"), ("samples_f1", "samples-F1"),
             ("subset_accuracy", "subset accuracy"), ("hamming_loss", "Hamming loss")) if multi else \
@@ -213,4 +246,23 @@ def _report(metrics: dict[str, Any], errors: list[dict[str, Any]]) -> str:
     for e in errors[:10]:
         text = e["text"].replace("|", "\\|").replace("\n", " ")
         lines.append(f"| {text[:100]} | {e['gold']} | {e['predicted']} | {e['confidence']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _score_report(metrics: dict[str, Any], errors: list[dict[str, Any]]) -> str:
+    head = [(k, n) for k, n in (("spearman", "Spearman"), ("pearson", "Pearson"), ("ndcg_at_10", "NDCG@10"),
+                                ("mrr_at_10", "MRR@10"), ("queries", "queries")) if k in metrics]
+    lines = [f"# Evaluation of {metrics['checkpoint']}", "",
+             f"Split: `{metrics['split']}` of `{metrics['data']}` ({metrics['n']} rows).", "",
+             "| " + " | ".join(n for _, n in head) + " |", "|" + "---|" * len(head),
+             "| " + " | ".join(f"{metrics[k]:.4f}" if k != "queries" else str(metrics[k]) for k, _ in head) + " |",
+             "", "## By input length", "", "| tokens | n | Spearman | Pearson |", "|---|---|---|---|"]
+    for b in metrics["by_length"]:
+        lines.append(f"| {b['tokens']} | {b['n']} | {b['spearman']:.4f} | {b['pearson']:.4f} |")
+    lines += slice_table(metrics, ("spearman", "pearson"))
+    lines += ["", "![length](length.png)", "", f"## Largest errors ({len(errors)} in errors.jsonl)", "",
+              "| text | gold | predicted |", "|---|---|---|"]
+    for e in errors[:10]:
+        text = " / ".join(e["text"]) if isinstance(e["text"], list) else e["text"]
+        lines.append(f"| {text[:100].replace('|', '/')} | {e['gold']:.3f} | {e['predicted']:.3f} |")
     return "\n".join(lines) + "\n"

@@ -84,7 +84,8 @@ class Export:
         """Steps 1-3: tokenizer, config, fp32 and fused graphs, then INT8 by ``--quantize``."""
         cfg, model = self.cfg, self.model
         max_length = _max_length(self.train_cfg, model.config)
-        tokenizer_file = onnx_export.write_tokenizer(self.tokenizer, folder / "tokenizer.json", max_length)
+        tokenizer_file = onnx_export.write_tokenizer(self.tokenizer, folder / "tokenizer.json", max_length,
+                                                     self.head.truncation or "longest_first")
         shutil.copy(self.checkpoint / "config.json", folder / "config.json")
         opt_info = _export_and_optimize(model, self.checkpoint, folder, cfg)
         inputs = Runtime.of_graph(folder / VARIANT_FILES["fp32"], tokenizer_file, max_length).input_names
@@ -113,7 +114,8 @@ class Export:
 
     def reference(self, head: Classification, max_length: int) -> Reference:
         """The checkpoint's logits of the held-out rows (its own tokenizer), and its metrics."""
-        logits = parity.reference_logits(self.model, self.tokenizer, self.rows.texts, max_length)
+        logits = parity.reference_logits(self.model, self.tokenizer, self.rows.texts, max_length,
+                                         truncation=head.truncation or "longest_first")
         return Reference(logits, parity.classification_metrics(logits, self.rows.labels, len(self.labels),
                                                                Decisions.of(head, head.labels)))
 

@@ -31,9 +31,16 @@ class Classification:
     # transformers' names of the problem types (config.json's problem_type).
     SINGLE: ClassVar[str] = "single_label_classification"
     MULTI: ClassVar[str] = "multi_label_classification"
-    PROBLEM_TYPES: ClassVar[tuple[str, ...]] = (SINGLE, MULTI)
-    # The manifest schema a head needs: a new problem type must be refused by older readers.
-    SCHEMA_VERSIONS: ClassVar[dict[str, int]] = {SINGLE: 1, MULTI: 2}
+    # One logit: a relevance score in [0, 1] (sigmoid, a reranker) or a similarity (identity).
+    RELEVANCE: ClassVar[str] = "relevance"
+    REGRESSION: ClassVar[str] = "regression"
+    PROBLEM_TYPES: ClassVar[tuple[str, ...]] = (SINGLE, MULTI, RELEVANCE, REGRESSION)
+    SCORES: ClassVar[tuple[str, ...]] = (RELEVANCE, REGRESSION)
+    ACTIVATIONS: ClassVar[dict[str, str]] = {SINGLE: "softmax", MULTI: "sigmoid", RELEVANCE: "sigmoid",
+                                             REGRESSION: "identity"}
+    TRUNCATIONS: ClassVar[tuple[str, ...]] = ("longest_first", "only_second")
+    # The manifest schema a head needs: a new problem type (or pairs) must be refused by older readers.
+    SCHEMA_VERSIONS: ClassVar[dict[str, int]] = {SINGLE: 1, MULTI: 2, RELEVANCE: 2, REGRESSION: 2}
     # The encoder inputs the runtime knows how to build (tokens, mask, segment ids).
     INPUTS: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -43,6 +50,8 @@ class Classification:
     problem_type: str = field(default=SINGLE, kw_only=True)
     # Multi-label: each label's probability threshold (in label order); None for single-label.
     thresholds: tuple[float, ...] | None = field(default=None, kw_only=True)
+    # Pairs: each row is two texts encoded together, cut by ``truncation``; None for single texts.
+    truncation: str | None = field(default=None, kw_only=True)
 
     @classmethod
     def from_json(cls, fields: Fields, inputs: tuple[str, ...]) -> "Classification":
@@ -68,13 +77,38 @@ class Classification:
             thresholds = tuple(float(v) for v in values)
         elif "thresholds" in fields.doc:
             fields.fail("thresholds", f"belongs to a {cls.MULTI} head, not a {problem} one")
-        return cls(labels, output, problem_type=problem, thresholds=thresholds)
+        if problem in cls.SCORES and len(labels) != 1:
+            fields.fail("labels", f"lists {len(labels)} outputs; a {problem} head has one")
+        truncation = None
+        if fields.get("text_pair", bool, required=False, default=False):
+            if version < 2:
+                fields.fail("schema_version", f"is {version}, but a text-pair head needs schema_version 2")
+            truncation = fields.get("truncation", str)
+            if truncation not in cls.TRUNCATIONS:
+                fields.fail("truncation", f"is {truncation!r}; choose one of {', '.join(cls.TRUNCATIONS)}")
+        elif problem in cls.SCORES:
+            fields.fail("text_pair", f"must be true: a {problem} head scores pairs of texts")
+        return cls(labels, output, problem_type=problem, thresholds=thresholds, truncation=truncation)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"labels": list(self.labels), "output": self.output}
         if self.problem_type != self.SINGLE:  # single-label manifests keep the version-1 shape
-            doc.update(problem_type=self.problem_type, thresholds=list(self.thresholds or ()))
+            doc["problem_type"] = self.problem_type
+        if self.multi_label:
+            doc["thresholds"] = list(self.thresholds or ())
+        if self.text_pair:
+            doc.update(text_pair=True, truncation=self.truncation)
         return doc
+
+    @property
+    def text_pair(self) -> bool:
+        """Each row is a pair of texts (query and document, two sentences), encoded together."""
+        return self.truncation is not None
+
+    @property
+    def score_head(self) -> bool:
+        """One logit per row read as a number (relevance or similarity), not as labels."""
+        return self.problem_type in self.SCORES
 
     @property
     def multi_label(self) -> bool:
@@ -83,13 +117,13 @@ class Classification:
 
     @property
     def activation(self) -> str:
-        """What turns the logits into scores: ``softmax`` or ``sigmoid``."""
-        return "sigmoid" if self.multi_label else "softmax"
+        """What turns the logits into scores: ``softmax``, ``sigmoid`` or ``identity``."""
+        return self.ACTIVATIONS[self.problem_type]
 
     @property
     def schema_version(self) -> int:
         """The manifest schema this head is written with (and that readers must understand)."""
-        return self.SCHEMA_VERSIONS[self.problem_type]
+        return max(self.SCHEMA_VERSIONS[self.problem_type], 2 if self.text_pair else 1)
 
     def check_config(self, config: Any, where: Path, max_length: int) -> None:
         """Cross-check the manifest against the checkpoint's ``config.json`` copied into the
@@ -122,7 +156,7 @@ class Classification:
             raise BadInputError(f"{where}: 'labels' {list(self.labels)} differ from {CONFIG}'s "
                                 f"id2label {id2label}; re-export the artifact with 'deploykit export'")
         trained = config.get("problem_type") or self.SINGLE
-        if trained == "regression" or (trained == self.MULTI) != self.multi_label:
+        if (trained == self.MULTI) != self.multi_label or (trained == "regression") != (self.problem_type == self.REGRESSION):
             raise BadInputError(f"{where}: 'problem_type' {self.problem_type} differs from {CONFIG}'s "
                                 f"problem_type {trained}; re-export the artifact with 'deploykit export'")
 

@@ -104,6 +104,8 @@ def expected_agreement(reference: np.ndarray, logits: np.ndarray, decisions: Dec
     """
     from scipy.special import ndtr  # the standard normal CDF; scipy comes with scikit-learn
 
+    if decisions is not None and decisions.score_head:  # scores have no label to keep: their ranking
+        return decisions.agreement(reference, logits)
     if decisions is not None and decisions.multi_label:
         t = np.asarray(decisions.thresholds, dtype=np.float64)
         gaps = np.abs(reference.astype(np.float64) - np.log(t / (1 - t)))

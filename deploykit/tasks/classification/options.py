@@ -17,8 +17,11 @@ from deploykit.options import int_list, opt, require, require_int_list
 INT8_SCHEMES = ("auto", "static-minmax", "static-entropy", "static-minmax-fallback", "static-entropy-fallback")
 
 
-# --problem-type: one label per text (softmax), or any number (per-label sigmoid and thresholds).
-PROBLEM_TYPES = ("single-label", "multi-label")
+# --problem-type: one label per text (softmax), any number (per-label sigmoid and thresholds), one
+# relevance score in [0, 1] (one logit, BCE, sigmoid: a reranker), or a similarity (one logit, MSE).
+PROBLEM_TYPES = ("single-label", "multi-label", "relevance", "regression")
+SCORE_PROBLEMS = ("relevance", "regression")  # one logit, a number per row (not labels)
+TRUNCATIONS = ("longest_first", "only_second")
 
 
 @dataclass
@@ -31,6 +34,12 @@ class Data:
                             "and thresholds).", choices=PROBLEM_TYPES)
     label_separator: str = opt(",", "text-classification, multi-label: what separates the labels of a "
                                "label cell that is a string (a JSON/Parquet list needs none).")
+    text_pair_column: str | None = opt(None, "text-classification: a second text column; each row's two "
+                                       "texts are encoded together as a pair (query and document, two "
+                                       "sentences, claim and evidence).")
+    truncation: str = opt("longest_first", "text-classification pairs: how a pair longer than --max-length "
+                          "is cut: longest_first (the longer text loses tokens first) or only_second (the "
+                          "query is kept whole).", choices=TRUNCATIONS)
     skip_bad_rows: bool = opt(False, "Skip rows that cannot be used (token-classification: overlapping "
                               "spans, a span outside the text, tags and tokens of different lengths; "
                               "multi-label: a held-out row with a label the training split lacks) and "
@@ -39,6 +48,7 @@ class Data:
     def validate(self) -> None:
         require(self.problem_type in PROBLEM_TYPES, "problem_type", f"choose one of {', '.join(PROBLEM_TYPES)}")
         require(bool(self.label_separator), "label_separator", "must be a non-empty string")
+        require(self.truncation in TRUNCATIONS, "truncation", f"choose one of {', '.join(TRUNCATIONS)}")
 
 
 @dataclass
@@ -162,13 +172,29 @@ class BenchOnline:
         require(self.texts_per_request > 0, "texts_per_request", "must be positive")
 
 
-OPTIONS = {"DataConfig": Data, "TrainConfig": Train, "HeldOutConfig": HeldOut, "ParityConfig": Parity,
+@dataclass
+class Service:
+    rerank_label: str | None = opt(None, "text-classification pairs with class heads (NLI, paraphrase): the "
+                                   "class whose probability /rerank and /v1/rerank rank by (a relevance "
+                                   "head needs none).")
+
+
+OPTIONS = {"ServiceConfig": Service, "DataConfig": Data, "TrainConfig": Train, "HeldOutConfig": HeldOut, "ParityConfig": Parity,
            "ExportConfig": Export, "BenchOfflineConfig": BenchOffline, "BenchOnlineConfig": BenchOnline}
 
 
 def check(cfg: Any, stage: str) -> None:
     """The rules of a ``stage`` config (its class name) that runs text-classification: --thresholds
     applies to multi-label training only."""
+    if stage not in ("DataConfig", "TrainConfig"):
+        return
+    require(cfg.problem_type not in SCORE_PROBLEMS or cfg.text_pair_column, "problem_type",
+            f"{cfg.problem_type} scores a pair of texts; give the second text with --text-pair-column")
+    require(cfg.truncation == "longest_first" or cfg.text_pair_column, "truncation",
+            "applies to pairs (--text-pair-column) only")
     if stage == "TrainConfig":
         require(cfg.thresholds == "tuned" or cfg.problem_type == "multi-label", "thresholds",
                 "applies to --problem-type multi-label only")
+        if cfg.problem_type in SCORE_PROBLEMS and cfg.metric in ("macro_f1", "accuracy", "weighted_f1"):
+            # The task's default metric (macro_f1) means nothing for a score: rank by Spearman.
+            cfg.metric = "spearman"

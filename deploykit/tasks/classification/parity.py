@@ -28,7 +28,7 @@ from deploykit.manifest import Manifest, ParityRows, rows_sha256
 from deploykit.tasks.classification import data as cls_data
 from deploykit.tasks.classification.decisions import Decisions
 from deploykit.tasks.classification.runtime import Runtime
-from deploykit.tasks.classification.scoring import multi_label_metrics
+from deploykit.tasks.classification.scoring import multi_label_metrics, score_metrics
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +122,14 @@ def classification_metrics(logits: np.ndarray, gold: Sequence[Any], num_labels: 
 
     Returns:
         Single-label: ``accuracy`` and ``macro_f1`` of the top labels. Multi-label: ``micro_f1``,
-        ``macro_f1``, ``samples_f1``, ``subset_accuracy`` and ``hamming_loss`` at the thresholds.
+        ``macro_f1``, ``samples_f1``, ``subset_accuracy`` and ``hamming_loss`` at the thresholds. A
+        score head: ``spearman`` and ``pearson`` with the gold scores.
     """
     from sklearn.metrics import accuracy_score, f1_score
 
+    if decisions is not None and decisions.score_head:
+        metrics = score_metrics(list(gold), decisions.predicted(logits))
+        return {k: metrics[k] for k in ("spearman", "pearson")}
     if decisions is not None and decisions.multi_label:
         metrics = multi_label_metrics(cls_data.multi_hot(list(gold), num_labels), decisions.predicted(logits),
                                       list(decisions.labels))
@@ -137,13 +141,16 @@ def classification_metrics(logits: np.ndarray, gold: Sequence[Any], num_labels: 
 
 
 def gated_f1(decisions: Decisions | None) -> str:
-    """The F1 whose loss the INT8 gate bounds: macro-F1 of the top labels, micro-F1 of multi-label
-    decisions (rare labels' few rows would make a macro loss noise)."""
+    """The quality whose loss the INT8 gate bounds: macro-F1 of the top labels, micro-F1 of
+    multi-label decisions (rare labels' few rows would make a macro loss noise), a score head's
+    Spearman correlation with the gold scores."""
+    if decisions is not None and decisions.score_head:
+        return "spearman"
     return "micro_f1" if decisions is not None and decisions.multi_label else "macro_f1"
 
 
-def reference_logits(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int,
-                     batch_size: int = 64) -> np.ndarray:
+def reference_logits(model: Any, tokenizer: Any, texts: Sequence[Any], max_length: int,
+                     batch_size: int = 64, truncation: str = "longest_first") -> np.ndarray:
     """PyTorch logits of ``texts`` from the checkpoint model, tokenized by its own tokenizer.
 
     Returns:
@@ -160,8 +167,8 @@ def reference_logits(model: Any, tokenizer: Any, texts: Sequence[str], max_lengt
     with torch.inference_mode():
         for start in progress_bar(range(0, len(texts), batch_size), desc="pytorch reference", unit="batch",
                           leave=False):
-            batch = tokenizer(list(texts[start:start + batch_size]), truncation=True,
-                              max_length=max_length, padding=True, return_tensors="pt")
+            batch = cls_data.encode(tokenizer, list(texts[start:start + batch_size]), max_length, truncation,
+                                    padding=True, return_tensors="pt")
             out.append(model(**{k: v for k, v in batch.items() if k in accepted}).logits.float().numpy())
     return np.concatenate(out).astype(np.float32)
 
@@ -301,7 +308,8 @@ def columns(reference_metrics: dict[str, float]) -> list[Column]:
     def metric(key: str):
         return lambda r: fmt(r.metrics.get(key))
 
-    shown = [key for key in ("accuracy", "subset_accuracy", "micro_f1", "macro_f1") if key in reference_metrics]
+    shown = [key for key in ("accuracy", "subset_accuracy", "micro_f1", "macro_f1", "spearman", "pearson")
+             if key in reference_metrics]
     return [Column("max_abs_diff", number("max_abs_diff")), Column("mean_abs_diff", number("mean_abs_diff")),
             Column("agreement", number("label_agreement")),
             *(Column(key, metric(key), f"{reference_metrics[key]:.4f}") for key in shown),

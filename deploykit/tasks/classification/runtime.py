@@ -140,6 +140,7 @@ class Runtime:
         self.variant: str = variant or model_file.name
         self.name: str = manifest.name if manifest else model_file.stem
         head = manifest.head_as(self.HEAD) if manifest else None
+        self.head = head  # the manifest's head (None for a graph without a manifest)
         self.labels: list[str] = list(head.labels) if head else []
         self.output_name: str = head.output if head else "logits"
         self.max_length: int = manifest.max_length if manifest else int(max_length)
@@ -148,6 +149,7 @@ class Runtime:
         # A row longer than the token budget must still fit in a batch of one.
         self.max_batch_tokens = max(self.max_batch_tokens, self.max_length)
         self.tokenizer = self._load_tokenizer(tokenizer_file)
+        self._left: Any = None  # the left-truncating copy (``_left_tokenizer``)
 
         self.spin = bool(spin)
         self.session = session(model_file, manifest, threads=threads, providers=providers, spin=spin)
@@ -188,8 +190,10 @@ class Runtime:
         else:
             ids = [tokenizer.token_to_id(t) for t in _PAD_TOKENS]
             self.pad_id = next((i for i in ids if i is not None), 0)
+        # A pair's cut (longest_first, only_second) is the one export wrote into the file.
+        strategy = (tokenizer.truncation or {}).get("strategy", "longest_first")
         tokenizer.no_padding()
-        tokenizer.enable_truncation(self.max_length)
+        tokenizer.enable_truncation(self.max_length, strategy=strategy)
         return tokenizer
 
     def _probe(self) -> None:
@@ -232,11 +236,15 @@ class Runtime:
 
     # --- tokenization ----------------------------------------------------------------------
 
-    def tokenize(self, texts: Sequence[str]) -> list[Encoded]:
+    def tokenize(self, texts: Sequence[Any], direction: str = "right") -> list[Encoded]:
         """Tokenize (truncating to ``max_length``) without padding.
 
         Args:
-            texts: The texts.
+            texts: The texts, or (text, text_pair) tuples for a pair model (both encoded together,
+                the second with segment ids 1, cut as ``tokenizer.json``'s truncation strategy says).
+
+            direction: Which end a long text loses tokens from: ``right`` (the served default) or
+                ``left`` (text-embeddings-inference's ``truncation_direction``).
 
         Returns:
             One ``Encoded`` per text, in order.
@@ -244,9 +252,9 @@ class Runtime:
         Raises:
             BadInputError: As ``encodings``.
         """
-        return [Encoded(e.ids, e.type_ids, bool(e.overflowing)) for e in self.encodings(texts)]
+        return [Encoded(e.ids, e.type_ids, bool(e.overflowing)) for e in self.encodings(texts, direction)]
 
-    def encodings(self, texts: Sequence[str]) -> list[Any]:
+    def encodings(self, texts: Sequence[Any], direction: str = "right") -> list[Any]:
         """The tokenizer's encodings of ``texts``, as its set-up says (truncation, no padding).
 
         Raises:
@@ -254,16 +262,27 @@ class Runtime:
                 lone surrogate such as ``"\\ud800"``, which is not Unicode text); the message
                 names its position.
         """
+        tokenizer = self.tokenizer if direction == "right" else self._left_tokenizer()
         try:
-            return self.tokenizer.encode_batch(list(texts))
+            return tokenizer.encode_batch(list(texts))
         except Exception:  # tokenizers raises TypeError/Exception without saying which text
             for i, text in enumerate(texts):
                 try:
-                    self.tokenizer.encode(text)
+                    self.tokenizer.encode(*text) if isinstance(text, tuple) else self.tokenizer.encode(text)
                 except Exception as exc:
                     raise BadInputError(f"text {i} cannot be tokenized ({exc}); send valid Unicode "
                                         "strings (no lone surrogates)") from None
             raise
+
+    def _left_tokenizer(self) -> Any:
+        """A copy of the tokenizer that cuts long texts from the left (made on first use)."""
+        if self._left is None:
+            from tokenizers import Tokenizer
+
+            left = Tokenizer.from_str(self.tokenizer.to_str())
+            left.enable_truncation(self.max_length, strategy=self.tokenizer.truncation["strategy"], direction="left")
+            self._left = left
+        return self._left
 
     def feeds(self, rows: Sequence[Encoded]) -> dict[str, np.ndarray]:
         """Pad encoded rows to the longest one and build the model's input arrays."""

@@ -26,7 +26,7 @@ from deploykit.tasks.classification import data
 from deploykit.tasks.classification.decisions import sigmoid
 from deploykit.tasks.classification.head import Classification
 from deploykit.tasks.classification.scoring import (classification_metrics, logits_for_rows, multi_label_metrics,
-                                                    tune_thresholds)
+                                                    score_metrics, tune_thresholds)
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,19 @@ class Training:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg, self.splits = cfg, data.load_splits(cfg)  # the same seed gives the same splits on every rank
-        self.multi_label = cfg.problem_type == data.MULTI_LABEL
         if self.multi_label:
             self.summary = ("micro_f1", "macro_f1", "samples_f1", "loss")
+        elif self.score_head:
+            self.summary = ("spearman", "pearson", "ndcg_at_10", "loss")
+
+    @property
+    def multi_label(self) -> bool:
+        return self.cfg.problem_type == data.MULTI_LABEL
+
+    @property
+    def score_head(self) -> bool:
+        """One logit read as a number: relevance (BCE, sigmoid) or regression (MSE)."""
+        return self.cfg.problem_type in data.SCORE_PROBLEMS
 
     def describe(self) -> str:
         return f"{self.cfg.problem_type} labels {self.splits.label_names}"
@@ -69,7 +79,9 @@ class Training:
 
         names = self.splits.label_names
         # A pretrained model with another head (other labels) gets a fresh head.
-        problem = Classification.MULTI if self.multi_label else Classification.SINGLE
+        # transformers' problem types (its own loss follows them); a relevance head is a plain one-logit
+        # model, as sentence-transformers' CrossEncoder saves it.
+        problem = {data.MULTI_LABEL: Classification.MULTI, "regression": "regression"}.get(self.cfg.problem_type)
         return AutoModelForSequenceClassification.from_pretrained(
             source, num_labels=len(names), id2label=dict(enumerate(names)), problem_type=problem,
             label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True, use_safetensors=True)
@@ -80,10 +92,13 @@ class Training:
 
         cfg, splits = self.cfg, self.splits
         width = len(splits.label_names) if self.multi_label else None
-        self.train_rows = data.tokenize(tokenizer, splits.train, cfg.max_length, width)
+        self.train_rows = data.tokenize(tokenizer, splits.train, cfg.max_length, width, cfg.truncation)
         self.validation = [{k: v for k, v in row.items() if k != "labels"}
-                           for row in data.tokenize(tokenizer, splits.validation, cfg.max_length)]
+                           for row in data.tokenize(tokenizer, splits.validation, cfg.max_length, None, cfg.truncation)]
         self.collate = data.make_collator(tokenizer)
+        if self.score_head:  # one logit: BCE on [0, 1] relevance (served with sigmoid), or MSE
+            self.loss_fn = torch.nn.BCEWithLogitsLoss() if cfg.problem_type == "relevance" else torch.nn.MSELoss()
+            return
         weights = class_weights(cfg, splits.train.labels, len(splits.label_names))
         weights = weights.to(device) if weights is not None else None
         self.loss_fn = (torch.nn.BCEWithLogitsLoss(pos_weight=weights) if self.multi_label
@@ -91,7 +106,10 @@ class Training:
 
     def loss(self, model: Any, batch: dict[str, Any]) -> Any:
         labels = batch.pop("labels")
-        return self.loss_fn(model(**batch).logits.float(), labels)
+        logits = model(**batch).logits.float()
+        if self.score_head:
+            return self.loss_fn(logits[:, 0], labels.float())
+        return self.loss_fn(logits, labels)
 
     def evaluate(self, model: Any, tokenizer: Any) -> dict[str, Any]:
         import torch
@@ -100,6 +118,11 @@ class Training:
         logits = logits_for_rows(model, tokenizer, self.validation, batch_size=self.cfg.eval_batch_size,
                                  bf16=self.cfg.bf16)
         device = next(model.parameters()).device
+        if self.score_head:
+            scores = sigmoid(logits[:, 0]) if self.cfg.problem_type == "relevance" else logits[:, 0]
+            metrics = score_metrics(labels, scores, self.splits.validation.groups)
+            loss = self.loss_fn(torch.from_numpy(logits[:, 0]).to(device), torch.tensor(labels, device=device).float())
+            return {**metrics, "loss": float(loss)}
         if self.multi_label:
             gold = data.multi_hot(labels, len(names))
             probs = sigmoid(logits)
@@ -154,13 +177,19 @@ def checkpoint_head(path: str | Path) -> Classification:
     Raises:
         BadInputError: A multi-label checkpoint without one threshold per label.
     """
+    from deploykit import checkpoint as ckpt
+
     config = json.loads((Path(path) / "config.json").read_text())
     labels = tuple(checkpoint_labels(path))
+    train_cfg = ckpt.train_config(Path(path))
+    pairs = {"truncation": train_cfg.truncation} if train_cfg is not None and train_cfg.text_pair_column else {}
+    if train_cfg is not None and train_cfg.problem_type in data.SCORE_PROBLEMS:
+        return Classification(labels, problem_type=train_cfg.problem_type, **pairs)
     if config.get("problem_type") != Classification.MULTI:
-        return Classification(labels)
+        return Classification(labels, **pairs)
     thresholds = config.get("thresholds")
     if not isinstance(thresholds, list) or len(thresholds) != len(labels):
         raise BadInputError(f"{Path(path) / 'config.json'} is multi_label_classification but has no 'thresholds' "
                             f"(one per label); train it with 'deploykit train --problem-type multi-label' or add "
                             "them")
-    return Classification(labels, problem_type=Classification.MULTI, thresholds=tuple(map(float, thresholds)))
+    return Classification(labels, problem_type=Classification.MULTI, thresholds=tuple(map(float, thresholds)), **pairs)
