@@ -206,6 +206,10 @@ def test_classify_returns_labels_over_thresholds_and_every_score(server, runtime
         assert got["scores"] == pytest.approx(want["scores"], abs=1e-6)
     status, body = post_json(server + "/classify", {"texts": []})
     assert status == 400 and "texts" in json.dumps(body)
+    # the rerank routes exist for text-pair models only
+    for route in ("/rerank", "/v1/rerank"):
+        status, body = post_json(server + route, {"query": "q", "texts": ["a"], "documents": ["a"]})
+        assert status == 404 and "text-pair models only" in body["error"]
 
 
 def test_v2_gives_bytes_labels_and_fp32_scores(server, runtime):

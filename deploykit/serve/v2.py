@@ -275,9 +275,15 @@ def encode_response(model: str, req: InferRequest, labels: list[str],
 
 
 def model_metadata(name: str, num_labels: int, platform: str = "onnxruntime_onnx",
-                   label_output: str = "LABEL") -> dict[str, Any]:
-    """The v2 model metadata document (``label_output``: ``LABELS`` for a multi-label model)."""
+                   outputs: Sequence[str] = OUTPUTS, inputs: Sequence[str] = (INPUT,)) -> dict[str, Any]:
+    """The v2 model metadata document: BYTES ``inputs`` (``TEXT``; a pair model's ``PAIR_INPUTS``),
+    the labels' BYTES output if ``outputs`` has one (``LABEL``, or ``LABELS`` for a multi-label
+    model) and ``SCORES`` (FP32 [n, num_labels])."""
+    def tensor(output: str) -> dict[str, Any]:
+        if output == "SCORES":
+            return {"name": output, "datatype": "FP32", "shape": [-1, num_labels]}
+        return {"name": output, "datatype": "BYTES", "shape": [-1]}
+
     return {"name": name, "versions": [VERSION], "platform": platform,
-            "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": label_output, "datatype": "BYTES", "shape": [-1]},
-                        {"name": "SCORES", "datatype": "FP32", "shape": [-1, num_labels]}]}
+            "inputs": [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in inputs],
+            "outputs": [tensor(n) for n in outputs]}

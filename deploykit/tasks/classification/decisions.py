@@ -122,8 +122,12 @@ class Decisions:
 
     def label_strings(self, logits: np.ndarray) -> list[str]:
         """Each row's decision as one string (the v2 ``LABEL``/``LABELS`` tensor): the top label, or
-        the chosen labels as a JSON list (``[]`` for none), which no label name can make ambiguous."""
+        the chosen labels as a JSON list (``[]`` for none), which no label name can make ambiguous; a
+        score head has no labels (its v2 output is SCORES alone): an empty list."""
         import json
+
+        if self.score_head:
+            return []
 
         return [json.dumps(row["labels"], ensure_ascii=False) if self.multi_label else row["label"]
                 for row in self.results(logits, [False] * len(logits))]

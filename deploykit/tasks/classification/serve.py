@@ -383,10 +383,8 @@ def model_of(call: Call) -> ClassificationBackend:
 
 async def model_metadata(call: Call) -> Reply:
     backend = model_of(call)
-    meta = v2.model_metadata(backend.name, len(backend.runtime.labels), label_output=_outputs(backend)[0])
-    meta["inputs"] = [{"name": name, "datatype": "BYTES", "shape": [-1]} for name in _inputs(backend)]
-    meta["outputs"] = [o for o in meta["outputs"] if o["name"] in _outputs(backend)]
-    return json_reply(meta)
+    return json_reply(v2.model_metadata(backend.name, len(backend.runtime.labels), outputs=_outputs(backend),
+                                        inputs=_inputs(backend)))
 
 
 async def model_ready(call: Call) -> Reply:
