@@ -104,12 +104,23 @@ def test_int8_is_judged_by_spearman_and_is_batch_independent(pair_run):
     assert -1 <= int8.parity["label_agreement"] <= 1  # Spearman of the INT8 scores against fp32's
 
 
-def test_evaluate_reports_ndcg_and_mrr_per_query(pair_run, tmp_path):
-    _, checkpoint, _ = pair_run
-    proc = subprocess.run([sys.executable, "-m", "deploykit", "evaluate", str(checkpoint), "--out", str(tmp_path / "e")],
-                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_evaluate_reports_ndcg_and_mrr_and_predict_scores_pairs(pair_run, runtime, tmp_path):
+    csv_file, checkpoint, artifact = pair_run
+    commands = [["evaluate", str(checkpoint), "--out", str(tmp_path / "e")],
+                ["predict", str(artifact), "--data", str(csv_file), "--text-column", "query",
+                 "--text-pair-column", "document", "--out", str(tmp_path / "p.jsonl")],
+                ["predict", str(artifact), "--data", str(csv_file), "--text-column", "query", "--out",
+                 str(tmp_path / "refused.jsonl")]]
+    procs = [subprocess.Popen([sys.executable, "-m", "deploykit", *c], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}) for c in commands]
+    errs = [proc.communicate(timeout=300)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 2], errs
+    assert "--text-pair-column" in errs[2] and not (tmp_path / "refused.jsonl").exists()
+    with open(csv_file, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    scored = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    want = runtime.predict([(r["query"], r["document"]) for r in rows[:20]])
+    assert [s["score"] for s in scored[:20]] == pytest.approx([w["score"] for w in want], abs=1e-5)
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert 0 <= metrics["ndcg_at_10"] <= 1 and 0 <= metrics["mrr_at_10"] <= 1 and metrics["queries"] > 0
     assert "NDCG@10" in (tmp_path / "e" / "report.md").read_text()

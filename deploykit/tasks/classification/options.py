@@ -179,8 +179,15 @@ class Service:
                                    "head needs none).")
 
 
-OPTIONS = {"ServiceConfig": Service, "DataConfig": Data, "TrainConfig": Train, "HeldOutConfig": HeldOut, "ParityConfig": Parity,
-           "ExportConfig": Export, "BenchOfflineConfig": BenchOffline, "BenchOnlineConfig": BenchOnline}
+@dataclass
+class Predict:
+    text_pair_column: str | None = opt(None, "text-classification pairs: the column of each row's second text "
+                                       "(a text-pair artifact needs it; the local engine).")
+
+
+OPTIONS = {"ServiceConfig": Service, "DataConfig": Data, "TrainConfig": Train, "HeldOutConfig": HeldOut,
+           "ParityConfig": Parity, "ExportConfig": Export, "BenchOfflineConfig": BenchOffline,
+           "BenchOnlineConfig": BenchOnline, "PredictConfig": Predict}
 
 
 def check(cfg: Any, stage: str) -> None:
