@@ -231,3 +231,16 @@ def test_fuzzed_pair_bodies_never_get_a_5xx(server, runtime):
     assert status == 200 and len(body) == len(DOCS)
     text = log.read_text()
     assert not has_traceback(text) and "[ERROR]" not in text, text[-3000:]
+
+
+def test_bench_online_rerank_workload(server, tmp_path):
+    url, _ = server
+    out = tmp_path / "rerank"
+    proc = subprocess.run([sys.executable, "-m", "deploykit", "bench", "online", "--url", url, "--protocol", "rerank",
+                           "--texts-per-request", "33", "--concurrency", "2", "--duration", "1", "--warmup", "0",
+                           "--single-requests", "0", "--samples", "40", "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (level,) = json.loads((out / "results.json").read_text())["levels"]
+    assert level["ok"] > 0 and level["errors"] == {}  # every answer held 32 ranked documents

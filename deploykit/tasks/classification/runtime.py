@@ -149,7 +149,8 @@ class Runtime:
         # A row longer than the token budget must still fit in a batch of one.
         self.max_batch_tokens = max(self.max_batch_tokens, self.max_length)
         self.tokenizer = self._load_tokenizer(tokenizer_file)
-        self._left: Any = None  # the left-truncating copy (``_left_tokenizer``)
+        # Copies cutting another way (``_cutting``): by (direction, strategy), the served one included.
+        self._tokenizers: dict[tuple[str, str], Any] = {("right", self._strategy): self.tokenizer}
 
         self.spin = bool(spin)
         self.session = session(model_file, manifest, threads=threads, providers=providers, spin=spin)
@@ -191,9 +192,9 @@ class Runtime:
             ids = [tokenizer.token_to_id(t) for t in _PAD_TOKENS]
             self.pad_id = next((i for i in ids if i is not None), 0)
         # A pair's cut (longest_first, only_second) is the one export wrote into the file.
-        strategy = (tokenizer.truncation or {}).get("strategy", "longest_first")
+        self._strategy = (tokenizer.truncation or {}).get("strategy", "longest_first")
         tokenizer.no_padding()
-        tokenizer.enable_truncation(self.max_length, strategy=strategy)
+        tokenizer.enable_truncation(self.max_length, strategy=self._strategy)
         return tokenizer
 
     def _probe(self) -> None:
@@ -257,32 +258,48 @@ class Runtime:
     def encodings(self, texts: Sequence[Any], direction: str = "right") -> list[Any]:
         """The tokenizer's encodings of ``texts``, as its set-up says (truncation, no padding).
 
+        A pair whose first text alone is longer than ``max_length`` cannot be cut ``only_second``;
+        it is cut ``longest_first`` instead (the query loses tokens too), as a served request must
+        get an answer.
+
         Raises:
             BadInputError: A text the tokenizer cannot take (not a string, or a string with a
                 lone surrogate such as ``"\\ud800"``, which is not Unicode text); the message
                 names its position.
         """
-        tokenizer = self.tokenizer if direction == "right" else self._left_tokenizer()
+        tokenizer = self._cutting(direction)
         try:
             return tokenizer.encode_batch(list(texts))
         except Exception:  # tokenizers raises TypeError/Exception without saying which text
+            out = []
             for i, text in enumerate(texts):
                 try:
-                    self.tokenizer.encode(*text) if isinstance(text, tuple) else self.tokenizer.encode(text)
+                    out.append(tokenizer.encode(*text) if isinstance(text, tuple) else tokenizer.encode(text))
+                    continue
                 except Exception as exc:
-                    raise BadInputError(f"text {i} cannot be tokenized ({exc}); send valid Unicode "
-                                        "strings (no lone surrogates)") from None
-            raise
+                    problem = exc
+                if isinstance(text, tuple) and self._strategy == "only_second":
+                    try:
+                        out.append(self._cutting(direction, "longest_first").encode(*text))
+                        continue
+                    except Exception as exc:
+                        problem = exc
+                raise BadInputError(f"text {i} cannot be tokenized ({problem}); send valid Unicode "
+                                    "strings (no lone surrogates)") from None
+            return out
 
-    def _left_tokenizer(self) -> Any:
-        """A copy of the tokenizer that cuts long texts from the left (made on first use)."""
-        if self._left is None:
+    def _cutting(self, direction: str = "right", strategy: str | None = None) -> Any:
+        """The tokenizer cutting from ``direction`` by ``strategy`` (default: the file's); the
+        served one, or a copy made on first use."""
+        strategy = strategy or self._strategy
+        key = (direction, strategy)
+        if key not in self._tokenizers:
             from tokenizers import Tokenizer
 
-            left = Tokenizer.from_str(self.tokenizer.to_str())
-            left.enable_truncation(self.max_length, strategy=self.tokenizer.truncation["strategy"], direction="left")
-            self._left = left
-        return self._left
+            copy = Tokenizer.from_str(self.tokenizer.to_str())
+            copy.enable_truncation(self.max_length, strategy=strategy, direction=direction)
+            self._tokenizers[key] = copy
+        return self._tokenizers[key]
 
     def feeds(self, rows: Sequence[Encoded]) -> dict[str, np.ndarray]:
         """Pad encoded rows to the longest one and build the model's input arrays."""
