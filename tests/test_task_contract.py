@@ -169,6 +169,8 @@ def _another_value(f: dataclasses.Field):
         return not f.default
     if isinstance(f.default, (int, float)):
         return f.default + 1
+    if f.name == "thresholds":  # a probability
+        return "0.5"
     return "2,3" if f.name.endswith("edges") else "another"
 
 

@@ -174,11 +174,14 @@ def parse_infer(body: bytes, header_length: str | None, max_texts: int,
     inputs = request.get("inputs")
     wanted_inputs = " and ".join(taken)
     if not isinstance(inputs, list) or len(inputs) != len(taken) or not all(isinstance(i, dict) for i in inputs):
-        raise ProtocolError(f"the request must have exactly the input(s) {wanted_inputs} (BYTES, shape [n])")
+        count = "exactly one input," if len(taken) == 1 else f"exactly {len(taken)} inputs,"
+        raise ProtocolError(f"the request must have {count} {wanted_inputs} (BYTES, shape [n])")
     names = [i.get("name") for i in inputs]
-    if sorted(map(str, names)) != sorted(taken):
-        unknown = next((n for n in names if n not in taken), names[0])
-        raise ProtocolError(f"unknown or repeated input {quote(unknown)}; this model takes the input(s) {wanted_inputs}")
+    unknown = [n for n in names if not isinstance(n, str) or n not in taken]
+    if unknown:
+        raise ProtocolError(f"unknown input {quote(unknown[0])}; this model takes the input(s) {wanted_inputs}")
+    if len(set(names)) != len(names):
+        raise ProtocolError(f"input {quote(names[0])} is given twice; this model takes the input(s) {wanted_inputs}")
     columns, offset = {}, 0
     for tensor in inputs:  # binary data follows the header in the inputs' order
         columns[tensor["name"]], used = _texts_of(tensor, binary[offset:], max_texts, tensor["name"])

@@ -12,7 +12,6 @@ checkpoint's logits on the held-out rows.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import tempfile
@@ -70,7 +69,10 @@ class Export:
     def check_artifact(self, manifest: Manifest) -> None:
         """Refuse a checkpoint with other labels (or problem type, or thresholds) than the artifact's."""
         exported = manifest.head_as(Classification)
-        if self.head != dataclasses.replace(exported, output=self.head.output):
+        def meaning(head: Classification) -> tuple:  # what the logits mean (a task's own head adds fields)
+            return head.labels, head.problem_type, head.thresholds, head.truncation
+
+        if meaning(self.head) != meaning(exported):
             raise BadInputError(f"{self.checkpoint} has labels {self.labels} ({self.head.problem_type}) but "
                                 f"{manifest.where.parent} was exported with {list(exported.labels)} "
                                 f"({exported.problem_type}); pass the checkpoint the artifact came from")

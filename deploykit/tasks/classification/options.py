@@ -191,17 +191,13 @@ OPTIONS = {"ServiceConfig": Service, "DataConfig": Data, "TrainConfig": Train, "
 
 
 def check(cfg: Any, stage: str) -> None:
-    """The rules of a ``stage`` config (its class name) that runs text-classification: --thresholds
-    applies to multi-label training only."""
+    """The rules of a ``stage`` config (its class name) that runs text-classification: a relevance or
+    regression head scores pairs (``--text-pair-column``); training ranks a score head's checkpoints
+    by Spearman, not by the classes' default macro-F1."""
     if stage not in ("DataConfig", "TrainConfig"):
         return
     require(cfg.problem_type not in SCORE_PROBLEMS or cfg.text_pair_column, "problem_type",
             f"{cfg.problem_type} scores a pair of texts; give the second text with --text-pair-column")
-    require(cfg.truncation == "longest_first" or cfg.text_pair_column, "truncation",
-            "applies to pairs (--text-pair-column) only")
-    if stage == "TrainConfig":
-        require(cfg.thresholds == "tuned" or cfg.problem_type == "multi-label", "thresholds",
-                "applies to --problem-type multi-label only")
-        if cfg.problem_type in SCORE_PROBLEMS and cfg.metric in ("macro_f1", "accuracy", "weighted_f1"):
-            # The task's default metric (macro_f1) means nothing for a score: rank by Spearman.
-            cfg.metric = "spearman"
+    if stage == "TrainConfig" and cfg.problem_type in SCORE_PROBLEMS and cfg.metric in ("macro_f1", "accuracy",
+                                                                                         "weighted_f1"):
+        cfg.metric = "spearman"  # the task's default metric (macro_f1) means nothing for a score

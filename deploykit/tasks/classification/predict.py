@@ -43,7 +43,7 @@ class Scorer:
         self.runtime = Runtime(cfg.artifact, cfg.variant, threads=threads, max_batch_tokens=cfg.max_batch_tokens,
                                max_batch_size=cfg.max_batch_size, spin=True)
         self.name, self.variant = self.runtime.name, self.runtime.variant
-        pairs = self.runtime.head is not None and self.runtime.head.text_pair
+        pairs = self.runtime.text_pair
         if pairs != bool(cfg.text_pair_column):
             what = ("pairs of texts: pass --text-pair-column (the column of each row's second text)" if pairs
                     else "single texts: drop --text-pair-column")

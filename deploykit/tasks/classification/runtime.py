@@ -171,6 +171,8 @@ class Runtime:
             self.labels = [str(i) for i in range(width)]
         # What the logits mean: softmax and the top label, or sigmoid and per-label thresholds.
         self.decisions = Decisions.of(head, self.labels)
+        # Rows are pairs of texts (another task's head on this runtime never is).
+        self.text_pair = isinstance(head, Classification) and head.text_pair
         if self.labels and isinstance(width, int) and width != len(self.labels):
             raise BadInputError(f"{model_file} gives {width} logits per text but the manifest's "
                                 f"'labels' lists {len(self.labels)}; re-export the artifact")

@@ -166,11 +166,10 @@ class ClassificationBackend:
         self.name = self.runtime.name
         self.metrics = metrics
         self.draining = False
-        head = self.runtime.head
-        self.pairs = head is not None and head.text_pair
+        self.pairs = self.runtime.text_pair
         # The column /rerank ranks by: a score head's one output, or --rerank-label's class.
         self.rerank_column: int | None = None
-        if self.pairs and head.score_head:
+        if self.pairs and self.runtime.decisions.score_head:
             self.rerank_column = 0
         elif self.pairs and settings.rerank_label is not None:
             if settings.rerank_label not in self.runtime.labels:

@@ -57,6 +57,10 @@ class Training:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg, self.splits = cfg, data.load_splits(cfg)  # the same seed gives the same splits on every rank
+        if cfg.thresholds != "tuned" and not self.multi_label:
+            log.warning("--thresholds %s applies to --problem-type multi-label only; ignored", cfg.thresholds)
+        if cfg.truncation != "longest_first" and not cfg.text_pair_column:
+            log.warning("--truncation %s applies to pairs (--text-pair-column) only; ignored", cfg.truncation)
         if self.multi_label:
             self.summary = ("micro_f1", "macro_f1", "samples_f1", "loss")
         elif self.score_head:
