@@ -244,3 +244,49 @@ def test_bench_online_rerank_workload(server, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (level,) = json.loads((out / "results.json").read_text())["levels"]
     assert level["ok"] > 0 and level["errors"] == {}  # every answer held 32 ranked documents
+
+
+def test_triton_repository_serves_pairs_through_the_runtime_model(pair_run, runtime, tmp_path, monkeypatch):
+    """The repository's one model, NAME, on deploykit's runtime: TEXT and TEXT_PAIR in, SCORES out; its
+    model.py run here on a stand-in of Triton's Python-backend module (the real server is
+    tests/test_triton.py's, for the single-label ensemble)."""
+    import importlib.util
+    import types
+
+    from deploykit.config import TritonConfig
+    from deploykit.serve import triton_repo
+
+    repo = triton_repo.run(TritonConfig(artifact=str(pair_run[2]), out=str(tmp_path / "repo"), variant="fp32",
+                                        max_batch_size=8, threads=1))
+    assert sorted(p.name for p in repo.iterdir()) == ["README.md", "reranker"]
+    config = (repo / "reranker" / "config.pbtxt").read_text()
+    assert '"TEXT_PAIR"' in config and '"SCORES"' in config and '"LABEL"' not in config
+
+    class Tensor:
+        def __init__(self, name, array):
+            self.name, self.array = name, array
+
+        def as_numpy(self):
+            return self.array
+
+    class Response:
+        def __init__(self, output_tensors=None, error=None):
+            self.tensors, self.error = {t.name: t.array for t in output_tensors or []}, error
+
+    stub = types.SimpleNamespace(Tensor=Tensor, InferenceResponse=Response, TritonError=str,
+                                 get_input_tensor_by_name=lambda request, name: request[name])
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stub)
+    spec = importlib.util.spec_from_file_location("reranker_model", repo / "reranker" / "1" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.TritonPythonModel()
+    model.initialize({"model_config": json.dumps({"max_batch_size": 8, "parameters": {
+        "variant": {"string_value": "fp32"}, "threads": {"string_value": "1"}}}),
+        "model_repository": str(repo / "reranker"), "model_version": "1"})
+    query = np.array([[QUERY.encode()]] * len(DOCS), dtype=object)
+    docs = np.array([[d.encode()] for d in DOCS], dtype=object)
+    good, bad = model.execute([{"TEXT": Tensor("TEXT", query), "TEXT_PAIR": Tensor("TEXT_PAIR", docs)},
+                               {"TEXT": Tensor("TEXT", query), "TEXT_PAIR": Tensor("TEXT_PAIR", docs[:2])}])
+    want = [r["score"] for r in runtime.predict([(QUERY, d) for d in DOCS])]
+    np.testing.assert_allclose(good.tensors["SCORES"][:, 0], want, atol=1e-6)
+    assert "one side missing" in bad.error
