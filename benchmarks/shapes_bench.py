@@ -71,17 +71,17 @@ def multi_label(args: argparse.Namespace, seed: int, out: Path) -> dict[str, flo
     train, test = args.data / "multilabel_train.csv", args.data / "multilabel_test.csv"
     run = out / f"multilabel-{seed}"
     deploykit("train", "--data", str(train), "--model", args.model, "--out", str(run), "--label-column", "labels",
-              "--problem-type", "multi-label", "--label-separator", "|", "--seed", str(seed), *args.train_args)
+              "--problem-type", "multi-label", "--seed", str(seed), *args.train_args)
     deploykit("evaluate", str(run / "checkpoint"), "--data", str(test), "--split", "all", "--out", str(run / "eval"))
     model_f1 = json.loads((run / "eval" / "metrics.json").read_text())["micro_f1"]
     rows, held = read(train), read(test)
-    binarizer = MultiLabelBinarizer().fit([r["labels"].split("|") for r in rows])
+    binarizer = MultiLabelBinarizer().fit([r["labels"].split(",") for r in rows])
     vectorizer = TfidfVectorizer(tokenizer=tokens, token_pattern=None, ngram_range=(1, 2), min_df=2)
     classifier = OneVsRestClassifier(LogisticRegression(max_iter=2000, C=4.0))
     classifier.fit(vectorizer.fit_transform([r["text"] for r in rows]),
-                   binarizer.transform([r["labels"].split("|") for r in rows]))
+                   binarizer.transform([r["labels"].split(",") for r in rows]))
     predicted = classifier.predict(vectorizer.transform([r["text"] for r in held]))
-    baseline_f1 = float(f1_score(binarizer.transform([r["labels"].split("|") for r in held]), predicted,
+    baseline_f1 = float(f1_score(binarizer.transform([r["labels"].split(",") for r in held]), predicted,
                                  average="micro", zero_division=0))
     return {"minilm_micro_f1": model_f1, "tfidf_lr_micro_f1": baseline_f1}
 

@@ -67,13 +67,13 @@ def plant(text: str, words: list[str], rng: random.Random) -> str:
 
 
 def multi_label_rows(source: list[tuple[str, str]], synonyms: dict[str, list[str]], seed: int) -> list[tuple[str, str]]:
-    """(text, labels joined by '|'): the sentiment and 0-3 planted topics per tweet."""
+    """(text, labels joined by ','): the sentiment and 0-3 planted topics per tweet."""
     rng = random.Random(seed)
     rows = []
     for text, sentiment in source:
         count = rng.choices([0, 1, 2, 3], weights=[3, 4, 2, 1])[0]
         topics = sorted(rng.sample(sorted(TOPICS), count))
-        rows.append((plant(text, [rng.choice(synonyms[t]) for t in topics], rng), "|".join([sentiment, *topics])))
+        rows.append((plant(text, [rng.choice(synonyms[t]) for t in topics], rng), ",".join([sentiment, *topics])))
     return rows
 
 
