@@ -48,8 +48,8 @@ def tokens(text: str) -> list[str]:
 
 
 def deploykit(*args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "deploykit", *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "deploykit", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     if proc.returncode:
         raise SystemExit(f"deploykit {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
 

@@ -24,7 +24,8 @@ import re
 from pathlib import Path
 
 TOPICS = {
-    "travel": ["flight", "airport", "layover", "boarding pass", "hotel", "passport", "suitcase", "jet lag", "itinerary"],
+    "travel": ["flight", "airport", "layover", "boarding pass", "hotel", "passport", "suitcase", "jet lag",
+               "itinerary"],
     "sports": ["football", "match", "goal", "stadium", "referee", "playoffs", "tournament", "coach", "league"],
     "food": ["pizza", "dinner", "recipe", "brunch", "bakery", "sushi", "dessert", "restaurant", "barbecue"],
     "music": ["concert", "album", "guitar", "playlist", "lyrics", "band", "drummer", "festival", "vinyl"],

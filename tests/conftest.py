@@ -197,9 +197,9 @@ def pair_run(tmp_path_factory):
         writer = csv_module.writer(fh)
         writer.writerow(["qid", "query", "document", "relevant"])
         writer.writerows(pair_rows(90))
-    checkpoint = train.run(TrainConfig(data=str(path), model=str(pretrained(root / "pretrained")), out=str(root / "run"),
-                                       text_column="query", text_pair_column="document", label_column="relevant",
-                                       group_column="qid", problem_type="relevance", truncation="only_second",
+    checkpoint = train.run(TrainConfig(data=str(path), model=str(pretrained(root / "pretrained")),
+                                       out=str(root / "run"), text_column="query", text_pair_column="document",
+                                       label_column="relevant", group_column="qid", problem_type="relevance", truncation="only_second",
                                        max_steps=120, batch_size=16, max_length=32, eval_every=60, lr=5e-3))
     artifact = export.run(ExportConfig(checkpoint=str(checkpoint), out=str(root / "artifact"), name="reranker",
                                        quantize="static", int8_fallback="off", allow_parity_failure=True))

@@ -153,7 +153,7 @@ def test_int8_is_judged_per_label_and_batch_independent(multi_label_run, runtime
     from deploykit.runtime import Runtime
 
     rows, _ = data.held_out(rebuild_config(ckpt.train_config(checkpoint)), "test", list(runtime.labels))
-    quantized = Runtime(artifact, "int8", threads=1) if int8.servable else Runtime.of_variant(artifact, manifest, "int8")
+    quantized = Runtime.of_variant(artifact, manifest, "int8")
     a, b = runtime.logits(rows.texts), quantized.logits(rows.texts)
     assert abs(runtime.decisions.agreement(a, b) - int8.parity["label_agreement"]) < 1e-9
 

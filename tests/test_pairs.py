@@ -111,8 +111,9 @@ def test_evaluate_reports_ndcg_and_mrr_and_predict_scores_pairs(pair_run, runtim
                  "--text-pair-column", "document", "--out", str(tmp_path / "p.jsonl")],
                 ["predict", str(artifact), "--data", str(csv_file), "--text-column", "query", "--out",
                  str(tmp_path / "refused.jsonl")]]
-    procs = [subprocess.Popen([sys.executable, "-m", "deploykit", *c], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}) for c in commands]
+    procs = [subprocess.Popen([sys.executable, "-m", "deploykit", *c], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+             for c in commands]
     errs = [proc.communicate(timeout=300)[1] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0, 2], errs
     assert "--text-pair-column" in errs[2] and not (tmp_path / "refused.jsonl").exists()
@@ -205,7 +206,8 @@ def test_v2_takes_two_bytes_inputs(server, runtime):
     url, _ = server
     client = httpclient.InferenceServerClient(url.removeprefix("http://"))
     meta = client.get_model_metadata("reranker")
-    assert [i["name"] for i in meta["inputs"]] == ["TEXT", "TEXT_PAIR"] and [o["name"] for o in meta["outputs"]] == ["SCORES"]
+    assert [i["name"] for i in meta["inputs"]] == ["TEXT", "TEXT_PAIR"]
+    assert [o["name"] for o in meta["outputs"]] == ["SCORES"]
     inputs = []
     for name, values in (("TEXT", [QUERY] * len(DOCS)), ("TEXT_PAIR", DOCS)):
         tensor = httpclient.InferInput(name, [len(DOCS)], "BYTES")

@@ -156,7 +156,8 @@ class Classification:
             raise BadInputError(f"{where}: 'labels' {list(self.labels)} differ from {CONFIG}'s "
                                 f"id2label {id2label}; re-export the artifact with 'deploykit export'")
         trained = config.get("problem_type") or self.SINGLE
-        if (trained == self.MULTI) != self.multi_label or (trained == "regression") != (self.problem_type == self.REGRESSION):
+        regression = self.problem_type == self.REGRESSION
+        if (trained == self.MULTI) != self.multi_label or (trained == "regression") != regression:
             raise BadInputError(f"{where}: 'problem_type' {self.problem_type} differs from {CONFIG}'s "
                                 f"problem_type {trained}; re-export the artifact with 'deploykit export'")
 

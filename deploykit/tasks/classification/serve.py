@@ -345,8 +345,8 @@ async def rerank(call: Call) -> Reply:
                                     right=req.truncation_direction.lower() == "right")
     cut = [i for i, row in enumerate(rows) if row.truncated]
     if cut and not req.truncate:  # TEI refuses what it would have to cut unless asked to truncate
-        raise HTTPError(413, f"text(s) {cut[:10]} with the query are longer than the model's {backend.runtime.max_length} "
-                        "tokens; send shorter texts or \"truncate\": true")
+        raise HTTPError(413, f"text(s) {cut[:10]} with the query are longer than the model's "
+                        f"{backend.runtime.max_length} tokens; send shorter texts or \"truncate\": true")
     values = raw if req.raw_scores else scores
     order = sorted(range(len(req.texts)), key=lambda i: -float(values[i]))
     return json_reply([{"index": i, "score": float(values[i]), **({"text": req.texts[i]} if req.return_text else {})}
@@ -358,7 +358,8 @@ async def cohere_rerank(call: Call) -> Reply:
     top_n?, return_documents?}`` -> ``{"results": [{index, relevance_score, document?}], ...}``."""
     backend = _reranker(call, "/v1/rerank")
     limit = backend.settings.max_texts
-    send = f'{{"model": "{backend.name}", "query": "...", "documents": [1 to {limit} non-empty strings], "top_n": N > 0}}'
+    send = (f'{{"model": "{backend.name}", "query": "...", "documents": [1 to {limit} non-empty strings], '
+            '"top_n": N > 0}')
     _json_body(call, "/v1/rerank", send)
     req = _validated(cohere_model(limit), call.body, send)
     documents = [d if isinstance(d, str) else d.text for d in req.documents]

@@ -136,7 +136,7 @@ def write(cfg: TritonConfig, manifest: Manifest, src: Path, name: str, variant: 
 def _write_runtime_model(cfg: TritonConfig, manifest: Manifest, src: Path, name: str, variant: str, folder: Path,
                          head: Classification) -> None:
     """``NAME`` as the Python model on deploykit's runtime, with the tensors of the head's v2 route."""
-    inputs = [Tensor("TEXT", "TYPE_STRING", (1,))] + ([Tensor("TEXT_PAIR", "TYPE_STRING", (1,))] if head.text_pair else [])
+    inputs = [Tensor(n, "TYPE_STRING", (1,)) for n in (("TEXT", "TEXT_PAIR") if head.text_pair else ("TEXT",))]
     outputs = [Tensor("SCORES", "TYPE_FP32", (len(head.labels),))]
     if not head.score_head:
         outputs.insert(0, Tensor("LABELS" if head.multi_label else "LABEL", "TYPE_STRING", (1,)))

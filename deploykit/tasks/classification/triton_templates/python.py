@@ -50,7 +50,8 @@ class TritonPythonModel:
                 continue
             if len({len(c) for c in columns}) > 1:
                 responses[n] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError("TEXT and TEXT_PAIR must hold as many texts (a pair with one side missing)"))
+                    error=pb_utils.TritonError("TEXT and TEXT_PAIR must hold as many texts "
+                                               "(a pair with one side missing)"))
                 continue
             rows = list(zip(*columns)) if runtime.text_pair else columns[0]
             texts.extend(rows)
