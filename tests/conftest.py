@@ -171,7 +171,7 @@ def multi_label_run(tmp_path_factory):
     csv = write_csv(root / "topics.csv", multi_label_rows(400), label="topics")
     checkpoint = train.run(TrainConfig(data=str(csv), model=str(pretrained(root / "pretrained")), out=str(root / "run"),
                                        label_column="topics", problem_type="multi-label", label_separator="|",
-                                       max_steps=120, batch_size=16, max_length=32, eval_every=60, lr=5e-3,
+                                       max_steps=60, batch_size=16, max_length=32, eval_every=30, lr=5e-3,
                                        class_weights="auto"))
     artifact = export.run(ExportConfig(checkpoint=str(checkpoint), out=str(root / "artifact"), name="topics",
                                        quantize="static", int8_fallback="off", allow_parity_failure=True))
@@ -200,7 +200,7 @@ def pair_run(tmp_path_factory):
     checkpoint = train.run(TrainConfig(data=str(path), model=str(pretrained(root / "pretrained")),
                                        out=str(root / "run"), text_column="query", text_pair_column="document",
                                        label_column="relevant", group_column="qid", problem_type="relevance", truncation="only_second",
-                                       max_steps=120, batch_size=16, max_length=32, eval_every=60, lr=5e-3))
+                                       max_steps=60, batch_size=16, max_length=32, eval_every=30, lr=5e-3))
     artifact = export.run(ExportConfig(checkpoint=str(checkpoint), out=str(root / "artifact"), name="reranker",
                                        quantize="static", int8_fallback="off", allow_parity_failure=True))
     return path, checkpoint, artifact

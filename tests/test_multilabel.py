@@ -158,15 +158,14 @@ def test_int8_is_judged_per_label_and_batch_independent(multi_label_run, runtime
     assert abs(runtime.decisions.agreement(a, b) - int8.parity["label_agreement"]) < 1e-9
 
 
-# --- evaluation, predict, verify (the CLI) -------------------------------------------------------------
+# --- evaluation and predict (the CLI) ---------------------------------------------------------------
 
-def test_evaluate_predict_and_verify_through_the_cli(multi_label_run, tmp_path):
+def test_evaluate_and_predict_through_the_cli(multi_label_run, tmp_path):
     csv_file, checkpoint, artifact = multi_label_run
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     inputs = _write(tmp_path / "in.csv", [(t,) for t in TEXTS], header=("text",))
     commands = [["evaluate", str(checkpoint), "--out", str(tmp_path / "eval")],
-                ["predict", str(artifact), "--data", str(inputs), "--out", str(tmp_path / "pred.jsonl")],
-                ["verify", str(artifact), "--checkpoint", str(checkpoint)]]
+                ["predict", str(artifact), "--data", str(inputs), "--out", str(tmp_path / "pred.jsonl")]]
     procs = [subprocess.Popen([sys.executable, "-m", "deploykit", *c], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env) for c in commands]
     for proc in procs:
@@ -231,3 +230,22 @@ def test_v2_gives_bytes_labels_and_fp32_scores(server, runtime):
         "inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": ["x"]}],
         "outputs": [{"name": "LABEL"}]}).encode(), {"Content-Type": "application/json"})
     assert status == 400 and b"LABELS" in body
+
+
+def test_triton_repository_serves_labels_through_the_runtime_model(multi_label_run, runtime, tmp_path, monkeypatch):
+    """A multi-label head's repository is NAME alone, the runtime's Python model: LABELS (a JSON list
+    per row) and SCORES, run here on a stand-in of Triton's Python-backend module."""
+    from triton_stub import Tensor, load_model
+
+    from deploykit.config import TritonConfig
+    from deploykit.serve import triton_repo
+
+    repo = triton_repo.run(TritonConfig(artifact=str(multi_label_run[2]), out=str(tmp_path / "repo"), variant="fp32",
+                                        max_batch_size=8, threads=1))
+    assert sorted(p.name for p in repo.iterdir()) == ["README.md", "topics"]
+    model = load_model(repo / "topics", monkeypatch, {"variant": "fp32", "threads": "1"})
+    (answer,) = model.execute([{"TEXT": Tensor("TEXT", np.array([[t.encode()] for t in TEXTS], dtype=object))}])
+    expected = runtime.predict(TEXTS)
+    assert [json.loads(x[0]) for x in answer.tensors["LABELS"]] == [e["labels"] for e in expected]
+    want = [[e["scores"][label] for label in runtime.labels] for e in expected]
+    np.testing.assert_allclose(answer.tensors["SCORES"], want, atol=1e-6)
