@@ -224,13 +224,16 @@ def _scorer(cfg: ExportConfig, reference: Path, tokenizer_file: Path, train_cfg:
     if margin is None:  # the gate's own count on the parity rows wanders this far around the truth
         margin = int8_fallback.sampling_slack(cfg.int8_min_agreement, len(held.texts))
     return int8_fallback.Scorer(reference, tokenizer_file, rows, max_length, cfg.batch_size_list,
-                                cfg.int8_min_agreement, target_f1_drop(cfg), margin=margin,
+                                cfg.int8_min_agreement, target_f1_drop(cfg, head), margin=margin,
                                 decisions=Decisions.of(head, head.labels))
 
 
-def target_f1_drop(cfg: ExportConfig) -> float:
-    """The macro-F1 loss an INT8 scheme may show on validation rows to be chosen."""
-    return cfg.int8_max_f1_drop / 2 if cfg.int8_target_f1_drop is None else cfg.int8_target_f1_drop
+def target_f1_drop(cfg: ExportConfig, head: Classification | None = None) -> float:
+    """The F1 loss (``parity.gated_f1``) an INT8 scheme may show on validation rows to be chosen:
+    --int8-target-f1-drop, else half the gate's bound."""
+    if cfg.int8_target_f1_drop is not None:
+        return cfg.int8_target_f1_drop
+    return parity.max_f1_drop(cfg, Decisions.of(head, head.labels) if head is not None else None) / 2
 
 
 def _quantize_dynamic(cfg: ExportConfig, src: Path, dst: Path, reduce_range: bool, train_cfg: Any,

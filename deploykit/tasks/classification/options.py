@@ -87,11 +87,15 @@ class Parity:
                                     "for INT8 variants.")
     int8_max_f1_drop: float = opt(0.01, "Largest macro-F1 loss (0.01 = 1 point) allowed for INT8 "
                                   "variants against PyTorch.")
+    int8_max_micro_f1_drop: float = opt(0.005, "multi-label: largest micro-F1 loss (0.005 = half a point) "
+                                        "allowed for INT8 variants against PyTorch (their agreement is "
+                                        "per label).")
 
     def validate(self) -> None:
         require(self.fp32_atol > 0, "fp32_atol", "must be positive")
         require(0 <= self.int8_min_agreement <= 1, "int8_min_agreement", "must be a fraction in [0, 1]")
         require(0 <= self.int8_max_f1_drop <= 1, "int8_max_f1_drop", "must be in [0, 1]")
+        require(0 <= self.int8_max_micro_f1_drop <= 1, "int8_max_micro_f1_drop", "must be in [0, 1]")
 
 
 @dataclass

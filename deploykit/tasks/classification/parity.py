@@ -240,10 +240,17 @@ def batch_independence(runtime: Any, texts: Sequence[str], batched: np.ndarray |
             "label_flips": int(flips.sum()), "rows": len(rows), "mixed_batch_size": batch_size}
 
 
-def bounds_for(precision: str, cfg: ParityConfig) -> dict[str, float]:
-    """The tolerances of a precision (fp32 and fused graphs vs INT8)."""
+def max_f1_drop(cfg: ParityConfig, decisions: Decisions | None) -> float:
+    """The INT8 gate's bound on the loss of ``gated_f1``: --int8-max-f1-drop, or for multi-label
+    decisions --int8-max-micro-f1-drop."""
+    return cfg.int8_max_micro_f1_drop if decisions is not None and decisions.multi_label else cfg.int8_max_f1_drop
+
+
+def bounds_for(precision: str, cfg: ParityConfig, decisions: Decisions | None = None) -> dict[str, float]:
+    """The tolerances of a precision (fp32 and fused graphs vs INT8) for a head's rule. The F1
+    bound keeps its historical name, ``max_macro_f1_drop``, whichever F1 ``gated_f1`` names."""
     if precision in INT8_PRECISIONS:
-        return {"min_label_agreement": cfg.int8_min_agreement, "max_macro_f1_drop": cfg.int8_max_f1_drop}
+        return {"min_label_agreement": cfg.int8_min_agreement, "max_macro_f1_drop": max_f1_drop(cfg, decisions)}
     return {"max_abs_diff": cfg.fp32_atol, "min_label_agreement": cfg.fp32_min_agreement}
 
 
@@ -267,7 +274,8 @@ def check_variant(folder: Path, manifest: Manifest, name: str, held: HeldOut, re
     precision = manifest.variants[name].precision
     # The numbers' order is the manifest's (a failed interface leaves them not a number).
     result = ParityResult(name, precision, {"max_abs_diff": float("nan"), "mean_abs_diff": float("nan"),
-                                            "label_agreement": 0.0}, bounds=bounds_for(precision, cfg))
+                                            "label_agreement": 0.0},
+                          bounds=bounds_for(precision, cfg, Decisions.of(manifest.head, manifest.head.labels)))
     try:
         runtime = Runtime.of_variant(folder, manifest, name)
     except BadInputError as exc:  # no point comparing values of a graph with the wrong interface
