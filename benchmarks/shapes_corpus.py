@@ -155,7 +155,8 @@ def main() -> None:
           pair_rows(texts[:q_train], args.negatives, args.seed, "train-"))
     write(out / "pairs_test.csv", ["qid", "query", "document", "relevant"],
           pair_rows(texts[q_train:q_train + q_test], args.negatives, args.seed + 1, "test-"))
-    info = {**vars(args), "tweets": len(source), "tweets_without_a_synonym": len(plain), "train_synonyms": train_synonyms, "test_synonyms": test_synonyms}
+    info = {**vars(args), "tweets": len(source), "tweets_without_a_synonym": len(plain),
+            "train_synonyms": train_synonyms, "test_synonyms": test_synonyms}
     (out / "corpus.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps({k: v for k, v in info.items() if not k.endswith("synonyms")}))
 
