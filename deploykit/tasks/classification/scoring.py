@@ -10,6 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from deploykit.tasks.classification.decisions import softmax  # noqa: F401 - one softmax, training's name too
+
 
 def classification_metrics(gold: Sequence[int], predicted: Sequence[int], label_names: list[str]) -> dict[str, Any]:
     """Accuracy, macro/weighted F1 and the per-class report.
@@ -149,11 +151,6 @@ def tune_thresholds(gold: np.ndarray, probs: np.ndarray, default: float = 0.5) -
     return out
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, numerically stable."""
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def predict_logits(model: Any, tokenizer: Any, texts: Sequence[Any], *, max_length: int,
