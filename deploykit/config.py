@@ -917,7 +917,9 @@ class _BenchOnline:
     url: str = opt("http://127.0.0.1:3000", "Base URL of the service (deploykit serve or a Triton "
                    "server's HTTP endpoint).")
     protocol: str = opt("classify", "classify (POST /classify), v2 (POST /v2/models/MODEL/infer, the "
-                        "KServe v2 / Triton protocol) or generate (streaming POST /generate of a "
+                        "KServe v2 / Triton protocol), rerank (POST /rerank of a text-pair model: each "
+                        "request's first text is the query, the others its documents; --texts-per-request 33 "
+                        "for one query and 32 documents) or generate (streaming POST /generate of a "
                         "text-generation service: TTFT and tokens/s per client and in total).",
                         choices=tuple(p for t in tasks.all_tasks() for p in t.protocols))
     concurrency: str = opt("1,8,32,64", "Closed-loop levels: this many requests in flight, each "

@@ -37,9 +37,11 @@ MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 CONFIG = "config.json"
 # Bump only when a key changes meaning (keys may be added without a bump); list every version
-# this reader understands in READABLE_VERSIONS.
+# this reader understands in READABLE_VERSIONS. SCHEMA_VERSION is what export writes unless a head
+# needs a newer one (version 2: a text-classification head whose logits are not softmaxed, e.g.
+# multi-label; a reader of version 1 would serve it wrongly, so it must refuse it).
 SCHEMA_VERSION = 1
-READABLE_VERSIONS = (1,)
+READABLE_VERSIONS = (1, 2)
 # The default variant is the first servable and batch-independent of these (export writes it as
 # default_variant). ``int8`` holds whichever INT8 scheme export chose (its ``quantization.scheme``).
 DEFAULT_ORDER = ("int8", "opt", "fp32")
@@ -513,14 +515,15 @@ class Manifest:
     def create(cls, folder: Path, *, name: str, head: Head, max_length: int,
                inputs: Sequence[str], variants: Iterable[Variant], default: str | None,
                reference_metrics: Mapping[str, float], evaluation: ParityRows,
-               provenance: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> "Manifest":
+               provenance: Mapping[str, Any], extra: Mapping[str, Any] | None = None,
+               schema_version: int = SCHEMA_VERSION) -> "Manifest":
         """The manifest of the artifact in ``folder``, its files hashed now (export's step 5).
 
         Each variant's ``bytes``/``sha256`` come from the hashed files, so they cannot drift from
         ``files``; the default variant follows ``default_name``. The result passes through the
         same checks as ``read``, so export never writes what a later stage would refuse.
         ``extra`` holds top-level keys outside the typed fields (``int8_selection`` when export
-        wrote no INT8 variant).
+        wrote no INT8 variant); ``schema_version`` is the one the head needs.
 
         Raises:
             BadInputError: If ``default`` is not among ``variants`` or a field breaks the contract
@@ -535,7 +538,8 @@ class Manifest:
         manifest = cls(name=name, task=head.TASK, head=head, max_length=int(max_length), inputs=tuple(inputs),
                        default_variant=default_name(typed, default), variants=typed, files=files,
                        reference_metrics=dict(reference_metrics), evaluation=evaluation,
-                       provenance=dict(provenance), extra=dict(extra or {}), where=Path(folder) / MANIFEST)
+                       provenance=dict(provenance), extra=dict(extra or {}), where=Path(folder) / MANIFEST,
+                       schema_version=schema_version)
         return cls.from_json(manifest.to_json(), manifest.where)
 
     def judged(self, verdicts: Mapping[str, tuple[Mapping[str, Any], Mapping[str, float], bool]],

@@ -128,21 +128,26 @@ class TextSource:
     a word-level row's tokens."""
 
     column: str
-    to_text: Callable[..., str] | None = None  # raises ValueError saying what is wrong with the cell(s)
+    to_text: Callable[[Any], str] | None = None  # raises ValueError saying what is wrong with the cell
     flag: str = "--text-column"
-    # Further (column, option) whose cells ``to_text`` takes after the first (a question's context).
-    also: tuple[tuple[str, str], ...] = ()
+    # Further columns read beside the first, each (column, the option naming it): a text-pair model's
+    # second text (``--text-pair-column``), a question's context (``--context-column``). A row's text
+    # is then the tuple of its columns' texts, in this order (each checked as the first is).
+    more: tuple[tuple[str, str], ...] = ()
 
-    def text(self, cell: Any, *others: Any) -> str:
-        """The text of a cell (non-string values as ``str`` without ``to_text``), or of a row's cells
-        (``column``'s, then those of ``also``).
+    def columns(self) -> list[tuple[str, str]]:
+        """(column, the option naming it) of each column a row's text is read from."""
+        return [(self.column, self.flag), *self.more]
+
+    def text(self, cell: Any) -> str:
+        """The text of a cell (non-string values as ``str`` without ``to_text``).
 
         Raises:
-            ValueError: ``to_text`` refuses the cell(s).
+            ValueError: ``to_text`` refuses the cell.
         """
         if self.to_text is None:
             return cell if isinstance(cell, str) else str(cell)
-        return self.to_text(cell, *others)
+        return self.to_text(cell)
 
 
 def read_rows(fs: Any, path: str, name: str, source: TextSource, id_column: str | None = None
@@ -157,7 +162,8 @@ def read_rows(fs: Any, path: str, name: str, source: TextSource, id_column: str 
         id_column: A column carried to the output (``--id-column``), or None.
 
     Yields:
-        Each row's number, text (non-string values as ``str``) and id.
+        Each row's number, text (non-string values as ``str``; with ``source.more`` the tuple of
+        the row's texts, such as ``(text, text_pair)``) and id.
 
     Raises:
         BadInputError: Unknown format, a file that is not UTF-8 or not valid CSV/JSON/Parquet, no
@@ -171,36 +177,13 @@ def read_rows(fs: Any, path: str, name: str, source: TextSource, id_column: str 
     with storage.open_binary(fs, path) as fh:
         rows = {".csv": lambda: _csv_rows(name, fh), ".jsonl": lambda: _jsonl_rows(name, fh),
                 ".json": lambda: _json_rows(name, fh),
-                ".parquet": lambda: _parquet_rows(name, fh, [(source.column, source.flag), *source.also]
+                ".parquet": lambda: _parquet_rows(name, fh, source.columns()
                                                    + ([(id_column, "--id-column")] if id_column else []))
                 }[suffix]()
         number = 0
         for number, row in enumerate(rows, 1):
-            text_column = source.column
-            value = row.get(text_column) if isinstance(row, dict) else None
-            if value is None:
-                keys = ", ".join(map(str, row)) if isinstance(row, dict) else type(row).__name__
-                raise BadInputError(f"row {number} of {name} has no {text_column!r} value (it has: {keys}); "
-                                    f"pass the right {source.flag} or fix the row")
-            others = []
-            for column, flag in source.also:
-                other = row.get(column)
-                if other is None:
-                    raise BadInputError(f"row {number} of {name} has no {column!r} value; pass the right {flag} or "
-                                        "fix the row")
-                others.append(other)
-            try:
-                text = source.text(value, *others)
-            except ValueError as exc:
-                raise BadInputError(f"row {number} of {name}: column {text_column!r} {exc}; fix the row") from None
-            if not text.strip():
-                raise BadInputError(f"row {number} of {name} has a blank {text_column!r} (the service refuses "
-                                    "blank texts too); remove or fill the row")
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise BadInputError(f"row {number} of {name} holds a {text_column!r} that is not Unicode text "
-                                    "(a lone surrogate such as \\ud800); fix the row") from None
+            texts = [_row_text(row, column, flag, source, number, name) for column, flag in source.columns()]
+            text: Any = tuple(texts) if source.more else texts[0]
             ident = None
             if id_column:
                 ident = row.get(id_column)
@@ -210,6 +193,28 @@ def read_rows(fs: Any, path: str, name: str, source: TextSource, id_column: str 
             yield number - 1, text, ident
     if number == 0:
         raise BadInputError(f"{name} holds no rows to score; pass a file with at least one row")
+
+
+def _row_text(row: Any, column: str, flag: str, source: TextSource, number: int, name: str) -> str:
+    """One column's text of a row, or a ``BadInputError`` naming the row and what to fix."""
+    value = row.get(column) if isinstance(row, dict) else None
+    if value is None:
+        keys = ", ".join(map(str, row)) if isinstance(row, dict) else type(row).__name__
+        raise BadInputError(f"row {number} of {name} has no {column!r} value (it has: {keys}); "
+                            f"pass the right {flag} or fix the row")
+    try:
+        text = source.text(value)
+    except ValueError as exc:
+        raise BadInputError(f"row {number} of {name}: column {column!r} {exc}; fix the row") from None
+    if not text.strip():
+        raise BadInputError(f"row {number} of {name} has a blank {column!r} (the service refuses "
+                            "blank texts too); remove or fill the row")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInputError(f"row {number} of {name} holds a {column!r} that is not Unicode text "
+                            "(a lone surrogate such as \\ud800); fix the row") from None
+    return text
 
 
 def _count_rows(fs: Any, files: list[tuple[str, str]]) -> int | None:

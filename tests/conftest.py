@@ -154,3 +154,53 @@ def pytriton_venv():
     from outside_tools import pytriton_venv
 
     return pytriton_venv()
+
+
+@pytest.fixture(scope="session")
+def multi_label_run(tmp_path_factory):
+    """A tiny BERT fine-tuned on a multi-label CSV (labels joined by '|', some rows without one) and
+    exported (fp32, fused, static INT8): (the CSV, the checkpoint, the artifact), shared by the
+    multi-label tests."""
+    from factories import multi_label_rows, write_csv
+
+    from deploykit import export, train
+    from deploykit.config import ExportConfig, TrainConfig
+    from deploykit.tasks.classification.example import pretrained
+
+    root = tmp_path_factory.mktemp("multi-label")
+    csv = write_csv(root / "topics.csv", multi_label_rows(400), label="topics")
+    checkpoint = train.run(TrainConfig(data=str(csv), model=str(pretrained(root / "pretrained")), out=str(root / "run"),
+                                       label_column="topics", problem_type="multi-label", label_separator="|",
+                                       max_steps=60, batch_size=16, max_length=32, eval_every=30, lr=5e-3,
+                                       class_weights="auto"))
+    artifact = export.run(ExportConfig(checkpoint=str(checkpoint), out=str(root / "artifact"), name="topics",
+                                       quantize="static", int8_fallback="off", allow_parity_failure=True))
+    return csv, checkpoint, artifact
+
+
+@pytest.fixture(scope="session")
+def pair_run(tmp_path_factory):
+    """A tiny BERT cross-encoder fine-tuned as a reranker (--problem-type relevance, query and document
+    columns, candidates kept with their query by --group-column) and exported: (the CSV, the
+    checkpoint, the artifact), shared by the text-pair tests."""
+    import csv as csv_module
+
+    from factories import pair_rows
+
+    from deploykit import export, train
+    from deploykit.config import ExportConfig, TrainConfig
+    from deploykit.tasks.classification.example import pretrained
+
+    root = tmp_path_factory.mktemp("pairs")
+    path = root / "pairs.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv_module.writer(fh)
+        writer.writerow(["qid", "query", "document", "relevant"])
+        writer.writerows(pair_rows(90))
+    checkpoint = train.run(TrainConfig(data=str(path), model=str(pretrained(root / "pretrained")),
+                                       out=str(root / "run"), text_column="query", text_pair_column="document",
+                                       label_column="relevant", group_column="qid", problem_type="relevance", truncation="only_second",
+                                       max_steps=60, batch_size=16, max_length=32, eval_every=30, lr=5e-3))
+    artifact = export.run(ExportConfig(checkpoint=str(checkpoint), out=str(root / "artifact"), name="reranker",
+                                       quantize="static", int8_fallback="off", allow_parity_failure=True))
+    return path, checkpoint, artifact

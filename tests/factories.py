@@ -216,3 +216,44 @@ def make_lm_checkpoint(path: Path, arch: str, data: Path, seed: int = 0, init: f
     train_cfg = TrainConfig(task="text-generation", data=str(data), model=str(path), out=str(Path(path).parent),
                             max_length=64, **cfg)
     return checkpoint.save(model, lm_tokenizer(), train_cfg, {"loss": 0.0}, path)
+
+
+TOPICS = {"travel": ["flight", "airport", "hotel", "layover"], "sports": ["football", "goal", "match", "stadium"],
+          "food": ["pizza", "dinner", "bread", "recipe"]}
+
+
+def multi_label_rows(n: int = 300, seed: int = 0, separator: str = "|") -> list[tuple[str, str]]:
+    """Texts with 0 to 2 topic labels, each spelled out by one of its keywords (a multi-label task a
+    tiny model learns in seconds); the label cell joins the labels with ``separator`` ("" for none)."""
+    import random
+
+    rng = random.Random(seed)
+    filler = ["the", "car", "drives", "today", "we", "saw", "it", "road", "city"]
+    out = []
+    for _ in range(n):
+        labels = sorted(rng.sample(sorted(TOPICS), rng.choice([0, 1, 1, 2])))
+        body = rng.sample(filler, 4) + [rng.choice(TOPICS[t]) for t in labels]
+        rng.shuffle(body)
+        out.append((" ".join(body), separator.join(labels)))
+    return out
+
+
+def pair_rows(queries: int = 60, seed: int = 0) -> list[tuple[str, str, str, str]]:
+    """(query id, query, document, relevance) rows: each query names a topic by one keyword and has
+    one relevant document (another keyword of its topic) and three others (other topics): a
+    reranking task a tiny cross-encoder learns in seconds."""
+    import random
+
+    rng = random.Random(seed)
+    filler = ["the", "car", "drives", "today", "we", "saw", "it", "road", "city"]
+    topics = sorted(TOPICS)
+    out = []
+    for q in range(queries):
+        topic = topics[q % len(topics)]
+        query = " ".join(rng.sample(filler, 2) + [rng.choice(TOPICS[topic])])
+        others = [t for t in topics if t != topic]
+        for doc_topic in [topic] + [rng.choice(others) for _ in range(3)]:
+            doc = rng.sample(filler, 3) + [rng.choice(TOPICS[doc_topic])]
+            rng.shuffle(doc)
+            out.append((f"q{q}", query, " ".join(doc), "1" if doc_topic == topic else "0"))
+    return out

@@ -44,7 +44,9 @@ VALUE = st.one_of(TEXT, st.lists(TEXT, min_size=1, max_size=3),
 KEYS = ["parameters", "id", "outputs", "inputs", "name", "datatype", "shape", "data", "binary_data_size",
         "binary_data", "binary_data_output", "timeout", "model", "prompt", "messages", "role", "content",
         "max_tokens", "max_new_tokens", "max_completion_tokens", "stream", "stream_options", "include_usage",
-        "stop", "temperature", "top_p", "top_k", "seed", "n", "user", "ignore_eos", "presence_penalty"]
+        "stop", "temperature", "top_p", "top_k", "seed", "n", "user", "ignore_eos", "presence_penalty",
+        "query", "texts", "pairs", "documents", "top_n", "truncate", "truncation_direction", "raw_scores",
+        "return_text", "return_documents", "text"]
 # Long values of mixed-width characters in every JSON shape: what an error message that quotes
 # the client's value must cut without breaking a character.
 QUOTED = st.one_of(MIXED, st.lists(MIXED, min_size=1, max_size=3), st.dictionaries(MIXED, MIXED, min_size=1,
@@ -212,6 +214,39 @@ def v2_case(draw: Any, model: str = "classifier") -> Case:
         head = dumps(head_doc, draw(st.booleans(), label="ascii"))
     length = declared if declared is not None else str(len(head))
     return Case(path, head + blob, {"Inference-Header-Content-Length": length}, mutations=mutations)
+
+
+# --- the text-pair routes ----------------------------------------------------------------------
+
+@st.composite
+def pair_case(draw: Any, model: str = "reranker") -> Case:
+    """A request to a text-pair model (``/classify`` with pairs, text-embeddings-inference's
+    ``/rerank``, the Cohere-style ``/v1/rerank``, or v2 with TEXT and TEXT_PAIR), mutated at 1-3
+    places."""
+    data = draw(st.data())
+    texts = draw(v2_texts(), label="texts")
+    query = draw(st.text(min_size=1, max_size=30).filter(str.strip), label="query")
+    route = draw(st.sampled_from(["/classify", "/rerank", "/v1/rerank", "v2"]), label="route")
+    doc: dict[str, Any]
+    if route == "/classify":
+        doc = {"pairs": [[query, t] for t in texts]}
+    elif route == "/rerank":
+        doc = {"query": query, "texts": texts}
+        for key in ("truncate", "raw_scores", "return_text"):
+            if draw(st.booleans(), label=key):
+                doc[key] = draw(st.booleans())
+        if draw(st.booleans(), label="direction"):
+            doc["truncation_direction"] = draw(st.sampled_from(["Left", "Right"]))
+    elif route == "/v1/rerank":
+        documents: list[Any] = [t if draw(st.booleans()) else {"text": t} for t in texts]
+        doc = {"model": model, "query": query, "documents": documents}
+        if draw(st.booleans(), label="top_n"):
+            doc["top_n"] = draw(st.integers(1, 6))
+    else:
+        route = f"/v2/models/{model}/infer"
+        doc = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [len(texts)], "data": [query] * len(texts)},
+                          {"name": "TEXT_PAIR", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}
+    return mutated_json(data, route, doc)
 
 
 # --- the generation routes -------------------------------------------------------------------

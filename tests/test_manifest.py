@@ -148,14 +148,14 @@ def test_the_default_is_batch_independent(tmp_path):
 
 
 def test_unknown_schema_version_is_refused_with_exit_2(tmp_path):
-    folder = hand_made_artifact(tmp_path / "artifact", schema_version=2)
-    with pytest.raises(BadInputError, match="schema_version 2; this deploykit reads 1") as info:
+    folder = hand_made_artifact(tmp_path / "artifact", schema_version=3)
+    with pytest.raises(BadInputError, match="schema_version 3; this deploykit reads 1 and 2") as info:
         Manifest.read(folder)
     assert info.value.exit_code == 2
     proc = subprocess.run([sys.executable, "-m", "deploykit", "k8s", "--image", "reg/x:1", "--artifact",
                            str(folder), "--out", str(tmp_path / "k8s"), "--no-validate"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert proc.returncode == 2 and "schema_version 2" in proc.stderr
+    assert proc.returncode == 2 and "schema_version 3" in proc.stderr
     assert not (tmp_path / "k8s").exists()
 
 

@@ -169,6 +169,8 @@ def _another_value(f: dataclasses.Field):
         return not f.default
     if isinstance(f.default, (int, float)):
         return f.default + 1
+    if f.name == "thresholds":  # a probability
+        return "0.5"
     return "2,3" if f.name.endswith("edges") else "another"
 
 
@@ -209,11 +211,12 @@ def test_the_ray_engine_scores_through_the_same_task_hooks(run, local_ray, tmp_p
     from deploykit.scale.ray import score
 
     example = run["example"]
-    # A row's text as the task's text_source reads it from a file (a question and its context: one text).
+    # A row's text as the task's text_source reads it from a file (a question and its context: the
+    # pair of their texts).
     inputs = [t if isinstance(t, dict) else {"text": t} for t in example.INPUTS]
     source = run["task"].part("predict").text_source(PredictConfig(artifact=str(run["artifact"]), data="-", out="-"))
-    rows = [{"text": source.text(r[source.column], *(r[c] for c, _ in source.also)), "row": i}
-            for i, r in enumerate(inputs)]
+    texts = [tuple(source.text(r[c]) for c, _ in source.columns()) for r in inputs]
+    rows = [{"text": list(t) if source.more else t[0], "row": i} for i, t in enumerate(texts)]
     scored = score(ray.data.from_items(rows), str(run["artifact"]), key_column="row", workers=1, batch_rows=2,
                    allow_batch_dependent=True).take_all()
     data = tmp_path / "in.jsonl"

@@ -104,7 +104,7 @@ def export_onnx(model: Any, out_file: Path, opset: int, task: str) -> Path:
     return out_file
 
 
-def write_tokenizer(tokenizer: Any, path: Path, max_length: int | None) -> Path:
+def write_tokenizer(tokenizer: Any, path: Path, max_length: int | None, truncation: str = "longest_first") -> Path:
     """Save the fast tokenizer as one ``tokenizer.json`` usable by the ``tokenizers`` library alone.
 
     Args:
@@ -114,6 +114,7 @@ def write_tokenizer(tokenizer: Any, path: Path, max_length: int | None) -> Path:
             stored in the file so that a reader gets the ids the checkpoint's tokenizer gave in
             training; None for neither (a decoder's runtime pads on the left itself and refuses
             a prompt longer than the context rather than cutting it).
+        truncation: How a pair of texts is cut (``longest_first``, ``only_second``), kept in the file.
     """
     backend = tokenizer.backend_tokenizer
     backend = type(backend).from_str(backend.to_str())  # a copy: never change the caller's
@@ -121,7 +122,7 @@ def write_tokenizer(tokenizer: Any, path: Path, max_length: int | None) -> Path:
         backend.no_truncation()
         backend.no_padding()
     else:
-        backend.enable_truncation(max_length)
+        backend.enable_truncation(max_length, strategy=truncation)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         backend.enable_padding(pad_id=pad_id, pad_token=tokenizer.pad_token or "[PAD]")
     backend.save(str(path))

@@ -34,8 +34,8 @@ from deploykit.config import ExportConfig, ParityConfig, VerifyConfig, check_tas
 from deploykit.errors import BadInputError, ParityError
 from deploykit.export.parity import Column, ParityResult, table
 from deploykit.files import atomic_folder, sha256_file
-from deploykit.manifest import (BATCH_INDEPENDENCE_ATOL, VARIANT_FILES, VARIANT_PRECISION, Head, Manifest,
-                                ParityRows, Variant)
+from deploykit.manifest import (BATCH_INDEPENDENCE_ATOL, SCHEMA_VERSION, VARIANT_FILES, VARIANT_PRECISION, Head,
+                                Manifest, ParityRows, Variant)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class Graphs:
     inputs: list[str]                   # the graphs' input names
     records: dict[str, dict[str, Any]]  # variant name -> Variant fields (fused_ops, optimization, quantization)
     extra: dict[str, Any] = field(default_factory=dict)  # top-level manifest keys (int8_selection, ...)
+    schema_version: int = SCHEMA_VERSION  # the manifest schema the head needs
 
 
 class Rows(Protocol):
@@ -184,7 +185,7 @@ def run(cfg: ExportConfig) -> Path:
             default=cfg.default_variant, reference_metrics=reference.metrics, evaluation=rows,
             provenance=provenance.provenance(checkpoint, cfg.opset, exporter.rows.data_sha256,
                                              quantize.cpu_has_vnni()),
-            extra=graphs.extra)
+            extra=graphs.extra, schema_version=graphs.schema_version)
         results = [exporter.check(tmp, draft, name, reference) for name in draft.variants]
         report = table(results, exporter.columns(reference))
         log.info("parity on %s:\n%s", rows.describe(), report)

@@ -86,11 +86,14 @@ class BatchScorer:
         import pyarrow as pa
 
         columns = batch.to_pydict()
-        texts = columns[self.text_column]
+        # A row of several texts (a text pair, a question and its context) is a list in Arrow.
+        texts = [tuple(t) if isinstance(t, (list, tuple)) else t for t in columns[self.text_column]]
         for i, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
+            parts = text if isinstance(text, tuple) else (text,)
+            if not parts or not all(isinstance(part, str) and part.strip() for part in parts):
                 where = ", ".join(f"{k}={columns[k][i]!r}" for k in self.keep) or f"position {i} of a batch"
-                raise BadInputError(f"the row with {where} has a {'blank' if isinstance(text, str) else 'missing'} "
+                blank = all(isinstance(part, str) for part in parts) and bool(parts)
+                raise BadInputError(f"the row with {where} has a {'blank' if blank else 'missing'} "
                                     f"{self.text_column!r}; remove or fill the row")
         keys = columns[self.key_column] if self.key_column else list(range(len(texts)))
         results = self.scorer(texts, [int(k) for k in keys])

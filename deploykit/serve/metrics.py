@@ -16,7 +16,8 @@ import os
 from typing import Any
 
 # The values of the ``route`` label of deploykit_requests_total (a fixed set: bounded series).
-ROUTES = ("classify", "ner", "answer", "v2_infer", "v2_metadata", "v2_health", "metrics", "docs", "generate", "openai")
+ROUTES = ("classify", "ner", "answer", "v2_infer", "v2_metadata", "v2_health", "metrics", "docs", "generate", "openai",
+          "rerank", "v1_rerank")
 # The ``status`` label of deploykit_request_seconds: the status class (a bounded set).
 _STATUS_CLASS = {2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 

@@ -31,7 +31,13 @@ from deploykit.serve.quoting import quote
 log = logging.getLogger(__name__)
 
 INPUT = "TEXT"
+# A text-pair model's inputs: the two texts of each row (query and document, two sentences).
+PAIR_INPUTS = ("TEXT", "TEXT_PAIR")
 OUTPUTS = ("LABEL", "SCORES")
+# A multi-label classifier's outputs: each row's chosen labels (a JSON list as one BYTES element) and
+# every label's probability.
+MULTI_LABEL_OUTPUTS = ("LABELS", "SCORES")
+SCORE_OUTPUTS = ("SCORES",)  # a relevance or similarity model: one score per row, no label
 VERSION = "1"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -48,7 +54,7 @@ class ProtocolError(Exception):
 class InferRequest:
     """A parsed v2 infer request."""
 
-    texts: list[str]
+    texts: list[Any]  # strings, or (text, text_pair) tuples for a model of two inputs
     request_id: str | None
     outputs: dict[str, bool]  # output name -> as binary data
     timeout_us: int | None = None  # the request's 'timeout' parameter (tritonclient's, microseconds)
@@ -131,6 +137,7 @@ def _texts_of(tensor: dict[str, Any], binary: bytes, max_texts: int, name: str =
         except UnicodeDecodeError:
             raise ProtocolError(f"input {name} holds bytes that are not valid UTF-8 text") from None
     else:
+        used = 0
         data = tensor.get("data")
         if not isinstance(data, list):
             raise ProtocolError(f"input {name} needs a 'data' list (or binary data)")
@@ -155,39 +162,41 @@ def parse_infer(body: bytes, header_length: str | None, max_texts: int,
         header_length: The ``Inference-Header-Content-Length`` header (binary extension) or None.
         max_texts: Most texts accepted.
         offered: The outputs the served model has (a classifier's ``OUTPUTS``; a task's own).
-        inputs: The BYTES inputs the model takes (a classifier's ``TEXT``; a task's own, e.g. a
-            question and a context), each of the same length; their binary data follow the JSON
-            header in the request's order.
+        inputs: The BYTES inputs the model takes, in order (a classifier's ``TEXT``; a pair model's
+            ``PAIR_INPUTS``; a reader's question and context), each of the same length; their binary
+            data follow the JSON header in the request's order. With more than one, each row's
+            texts come back as a tuple (and every input's in ``columns``).
 
     Returns:
-        The texts (of the first input; every input's in ``columns``), the request id and the
-        requested outputs.
+        The texts (a tuple of each row's texts when the model takes several inputs; every input's
+        also in ``columns``), the request id and the requested outputs.
 
     Raises:
         ProtocolError: On malformed JSON, a wrong input name, datatype or shape, or bad data.
     """
     request, binary = _split_body(body, header_length)
     tensors = request.get("inputs")
-    names = " and ".join(inputs)
+    wanted_inputs = " and ".join(inputs)
     if not isinstance(tensors, list) or len(tensors) != len(inputs) or not all(isinstance(t, dict) for t in tensors):
-        raise ProtocolError(f"the request must have exactly {'one input' if len(inputs) == 1 else f'{len(inputs)} inputs'}, "
-                            f"{names} (BYTES, shape [n])")
-    columns: dict[str, list[str]] = {}
-    offset = 0
-    for tensor in tensors:
-        name = tensor.get("name")
-        if name not in inputs or name in columns:
-            raise ProtocolError(f"unknown input {quote(name)}; this model takes {'one input' if len(inputs) == 1 else 'the inputs'} "
-                                f"named {names}")
-        columns[name], used = _texts_of(tensor, binary[offset:], max_texts, name)
+        count = "exactly one input," if len(inputs) == 1 else f"exactly {len(inputs)} inputs,"
+        raise ProtocolError(f"the request must have {count} {wanted_inputs} (BYTES, shape [n])")
+    names = [t.get("name") for t in tensors]
+    unknown = [n for n in names if not isinstance(n, str) or n not in inputs]
+    if unknown:
+        raise ProtocolError(f"unknown input {quote(unknown[0])}; this model takes the input(s) {wanted_inputs}")
+    if len(set(names)) != len(names):
+        raise ProtocolError(f"input {quote(names[0])} is given twice; this model takes the input(s) {wanted_inputs}")
+    columns, offset = {}, 0
+    for tensor in tensors:  # binary data follows the header in the inputs' order
+        columns[tensor["name"]], used = _texts_of(tensor, binary[offset:], max_texts, tensor["name"])
         offset += used
     if offset != len(binary):
-        raise ProtocolError(f"the inputs declare binary_data_size {offset} in all but {len(binary)} bytes follow the JSON "
-                            f"header ({HEADER_LENGTH})")
-    sizes = {name: len(values) for name, values in columns.items()}
-    if len(set(sizes.values())) > 1:
-        raise ProtocolError(f"the inputs hold different numbers of texts ({sizes}); send one of each per row")
-    texts = columns[inputs[0]]
+        raise ProtocolError(f"{len(binary)} bytes follow the JSON header but the inputs' binary_data_size "
+                            f"add up to {offset} ({HEADER_LENGTH})")
+    if len({len(c) for c in columns.values()}) > 1:
+        raise ProtocolError(f"inputs {wanted_inputs} hold {[len(columns[n]) for n in inputs]} texts; each row needs "
+                            "one text of each (a pair with one side missing)")
+    texts: list[Any] = list(zip(*(columns[n] for n in inputs))) if len(inputs) > 1 else columns[inputs[0]]
     params = _parameters(request, "the request")
     binary_default = _flag(params, "binary_data_output", False, "the request")
     timeout = params.get("timeout")
@@ -231,21 +240,22 @@ def _flag(params: dict[str, Any], key: str, default: bool, where: str) -> bool:
 
 
 def encode_response(model: str, req: InferRequest, labels: list[str],
-                    probs: np.ndarray) -> tuple[bytes, dict[str, str]]:
+                    probs: np.ndarray, label_output: str = "LABEL") -> tuple[bytes, dict[str, str]]:
     """Build the v2 infer response body and headers.
 
     Args:
         model: The model name.
         req: The parsed request (which outputs, binary or JSON).
-        labels: The label of each text.
+        labels: The label of each text (multi-label: its chosen labels as one string).
         probs: float32 [n, k] probabilities.
+        label_output: The labels' output name (``LABEL``; ``LABELS`` for a multi-label model).
 
     Returns:
         ``(body, headers)``; binary outputs follow the JSON header as the extension specifies.
     """
     probs = np.ascontiguousarray(probs, dtype=np.float32)
     tensors = {
-        "LABEL": ("BYTES", [len(labels)], lambda: labels,
+        label_output: ("BYTES", [len(labels)], lambda: labels,
                   lambda: serialize_bytes([label.encode("utf-8") for label in labels])),
         "SCORES": ("FP32", list(probs.shape), lambda: probs.reshape(-1).tolist(),
                    lambda: probs.astype("<f4").tobytes()),
@@ -271,9 +281,16 @@ def encode_response(model: str, req: InferRequest, labels: list[str],
                                            HEADER_LENGTH: str(len(head_bytes))}
 
 
-def model_metadata(name: str, num_labels: int, platform: str = "onnxruntime_onnx") -> dict[str, Any]:
-    """The v2 model metadata document."""
+def model_metadata(name: str, num_labels: int, platform: str = "onnxruntime_onnx",
+                   outputs: Sequence[str] = OUTPUTS, inputs: Sequence[str] = (INPUT,)) -> dict[str, Any]:
+    """The v2 model metadata document: BYTES ``inputs`` (``TEXT``; a pair model's ``PAIR_INPUTS``),
+    the labels' BYTES output if ``outputs`` has one (``LABEL``, or ``LABELS`` for a multi-label
+    model) and ``SCORES`` (FP32 [n, num_labels])."""
+    def tensor(output: str) -> dict[str, Any]:
+        if output == "SCORES":
+            return {"name": output, "datatype": "FP32", "shape": [-1, num_labels]}
+        return {"name": output, "datatype": "BYTES", "shape": [-1]}
+
     return {"name": name, "versions": [VERSION], "platform": platform,
-            "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": "LABEL", "datatype": "BYTES", "shape": [-1]},
-                        {"name": "SCORES", "datatype": "FP32", "shape": [-1, num_labels]}]}
+            "inputs": [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in inputs],
+            "outputs": [tensor(n) for n in outputs]}

@@ -111,7 +111,8 @@ def register(task: Task) -> Task:
 
 register(Task("text-classification", "deploykit.tasks.classification",
               "a label per text (encoders: BERT, RoBERTa, ...)",
-              metrics=("macro_f1", "accuracy", "weighted_f1", "loss"), protocols=("classify", "v2")))
+              metrics=("macro_f1", "accuracy", "weighted_f1", "loss", "micro_f1", "spearman", "pearson", "ndcg_at_10"),
+              protocols=("classify", "v2", "rerank")))
 register(Task("text-generation", "deploykit.tasks.generation",
               "a completion per prompt (decoder-only language models: Llama, Qwen2, GPT-2, ...)",
               metrics=("loss", "bleu"), architectures=("ForCausalLM", "LMHeadModel"), protocols=("generate",)))

@@ -216,13 +216,16 @@ class Target:
     def __init__(self, cfg: BenchOnlineConfig) -> None:
         base = cfg.url.rstrip("/")
         self.protocol = cfg.protocol
-        self.url = (f"{base}/classify" if cfg.protocol == "classify"
-                    else f"{base}/v2/models/{cfg.model}/infer")
-        self.hint = " (check --model: the served model's name)" if cfg.protocol == "v2" else ""
+        self.url = {"classify": f"{base}/classify", "rerank": f"{base}/rerank"}.get(
+            cfg.protocol, f"{base}/v2/models/{cfg.model}/infer")
+        self.hint = {"v2": " (check --model: the served model's name)",
+                     "rerank": " (/rerank needs a text-pair model)"}.get(cfg.protocol, "")
 
     def body(self, texts: list[str]) -> dict[str, Any]:
         if self.protocol == "classify":
             return {"texts": texts}
+        if self.protocol == "rerank":  # text-embeddings-inference's body: the first text queries the others
+            return {"query": texts[0], "texts": texts[1:] or texts, "truncate": True}
         # Shape [n, 1]: what both deploykit's v2 route and a Triton model with dims [1] take.
         return {"inputs": [{"name": "TEXT", "shape": [len(texts), 1], "datatype": "BYTES", "data": texts}]}
 
@@ -230,6 +233,8 @@ class Target:
         """Whether a 200 answer holds one result per text."""
         if self.protocol == "classify":
             return isinstance(answer, list) and len(answer) == n
+        if self.protocol == "rerank":
+            return isinstance(answer, list) and len(answer) == max(n - 1, 1)
         outputs = {o.get("name"): o for o in (answer or {}).get("outputs", [])} if isinstance(answer, dict) else {}
         label = outputs.get("LABEL")
         return label is not None and label.get("shape", [0])[0] == n
@@ -237,7 +242,10 @@ class Target:
 
 class Online:
     """The classifier's load generator (see ``deploykit.bench.online.Online``): requests of
-    ``--texts-per-request`` texts to ``/classify`` or the v2 route, by the shared load plan."""
+    ``--texts-per-request`` texts to ``/classify`` or the v2 route, by the shared load plan; with
+    ``--protocol rerank``, text-embeddings-inference's ``/rerank`` of a text-pair model, the first
+    text of each request the query and the others its documents (``--texts-per-request 33``: one
+    query and 32 documents, the issue's rerank workload)."""
 
     kind = "online"
 

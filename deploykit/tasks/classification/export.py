@@ -29,9 +29,10 @@ from deploykit.export.parity import Column, ParityResult
 from deploykit.export.pipeline import Graphs
 from deploykit.manifest import VARIANT_FILES, Manifest
 from deploykit.tasks.classification import int8_fallback, int8_schemes, parity
+from deploykit.tasks.classification.decisions import Decisions
 from deploykit.tasks.classification.head import Classification
 from deploykit.tasks.classification.runtime import Runtime
-from deploykit.tasks.classification.train import checkpoint_labels
+from deploykit.tasks.classification.train import checkpoint_head
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +61,21 @@ class Export:
     def __init__(self, cfg: ParityConfig, checkpoint: Path) -> None:
         self.cfg, self.checkpoint = cfg, checkpoint
         onnx_export.check_supported(checkpoint, OPTIMUM_TASK)
-        self.labels = checkpoint_labels(checkpoint)
+        # Labels, problem type and (multi-label) thresholds, as the manifest will record them.
+        self.head = checkpoint_head(checkpoint)
+        self.labels = list(self.head.labels)
         self.train_cfg = ckpt.train_config(checkpoint)
 
     def check_artifact(self, manifest: Manifest) -> None:
-        """Refuse a checkpoint with other labels than the artifact's."""
-        exported = list(manifest.head_as(Classification).labels)
-        if self.labels != exported:
-            raise BadInputError(f"{self.checkpoint} has labels {self.labels} but {manifest.where.parent} was "
-                                f"exported with {exported}; pass the checkpoint the artifact came from")
+        """Refuse a checkpoint with other labels (or problem type, or thresholds) than the artifact's."""
+        exported = manifest.head_as(Classification)
+        def meaning(head: Classification) -> tuple:  # what the logits mean (a task's own head adds fields)
+            return head.labels, head.problem_type, head.thresholds, head.truncation
+
+        if meaning(self.head) != meaning(exported):
+            raise BadInputError(f"{self.checkpoint} has labels {self.labels} ({self.head.problem_type}) but "
+                                f"{manifest.where.parent} was exported with {list(exported.labels)} "
+                                f"({exported.problem_type}); pass the checkpoint the artifact came from")
 
     def load(self) -> None:
         """The held-out rows (the checkpoint's split, labels in its id order) and the eager model."""
@@ -79,7 +86,8 @@ class Export:
         """Steps 1-3: tokenizer, config, fp32 and fused graphs, then INT8 by ``--quantize``."""
         cfg, model = self.cfg, self.model
         max_length = _max_length(self.train_cfg, model.config)
-        tokenizer_file = onnx_export.write_tokenizer(self.tokenizer, folder / "tokenizer.json", max_length)
+        tokenizer_file = onnx_export.write_tokenizer(self.tokenizer, folder / "tokenizer.json", max_length,
+                                                     self.head.truncation or "longest_first")
         shutil.copy(self.checkpoint / "config.json", folder / "config.json")
         opt_info = _export_and_optimize(model, self.checkpoint, folder, cfg)
         inputs = Runtime.of_graph(folder / VARIANT_FILES["fp32"], tokenizer_file, max_length).input_names
@@ -94,22 +102,24 @@ class Export:
             int8 = folder / VARIANT_FILES["int8"]
             if cfg.quantize == "dynamic":
                 source = VARIANT_FILES["opt" if opt_info else "fp32"]
-                info = _quantize_dynamic(cfg, folder / source, int8, reduce_range, self.train_cfg, self.labels,
+                info = _quantize_dynamic(cfg, folder / source, int8, reduce_range, self.train_cfg, self.head,
                                          self.rows, max_length)
             else:
                 info, selection = _quantize_static(cfg, folder / VARIANT_FILES["fp32"], int8, reduce_range,
-                                                   self.train_cfg, self.labels, self.rows, max_length)
+                                                   self.train_cfg, self.head, self.rows, max_length)
                 log.log(logging.INFO if selection["met"] else logging.WARNING, "int8: %s", selection["reason"])
                 if info is None:
                     extra["int8_selection"] = selection
             if info is not None:
                 records["int8"] = {"fused_ops": optimize.fused_ops(int8), "quantization": info}
-        return Graphs(Classification(tuple(self.labels)), max_length, inputs, records, extra)
+        return Graphs(self.head, max_length, inputs, records, extra, schema_version=self.head.schema_version)
 
     def reference(self, head: Classification, max_length: int) -> Reference:
         """The checkpoint's logits of the held-out rows (its own tokenizer), and its metrics."""
-        logits = parity.reference_logits(self.model, self.tokenizer, self.rows.texts, max_length)
-        return Reference(logits, parity.classification_metrics(logits, self.rows.labels, len(self.labels)))
+        logits = parity.reference_logits(self.model, self.tokenizer, self.rows.texts, max_length,
+                                         truncation=head.truncation or "longest_first")
+        return Reference(logits, parity.classification_metrics(logits, self.rows.labels, len(self.labels),
+                                                               Decisions.of(head, head.labels)))
 
     def check(self, folder: Path, manifest: Manifest, variant: str, reference: Reference) -> ParityResult:
         return parity.check_variant(folder, manifest, variant, self.rows, reference.logits, reference.metrics,
@@ -190,11 +200,11 @@ def _try_sdpa(checkpoint: Path, tmp: Path, cfg: ExportConfig, eager: dict[str, A
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _search_rows(cfg: ExportConfig, train_cfg: Any, labels: list[str], held: Any) -> Any:
+def _search_rows(cfg: ExportConfig, train_cfg: Any, head: Classification, held: Any) -> Any:
     """The INT8 search's rows: the validation split, else (with a warning) the parity rows."""
     try:
         rows = parity.load_held_out(replace(cfg, split="validation", max_eval_samples=cfg.int8_search_samples),
-                                    train_cfg, labels)
+                                    train_cfg, list(head.labels))
         return int8_fallback.SearchRows(rows.texts, rows.labels, "validation")
     except BadInputError as exc:
         log.warning("the int8 search scores the %s rows themselves (%s); the INT8 gate on them is "
@@ -203,10 +213,10 @@ def _search_rows(cfg: ExportConfig, train_cfg: Any, labels: list[str], held: Any
         return int8_fallback.SearchRows(held.texts[:n], held.labels[:n], held.split)
 
 
-def _scorer(cfg: ExportConfig, reference: Path, tokenizer_file: Path, train_cfg: Any, labels: list[str],
+def _scorer(cfg: ExportConfig, reference: Path, tokenizer_file: Path, train_cfg: Any, head: Classification,
             held: Any, max_length: int) -> Any:
     """The INT8 choice's judge: validation rows, the target bounds and the margin, against ``reference``."""
-    rows = _search_rows(cfg, train_cfg, labels, held)
+    rows = _search_rows(cfg, train_cfg, head, held)
     if len(rows.texts) < 200:
         log.warning("the int8 choice has only %d %s rows: agreement moves in steps of %.3f", len(rows.texts),
                     rows.split, 1 / len(rows.texts))
@@ -214,16 +224,20 @@ def _scorer(cfg: ExportConfig, reference: Path, tokenizer_file: Path, train_cfg:
     if margin is None:  # the gate's own count on the parity rows wanders this far around the truth
         margin = int8_fallback.sampling_slack(cfg.int8_min_agreement, len(held.texts))
     return int8_fallback.Scorer(reference, tokenizer_file, rows, max_length, cfg.batch_size_list,
-                                cfg.int8_min_agreement, target_f1_drop(cfg), margin=margin)
+                                cfg.int8_min_agreement, target_f1_drop(cfg, head), margin=margin,
+                                decisions=Decisions.of(head, head.labels))
 
 
-def target_f1_drop(cfg: ExportConfig) -> float:
-    """The macro-F1 loss an INT8 scheme may show on validation rows to be chosen."""
-    return cfg.int8_max_f1_drop / 2 if cfg.int8_target_f1_drop is None else cfg.int8_target_f1_drop
+def target_f1_drop(cfg: ExportConfig, head: Classification | None = None) -> float:
+    """The F1 loss (``parity.gated_f1``) an INT8 scheme may show on validation rows to be chosen:
+    --int8-target-f1-drop, else half the gate's bound."""
+    if cfg.int8_target_f1_drop is not None:
+        return cfg.int8_target_f1_drop
+    return parity.max_f1_drop(cfg, Decisions.of(head, head.labels) if head is not None else None) / 2
 
 
 def _quantize_dynamic(cfg: ExportConfig, src: Path, dst: Path, reduce_range: bool, train_cfg: Any,
-                      labels: list[str], held: Any, max_length: int) -> dict[str, Any]:
+                      head: Classification, held: Any, max_length: int) -> dict[str, Any]:
     """Step 3 (--quantize dynamic): float FFN layers as asked, else the accuracy-aware search, else all INT8."""
     scheme = quantize.Dynamic(reduce_range)
     if cfg.int8_float_ffn_layers:
@@ -234,12 +248,12 @@ def _quantize_dynamic(cfg: ExportConfig, src: Path, dst: Path, reduce_range: boo
     if cfg.int8_fallback == "off":
         scheme.write(src, dst)
         return {**scheme.info(src, dst, []), "fallback": {"mode": "off"}}
-    scorer = _scorer(cfg, src, dst.parent / "tokenizer.json", train_cfg, labels, held, max_length)
+    scorer = _scorer(cfg, src, dst.parent / "tokenizer.json", train_cfg, head, held, max_length)
     return int8_fallback.search(src, dst, scheme, scorer)
 
 
 def _quantize_static(cfg: ExportConfig, src: Path, dst: Path, reduce_range: bool, train_cfg: Any,
-                     labels: list[str], held: Any, max_length: int) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+                     head: Classification, held: Any, max_length: int) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """Step 3 (--quantize auto/static): calibrate on training rows, then ``int8_schemes.choose``.
 
     Returns:
@@ -249,7 +263,7 @@ def _quantize_static(cfg: ExportConfig, src: Path, dst: Path, reduce_range: bool
     calibration = int8_schemes.calibration(cfg, train_cfg, src, tokenizer_file, max_length)
     log.info("int8: calibrating on %d training rows of %s (%d unpadded batches)", len(calibration.texts),
              calibration.source, len(calibration.feeds))
-    scorer = _scorer(cfg, src, tokenizer_file, train_cfg, labels, held, max_length)
+    scorer = _scorer(cfg, src, tokenizer_file, train_cfg, head, held, max_length)
     scratch = Path(tempfile.mkdtemp(prefix="deploykit-int8-schemes-", dir=dst.parent.parent))
     try:
         return int8_schemes.choose(src, dst, cfg.int8_scheme, scorer, calibration, reduce_range, scratch,

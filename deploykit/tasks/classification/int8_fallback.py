@@ -38,6 +38,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from deploykit.tasks.classification import parity
+from deploykit.tasks.classification.decisions import Decisions
 from deploykit.tasks.classification.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class Quantizer(Protocol):
     def info(self, src: Path, dst: Path, float_nodes: Sequence[str]) -> dict[str, Any]: ...
 
 
-def expected_agreement(reference: np.ndarray, logits: np.ndarray) -> float:
+def expected_agreement(reference: np.ndarray, logits: np.ndarray, decisions: Decisions | None = None) -> float:
     """Top-1 agreement expected if every row's logit error were Gaussian, with the spread of all rows' errors.
 
     Counting flipped labels on a few hundred validation rows is too noisy to decide between
@@ -93,11 +94,25 @@ def expected_agreement(reference: np.ndarray, logits: np.ndarray) -> float:
     Args:
         reference: Float logits [rows, labels].
         logits: The candidate's logits on the same rows.
+        decisions: The head's rule; for a multi-label head each (row, label) decision is kept with
+            probability Phi(|gap| / sigma), the gap being the logit's distance from the label's
+            threshold (in logits) and sigma the root-mean-square logit error.
 
     Returns:
-        The expected share of rows whose top label is unchanged.
+        The expected share of rows whose top label is unchanged (multi-label: of unchanged
+        per-label decisions).
     """
     from scipy.special import ndtr  # the standard normal CDF; scipy comes with scikit-learn
+
+    if decisions is not None and decisions.score_head:  # scores have no label to keep: their ranking
+        return decisions.agreement(reference, logits)
+    if decisions is not None and decisions.multi_label:
+        t = np.asarray(decisions.thresholds, dtype=np.float64)
+        gaps = np.abs(reference.astype(np.float64) - np.log(t / (1 - t)))
+        sigma = float(np.sqrt(np.mean((logits.astype(np.float64) - reference) ** 2))) if reference.size else 0.0
+        if sigma == 0.0:
+            return decisions.agreement(reference, logits)
+        return float(ndtr(gaps / sigma).mean())
 
     rows = np.arange(len(reference))
     top = reference.argmax(axis=1)
@@ -185,10 +200,13 @@ class Scorer:
         max_f1_drop: Largest macro-F1 loss against ``reference`` on ``rows``.
         margin: What a candidate's expected agreement (``expected_agreement``) must add to
             ``min_agreement``; its counted agreement must reach ``min_agreement`` too.
+        decisions: The head's rule (None: single-label); a multi-label head's agreement is per
+            label and its F1 the micro-F1 (``parity.gated_f1``).
     """
 
     def __init__(self, reference: Path, tokenizer_file: Path, rows: SearchRows, max_length: int,
-                 batch_sizes: Sequence[int], min_agreement: float, max_f1_drop: float, margin: float = 0.0) -> None:
+                 batch_sizes: Sequence[int], min_agreement: float, max_f1_drop: float, margin: float = 0.0,
+                 decisions: Decisions | None = None) -> None:
         self.reference_path, self.tokenizer_file, self.rows = Path(reference), Path(tokenizer_file), rows
         self.max_length, self.batch_sizes = max_length, list(batch_sizes)
         self.min_agreement, self.max_f1_drop = min_agreement, max_f1_drop
@@ -200,7 +218,13 @@ class Scorer:
         self.count_floor = min_agreement
         self.reference = self.logits(self.reference_path, rows.texts, self.batch_sizes, "int8 search: float reference")
         self.num_labels = self.reference.shape[1]
-        self.reference_f1 = parity.classification_metrics(self.reference, rows.labels, self.num_labels)["macro_f1"]
+        self.decisions = decisions or Decisions(tuple(map(str, range(self.num_labels))))
+        self.reference_f1 = self.f1(self.reference)
+
+    def f1(self, logits: np.ndarray) -> float:
+        """The gated F1 (``parity.gated_f1``) of logits of the search rows."""
+        metrics = parity.classification_metrics(logits, self.rows.labels, self.num_labels, self.decisions)
+        return metrics[parity.gated_f1(self.decisions)]
 
     def runtime(self, path: Path) -> Any:
         """The candidate loaded as served: the runtime's own tokenization, padding and feeds."""
@@ -212,9 +236,9 @@ class Scorer:
     def trial(self, path: Path, float_nodes: int, desc: str = "") -> Trial:
         """Score one candidate on every search row."""
         out = self.logits(path, self.rows.texts, self.batch_sizes, desc or f"int8 search: {float_nodes} float")
-        agreement = float((out.argmax(-1) == self.reference.argmax(-1)).mean())
-        expected = expected_agreement(self.reference, out)
-        drop = self.reference_f1 - parity.classification_metrics(out, self.rows.labels, self.num_labels)["macro_f1"]
+        agreement = self.decisions.agreement(self.reference, out)
+        expected = expected_agreement(self.reference, out, self.decisions)
+        drop = self.reference_f1 - self.f1(out)
         return Trial(float_nodes, agreement, expected, float(drop),
                      expected >= self.target and agreement >= self.count_floor and drop <= self.max_f1_drop)
 

@@ -17,19 +17,61 @@ from deploykit.options import int_list, opt, require, require_int_list
 INT8_SCHEMES = ("auto", "static-minmax", "static-entropy", "static-minmax-fallback", "static-entropy-fallback")
 
 
+# --problem-type: one label per text (softmax), any number (per-label sigmoid and thresholds), one
+# relevance score in [0, 1] (one logit, BCE, sigmoid: a reranker), or a similarity (one logit, MSE).
+PROBLEM_TYPES = ("single-label", "multi-label", "relevance", "regression")
+SCORE_PROBLEMS = ("relevance", "regression")  # one logit, a number per row (not labels)
+TRUNCATIONS = ("longest_first", "only_second")
+
+
 @dataclass
 class Data:
     label_column: str = opt("label", "Name of the column that holds the label "
                             "(the built-in 'tweets' data uses its own 'sentiment' column).")
+    problem_type: str = opt("single-label", "text-classification: single-label (one label per text, "
+                            "softmax) or multi-label (any number of labels per text, even none: a list in "
+                            "the label column, or a string split on --label-separator; per-label sigmoid "
+                            "and thresholds).", choices=PROBLEM_TYPES)
+    label_separator: str = opt(",", "text-classification, multi-label: what separates the labels of a "
+                               "label cell that is a string (a JSON/Parquet list needs none).")
+    text_pair_column: str | None = opt(None, "text-classification: a second text column; each row's two "
+                                       "texts are encoded together as a pair (query and document, two "
+                                       "sentences, claim and evidence).")
+    truncation: str = opt("longest_first", "text-classification pairs: how a pair longer than --max-length "
+                          "is cut: longest_first (the longer text loses tokens first) or only_second (the "
+                          "query is kept whole).", choices=TRUNCATIONS)
+    skip_bad_rows: bool = opt(False, "Skip rows that cannot be used (token-classification: overlapping "
+                              "spans, a span outside the text, tags and tokens of different lengths; "
+                              "multi-label: a held-out row with a label the training split lacks) and "
+                              "log their count, instead of exit 2.")
+
+    def validate(self) -> None:
+        require(self.problem_type in PROBLEM_TYPES, "problem_type", f"choose one of {', '.join(PROBLEM_TYPES)}")
+        require(bool(self.label_separator), "label_separator", "must be a non-empty string")
+        require(self.truncation in TRUNCATIONS, "truncation", f"choose one of {', '.join(TRUNCATIONS)}")
 
 
 @dataclass
 class Train:
-    class_weights: str = opt("none", "Weight the loss by inverse class frequency (auto) or not.",
-                             choices=("none", "auto"))
+    class_weights: str = opt("none", "Weight the loss by inverse class frequency (auto) or not; "
+                             "multi-label: auto weighs each label's positives by its negatives/positives "
+                             "(BCE's pos_weight).", choices=("none", "auto"))
+    thresholds: str = opt("tuned", "multi-label: each label's probability threshold: tuned (the one that "
+                          "maximises the label's F1 on the validation split, at every evaluation) or one "
+                          "number for every label (e.g. 0.5); recorded in the checkpoint's config.json "
+                          "and the artifact's manifest.")
 
     def validate(self) -> None:
         require(self.class_weights in ("none", "auto"), "class_weights", "choose none or auto")
+        require(self.thresholds == "tuned" or _probability(self.thresholds), "thresholds",
+                f"{self.thresholds!r} is neither 'tuned' nor a probability in (0, 1), e.g. 0.5")
+
+
+def _probability(value: str) -> bool:
+    try:
+        return 0 < float(value) < 1
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -45,11 +87,15 @@ class Parity:
                                     "for INT8 variants.")
     int8_max_f1_drop: float = opt(0.01, "Largest macro-F1 loss (0.01 = 1 point) allowed for INT8 "
                                   "variants against PyTorch.")
+    int8_max_micro_f1_drop: float = opt(0.005, "multi-label: largest micro-F1 loss (0.005 = half a point) "
+                                        "allowed for INT8 variants against PyTorch (their agreement is "
+                                        "per label).")
 
     def validate(self) -> None:
         require(self.fp32_atol > 0, "fp32_atol", "must be positive")
         require(0 <= self.int8_min_agreement <= 1, "int8_min_agreement", "must be a fraction in [0, 1]")
         require(0 <= self.int8_max_f1_drop <= 1, "int8_max_f1_drop", "must be in [0, 1]")
+        require(0 <= self.int8_max_micro_f1_drop <= 1, "int8_max_micro_f1_drop", "must be in [0, 1]")
 
 
 @dataclass
@@ -130,10 +176,32 @@ class BenchOnline:
         require(self.texts_per_request > 0, "texts_per_request", "must be positive")
 
 
-OPTIONS = {"DataConfig": Data, "TrainConfig": Train, "HeldOutConfig": HeldOut, "ParityConfig": Parity,
-           "ExportConfig": Export, "BenchOfflineConfig": BenchOffline, "BenchOnlineConfig": BenchOnline}
+@dataclass
+class Service:
+    rerank_label: str | None = opt(None, "text-classification pairs with class heads (NLI, paraphrase): the "
+                                   "class whose probability /rerank and /v1/rerank rank by (a relevance "
+                                   "head needs none).")
+
+
+@dataclass
+class Predict:
+    text_pair_column: str | None = opt(None, "text-classification pairs: the column of each row's second text "
+                                       "(a text-pair artifact needs it; the local engine).")
+
+
+OPTIONS = {"ServiceConfig": Service, "DataConfig": Data, "TrainConfig": Train, "HeldOutConfig": HeldOut,
+           "ParityConfig": Parity, "ExportConfig": Export, "BenchOfflineConfig": BenchOffline,
+           "BenchOnlineConfig": BenchOnline, "PredictConfig": Predict}
 
 
 def check(cfg: Any, stage: str) -> None:
-    """The rules of a ``stage`` config (its class name) that runs text-classification: none beyond
-    the options' own checks."""
+    """The rules of a ``stage`` config (its class name) that runs text-classification: a relevance or
+    regression head scores pairs (``--text-pair-column``); training ranks a score head's checkpoints
+    by Spearman, not by the classes' default macro-F1."""
+    if stage not in ("DataConfig", "TrainConfig"):
+        return
+    require(cfg.problem_type not in SCORE_PROBLEMS or cfg.text_pair_column, "problem_type",
+            f"{cfg.problem_type} scores a pair of texts; give the second text with --text-pair-column")
+    if stage == "TrainConfig" and cfg.problem_type in SCORE_PROBLEMS and cfg.metric in ("macro_f1", "accuracy",
+                                                                                         "weighted_f1"):
+        cfg.metric = "spearman"  # the task's default metric (macro_f1) means nothing for a score

@@ -26,7 +26,9 @@ from deploykit.errors import BadInputError
 from deploykit.export.parity import Column, ParityResult, batches, fmt
 from deploykit.manifest import Manifest, ParityRows, rows_sha256
 from deploykit.tasks.classification import data as cls_data
+from deploykit.tasks.classification.decisions import Decisions
 from deploykit.tasks.classification.runtime import Runtime
+from deploykit.tasks.classification.scoring import multi_label_metrics, score_metrics
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ class HeldOut:
     """The rows parity and metrics are computed on, with labels in the checkpoint's id order."""
 
     texts: list[str]
-    labels: list[int]
+    labels: list[Any]  # label ids, or tuples of them (multi-label)
     source: str
     split: str
     data_sha256: str
@@ -108,18 +110,47 @@ def training_rows(cfg: ParityConfig, train_cfg: TrainConfig | None, n: int) -> H
 
 # --- scoring ---------------------------------------------------------------------------------
 
-def classification_metrics(logits: np.ndarray, gold: Sequence[int], num_labels: int) -> dict[str, float]:
-    """Accuracy and macro-F1 of argmax predictions (the metric keys of docs/architecture.md)."""
+def classification_metrics(logits: np.ndarray, gold: Sequence[Any], num_labels: int,
+                           decisions: Decisions | None = None) -> dict[str, float]:
+    """Held-out metrics of logits by the head's rule (the metric keys of docs/architecture.md).
+
+    Args:
+        logits: [rows, labels].
+        gold: Label ids (single-label) or tuples of label ids (multi-label).
+        num_labels: The number of labels.
+        decisions: The head's rule (None: single-label).
+
+    Returns:
+        Single-label: ``accuracy`` and ``macro_f1`` of the top labels. Multi-label: ``micro_f1``,
+        ``macro_f1``, ``samples_f1``, ``subset_accuracy`` and ``hamming_loss`` at the thresholds. A
+        score head: ``spearman`` and ``pearson`` with the gold scores.
+    """
     from sklearn.metrics import accuracy_score, f1_score
 
+    if decisions is not None and decisions.score_head:
+        metrics = score_metrics(list(gold), decisions.predicted(logits))
+        return {k: metrics[k] for k in ("spearman", "pearson")}
+    if decisions is not None and decisions.multi_label:
+        metrics = multi_label_metrics(cls_data.multi_hot(list(gold), num_labels), decisions.predicted(logits),
+                                      list(decisions.labels))
+        return {k: metrics[k] for k in ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")}
     predicted = logits.argmax(axis=-1)
     return {"accuracy": float(accuracy_score(gold, predicted)),
             "macro_f1": float(f1_score(gold, predicted, labels=list(range(num_labels)),
                                        average="macro", zero_division=0))}
 
 
-def reference_logits(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int,
-                     batch_size: int = 64) -> np.ndarray:
+def gated_f1(decisions: Decisions | None) -> str:
+    """The quality whose loss the INT8 gate bounds: macro-F1 of the top labels, micro-F1 of
+    multi-label decisions (rare labels' few rows would make a macro loss noise), a score head's
+    Spearman correlation with the gold scores."""
+    if decisions is not None and decisions.score_head:
+        return "spearman"
+    return "micro_f1" if decisions is not None and decisions.multi_label else "macro_f1"
+
+
+def reference_logits(model: Any, tokenizer: Any, texts: Sequence[Any], max_length: int,
+                     batch_size: int = 64, truncation: str = "longest_first") -> np.ndarray:
     """PyTorch logits of ``texts`` from the checkpoint model, tokenized by its own tokenizer.
 
     Returns:
@@ -136,8 +167,8 @@ def reference_logits(model: Any, tokenizer: Any, texts: Sequence[str], max_lengt
     with torch.inference_mode():
         for start in progress_bar(range(0, len(texts), batch_size), desc="pytorch reference", unit="batch",
                           leave=False):
-            batch = tokenizer(list(texts[start:start + batch_size]), truncation=True,
-                              max_length=max_length, padding=True, return_tensors="pt")
+            batch = cls_data.encode(tokenizer, list(texts[start:start + batch_size]), max_length, truncation,
+                                    padding=True, return_tensors="pt")
             out.append(model(**{k: v for k, v in batch.items() if k in accepted}).logits.float().numpy())
     return np.concatenate(out).astype(np.float32)
 
@@ -204,15 +235,22 @@ def batch_independence(runtime: Any, texts: Sequence[str], batched: np.ndarray |
     diff = np.stack([np.abs(o.astype(np.float64) - alone) for o in others])
     flips = np.zeros(len(rows), dtype=bool)
     for other in others:
-        flips |= other.argmax(-1) != alone.argmax(-1)
+        flips |= runtime.decisions.changed_rows(alone, other)
     return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
             "label_flips": int(flips.sum()), "rows": len(rows), "mixed_batch_size": batch_size}
 
 
-def bounds_for(precision: str, cfg: ParityConfig) -> dict[str, float]:
-    """The tolerances of a precision (fp32 and fused graphs vs INT8)."""
+def max_f1_drop(cfg: ParityConfig, decisions: Decisions | None) -> float:
+    """The INT8 gate's bound on the loss of ``gated_f1``: --int8-max-f1-drop, or for multi-label
+    decisions --int8-max-micro-f1-drop."""
+    return cfg.int8_max_micro_f1_drop if decisions is not None and decisions.multi_label else cfg.int8_max_f1_drop
+
+
+def bounds_for(precision: str, cfg: ParityConfig, decisions: Decisions | None = None) -> dict[str, float]:
+    """The tolerances of a precision (fp32 and fused graphs vs INT8) for a head's rule. The F1
+    bound keeps its historical name, ``max_macro_f1_drop``, whichever F1 ``gated_f1`` names."""
     if precision in INT8_PRECISIONS:
-        return {"min_label_agreement": cfg.int8_min_agreement, "max_macro_f1_drop": cfg.int8_max_f1_drop}
+        return {"min_label_agreement": cfg.int8_min_agreement, "max_macro_f1_drop": max_f1_drop(cfg, decisions)}
     return {"max_abs_diff": cfg.fp32_atol, "min_label_agreement": cfg.fp32_min_agreement}
 
 
@@ -236,7 +274,8 @@ def check_variant(folder: Path, manifest: Manifest, name: str, held: HeldOut, re
     precision = manifest.variants[name].precision
     # The numbers' order is the manifest's (a failed interface leaves them not a number).
     result = ParityResult(name, precision, {"max_abs_diff": float("nan"), "mean_abs_diff": float("nan"),
-                                            "label_agreement": 0.0}, bounds=bounds_for(precision, cfg))
+                                            "label_agreement": 0.0},
+                          bounds=bounds_for(precision, cfg, Decisions.of(manifest.head, manifest.head.labels)))
     try:
         runtime = Runtime.of_variant(folder, manifest, name)
     except BadInputError as exc:  # no point comparing values of a graph with the wrong interface
@@ -248,9 +287,11 @@ def check_variant(folder: Path, manifest: Manifest, name: str, held: HeldOut, re
         return result
     diff = np.abs(logits.astype(np.float64) - reference.astype(np.float64))
     n = result.numbers
+    decisions = runtime.decisions
+    # Top-1 agreement, or per-label agreement of the thresholded decisions (multi-label).
     n.update(max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()),
-             label_agreement=float((logits.argmax(-1) == reference.argmax(-1)).mean()))
-    result.metrics = classification_metrics(logits, held.labels, reference.shape[1])
+             label_agreement=decisions.agreement(reference, logits))
+    result.metrics = classification_metrics(logits, held.labels, reference.shape[1], decisions)
     result.batch_independence = batch_independence(runtime, held.texts, logits, progress=True)
     b = result.bounds
     if "max_abs_diff" in b and not n["max_abs_diff"] <= b["max_abs_diff"]:
@@ -259,9 +300,10 @@ def check_variant(folder: Path, manifest: Manifest, name: str, held: HeldOut, re
         result.fail("label_agreement", n["label_agreement"], b["min_label_agreement"],
                     b["min_label_agreement"] - n["label_agreement"])
     if "max_macro_f1_drop" in b:
-        drop = reference_metrics["macro_f1"] - result.metrics["macro_f1"]
+        key = gated_f1(decisions)
+        drop = reference_metrics[key] - result.metrics[key]
         if drop > b["max_macro_f1_drop"]:
-            result.fail("macro_f1_drop", drop, b["max_macro_f1_drop"], drop - b["max_macro_f1_drop"])
+            result.fail(f"{key}_drop", drop, b["max_macro_f1_drop"], drop - b["max_macro_f1_drop"])
     return result
 
 
@@ -274,8 +316,9 @@ def columns(reference_metrics: dict[str, float]) -> list[Column]:
     def metric(key: str):
         return lambda r: fmt(r.metrics.get(key))
 
+    shown = [key for key in ("accuracy", "subset_accuracy", "micro_f1", "macro_f1", "spearman", "pearson")
+             if key in reference_metrics]
     return [Column("max_abs_diff", number("max_abs_diff")), Column("mean_abs_diff", number("mean_abs_diff")),
             Column("agreement", number("label_agreement")),
-            Column("accuracy", metric("accuracy"), f"{reference_metrics['accuracy']:.4f}"),
-            Column("macro_f1", metric("macro_f1"), f"{reference_metrics['macro_f1']:.4f}"),
+            *(Column(key, metric(key), f"{reference_metrics[key]:.4f}") for key in shown),
             Column("batch_dependence", lambda r: fmt(r.batch_independence.get("max_abs_diff")))]

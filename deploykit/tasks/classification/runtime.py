@@ -26,6 +26,7 @@ import numpy as np
 from deploykit.errors import BadInputError
 from deploykit.manifest import TOKENIZER, Manifest, device_of
 from deploykit.session import malloc_trim, session
+from deploykit.tasks.classification.decisions import Decisions, softmax  # noqa: F401 - softmax: public here
 from deploykit.tasks.classification.head import Classification
 
 log = logging.getLogger(__name__)
@@ -34,14 +35,6 @@ log = logging.getLogger(__name__)
 # used when tokenizer.json carries no padding configuration of its own.
 _PAD_TOKENS = ("[PAD]", "<pad>")
 _ORT_INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise probabilities of logits [n, k] (computed in float64 for stability)."""
-    logits = np.asarray(logits, dtype=np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 @dataclass
@@ -149,6 +142,7 @@ class Runtime:
         self.variant: str = variant or model_file.name
         self.name: str = manifest.name if manifest else model_file.stem
         head = manifest.head_as(self.HEAD) if manifest else None
+        self.head = head  # the manifest's head (None for a graph without a manifest)
         self.labels: list[str] = list(head.labels) if head else []
         self.output_name: str = head.output if head else self.GRAPH_OUTPUT
         self.max_length: int = manifest.max_length if manifest else int(max_length)
@@ -157,6 +151,8 @@ class Runtime:
         # A row longer than the token budget must still fit in a batch of one.
         self.max_batch_tokens = max(self.max_batch_tokens, self.max_length)
         self.tokenizer = self._load_tokenizer(tokenizer_file)
+        # Copies cutting another way (``_cutting``): by (direction, strategy), the served one included.
+        self._tokenizers: dict[tuple[str, str], Any] = {("right", self._strategy): self.tokenizer}
 
         self.spin = bool(spin)
         self.session = session(model_file, manifest, threads=threads, providers=providers, spin=spin)
@@ -175,6 +171,10 @@ class Runtime:
         width = (outputs[self.output_name] or [None])[-1]
         if not manifest and isinstance(width, int):  # of_graph: the logits' columns by number
             self.labels = [str(i) for i in range(width)]
+        # What the logits mean: softmax and the top label, or sigmoid and per-label thresholds.
+        self.decisions = Decisions.of(head, self.labels)
+        # Rows are pairs of texts (another task's head on this runtime never is).
+        self.text_pair = isinstance(head, Classification) and head.text_pair
         if self.labels and isinstance(width, int) and width != len(self.labels):
             raise BadInputError(f"{model_file} gives {width} logits per text but the manifest's "
                                 f"'labels' lists {len(self.labels)}; re-export the artifact")
@@ -195,8 +195,10 @@ class Runtime:
         else:
             ids = [tokenizer.token_to_id(t) for t in _PAD_TOKENS]
             self.pad_id = next((i for i in ids if i is not None), 0)
+        # A pair's cut (longest_first, only_second) is the one export wrote into the file.
+        self._strategy = (tokenizer.truncation or {}).get("strategy", "longest_first")
         tokenizer.no_padding()
-        tokenizer.enable_truncation(self.max_length)
+        tokenizer.enable_truncation(self.max_length, strategy=self._strategy)
         return tokenizer
 
     def _probe(self) -> None:
@@ -239,11 +241,15 @@ class Runtime:
 
     # --- tokenization ----------------------------------------------------------------------
 
-    def tokenize(self, texts: Sequence[str]) -> list[Encoded]:
+    def tokenize(self, texts: Sequence[Any], direction: str = "right") -> list[Encoded]:
         """Tokenize (truncating to ``max_length``) without padding.
 
         Args:
-            texts: The texts.
+            texts: The texts, or (text, text_pair) tuples for a pair model (both encoded together,
+                the second with segment ids 1, cut as ``tokenizer.json``'s truncation strategy says).
+
+            direction: Which end a long text loses tokens from: ``right`` (the served default) or
+                ``left`` (text-embeddings-inference's ``truncation_direction``).
 
         Returns:
             One ``Encoded`` per text, in order.
@@ -251,26 +257,53 @@ class Runtime:
         Raises:
             BadInputError: As ``encodings``.
         """
-        return [Encoded(e.ids, e.type_ids, bool(e.overflowing)) for e in self.encodings(texts)]
+        return [Encoded(e.ids, e.type_ids, bool(e.overflowing)) for e in self.encodings(texts, direction)]
 
-    def encodings(self, texts: Sequence[str]) -> list[Any]:
+    def encodings(self, texts: Sequence[Any], direction: str = "right") -> list[Any]:
         """The tokenizer's encodings of ``texts``, as its set-up says (truncation, no padding).
+
+        A pair whose first text alone is longer than ``max_length`` cannot be cut ``only_second``;
+        it is cut ``longest_first`` instead (the query loses tokens too), as a served request must
+        get an answer.
 
         Raises:
             BadInputError: A text the tokenizer cannot take (not a string, or a string with a
                 lone surrogate such as ``"\\ud800"``, which is not Unicode text); the message
                 names its position.
         """
+        tokenizer = self._cutting(direction)
         try:
-            return self.tokenizer.encode_batch(list(texts))
+            return tokenizer.encode_batch(list(texts))
         except Exception:  # tokenizers raises TypeError/Exception without saying which text
+            out = []
             for i, text in enumerate(texts):
                 try:
-                    self.tokenizer.encode(text)
+                    out.append(tokenizer.encode(*text) if isinstance(text, tuple) else tokenizer.encode(text))
+                    continue
                 except Exception as exc:
-                    raise BadInputError(f"text {i} cannot be tokenized ({exc}); send valid Unicode "
-                                        "strings (no lone surrogates)") from None
-            raise
+                    problem = exc
+                if isinstance(text, tuple) and self._strategy == "only_second":
+                    try:
+                        out.append(self._cutting(direction, "longest_first").encode(*text))
+                        continue
+                    except Exception as exc:
+                        problem = exc
+                raise BadInputError(f"text {i} cannot be tokenized ({problem}); send valid Unicode "
+                                    "strings (no lone surrogates)") from None
+            return out
+
+    def _cutting(self, direction: str = "right", strategy: str | None = None) -> Any:
+        """The tokenizer cutting from ``direction`` by ``strategy`` (default: the file's); the
+        served one, or a copy made on first use."""
+        strategy = strategy or self._strategy
+        key = (direction, strategy)
+        if key not in self._tokenizers:
+            from tokenizers import Tokenizer
+
+            copy = Tokenizer.from_str(self.tokenizer.to_str())
+            copy.enable_truncation(self.max_length, strategy=strategy, direction=direction)
+            self._tokenizers[key] = copy
+        return self._tokenizers[key]
 
     def feeds(self, rows: Sequence[Encoded]) -> dict[str, np.ndarray]:
         """Pad encoded rows to the longest one and build the model's input arrays."""
@@ -368,15 +401,9 @@ class Runtime:
         return self.logits_of(self.tokenize(texts))
 
     def results(self, logits: np.ndarray, rows: Sequence[Encoded]) -> list[dict[str, Any]]:
-        """Turn logits into ``{"label", "score", "scores", "truncated"}`` dicts."""
-        probs = softmax(logits)
-        best = probs.argmax(axis=-1)
-        out = []
-        for i, row in enumerate(rows):
-            scores = {label: float(p) for label, p in zip(self.labels, probs[i])}
-            out.append({"label": self.labels[int(best[i])], "score": float(probs[i, best[i]]),
-                        "scores": scores, "truncated": row.truncated})
-        return out
+        """Turn logits into answers by the head's rule (``Decisions.results``): single-label
+        ``{"label", "score", "scores", "truncated"}``, multi-label ``{"labels", "scores", "truncated"}``."""
+        return self.decisions.results(logits, [row.truncated for row in rows])
 
     def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         """Classify texts.
@@ -385,8 +412,9 @@ class Runtime:
             texts: The texts (any number; split into batches by the token budget).
 
         Returns:
-            One ``{"label": str, "score": float, "scores": {label: float}, "truncated": bool}``
-            per text, in the caller's order.
+            One answer per text, in the caller's order: ``{"label": str, "score": float, "scores":
+            {label: float}, "truncated": bool}``, or for a multi-label head ``{"labels": [str],
+            "scores": {label: float}, "truncated": bool}``.
         """
         rows = self.tokenize(texts)
         return self.results(self.logits_of(rows), rows)

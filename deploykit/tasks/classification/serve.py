@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
@@ -27,7 +27,7 @@ from deploykit.serve import v2
 from deploykit.serve.app import Call, HTTPError, Reply, Route, json_reply, request_timeout
 from deploykit.serve.batcher import DynamicBatcher
 from deploykit.serve.quoting import quote, shorten
-from deploykit.tasks.classification.runtime import Runtime, softmax
+from deploykit.tasks.classification.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,80 @@ class Result(BaseModel):
     score: float = Field(description="Its probability.")
     scores: dict[str, float] = Field(description="Every label's probability.")
     truncated: bool = Field(description="Whether the text was cut at the model's max_length tokens.")
+
+
+class MultiLabelResult(BaseModel):
+    """The labels of one text (a multi-label model)."""
+
+    labels: list[str] = Field(description="The labels whose probability is at or over their threshold, "
+                                          "most probable first (possibly none).")
+    scores: dict[str, float] = Field(description="Every label's own probability (sigmoid).")
+    truncated: bool = Field(description="Whether the text was cut at the model's max_length tokens.")
+
+
+def _outputs(backend: "ClassificationBackend") -> tuple[str, ...]:
+    """The v2 outputs a model offers: LABEL and SCORES, LABELS and SCORES (multi-label), or SCORES
+    (a relevance or similarity model)."""
+    decisions = backend.runtime.decisions
+    if decisions.score_head:
+        return v2.SCORE_OUTPUTS
+    return v2.MULTI_LABEL_OUTPUTS if decisions.multi_label else v2.OUTPUTS
+
+
+def _inputs(backend: "ClassificationBackend") -> tuple[str, ...]:
+    """The v2 inputs: TEXT, or TEXT and TEXT_PAIR for a pair model."""
+    return v2.PAIR_INPUTS if backend.pairs else (v2.INPUT,)
+
+
+class ScoreResult(BaseModel):
+    """The score of one pair (a relevance or similarity model)."""
+
+    score: float = Field(description="Relevance in [0, 1] (sigmoid), or the similarity (the logit).")
+    truncated: bool = Field(description="Whether the pair was cut at the model's max_length tokens.")
+
+
+@functools.lru_cache(maxsize=None)
+def pairs_model(max_texts: int) -> type[BaseModel]:
+    """The ``/classify`` body of a pair model: ``{"pairs": [[a, b], ...]}``."""
+
+    class PairsRequest(BaseModel):
+        pairs: Annotated[list[tuple[Text, Text]], Field(min_length=1, max_length=max_texts,
+                                                        description="Pairs of non-empty texts, encoded together.")]
+
+    return PairsRequest
+
+
+@functools.lru_cache(maxsize=None)
+def rerank_model(max_texts: int) -> type[BaseModel]:
+    """text-embeddings-inference's ``/rerank`` body."""
+
+    class RerankRequest(BaseModel):
+        query: Text
+        texts: Annotated[list[Text], Field(min_length=1, max_length=max_texts)]
+        truncate: bool = False
+        truncation_direction: Literal["Left", "Right", "left", "right"] = "Right"
+        raw_scores: bool = False
+        return_text: bool = False
+
+    return RerankRequest
+
+
+class CohereDocument(BaseModel):
+    text: Text
+
+
+@functools.lru_cache(maxsize=None)
+def cohere_model(max_texts: int) -> type[BaseModel]:
+    """The Cohere-style ``/v1/rerank`` body (vLLM, llama.cpp, LangChain's clients)."""
+
+    class CohereRerankRequest(BaseModel):
+        model: str | None = None
+        query: Text
+        documents: Annotated[list[Text | CohereDocument], Field(min_length=1, max_length=max_texts)]
+        top_n: Annotated[int, Field(gt=0)] | None = None
+        return_documents: bool = True
+
+    return CohereRerankRequest
 
 
 @functools.lru_cache(maxsize=None)
@@ -92,6 +166,16 @@ class ClassificationBackend:
         self.name = self.runtime.name
         self.metrics = metrics
         self.draining = False
+        self.pairs = self.runtime.text_pair
+        # The column /rerank ranks by: a score head's one output, or --rerank-label's class.
+        self.rerank_column: int | None = None
+        if self.pairs and self.runtime.decisions.score_head:
+            self.rerank_column = 0
+        elif self.pairs and settings.rerank_label is not None:
+            if settings.rerank_label not in self.runtime.labels:
+                raise BadInputError(f"--rerank-label {settings.rerank_label!r} is not among the model's labels "
+                                    f"{self.runtime.labels}")
+            self.rerank_column = self.runtime.labels.index(settings.rerank_label)
 
     def routes(self) -> list[Route]:
         """``/classify`` (unless BentoML's batcher serves it) and the v2 model routes."""
@@ -147,7 +231,7 @@ def bento_apis(settings: ServiceConfig) -> dict[str, Any]:
                                              description="Texts to classify (non-empty strings).")]
     # The declared media type spares BentoML from rebuilding the output's JSON schema on every
     # response just to find it (IOMixin.mime_type).
-    results_type = Annotated[list[Result], ContentType("application/json")]
+    results_type = Annotated[list[Result | MultiLabelResult | ScoreResult], ContentType("application/json")]
     if settings.batcher == "bentoml":
         def classify(self: Any, texts: list[str]) -> list[dict[str, Any]]:
             """Classify texts; BentoML's adaptive batcher merges concurrent requests."""
@@ -183,19 +267,14 @@ _NOT_JSON = (b"multipart/", b"application/vnd.bentoml+pickle")
 
 async def classify(call: Call) -> Reply:
     backend: ClassificationBackend = call.backend
-    content_type = (call.header(b"content-type") or b"application/json").lower()
-    if content_type.startswith(_NOT_JSON):
-        raise HTTPError(415, f"/classify takes a JSON body, not {quote(content_type)}; "
-                        "send Content-Type: application/json and {\"texts\": [...]}")
-    model = request_model(backend.settings.max_texts)
-    try:
-        texts = model.model_validate_json(call.body).texts
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_context=False, include_input=False)
-        raise HTTPError(400, f"{len(errors)} validation error{'s' if len(errors) > 1 else ''} in the request "
-                        f"body: {errors[0]['msg']} at {_where(errors[0]['loc'])}; send "
-                        f"{{\"texts\": [1 to {backend.settings.max_texts} non-empty strings]}}",
-                        detail=errors) from None
+    _json_body(call, "/classify", '{"pairs": [[a, b], ...]}' if backend.pairs else '{"texts": [...]}')
+    limit = backend.settings.max_texts
+    if backend.pairs:
+        texts = _validated(pairs_model(limit), call.body, f"{{\"pairs\": [1 to {limit} [text, text_pair] pairs of "
+                           "non-empty strings]} (this model scores pairs of texts)").pairs
+    else:
+        texts = _validated(request_model(limit), call.body,
+                           f"{{\"texts\": [1 to {limit} non-empty strings]}}").texts
     batcher = backend.batcher
     rows, logits = await batcher.submit(texts, deadline=batcher.deadline(request_timeout(call)),
                                         disconnected=call.disconnected, route="classify",
@@ -205,6 +284,90 @@ async def classify(call: Call) -> Reply:
 
 def _where(loc: tuple) -> str:
     return shorten(".".join(map(str, loc))) or "the body"
+
+
+def _validated(model: type[BaseModel], body: bytes, send: str) -> Any:
+    """The body validated by ``model`` (pydantic parses the JSON too), or a 400 naming the first
+    field that is wrong and what to send."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        raise HTTPError(400, f"{len(errors)} validation error{'s' if len(errors) > 1 else ''} in the request "
+                        f"body: {errors[0]['msg']} at {_where(errors[0]['loc'])}; send {send}",
+                        detail=errors) from None
+
+
+def _json_body(call: Call, route: str, send: str) -> None:
+    """Refuse a body that cannot be JSON (415)."""
+    content_type = (call.header(b"content-type") or b"application/json").lower()
+    if content_type.startswith(_NOT_JSON):
+        raise HTTPError(415, f"{route} takes a JSON body, not {quote(content_type)}; send Content-Type: "
+                        f"application/json and {send}")
+
+
+def _reranker(call: Call, route: str) -> ClassificationBackend:
+    """The backend of a rerank route: 404 unless the model scores pairs (and, with class heads, was
+    served with --rerank-label)."""
+    backend: ClassificationBackend = call.backend
+    if not backend.pairs:
+        raise HTTPError(404, f"{route} is served for text-pair models only; this model classifies single texts "
+                        "(POST /classify)")
+    if backend.rerank_column is None:
+        raise HTTPError(404, f"{route} needs the class to rank by: serve this pair classifier with --rerank-label "
+                        f"(one of {backend.runtime.labels})")
+    return backend
+
+
+async def _rank(call: Call, backend: ClassificationBackend, query: str, documents: list[str], route: str,
+                right: bool = True) -> tuple[Any, Any, Any]:
+    """Score (query, document) pairs through the shared batcher: (rows, ranking scores, raw logits)."""
+    batcher = backend.batcher
+    try:
+        rows = backend.runtime.tokenize([(query, doc) for doc in documents], "right" if right else "left")
+    except BadInputError as exc:
+        raise HTTPError(400, str(exc)) from None
+    logits = await batcher.submit_rows(rows, deadline=batcher.deadline(request_timeout(call)),
+                                       disconnected=call.disconnected, route=route, timeline=call.timeline)
+    column = backend.rerank_column
+    return rows, backend.runtime.decisions.scores(logits)[:, column], logits[:, column]
+
+
+async def rerank(call: Call) -> Reply:
+    """text-embeddings-inference's ``POST /rerank``: ``{query, texts, truncate?, truncation_direction?,
+    raw_scores?, return_text?}`` -> ``[{index, score, text?}]``, best first."""
+    backend = _reranker(call, "/rerank")
+    limit = backend.settings.max_texts
+    send = f'{{"query": "...", "texts": [1 to {limit} non-empty strings]}}'
+    _json_body(call, "/rerank", send)
+    req = _validated(rerank_model(limit), call.body, send)
+    rows, scores, raw = await _rank(call, backend, req.query, req.texts, "rerank",
+                                    right=req.truncation_direction.lower() == "right")
+    cut = [i for i, row in enumerate(rows) if row.truncated]
+    if cut and not req.truncate:  # TEI refuses what it would have to cut unless asked to truncate
+        raise HTTPError(413, f"text(s) {cut[:10]} with the query are longer than the model's "
+                        f"{backend.runtime.max_length} tokens; send shorter texts or \"truncate\": true")
+    values = raw if req.raw_scores else scores
+    order = sorted(range(len(req.texts)), key=lambda i: -float(values[i]))
+    return json_reply([{"index": i, "score": float(values[i]), **({"text": req.texts[i]} if req.return_text else {})}
+                       for i in order])
+
+
+async def cohere_rerank(call: Call) -> Reply:
+    """The Cohere-style ``POST /v1/rerank`` (vLLM, llama.cpp, LangChain): ``{model, query, documents,
+    top_n?, return_documents?}`` -> ``{"results": [{index, relevance_score, document?}], ...}``."""
+    backend = _reranker(call, "/v1/rerank")
+    limit = backend.settings.max_texts
+    send = (f'{{"model": "{backend.name}", "query": "...", "documents": [1 to {limit} non-empty strings], '
+            '"top_n": N > 0}')
+    _json_body(call, "/v1/rerank", send)
+    req = _validated(cohere_model(limit), call.body, send)
+    documents = [d if isinstance(d, str) else d.text for d in req.documents]
+    _, scores, _ = await _rank(call, backend, req.query, documents, "v1_rerank")
+    order = sorted(range(len(documents)), key=lambda i: -float(scores[i]))[:req.top_n]
+    results = [{"index": i, "relevance_score": float(scores[i]),
+                **({"document": {"text": documents[i]}} if req.return_documents else {})} for i in order]
+    return json_reply({"model": backend.name, "results": results})
 
 
 def model_of(call: Call) -> ClassificationBackend:
@@ -220,7 +383,8 @@ def model_of(call: Call) -> ClassificationBackend:
 
 async def model_metadata(call: Call) -> Reply:
     backend = model_of(call)
-    return json_reply(v2.model_metadata(backend.name, len(backend.runtime.labels)))
+    return json_reply(v2.model_metadata(backend.name, len(backend.runtime.labels), outputs=_outputs(backend),
+                                        inputs=_inputs(backend)))
 
 
 async def model_ready(call: Call) -> Reply:
@@ -233,16 +397,16 @@ async def infer(call: Call) -> Reply:
     header = call.header(v2.HEADER_LENGTH.lower().encode())
     try:
         req = v2.parse_infer(call.body, None if header is None else header.decode("latin-1"),
-                             backend.settings.max_texts)
+                             backend.settings.max_texts, _outputs(backend), _inputs(backend))
     except v2.ProtocolError as exc:
         raise HTTPError(exc.status, str(exc)) from None
     batcher = backend.batcher
     _, logits = await batcher.submit(req.texts, deadline=batcher.deadline(request_timeout(call, req.timeout_us)),
                                      disconnected=call.disconnected, route="v2_infer",
                                      timeline=call.timeline)
-    probs = softmax(logits)
-    labels = [backend.runtime.labels[i] for i in probs.argmax(axis=-1)]
-    body, headers = v2.encode_response(backend.name, req, labels, probs)
+    decisions = backend.runtime.decisions
+    body, headers = v2.encode_response(backend.name, req, decisions.label_strings(logits),
+                                       decisions.scores(logits), label_output=_outputs(backend)[0])
     content_type = headers.pop("Content-Type").encode()
     return Reply(body, content_type=content_type,
                  headers=[(k.lower().encode(), v.encode()) for k, v in headers.items()])
@@ -286,8 +450,25 @@ def routes(settings: ServiceConfig) -> list[Route]:
             "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
             "responses": _responses({"description": "One result per text, in order.", "content": {
                 "application/json": {"schema": {"type": "array",
-                                                "items": Result.model_json_schema()}}}},
+                                                "items": {"anyOf": [
+                                                    Result.model_json_schema(),
+                                                    MultiLabelResult.model_json_schema(),
+                                                    ScoreResult.model_json_schema()]}}}}},
                 *body_errors, 415)}}))
+    rerank_errors = _responses({"description": "The texts' indices and scores, best first.", "content": {
+        "application/json": {"schema": {"type": "array"}}}}, *body_errors, 404, 415)
+    out.append(Route("/rerank", ("POST",), rerank, "rerank", body=True, openapi={"post": {
+        "summary": "Rerank texts against a query (text-embeddings-inference's route; text-pair models only)",
+        "operationId": "rerank", "parameters": [timeout_header],
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": rerank_model(settings.max_texts).model_json_schema()}}},
+        "responses": rerank_errors}}))
+    out.append(Route("/v1/rerank", ("POST",), cohere_rerank, "v1_rerank", body=True, openapi={"post": {
+        "summary": "Rerank documents against a query (Cohere-style, as vLLM and llama.cpp serve it; text-pair "
+                   "models only)", "operationId": "v1_rerank", "parameters": [timeout_header],
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": cohere_model(settings.max_texts).model_json_schema()}}},
+        "responses": rerank_errors}}))
     for prefix, extra in (("/v2/models/{name}", []), ("/v2/models/{name}/versions/{version}", [version_param])):
         params = model_params + extra
         suffix = "_versioned" if extra else ""

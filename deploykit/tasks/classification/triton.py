@@ -13,6 +13,11 @@ The repository holds, for a model named NAME (the manifest's ``name`` by default
   for Triton builds that lack the ONNX Runtime backend;
 - ``README.md`` with the ``tritonserver`` command lines and a client call.
 
+A multi-label, text-pair, relevance or similarity head is served by ``NAME`` alone, the Python
+model on deploykit's runtime (the ensemble's postprocess is a single-label softmax): TEXT (and
+TEXT_PAIR for pairs) in; LABEL, LABELS (multi-label, a JSON list per row) or none, and SCORES
+out, the tensors of deploykit's own v2 route.
+
 The Python-backend models' code is ``triton_templates/`` (shipped with the package).
 """
 
@@ -93,6 +98,9 @@ def write(cfg: TritonConfig, manifest: Manifest, src: Path, name: str, variant: 
         raise BadInputError(f"{model_file} has outputs {[t.name for t in outputs]}, expected only "
                             f"{head.output!r}; re-export the artifact")
     text_in, text_out = _text_signature(len(labels))
+    if head.multi_label or head.text_pair or head.score_head:
+        _write_runtime_model(cfg, manifest, src, name, variant, folder, head)
+        return
 
     version = write_model(folder / f"{name}_onnx", onnx_config(f"{name}_onnx", cfg, inputs, outputs))
     shutil.copyfile(model_file, version / "model.onnx")
@@ -123,3 +131,23 @@ def write(cfg: TritonConfig, manifest: Manifest, src: Path, name: str, variant: 
     copy_artifact(src, version / "artifact", manifest, variant)
 
     (folder / "README.md").write_text(_readme(name, cfg, variant, labels), encoding="utf-8")
+
+
+def _write_runtime_model(cfg: TritonConfig, manifest: Manifest, src: Path, name: str, variant: str, folder: Path,
+                         head: Classification) -> None:
+    """``NAME`` as the Python model on deploykit's runtime, with the tensors of the head's v2 route."""
+    inputs = [Tensor(n, "TYPE_STRING", (1,)) for n in (("TEXT", "TEXT_PAIR") if head.text_pair else ("TEXT",))]
+    outputs = [Tensor("SCORES", "TYPE_FP32", (len(head.labels),))]
+    if not head.score_head:
+        outputs.insert(0, Tensor("LABELS" if head.multi_label else "LABEL", "TYPE_STRING", (1,)))
+    version = write_model(folder / name, python_config(name, cfg, inputs, outputs, {
+        "variant": variant, "threads": cfg.threads, "providers": providers(cfg.kind)}), TEMPLATES / "python.py")
+    copy_artifact(src, version / "artifact", manifest, variant)
+    shape = ("TEXT and TEXT_PAIR (BYTES [n, 1] each)" if head.text_pair else "TEXT (BYTES [n, 1])")
+    (folder / "README.md").write_text(
+        f"# Triton repository of {name} ({head.problem_type}{', text pairs' if head.text_pair else ''})\n\n"
+        f"One Python-backend model, `{name}`, on deploykit's runtime (variant {variant}): {shape} in; "
+        f"{', '.join(t.name for t in outputs)} out (as `deploykit serve`'s v2 route). Its environment needs "
+        "`pip install --no-deps deploykit && pip install \"numpy<2\" onnxruntime tokenizers`.\n\n"
+        f"    tritonserver --model-repository $PWD --backend-config=python,shm-default-byte-size=16777216\n",
+        encoding="utf-8")

@@ -2,7 +2,7 @@
 generator of ``/answer`` and the v2 protocol (QUESTION, CONTEXT -> ANSWER, SCORE, START, END).
 
 A benchmark input is one question with its context, carried as the JSON pair ``[question, context]``
-(``predict.pair_text``: the stages pass texts), sampled from ``--data`` (SQuAD JSON, or a flat file with
+(``pair_text``: the stages pass texts), sampled from ``--data`` (SQuAD JSON, or a flat file with
 ``question`` and ``context`` columns).
 
 Offline engines (each in its own process, ``deploykit.bench.engines``; every call takes a batch of questions
@@ -36,12 +36,24 @@ from deploykit.tasks.classification import bench as classification_bench
 from deploykit.tasks.classification.bench import measure  # noqa: F401  (the engines' cell timer)
 from deploykit.tasks.question_answering import parity
 from deploykit.tasks.question_answering.head import QuestionAnswering
-from deploykit.tasks.question_answering.predict import CONTEXT, QUESTION, pair_text
+from deploykit.tasks.question_answering.predict import CONTEXT, QUESTION
 from deploykit.tasks.question_answering.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 Call = Callable[[Sequence[str]], int]
+
+
+def pair_text(question: Any, context: Any) -> str:
+    """A row's question and context as the one text a scorer takes (a JSON pair).
+
+    Raises:
+        ValueError: A cell that is not text or is blank.
+    """
+    for name, value in ((QUESTION, question), (CONTEXT, context)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"has a blank or non-text {name} ({str(value)[:40]!r}); the service refuses those too")
+    return json.dumps([question, context], ensure_ascii=False)
 
 
 def sample_pairs(source: str, samples: int, seed: int) -> list[str]:

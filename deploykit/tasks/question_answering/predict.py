@@ -1,15 +1,14 @@
 """``deploykit predict`` on a question-answering artifact: each row's best answer (JSONL).
 
 A row is a question and its context (``--question-column``, ``--context-column``; default ``question``
-and ``context``): the engines read both cells (``TextSource.also``) and hand the scorer each row as one
-text, the JSON pair ``[question, context]`` (``pair_text``). Torch-free: the serving ``Runtime`` windows
+and ``context``): the engines read both cells (``TextSource.more``) and hand the scorer each row as the
+pair ``(question, context)``. Torch-free: the serving ``Runtime`` windows
 each chunk's contexts and batches the windows by its token budget; a row's answer is the service's
 (the manifest's null threshold applied).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from deploykit.config import PredictConfig
@@ -26,22 +25,10 @@ def batch_rows(cfg: PredictConfig, manifest: Manifest) -> int:
     return cfg.chunk_size
 
 
-def pair_text(question: Any, context: Any) -> str:
-    """A row's question and context as the one text a scorer takes (a JSON pair).
-
-    Raises:
-        ValueError: A cell that is not text or is blank.
-    """
-    for name, value in ((QUESTION, question), (CONTEXT, context)):
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"has a blank or non-text {name} ({str(value)[:40]!r}); the service refuses those too")
-    return json.dumps([question, context], ensure_ascii=False)
-
-
 def text_source(cfg: PredictConfig) -> TextSource:
-    """The question column, with the context column beside it (``pair_text``)."""
-    return TextSource(cfg.question_column or QUESTION, pair_text, "--question-column",
-                      ((cfg.context_column or CONTEXT, "--context-column"),))
+    """The question column, with the context column beside it: a row's text is ``(question, context)``."""
+    return TextSource(cfg.question_column or QUESTION, flag="--question-column",
+                      more=((cfg.context_column or CONTEXT, "--context-column"),))
 
 
 class Scorer:
@@ -61,7 +48,6 @@ class Scorer:
                                max_batch_size=cfg.max_batch_size, spin=True)
         self.name, self.variant = self.runtime.name, self.runtime.variant
 
-    def __call__(self, texts: list[str], keys: list[int]) -> list[dict[str, Any]]:
-        pairs = [json.loads(text) for text in texts]
-        found = self.runtime.predict([q for q, _ in pairs], [c for _, c in pairs])
+    def __call__(self, texts: list[tuple[str, str]], keys: list[int]) -> list[dict[str, Any]]:
+        found = self.runtime.predict([q for q, _ in texts], [c for _, c in texts])
         return [{k: f[0][k] for k in ("answer", "score", "start", "end")} for f in found]
