@@ -233,20 +233,32 @@ def test_v2_gives_bytes_labels_and_fp32_scores(server, runtime):
     assert status == 400 and b"LABELS" in body
 
 
-def test_triton_repository_serves_labels_through_the_runtime_model(multi_label_run, runtime, tmp_path, monkeypatch):
-    """A multi-label head's repository is NAME alone, the runtime's Python model: LABELS (a JSON list
-    per row) and SCORES, run here on a stand-in of Triton's Python-backend module."""
-    from triton_stub import Tensor, load_model
+@pytest.mark.slow
+def test_real_tritonserver_serves_labels_through_the_runtime_model(multi_label_run, runtime, tmp_path, pytriton_venv):
+    """A multi-label head's repository is NAME alone, the runtime's Python model (the ensemble's softmax
+    postprocess would be wrong): LABELS (a JSON list per row) and SCORES, from a real tritonserver
+    started with the README's command line, through tritonclient."""
+    import tritonclient.http as httpclient
 
     from deploykit.config import TritonConfig
     from deploykit.serve import triton_repo
+    from deploykit.serve.launch import stop_process_group
+    from test_triton import launch, readme_command
 
     repo = triton_repo.run(TritonConfig(artifact=str(multi_label_run[2]), out=str(tmp_path / "repo"), variant="fp32",
                                         max_batch_size=8, threads=1))
     assert sorted(p.name for p in repo.iterdir()) == ["README.md", "topics"]
-    model = load_model(repo / "topics", monkeypatch, {"variant": "fp32", "threads": "1"})
-    (answer,) = model.execute([{"TEXT": Tensor("TEXT", np.array([[t.encode()] for t in TEXTS], dtype=object))}])
+    command = readme_command((repo / "README.md").read_text(), "topics")
+    proc, url = launch(pytriton_venv, repo, command[2:], ("topics",), tmp_path / "tritonserver.log")
+    client = httpclient.InferenceServerClient(url)
+    try:
+        tensor = httpclient.InferInput("TEXT", [len(TEXTS), 1], "BYTES")
+        tensor.set_data_from_numpy(np.array(TEXTS, dtype=np.object_).reshape(-1, 1))
+        result = client.infer("topics", [tensor])
+    finally:
+        client.close()
+        stop_process_group(proc, timeout=60)
     expected = runtime.predict(TEXTS)
-    assert [json.loads(x[0]) for x in answer.tensors["LABELS"]] == [e["labels"] for e in expected]
+    assert [json.loads(x) for x in result.as_numpy("LABELS").reshape(-1)] == [e["labels"] for e in expected]
     want = [[e["scores"][label] for label in runtime.labels] for e in expected]
-    np.testing.assert_allclose(answer.tensors["SCORES"], want, atol=1e-6)
+    np.testing.assert_allclose(result.as_numpy("SCORES"), want, atol=1e-6)

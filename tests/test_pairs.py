@@ -252,14 +252,18 @@ def test_bench_online_rerank_workload(server, tmp_path):
     assert level["ok"] > 0 and level["errors"] == {}  # every answer held 32 ranked documents
 
 
-def test_triton_repository_serves_pairs_through_the_runtime_model(pair_run, runtime, tmp_path, monkeypatch):
-    """The repository's one model, NAME, on deploykit's runtime: TEXT and TEXT_PAIR in, SCORES out; its
-    model.py run here on a stand-in of Triton's Python-backend module (the real server is
-    tests/test_triton.py's, for the single-label ensemble)."""
-    from triton_stub import Tensor, load_model
+@pytest.mark.slow
+def test_real_tritonserver_serves_pairs_through_the_runtime_model(pair_run, runtime, tmp_path, pytriton_venv):
+    """The repository's one model, NAME, on deploykit's runtime: TEXT and TEXT_PAIR in, SCORES out, from a
+    real tritonserver started with the README's command line, through tritonclient; a pair with one
+    side missing is refused and the server keeps serving."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
 
     from deploykit.config import TritonConfig
     from deploykit.serve import triton_repo
+    from deploykit.serve.launch import stop_process_group
+    from test_triton import launch, readme_command
 
     repo = triton_repo.run(TritonConfig(artifact=str(pair_run[2]), out=str(tmp_path / "repo"), variant="fp32",
                                         max_batch_size=8, threads=1))
@@ -267,11 +271,25 @@ def test_triton_repository_serves_pairs_through_the_runtime_model(pair_run, runt
     config = (repo / "reranker" / "config.pbtxt").read_text()
     assert '"TEXT_PAIR"' in config and '"SCORES"' in config and '"LABEL"' not in config
 
-    model = load_model(repo / "reranker", monkeypatch, {"variant": "fp32", "threads": "1"})
-    query = np.array([[QUERY.encode()]] * len(DOCS), dtype=object)
-    docs = np.array([[d.encode()] for d in DOCS], dtype=object)
-    good, bad = model.execute([{"TEXT": Tensor("TEXT", query), "TEXT_PAIR": Tensor("TEXT_PAIR", docs)},
-                               {"TEXT": Tensor("TEXT", query), "TEXT_PAIR": Tensor("TEXT_PAIR", docs[:2])}])
+    def infer(queries: list[str], docs: list[str]):
+        inputs = []
+        for name, values in (("TEXT", queries), ("TEXT_PAIR", docs)):
+            tensor = httpclient.InferInput(name, [len(values), 1], "BYTES")
+            tensor.set_data_from_numpy(np.array(values, dtype=np.object_).reshape(-1, 1))
+            inputs.append(tensor)
+        return client.infer("reranker", inputs).as_numpy("SCORES")[:, 0]
+
+    command = readme_command((repo / "README.md").read_text(), "reranker")
+    proc, url = launch(pytriton_venv, repo, command[2:], ("reranker",), tmp_path / "tritonserver.log")
+    client = httpclient.InferenceServerClient(url)
+    try:
+        scores = infer([QUERY] * len(DOCS), DOCS)
+        with pytest.raises(InferenceServerException):
+            infer([QUERY] * len(DOCS), DOCS[:2])
+        again = infer([QUERY] * len(DOCS), DOCS)
+    finally:
+        client.close()
+        stop_process_group(proc, timeout=60)
     want = [r["score"] for r in runtime.predict([(QUERY, d) for d in DOCS])]
-    np.testing.assert_allclose(good.tensors["SCORES"][:, 0], want, atol=1e-6)
-    assert "one side missing" in bad.error
+    np.testing.assert_allclose(scores, want, atol=1e-6)
+    np.testing.assert_allclose(again, want, atol=1e-6)

@@ -176,26 +176,26 @@ def providers(kind: str) -> str:
 
 
 def write_runtime_model(cfg: TritonConfig, manifest: Manifest, src: Path, name: str, variant: str, folder: Path,
-                        tensors: tuple[list[Tensor], list[Tensor]], templates: Path, **readme: Any) -> None:
+                        tensors: tuple[list[Tensor], list[Tensor]], code: Path, readme: Path, **fields: Any) -> None:
     """One Python-backend model ``name`` that runs deploykit's torch-free runtime on the artifact (what a
-    task whose answers span windows ships instead of an ensemble), and the repository's README.
+    task ships when fixed-shape ensemble tensors cannot carry its answers), and the repository's README.
 
     Args:
         cfg, manifest, src, name, variant, folder: As a task's ``triton.write``.
         tensors: The model's inputs and outputs (the tensor names of ``deploykit serve``'s v2 route).
-        templates: The task's ``triton_templates`` folder: ``python.py`` (the model) and ``README.md``
-            (a ``string.Template`` given ``name``, ``variant``, ``max_length``, ``providers``,
-            ``onnxruntime`` and ``readme``).
-        **readme: The task's own fields of its README.
+        code: The model's ``model.py`` (a task's ``triton_templates/python.py``).
+        readme: The README, a ``string.Template`` given ``name``, ``variant``, ``max_length``,
+            ``providers``, ``onnxruntime`` and ``fields``.
+        **fields: The task's own fields of its README.
     """
     inputs, outputs = tensors
     version = write_model(folder / name, python_config(name, cfg, inputs, outputs, {
-        "variant": variant, "threads": cfg.threads, "providers": providers(cfg.kind)}), templates / "python.py")
+        "variant": variant, "threads": cfg.threads, "providers": providers(cfg.kind)}), code)
     copy_artifact(src, version / "artifact", manifest, variant)
-    template = string.Template((templates / "README.md").read_text(encoding="utf-8"))
+    template = string.Template(readme.read_text(encoding="utf-8"))
     (folder / "README.md").write_text(template.substitute(
         name=name, variant=variant, max_length=manifest.max_length, providers=providers(cfg.kind),
-        onnxruntime="onnxruntime-gpu" if cfg.kind == "gpu" else "onnxruntime", **readme), encoding="utf-8")
+        onnxruntime="onnxruntime-gpu" if cfg.kind == "gpu" else "onnxruntime", **fields), encoding="utf-8")
 
 def write_repository(cfg: TritonConfig) -> Path:
     """Write the model repository ``cfg.out`` from the artifact ``cfg.artifact``.

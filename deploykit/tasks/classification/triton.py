@@ -32,7 +32,7 @@ from deploykit.config import TritonConfig
 from deploykit.errors import BadInputError
 from deploykit.manifest import TOKENIZER, Manifest
 from deploykit.serve.triton_repo import (Tensor, copy_artifact, graph_signature, io_section, onnx_config, providers,
-                                         python_config, write_model)
+                                         python_config, write_model, write_runtime_model)
 from deploykit.tasks.classification.head import Classification
 
 TEMPLATES = Path(__file__).parent / "triton_templates"
@@ -97,11 +97,21 @@ def write(cfg: TritonConfig, manifest: Manifest, src: Path, name: str, variant: 
     if [t.name for t in outputs] != [head.output]:
         raise BadInputError(f"{model_file} has outputs {[t.name for t in outputs]}, expected only "
                             f"{head.output!r}; re-export the artifact")
-    text_in, text_out = _text_signature(len(labels))
     if head.multi_label or head.text_pair or head.score_head:
         _write_runtime_model(cfg, manifest, src, name, variant, folder, head)
-        return
+    else:
+        _write_ensemble(cfg, manifest, src, name, variant, folder, (inputs, outputs), model_file, external)
 
+
+def _write_ensemble(cfg: TritonConfig, manifest: Manifest, src: Path, name: str, variant: str, folder: Path,
+                    graph: tuple[list[Tensor], list[Tensor]], model_file: Path, external: list[str]) -> None:
+    """A single-label classifier: the ONNX model, the tokenizer and postprocess models, their
+    ensemble ``NAME`` and the one-model Python backend ``NAME_python``."""
+    head = manifest.head_as(Classification)
+    labels = list(head.labels)
+    inputs, outputs = graph
+    graph_names = [t.name for t in inputs]
+    text_in, text_out = _text_signature(len(labels))
     version = write_model(folder / f"{name}_onnx", onnx_config(f"{name}_onnx", cfg, inputs, outputs))
     shutil.copyfile(model_file, version / "model.onnx")
     # Weights stored beside a large graph (ONNX external data) keep their own file names,
@@ -135,19 +145,19 @@ def write(cfg: TritonConfig, manifest: Manifest, src: Path, name: str, variant: 
 
 def _write_runtime_model(cfg: TritonConfig, manifest: Manifest, src: Path, name: str, variant: str, folder: Path,
                          head: Classification) -> None:
-    """``NAME`` as the Python model on deploykit's runtime, with the tensors of the head's v2 route."""
-    inputs = [Tensor(n, "TYPE_STRING", (1,)) for n in (("TEXT", "TEXT_PAIR") if head.text_pair else ("TEXT",))]
+    """``NAME`` as the Python model on deploykit's runtime, with the tensors of the head's v2 route (a
+    multi-label, text-pair, relevance or similarity head, whose decision the ensemble's softmax
+    postprocess would get wrong)."""
+    names = ("TEXT", "TEXT_PAIR") if head.text_pair else ("TEXT",)
+    inputs = [Tensor(n, "TYPE_STRING", (1,)) for n in names]
     outputs = [Tensor("SCORES", "TYPE_FP32", (len(head.labels),))]
     if not head.score_head:
         outputs.insert(0, Tensor("LABELS" if head.multi_label else "LABEL", "TYPE_STRING", (1,)))
-    version = write_model(folder / name, python_config(name, cfg, inputs, outputs, {
-        "variant": variant, "threads": cfg.threads, "providers": providers(cfg.kind)}), TEMPLATES / "python.py")
-    copy_artifact(src, version / "artifact", manifest, variant)
-    shape = ("TEXT and TEXT_PAIR (BYTES [n, 1] each)" if head.text_pair else "TEXT (BYTES [n, 1])")
-    (folder / "README.md").write_text(
-        f"# Triton repository of {name} ({head.problem_type}{', text pairs' if head.text_pair else ''})\n\n"
-        f"One Python-backend model, `{name}`, on deploykit's runtime (variant {variant}): {shape} in; "
-        f"{', '.join(t.name for t in outputs)} out (as `deploykit serve`'s v2 route). Its environment needs "
-        "`pip install --no-deps deploykit && pip install \"numpy<2\" onnxruntime tokenizers`.\n\n"
-        f"    tritonserver --model-repository $PWD --backend-config=python,shm-default-byte-size=16777216\n",
-        encoding="utf-8")
+    example = ([("TEXT", ["how do I reset my password"]), ("TEXT_PAIR", ["Open Settings, then Security."])]
+               if head.text_pair else [("TEXT", ["the flight was delayed again"])])
+    write_runtime_model(cfg, manifest, src, name, variant, folder, (inputs, outputs), TEMPLATES / "python.py",
+                        TEMPLATES / "README-runtime.md",
+                        shape_name=head.problem_type + (", text pairs" if head.text_pair else ""),
+                        inputs=" and ".join(f"`{n}` (BYTES, dims [1])" for n in names),
+                        outputs=", ".join(f"`{t.name}`" for t in outputs), activation=head.activation,
+                        example=repr(example))

@@ -35,5 +35,6 @@ def write(cfg: TritonConfig, manifest: Manifest, src: Path, name: str, variant: 
         folder: The repository folder (a temporary one the stage renames into place).
     """
     head = manifest.head_as(QuestionAnswering)
-    write_runtime_model(cfg, manifest, src, name, variant, folder, (INPUTS, OUTPUTS), TEMPLATES,
-                        stride=head.doc_stride, max_answer_len=head.max_answer_len, null_threshold=head.null_threshold)
+    write_runtime_model(cfg, manifest, src, name, variant, folder, (INPUTS, OUTPUTS), TEMPLATES / "python.py",
+                        TEMPLATES / "README.md", stride=head.doc_stride, max_answer_len=head.max_answer_len,
+                        null_threshold=head.null_threshold)

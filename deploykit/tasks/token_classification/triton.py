@@ -36,5 +36,6 @@ def write(cfg: TritonConfig, manifest: Manifest, src: Path, name: str, variant: 
         folder: The repository folder (a temporary one the stage renames into place).
     """
     head = manifest.head_as(TokenClassification)
-    write_runtime_model(cfg, manifest, src, name, variant, folder, (TEXT_IN, ENTITIES_OUT), TEMPLATES,
-                        types=", ".join(head.entity_types), aggregation=head.aggregation, stride=head.stride)
+    write_runtime_model(cfg, manifest, src, name, variant, folder, (TEXT_IN, ENTITIES_OUT), TEMPLATES / "python.py",
+                        TEMPLATES / "README.md", types=", ".join(head.entity_types), aggregation=head.aggregation,
+                        stride=head.stride)
