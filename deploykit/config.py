@@ -251,6 +251,9 @@ class _HeldOut:
     text_column: str | None = opt(None, "Text column (default: the checkpoint's).")
     split: str = opt("test", "Rows to score: test (held-out), validation, or all rows of --data "
                      "(for a file that is a test set already).", choices=SPLITS)
+    group_column: str | None = opt(None, "The group column (default: the checkpoint's; with --split all "
+                                   "none, as another file need not have it). A reranker's held-out "
+                                   "NDCG@10 and MRR@10 are per value of it (a query id).")
 
     def __post_init__(self) -> None:
         self._check_split()

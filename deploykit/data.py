@@ -323,7 +323,8 @@ def rebuild_config(stored: DataConfig | None, *, data: str | None = None, split:
         stored: The checkpoint's stored config (None if it has none).
         data: Another data source.
         split: The split to be read; ``all`` (a file scored whole, never split) drops the
-            training data's ``--group-column``, which another file need not have.
+            training data's ``--group-column``, which another file need not have, unless the
+            overrides name one.
         **overrides: Other ``DataConfig`` fields (``task``, a task's column options such as
             ``text_column`` or ``prompt_column``); None keeps the stored one.
 
@@ -337,7 +338,7 @@ def rebuild_config(stored: DataConfig | None, *, data: str | None = None, split:
                             "pass --data (and --split all for a file that is a test set)")
     base.update({k: v for k, v in {"data": data, **overrides}.items() if v is not None})
     base["max_train_samples"] = None
-    if split == "all":
+    if split == "all" and overrides.get("group_column") is None:
         base["group_column"] = None
     check_source(base["data"])
     return DataConfig(**base)

@@ -278,6 +278,12 @@ def test_a_bad_row_exits_2_with_row_and_column_from_the_cli(tmp_path):
 def test_a_file_scored_whole_does_not_need_the_training_group_column(tmp_path):
     from deploykit.data import rebuild_config
 
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"text": "x"}\n')
     stored = DataConfig(task="token-classification", data=str(tmp_path / "train.csv"), group_column="doc")
-    assert rebuild_config(stored, data=str(tmp_path / "other.jsonl"), split="all").group_column is None
-    assert rebuild_config(stored, data=str(tmp_path / "other.jsonl"), split="test").group_column == "doc"
+    assert rebuild_config(stored, data=str(other), split="all").group_column is None
+    assert rebuild_config(stored, data=str(other), split="test").group_column == "doc"
+    # ... unless the file's own is named (a reranker's query ids)
+    assert rebuild_config(stored, data=str(other), split="all", group_column="qid").group_column == "qid"
+    with pytest.raises(BadInputError, match="missing.jsonl does not exist"):  # said before anything loads
+        rebuild_config(stored, data=str(tmp_path / "missing.jsonl"), split="all")

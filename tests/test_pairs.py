@@ -107,13 +107,16 @@ def test_int8_is_judged_by_spearman_and_is_batch_independent(pair_run):
 def test_evaluate_reports_ndcg_and_mrr_and_predict_scores_pairs(pair_run, runtime, tmp_path):
     csv_file, checkpoint, artifact = pair_run
     commands = [["evaluate", str(checkpoint), "--out", str(tmp_path / "e")],
+                # a separate test file, scored whole, ranked per query of its own query id column
+                ["evaluate", str(checkpoint), "--data", str(csv_file), "--split", "all", "--group-column", "qid",
+                 "--out", str(tmp_path / "all")],
                 ["predict", str(artifact), "--data", str(csv_file), "--text-column", "query",
                  "--text-pair-column", "document", "--out", str(tmp_path / "p.jsonl")]]
     procs = [subprocess.Popen([sys.executable, "-m", "deploykit", *c], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
              for c in commands]
     errs = [proc.communicate(timeout=300)[1] for proc in procs]
-    assert [proc.returncode for proc in procs] == [0, 0], errs
+    assert [proc.returncode for proc in procs] == [0, 0, 0], errs
     from deploykit import predict
     from deploykit.config import PredictConfig
 
@@ -129,6 +132,8 @@ def test_evaluate_reports_ndcg_and_mrr_and_predict_scores_pairs(pair_run, runtim
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert 0 <= metrics["ndcg_at_10"] <= 1 and 0 <= metrics["mrr_at_10"] <= 1 and metrics["queries"] > 0
     assert "NDCG@10" in (tmp_path / "e" / "report.md").read_text()
+    whole = json.loads((tmp_path / "all" / "metrics.json").read_text())
+    assert whole["queries"] == len({r["qid"] for r in rows}) > metrics["queries"]
 
 
 # --- serving ------------------------------------------------------------------------------------------
