@@ -131,6 +131,36 @@ def test_squad_json_and_flat_files_read_the_same_questions(tmp_path):
     assert data.answers_cell({"text": np.array([]), "answer_start": np.array([])}) == []
 
 
+def test_parquet_answers_structs_and_numeric_answer_columns_read_as_jsonl(tmp_path):
+    """pyarrow gives a SQuAD ``answers`` struct's starts as numpy integers, and pandas reads an answer column
+    of numbers ("how many") as int or float: both read as the same questions as JSONL."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from deploykit.tasks.question_answering import data
+
+    rows = as_squad(learnable_rows(20))
+    rows[0]["context"], rows[0]["answers"] = "we saw 12 cats", {"text": ["12"], "answer_start": [7]}
+    schema = pa.schema([("id", pa.string()), ("title", pa.string()), ("question", pa.string()),
+                        ("context", pa.string()), ("answers", pa.struct([("text", pa.list_(pa.string())),
+                                                                          ("answer_start", pa.list_(pa.int32()))]))])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "flat.parquet")
+    a, _ = data.held_out(_dcfg(tmp_path / "flat.parquet", allow_no_answer=True), "all")
+    b, _ = data.held_out(_dcfg(corpus.write_jsonl(rows, tmp_path / "flat.jsonl"), allow_no_answer=True), "all")
+    assert (a.questions, a.contexts, a.answers) == (b.questions, b.contexts, b.answers) and a.answers[0] == [("12", 7)]
+    assert data.answers_cell({"text": "x", "answer_start": np.int64(3)}) == [("x", 3)]
+    # "how many" answers only: an int column, and a float one beside an unanswerable (empty) row.
+    counts = [{"question": "how many?", "context": f"we saw {n} cats", "answer": n, "answer_start": 7} for n in (3, 12)]
+    pd.DataFrame(counts).to_csv(tmp_path / "ints.csv", index=False)
+    pd.DataFrame(counts + [{"question": "how many?", "context": "no cats", "answer": None, "answer_start": None}]
+                 ).to_csv(tmp_path / "floats.csv", index=False)
+    for name in ("ints.csv", "floats.csv"):
+        got, _ = data.held_out(_dcfg(tmp_path / name, answer_column="answer", answer_start_column="answer_start",
+                                     allow_no_answer=True), "all")
+        assert got.answers[:2] == [[("3", 7)], [("12", 7)]], name
+
+
 def test_bad_rows_are_named_with_their_row_or_skipped_and_counted(tmp_path):
     from deploykit.tasks.question_answering import data
 
