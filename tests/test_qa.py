@@ -353,6 +353,18 @@ def test_answer_route_answers_what_the_runtime_does_with_the_pipelines_fields(se
                                                                                  [i["context"] for i in items])]))
 
 
+def test_a_list_request_decodes_each_question_with_its_own_top_k(server):
+    """The pipeline's n-best (and so a merged answer's score, and the null decision) depends on top_k: a
+    top_k=1 question beside a top_k=20 one answers exactly as it does alone."""
+    # Word-aligned sub-token spans of "Annleebob" merge into one answer: more candidates, a higher score.
+    item = {"question": QUESTION, "context": "then we then quiet sun drove night tree Bnmrlqx Annleebob it car cat house"}
+    status, alone = post_json(server + "/answer", item)
+    status_many, many = post_json(server + "/answer", [item, {**item, "top_k": 20}])
+    assert status == status_many == 200 and alone["answer"] == "Annleebob"
+    assert many["answers"][0] == {k: alone[k] for k in ("answer", "score", "start", "end")}
+    assert many["answers"][1][0]["score"] > alone["score"]  # the same answer, more merged candidates
+
+
 def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server):
     ok = {"question": QUESTION, "context": "we saw Ann Lee"}
     cases = [({**ok, "question": ""}, 400, "question"), ({**ok, "context": "  "}, 400, "context"),

@@ -169,29 +169,37 @@ class Runtime(ClassifierRuntime):
         return answers.Rules(top_k, self.head.max_answer_len, self.head.align_to_words, impossible)
 
     def decoded(self, contexts: Sequence[str], rows: Sequence[Window], logits: Sequence[np.ndarray],
-                rules: answers.Rules) -> list[answers.Decoded]:
-        """Each question's answers as the pipeline ranks them, from its windows' logits."""
+                rules: answers.Rules | Sequence[answers.Rules]) -> list[answers.Decoded]:
+        """Each question's answers as the pipeline ranks them, from its windows' logits, under one rule set
+        for all, or each question's own (its top_k: the pipeline's n-best, hence its scores, depend on it)."""
         groups = by_text(rows)
+        each = [rules] * len(contexts) if isinstance(rules, answers.Rules) else rules
         return [answers.decode(context, [rows[j] for j in groups.get(i, [])], [logits[j][0] for j in groups.get(i, [])],
-                               [logits[j][1] for j in groups.get(i, [])], rules, self.cls_id)
+                               [logits[j][1] for j in groups.get(i, [])], each[i], self.cls_id)
                 for i, context in enumerate(contexts)]
 
     def answers(self, contexts: Sequence[str], rows: Sequence[Window], logits: Sequence[np.ndarray],
-                top_k: int = 1, threshold: bool = True) -> list[list[dict[str, Any]]]:
+                top_k: int | Sequence[int] = 1, threshold: bool = True) -> list[list[dict[str, Any]]]:
         """The served answers of each question (``answer``, ``score``, ``start``, ``end``; best first).
 
         Args:
             contexts: The contexts ``rows`` were cut from.
             rows: Their windows (``tokenize``).
             logits: Each window's logits (``run``/``logits_of``).
-            top_k: Answers per question.
+            top_k: Answers per question: one for all, or each question's own (each decoded with its own,
+                as it would be alone).
             threshold: Apply the manifest's tuned null threshold (when it has one); False gives the
                 pipeline's own ranking.
+
+        Raises:
+            BadInputError: A ``top_k`` outside 1..``MAX_TOP_K``.
         """
         tuned = self.head.null_threshold if threshold else None
+        ks = [top_k] * len(contexts) if isinstance(top_k, int) else list(top_k)
         # With a tuned threshold the empty answer is placed by it, not ranked by the pipeline's rule.
-        rules = self.rules(top_k, False if tuned is not None else None)
-        return [answers.with_threshold(d, tuned, top_k) for d in self.decoded(contexts, rows, logits, rules)]
+        rules = {k: self.rules(k, False if tuned is not None else None) for k in set(ks)}
+        decoded = self.decoded(contexts, rows, logits, [rules[k] for k in ks])
+        return [answers.with_threshold(d, tuned, k) for d, k in zip(decoded, ks)]
 
     def predict(self, questions: Sequence[str], contexts: Sequence[str], top_k: int = 1) -> list[list[dict[str, Any]]]:
         """The answers of (question, context) pairs (any number, any length), in the caller's order."""
