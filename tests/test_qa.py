@@ -324,6 +324,39 @@ def test_evaluate_verify_and_predict_on_a_squad_file(trained, tmp_path):
     assert [p["answer"] for p in predicted] == [r["answer"] for r in learnable_rows(6, seed=4)]
 
 
+def test_one_question_length_limit_in_training_export_and_the_int8_runtime(trained, tmp_path):
+    """The head's max_question_len (shorter here than what a window leaves) is the limit of training,
+    evaluation and export as of serving: a longer question is named (exit 2) or skipped and counted; the
+    INT8 calibration and search runtime answers by the export's head, not a default one."""
+    from transformers import AutoTokenizer
+
+    from deploykit.config import ExportConfig, TrainConfig
+    from deploykit.tasks.question_answering import export, train
+    from deploykit.tasks.question_answering.head import QuestionAnswering
+
+    rows = learnable_rows(30)
+    rows[2]["question"] = "who came to the quiet house today?"  # 8 tokens: within a window, over 4
+    path = write_csv(tmp_path / "long.csv", rows)
+    options = {"task": "question-answering", "data": str(path), "answer_column": "answer",
+               "answer_start_column": "answer_start", "allow_no_answer": True, "max_length": MAX_LENGTH,
+               "doc_stride": STRIDE, "max_question_len": 4, "seed": 1}
+    tokenizer = AutoTokenizer.from_pretrained(trained["checkpoint"])
+    training = train.Training(TrainConfig(**options))
+    with pytest.raises(BadInputError, match=r"id 'all-2'.* has 8 tokens.*at most 4 tokens.*--skip-bad-rows"):
+        training.prepare(tokenizer, None, None)
+    training = train.Training(TrainConfig(**options, skip_bad_rows=True))
+    training.prepare(tokenizer, None, None)
+    assert training.splits.skipped == 1 and "all-2" not in training.splits.train.ids + training.splits.validation.ids
+    exporter = export.Export(ExportConfig(checkpoint=str(trained["checkpoint"]), out=str(tmp_path / "a"), data=str(path),
+                                          split="all", max_question_len=4), trained["checkpoint"])
+    with pytest.raises(BadInputError, match=r"id 'all-2'.*--max-question-len 4"):
+        exporter.load()
+    head = QuestionAnswering(doc_stride=STRIDE, max_answer_len=3, max_question_len=4, handle_impossible_answer=True)
+    graph = Runtime.of_graph(trained["artifact"] / "model.onnx", trained["artifact"] / "tokenizer.json", MAX_LENGTH,
+                             head=head)
+    assert graph.head == head and graph.question_limit == 4 and graph.rules().max_answer_len == 3
+
+
 # --- the real server -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ import json
 import logging
 import numbers
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,10 +70,13 @@ class Questions:
 
     def take(self, n: int | None) -> Questions:
         """The first ``n`` questions (all with None)."""
-        if n is None:
-            return self
-        return Questions(self.questions[:n], self.contexts[:n], self.answers[:n], self.ids[:n],
-                         self.slices[:n] if self.slices is not None else None)
+        return self if n is None else self.pick(range(min(n, len(self))))
+
+    def pick(self, indices: Sequence[int]) -> Questions:
+        """The questions at ``indices``, in that order."""
+        return Questions([self.questions[i] for i in indices], [self.contexts[i] for i in indices],
+                         [self.answers[i] for i in indices], [self.ids[i] for i in indices] if self.ids else [],
+                         [self.slices[i] for i in indices] if self.slices is not None else None)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from deploykit.tasks.question_answering import data, int8, parity
 from deploykit.tasks.question_answering.evaluate import validation_threshold
 from deploykit.tasks.question_answering.head import QuestionAnswering
 from deploykit.tasks.question_answering.runtime import Runtime
+from deploykit.tasks.question_answering.train import fit_questions
 from deploykit.tasks.token_classification.export import WindowedExport, max_length
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,16 @@ class Export(WindowedExport):
         """The eager model and tokenizer, then the held-out questions."""
         self.model, self.tokenizer = onnx_export.load_eager(self.checkpoint)
         self.max_length = max_length(self.train_cfg, self.model.config)
-        self.rows = parity.load_held_out(self.cfg, self.dcfg)
+        rows = parity.load_held_out(self.cfg, self.dcfg)
+        # The questions the artifact's head takes (verify: the manifest's; export: the one it writes).
+        head = self.manifest.head_as(QuestionAnswering) if self.manifest is not None else self.head()
+        self.rows = replace(rows, questions=self.fit(rows.questions, head, rows.split))
+
+    def fit(self, questions: data.Questions, head: QuestionAnswering, split: str) -> data.Questions:
+        """The questions of ``split`` that ``head`` takes (a longer one: exit 2, or skipped with --skip-bad-rows)."""
+        fit, _ = fit_questions(self.tokenizer, questions, self.max_length, head.doc_stride, head.max_question_len,
+                               self.dcfg.skip_bad_rows, f"{self.dcfg.data} ({split})")
+        return fit
 
     def head(self) -> QuestionAnswering:
         """The manifest head: the stride, the answer rules, the empty answer and the tuned threshold."""
@@ -79,14 +89,14 @@ class Export(WindowedExport):
     def stride_of(self, head: QuestionAnswering) -> int:
         return head.doc_stride
 
-    def _calibration(self, src: Path, tokenizer_file: Path, stride: int) -> int8_schemes.Calibration:
-        """The first ``--calibration-samples`` training questions (never held-out ones), windowed as
-        served, as unpadded calibration feeds."""
+    def _calibration(self, src: Path, tokenizer_file: Path, head: QuestionAnswering) -> int8_schemes.Calibration:
+        """The first ``--calibration-samples`` training questions (never held-out ones) that ``head``
+        takes, windowed as served, as unpadded calibration feeds."""
         splits = data.load_splits(replace(self.dcfg, max_train_samples=None))
-        train = splits.train.take(self.cfg.calibration_samples)
+        train = self.fit(splits.train, head, "train").take(self.cfg.calibration_samples)
         if not len(train):
             raise BadInputError(f"the training split of {self.dcfg.data} has no rows to calibrate INT8 on")
-        runtime = Runtime.of_graph(src, tokenizer_file, self.max_length, stride=stride)
+        runtime = Runtime.of_graph(src, tokenizer_file, self.max_length, head=head)
         pairs = list(zip(train.questions, train.contexts))
         return int8_schemes.Calibration(quantize.calibration_feeds(int8.PairFeeds(runtime), pairs),
                                         parity.source_name(self.dcfg), "train", [f"{q}\n{c}" for q, c in pairs],
@@ -97,7 +107,7 @@ class Export(WindowedExport):
         cfg = self.cfg
         try:
             rows, _ = data.held_out(self.dcfg, "validation")
-            search = int8.SearchRows(rows.take(cfg.int8_search_samples), "validation")
+            search = int8.SearchRows(self.fit(rows, head, "validation").take(cfg.int8_search_samples), "validation")
         except BadInputError as exc:
             log.warning("the int8 search scores the %s rows themselves (%s); the INT8 gate on them is then no "
                         "independent check", self.rows.split, exc)
@@ -108,7 +118,7 @@ class Export(WindowedExport):
         margin = cfg.int8_search_margin
         if margin is None:  # the gate's own count on the parity rows wanders this far around the truth
             margin = int8_fallback.sampling_slack(cfg.int8_min_answer_agreement, len(self.rows.questions))
-        return int8.Scorer(reference, tokenizer_file, search, self.max_length, head.doc_stride, cfg.batch_size_list,
+        return int8.Scorer(reference, tokenizer_file, search, self.max_length, head, cfg.batch_size_list,
                            cfg.int8_min_answer_agreement, cfg.int8_max_qa_f1_drop / 2, margin=margin)
 
     def reference(self, head: QuestionAnswering, max_length: int) -> parity.Reference:

@@ -72,20 +72,24 @@ class Runtime(ClassifierRuntime):
 
     @classmethod
     def of_graph(cls, model_file: str | Path, tokenizer_file: str | Path, max_length: int, *,
-                 threads: int | None = None, spin: bool = False, stride: int | None = None) -> Runtime:
+                 threads: int | None = None, spin: bool = False, stride: int | None = None,
+                 head: QuestionAnswering | None = None) -> Runtime:
         """A graph that is not (yet) an artifact's variant (the classifier runtime's ``of_graph``), with
-        a default head whose windows share ``stride`` tokens (default: a quarter window, at most 32).
+        ``head`` (the export's: its stride, answer rules and question limit), else a default head whose
+        windows share ``stride`` tokens (default: a quarter window, at most 32).
 
         Raises:
             BadInputError: As the constructor.
         """
         runtime = super().of_graph(model_file, tokenizer_file, max_length, threads=threads, spin=spin)
-        if stride is not None and stride != runtime.head.doc_stride:
+        if head is None and stride is not None:
+            head = QuestionAnswering(doc_stride=stride)
+        if head is not None:
             try:
-                set_windows(runtime.tokenizer, runtime.max_length, stride, pair=True)
+                set_windows(runtime.tokenizer, runtime.max_length, head.doc_stride, pair=True)
             except ValueError as exc:
                 raise BadInputError(f"--doc-stride: {exc}") from None
-            runtime.head = QuestionAnswering(doc_stride=stride)
+            runtime.head = head
         return runtime
 
     def probe_shape(self) -> tuple[int, ...]:
@@ -96,7 +100,7 @@ class Runtime(ClassifierRuntime):
     def question_limit(self) -> int:
         """The most question tokens served: the head's ``max_question_len``, within what a window leaves
         beside the special tokens, the stride and one new context token."""
-        return min(self.head.max_question_len, self.max_length - self.specials - self.head.doc_stride - 1)
+        return answers.question_limit(self.head.max_question_len, self.max_length, self.head.doc_stride, self.specials)
 
     # --- tokens ------------------------------------------------------------------------------
 
