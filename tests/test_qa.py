@@ -322,6 +322,13 @@ def test_evaluate_verify_and_predict_on_a_squad_file(trained, tmp_path):
     written = predict.run(PredictConfig(artifact=str(trained["artifact"]), data=str(data), out=str(tmp_path / "p.jsonl")))
     predicted = [json.loads(line) for line in written.read_text().splitlines()]
     assert [p["answer"] for p in predicted] == [r["answer"] for r in learnable_rows(6, seed=4)]
+    # A question the model cannot take is named by its row in the file, not its place in a chunk.
+    rows = learnable_rows(6, seed=4)
+    rows[4]["question"] = "who " * 30
+    data = write_csv(tmp_path / "long.csv", rows)
+    with pytest.raises(BadInputError, match=r"^row 5: the question has \d+ tokens"):
+        predict.run(PredictConfig(artifact=str(trained["artifact"]), data=str(data), out=str(tmp_path / "q.jsonl"),
+                                  chunk_size=3))
 
 
 def test_one_question_length_limit_in_training_export_and_the_int8_runtime(trained, tmp_path):

@@ -38,6 +38,20 @@ from deploykit.tasks.windows import Window, by_text, set_windows
 MAX_TOP_K = 20  # the most answers one question may ask for
 
 
+class PairError(BadInputError):
+    """A (question, context) pair the model cannot take, by its position in the call (``index``), so a
+    caller that knows where the pairs came from (``predict``: the file rows) can name it.
+
+    Attributes:
+        index: The pair's position in the call.
+        problem: What is wrong with it, after "question N".
+    """
+
+    def __init__(self, index: int, problem: str) -> None:
+        super().__init__(f"question {index} {problem}")
+        self.index, self.problem = index, problem
+
+
 class Runtime(ClassifierRuntime):
     """A question-answering artifact loaded for inference (the arguments are the classifier runtime's:
     ``artifact``, ``variant``, ``threads``, ``providers``, ``max_batch_tokens``, ``max_batch_size``,
@@ -116,7 +130,7 @@ class Runtime(ClassifierRuntime):
         for i, (question, context) in enumerate(zip(questions, contexts)):
             for name, value in (("question", question), ("context", context)):
                 if not isinstance(value, str) or not value.strip():
-                    raise BadInputError(f"the {name} of question {i} is empty or not text; send a non-empty string")
+                    raise PairError(i, f"has its {name} empty or not text; send a non-empty string")
         try:
             counts = [len(e.ids) for e in self.questions.encode_batch(list(questions), add_special_tokens=False)]
         except Exception:  # tokenizers says not which text
@@ -125,13 +139,13 @@ class Runtime(ClassifierRuntime):
                 try:
                     counts.append(len(self.questions.encode(text, add_special_tokens=False).ids))
                 except Exception as exc:
-                    raise BadInputError(f"question {i} cannot be tokenized ({exc}); send valid Unicode strings") from None
+                    raise PairError(i, f"cannot be tokenized ({exc}); send valid Unicode strings") from None
         limit = self.question_limit
         for i, count in enumerate(counts):
             if count > limit:
-                raise BadInputError(f"question {i} has {count} tokens; this model answers questions of at most {limit} "
-                                    f"tokens (max_question_len {self.head.max_question_len}, windows of "
-                                    f"{self.max_length}); shorten it")
+                raise PairError(i, f"has {count} tokens; this model answers questions of at most {limit} tokens "
+                                   f"(max_question_len {self.head.max_question_len}, windows of {self.max_length}); "
+                                   "shorten it")
         try:
             return answers.pair_windows(self.tokenizer, questions, contexts, self.max_length, self.head.doc_stride)
         except Exception:
@@ -139,7 +153,8 @@ class Runtime(ClassifierRuntime):
                 try:
                     self.questions.encode(context)
                 except Exception as exc:
-                    raise BadInputError(f"context {i} cannot be tokenized ({exc}); send valid Unicode strings") from None
+                    raise PairError(i, f"has a context that cannot be tokenized ({exc}); send valid Unicode "
+                                       "strings") from None
             raise
 
     def run(self, rows: Sequence[Window]) -> np.ndarray:
