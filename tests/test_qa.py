@@ -364,6 +364,25 @@ def test_one_question_length_limit_in_training_export_and_the_int8_runtime(train
     assert graph.head == head and graph.question_limit == 4 and graph.rules().max_answer_len == 3
 
 
+def test_export_tunes_the_null_threshold_with_the_rules_it_writes(trained, tmp_path):
+    """The threshold lives in the score space of the head's rules: with training's (default) rules export
+    finds training's threshold again; with --max-answer-len 1 (the best answers' probabilities move) another."""
+    from deploykit.config import ExportConfig
+    from deploykit.tasks.question_answering import export
+    from deploykit.tasks.question_answering.evaluate import validation_threshold
+
+    def head(**options):
+        exporter = export.Export(ExportConfig(checkpoint=str(trained["checkpoint"]), out=str(tmp_path / "a"),
+                                              **options), trained["checkpoint"])
+        exporter.load()
+        return exporter.head()
+
+    trained_threshold = validation_threshold(trained["checkpoint"])
+    assert head().null_threshold == pytest.approx(trained_threshold, abs=1e-6)
+    short = head(max_answer_len=1)
+    assert short.max_answer_len == 1 and short.null_threshold != pytest.approx(trained_threshold, abs=1e-6)
+
+
 # --- the real server -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -26,11 +26,11 @@ from deploykit.export.parity import Column, ParityResult
 from deploykit.manifest import Manifest
 from deploykit.tasks.classification import int8_fallback, int8_schemes
 from deploykit.tasks.classification.export import tolerated
-from deploykit.tasks.question_answering import data, int8, parity
+from deploykit.tasks.question_answering import answers, data, int8, parity, scoring
 from deploykit.tasks.question_answering.evaluate import validation_threshold
 from deploykit.tasks.question_answering.head import QuestionAnswering
 from deploykit.tasks.question_answering.runtime import Runtime
-from deploykit.tasks.question_answering.train import fit_questions
+from deploykit.tasks.question_answering.train import encode, fit_questions
 from deploykit.tasks.token_classification.export import WindowedExport, max_length
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class Export(WindowedExport):
         self.train_cfg = ckpt.train_config(checkpoint)
         self.dcfg = parity.data_config(cfg, self.train_cfg)
         self.manifest: Manifest | None = None
+        self.export_head: QuestionAnswering | None = None  # the head export writes (its threshold tuned once)
 
     def check_artifact(self, manifest: Manifest) -> None:
         """verify: the artifact's own head (its rules) is what parity checks."""
@@ -80,11 +81,35 @@ class Export(WindowedExport):
         return fit
 
     def head(self) -> QuestionAnswering:
-        """The manifest head: the stride, the answer rules, the empty answer and the tuned threshold."""
-        cfg, dcfg = self.cfg, self.dcfg
-        threshold = validation_threshold(self.checkpoint) if dcfg.allow_no_answer else None
-        return QuestionAnswering(min(dcfg.doc_stride, self.max_length - 4), cfg.max_answer_len, cfg.max_question_len,
-                                 cfg.align_to_words, bool(dcfg.allow_no_answer), threshold)
+        """The manifest head: the stride, the answer rules, the empty answer and the null threshold,
+        tuned on the validation split with these very rules (``null_threshold``)."""
+        if self.export_head is None:
+            cfg, dcfg = self.cfg, self.dcfg
+            rules = QuestionAnswering(min(dcfg.doc_stride, self.max_length - 4), cfg.max_answer_len,
+                                      cfg.max_question_len, cfg.align_to_words, bool(dcfg.allow_no_answer))
+            self.export_head = replace(rules, null_threshold=self.null_threshold(rules) if dcfg.allow_no_answer else None)
+        return self.export_head
+
+    def null_threshold(self, head: QuestionAnswering) -> float | None:
+        """The best null threshold of the training's validation split, its answers read with ``head``'s rules
+        (``--max-answer-len`` and ``--no-align-to-words`` move the best answer's probability, the score the
+        threshold is compared with, so training's threshold, found with the default rules, is not reused);
+        None when the split has no unanswerable question. A validation split that cannot be read (the
+        training data moved) falls back, with a warning, to training's threshold."""
+        try:
+            split, _ = data.held_out(self.train_cfg, "validation")
+        except BadInputError as exc:
+            log.warning("the null threshold is training's (found with the default answer rules): the validation "
+                        "split cannot be read (%s)", exc)
+            return validation_threshold(self.checkpoint)
+        split = self.fit(split, head, "validation")
+        rows = encode(self.tokenizer, split, self.max_length, head.doc_stride)
+        starts, ends = scoring.window_logits(self.model, self.tokenizer, rows, batch_size=max(self.cfg.batch_size_list),
+                                             progress=True)
+        rules = answers.Rules(max_answer_len=head.max_answer_len, align_to_words=head.align_to_words)
+        decoded = scoring.decode_all(split, rows, starts, ends, rules, self.tokenizer.cls_token_id)
+        threshold = scoring.qa_metrics(split, decoded).get("best_f1_threshold")
+        return None if threshold is None else float(threshold)
 
     def stride_of(self, head: QuestionAnswering) -> int:
         return head.doc_stride
