@@ -201,6 +201,9 @@ def test_squad_metrics_use_the_official_normalisation_and_find_the_best_threshol
     # Answering only the question with the lowest no-answer score (threshold -0.5) is the best rule.
     best = squad.metrics([["Paris"], [], ["Ann Lee"]], ["Paris", "Oslo", "Bob"], [-0.5, 0.4, 0.1])
     assert best["best_f1"] == pytest.approx(2 / 3) and best["best_f1_threshold"] == -0.5
+    # HasAns comes from the raw gold list (the official script): "." normalises to nothing yet is an answer.
+    raw = squad.metrics([["."], [], ["Paris"]], ["", "", "Paris"])
+    assert (raw["has_ans_n"], raw["no_ans_n"], raw["has_ans_f1"]) == (2, 1, 1.0)
 
 
 def test_every_strategy_trains_the_span_head():
