@@ -340,7 +340,8 @@ def test_one_question_length_limit_in_training_export_and_the_int8_runtime(train
     INT8 calibration and search runtime answers by the export's head, not a default one."""
     from transformers import AutoTokenizer
 
-    from deploykit.config import ExportConfig, TrainConfig
+    from deploykit import evaluation
+    from deploykit.config import EvalConfig, ExportConfig, TrainConfig
     from deploykit.tasks.question_answering import export, train
     from deploykit.tasks.question_answering.head import QuestionAnswering
 
@@ -361,6 +362,9 @@ def test_one_question_length_limit_in_training_export_and_the_int8_runtime(train
                                           split="all", max_question_len=4), trained["checkpoint"])
     with pytest.raises(BadInputError, match=r"id 'all-2'.*--max-question-len 4"):
         exporter.load()
+    with pytest.raises(BadInputError, match=r"id 'all-2'.*--max-question-len 4"):
+        evaluation.run(EvalConfig(checkpoint=str(trained["checkpoint"]), data=str(path), split="all",
+                                  out=str(tmp_path / "eval"), max_question_len=4))
     head = QuestionAnswering(doc_stride=STRIDE, max_answer_len=3, max_question_len=4, handle_impossible_answer=True)
     graph = Runtime.of_graph(trained["artifact"] / "model.onnx", trained["artifact"] / "tokenizer.json", MAX_LENGTH,
                              head=head)
