@@ -131,6 +131,36 @@ def test_squad_json_and_flat_files_read_the_same_questions(tmp_path):
     assert data.answers_cell({"text": np.array([]), "answer_start": np.array([])}) == []
 
 
+def test_parquet_answers_structs_and_numeric_answer_columns_read_as_jsonl(tmp_path):
+    """pyarrow gives a SQuAD ``answers`` struct's starts as numpy integers, and pandas reads an answer column
+    of numbers ("how many") as int or float: both read as the same questions as JSONL."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from deploykit.tasks.question_answering import data
+
+    rows = as_squad(learnable_rows(20))
+    rows[0]["context"], rows[0]["answers"] = "we saw 12 cats", {"text": ["12"], "answer_start": [7]}
+    schema = pa.schema([("id", pa.string()), ("title", pa.string()), ("question", pa.string()),
+                        ("context", pa.string()), ("answers", pa.struct([("text", pa.list_(pa.string())),
+                                                                          ("answer_start", pa.list_(pa.int32()))]))])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "flat.parquet")
+    a, _ = data.held_out(_dcfg(tmp_path / "flat.parquet", allow_no_answer=True), "all")
+    b, _ = data.held_out(_dcfg(corpus.write_jsonl(rows, tmp_path / "flat.jsonl"), allow_no_answer=True), "all")
+    assert (a.questions, a.contexts, a.answers) == (b.questions, b.contexts, b.answers) and a.answers[0] == [("12", 7)]
+    assert data.answers_cell({"text": "x", "answer_start": np.int64(3)}) == [("x", 3)]
+    # "how many" answers only: an int column, and a float one beside an unanswerable (empty) row.
+    counts = [{"question": "how many?", "context": f"we saw {n} cats", "answer": n, "answer_start": 7} for n in (3, 12)]
+    pd.DataFrame(counts).to_csv(tmp_path / "ints.csv", index=False)
+    pd.DataFrame(counts + [{"question": "how many?", "context": "no cats", "answer": None, "answer_start": None}]
+                 ).to_csv(tmp_path / "floats.csv", index=False)
+    for name in ("ints.csv", "floats.csv"):
+        got, _ = data.held_out(_dcfg(tmp_path / name, answer_column="answer", answer_start_column="answer_start",
+                                     allow_no_answer=True), "all")
+        assert got.answers[:2] == [[("3", 7)], [("12", 7)]], name
+
+
 def test_bad_rows_are_named_with_their_row_or_skipped_and_counted(tmp_path):
     from deploykit.tasks.question_answering import data
 
@@ -171,6 +201,9 @@ def test_squad_metrics_use_the_official_normalisation_and_find_the_best_threshol
     # Answering only the question with the lowest no-answer score (threshold -0.5) is the best rule.
     best = squad.metrics([["Paris"], [], ["Ann Lee"]], ["Paris", "Oslo", "Bob"], [-0.5, 0.4, 0.1])
     assert best["best_f1"] == pytest.approx(2 / 3) and best["best_f1_threshold"] == -0.5
+    # HasAns comes from the raw gold list (the official script): "." normalises to nothing yet is an answer.
+    raw = squad.metrics([["."], [], ["Paris"]], ["", "", "Paris"])
+    assert (raw["has_ans_n"], raw["no_ans_n"], raw["has_ans_f1"]) == (2, 1, 1.0)
 
 
 def test_every_strategy_trains_the_span_head():
@@ -292,6 +325,69 @@ def test_evaluate_verify_and_predict_on_a_squad_file(trained, tmp_path):
     written = predict.run(PredictConfig(artifact=str(trained["artifact"]), data=str(data), out=str(tmp_path / "p.jsonl")))
     predicted = [json.loads(line) for line in written.read_text().splitlines()]
     assert [p["answer"] for p in predicted] == [r["answer"] for r in learnable_rows(6, seed=4)]
+    # A question the model cannot take is named by its row in the file, not its place in a chunk.
+    rows = learnable_rows(6, seed=4)
+    rows[4]["question"] = "who " * 30
+    data = write_csv(tmp_path / "long.csv", rows)
+    with pytest.raises(BadInputError, match=r"^row 5: the question has \d+ tokens"):
+        predict.run(PredictConfig(artifact=str(trained["artifact"]), data=str(data), out=str(tmp_path / "q.jsonl"),
+                                  chunk_size=3))
+
+
+def test_one_question_length_limit_in_training_export_and_the_int8_runtime(trained, tmp_path):
+    """The head's max_question_len (shorter here than what a window leaves) is the limit of training,
+    evaluation and export as of serving: a longer question is named (exit 2) or skipped and counted; the
+    INT8 calibration and search runtime answers by the export's head, not a default one."""
+    from transformers import AutoTokenizer
+
+    from deploykit import evaluation
+    from deploykit.config import EvalConfig, ExportConfig, TrainConfig
+    from deploykit.tasks.question_answering import export, train
+    from deploykit.tasks.question_answering.head import QuestionAnswering
+
+    rows = learnable_rows(30)
+    rows[2]["question"] = "who came to the quiet house today?"  # 8 tokens: within a window, over 4
+    path = write_csv(tmp_path / "long.csv", rows)
+    options = {"task": "question-answering", "data": str(path), "answer_column": "answer",
+               "answer_start_column": "answer_start", "allow_no_answer": True, "max_length": MAX_LENGTH,
+               "doc_stride": STRIDE, "max_question_len": 4, "seed": 1}
+    tokenizer = AutoTokenizer.from_pretrained(trained["checkpoint"])
+    training = train.Training(TrainConfig(**options))
+    with pytest.raises(BadInputError, match=r"id 'all-2'.* has 8 tokens.*at most 4 tokens.*--skip-bad-rows"):
+        training.prepare(tokenizer, None, None)
+    training = train.Training(TrainConfig(**options, skip_bad_rows=True))
+    training.prepare(tokenizer, None, None)
+    assert training.splits.skipped == 1 and "all-2" not in training.splits.train.ids + training.splits.validation.ids
+    exporter = export.Export(ExportConfig(checkpoint=str(trained["checkpoint"]), out=str(tmp_path / "a"), data=str(path),
+                                          split="all", max_question_len=4), trained["checkpoint"])
+    with pytest.raises(BadInputError, match=r"id 'all-2'.*--max-question-len 4"):
+        exporter.load()
+    with pytest.raises(BadInputError, match=r"id 'all-2'.*--max-question-len 4"):
+        evaluation.run(EvalConfig(checkpoint=str(trained["checkpoint"]), data=str(path), split="all",
+                                  out=str(tmp_path / "eval"), max_question_len=4))
+    head = QuestionAnswering(doc_stride=STRIDE, max_answer_len=3, max_question_len=4, handle_impossible_answer=True)
+    graph = Runtime.of_graph(trained["artifact"] / "model.onnx", trained["artifact"] / "tokenizer.json", MAX_LENGTH,
+                             head=head)
+    assert graph.head == head and graph.question_limit == 4 and graph.rules().max_answer_len == 3
+
+
+def test_export_tunes_the_null_threshold_with_the_rules_it_writes(trained, tmp_path):
+    """The threshold lives in the score space of the head's rules: with training's (default) rules export
+    finds training's threshold again; with --max-answer-len 1 (the best answers' probabilities move) another."""
+    from deploykit.config import ExportConfig
+    from deploykit.tasks.question_answering import export
+    from deploykit.tasks.question_answering.evaluate import validation_threshold
+
+    def head(**options):
+        exporter = export.Export(ExportConfig(checkpoint=str(trained["checkpoint"]), out=str(tmp_path / "a"),
+                                              **options), trained["checkpoint"])
+        exporter.load()
+        return exporter.head()
+
+    trained_threshold = validation_threshold(trained["checkpoint"])
+    assert head().null_threshold == pytest.approx(trained_threshold, abs=1e-6)
+    short = head(max_answer_len=1)
+    assert short.max_answer_len == 1 and short.null_threshold != pytest.approx(trained_threshold, abs=1e-6)
 
 
 # --- the real server -------------------------------------------------------------------------------
@@ -321,6 +417,18 @@ def test_answer_route_answers_what_the_runtime_does_with_the_pipelines_fields(se
     assert status == 200 and [a["answer"] for a in many["answers"]] == ["Bob Stone", "Mia Park", ""]
     assert many["answers"] == json.loads(json.dumps([f[0] for f in runtime.predict([QUESTION] * 3,
                                                                                  [i["context"] for i in items])]))
+
+
+def test_a_list_request_decodes_each_question_with_its_own_top_k(server):
+    """The pipeline's n-best (and so a merged answer's score, and the null decision) depends on top_k: a
+    top_k=1 question beside a top_k=20 one answers exactly as it does alone."""
+    # Word-aligned sub-token spans of "Annleebob" merge into one answer: more candidates, a higher score.
+    item = {"question": QUESTION, "context": "then we then quiet sun drove night tree Bnmrlqx Annleebob it car cat house"}
+    status, alone = post_json(server + "/answer", item)
+    status_many, many = post_json(server + "/answer", [item, {**item, "top_k": 20}])
+    assert status == status_many == 200 and alone["answer"] == "Annleebob"
+    assert many["answers"][0] == {k: alone[k] for k in ("answer", "score", "start", "end")}
+    assert many["answers"][1][0]["score"] > alone["score"]  # the same answer, more merged candidates
 
 
 def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server):

@@ -55,6 +55,13 @@ class Decoded:
         return self.null_score - self.best_score
 
 
+def question_limit(max_question_len: int, max_length: int, stride: int, specials: int) -> int:
+    """The most question tokens a model takes (training, evaluation, export and serving alike): the head's
+    ``max_question_len``, within what a window of ``max_length`` leaves beside its ``specials`` special
+    tokens, the ``stride`` shared tokens and one new context token."""
+    return min(max_question_len, max_length - specials - stride - 1)
+
+
 def decode_spans(start: np.ndarray, end: np.ndarray, topk: int, max_answer_len: int,
                  desired: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``topk`` best spans of one window ([1, tokens] start and end probabilities), as the

@@ -22,9 +22,14 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from deploykit.config import DataConfig
 from deploykit.data import (SPLIT_NAMES, Splits, group_cells, read_frames, require_columns, slice_cells,
@@ -65,10 +70,13 @@ class Questions:
 
     def take(self, n: int | None) -> Questions:
         """The first ``n`` questions (all with None)."""
-        if n is None:
-            return self
-        return Questions(self.questions[:n], self.contexts[:n], self.answers[:n], self.ids[:n],
-                         self.slices[:n] if self.slices is not None else None)
+        return self if n is None else self.pick(range(min(n, len(self))))
+
+    def pick(self, indices: Sequence[int]) -> Questions:
+        """The questions at ``indices``, in that order."""
+        return Questions([self.questions[i] for i in indices], [self.contexts[i] for i in indices],
+                         [self.answers[i] for i in indices], [self.ids[i] for i in indices] if self.ids else [],
+                         [self.slices[i] for i in indices] if self.slices is not None else None)
 
 
 @dataclass
@@ -144,8 +152,9 @@ def answers_cell(cell: Any) -> list[Answer]:
             raise CellError("is not JSON; write SQuAD's {\"text\": [...], \"answer_start\": [...]}") from None
     if isinstance(cell, dict):
         texts, starts = cell.get("text"), cell.get("answer_start")
-        texts = [texts] if isinstance(texts, str) else list(texts if texts is not None else [])
-        starts = [starts] if isinstance(starts, (int, float)) else list(starts if starts is not None else [])
+        # A scalar (a JSON number, numpy's int64 from pyarrow) is one answer; an array or list is several.
+        texts = [texts] if np.ndim(texts) == 0 and texts is not None else list(texts if texts is not None else [])
+        starts = [starts] if np.ndim(starts) == 0 and starts is not None else list(starts if starts is not None else [])
         if len(texts) != len(starts):
             raise CellError(f"has {len(texts)} answer texts but {len(starts)} answer_start values; give one start "
                             "per text")
@@ -159,11 +168,33 @@ def answers_cell(cell: Any) -> list[Answer]:
         raise CellError(f"is {type(cell).__name__}, not SQuAD's {{\"text\": [...], \"answer_start\": [...]}}")
     out = []
     for text, start in pairs:
-        if not isinstance(text, str) or isinstance(start, bool) or not isinstance(start, (int, float)) \
-                or float(start) != int(start):
+        as_text, at = answer_text(text), answer_start(start)
+        if as_text is None or at is None:
             raise CellError(f"has the answer {text!r} at {start!r}; an answer is a text and an integer start")
-        out.append((text, int(start)))
+        out.append((as_text, at))
     return out
+
+
+def answer_text(value: Any) -> str | None:
+    """An answer's text: a string, or a number as its context writes it (a "how many" answer column that
+    pandas or pyarrow read as int, or as float beside empty cells); None for anything else."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    if isinstance(value, numbers.Integral) or float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def answer_start(value: Any) -> int | None:
+    """An answer's character start: any integer (numpy's int32/int64 from Parquet and ``save_to_disk``
+    included) or a whole float (a CSV column with empty cells); None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    if isinstance(value, numbers.Integral):
+        return operator.index(value)
+    return int(value) if float(value).is_integer() else None
 
 
 def check_answers(context: str, answers: list[Answer]) -> str | None:

@@ -23,7 +23,7 @@ from deploykit import checkpoint
 from deploykit.config import DataConfig, EvalConfig
 from deploykit.evaluation import length_groups, length_plot, slice_groups, slice_table
 from deploykit.tasks.question_answering import answers, data, scoring, squad
-from deploykit.tasks.question_answering.train import encode
+from deploykit.tasks.question_answering.train import encode, fit_questions
 from deploykit.tasks.token_classification.data import backend
 
 log = logging.getLogger(__name__)
@@ -51,12 +51,16 @@ class Evaluation:
         model, tokenizer = checkpoint.load_model(self.checkpoint)
         split, _ = data.held_out(dcfg, cfg.split, cfg.slice_column)
         log.info("scoring %d questions of %s (%s)", len(split), dcfg.data, cfg.split)
+        split, skipped = fit_questions(tokenizer, split, dcfg.max_length, dcfg.doc_stride, cfg.max_question_len,
+                                       dcfg.skip_bad_rows, f"{dcfg.data} ({cfg.split})")
         rows = encode(tokenizer, split, dcfg.max_length, dcfg.doc_stride)
         starts, ends = scoring.window_logits(model, tokenizer, rows, batch_size=cfg.batch_size, progress=True)
         rules = answers.Rules(max_answer_len=cfg.max_answer_len, align_to_words=cfg.align_to_words)
         decoded = scoring.decode_all(split, rows, starts, ends, rules, tokenizer.cls_token_id)
         null_rule = 0.0 if dcfg.allow_no_answer else None  # the pipeline's handle_impossible_answer
         metrics = scoring.qa_metrics(split, decoded, null_rule)
+        if skipped:
+            metrics["skipped_rows"] = skipped
         threshold = validation_threshold(self.checkpoint)
         if threshold is not None:
             tuned = scoring.qa_metrics(split, decoded, threshold)

@@ -24,6 +24,7 @@ import numpy as np
 
 from deploykit.tasks.classification.int8_fallback import Trial
 from deploykit.tasks.question_answering import data, parity, squad
+from deploykit.tasks.question_answering.head import QuestionAnswering
 from deploykit.tasks.question_answering.runtime import Runtime
 from deploykit.tasks.token_classification.int8 import expected_sentence_agreement
 
@@ -63,17 +64,17 @@ class Scorer:
         tokenizer_file: The artifact's ``tokenizer.json``.
         rows: Search questions (the validation split).
         max_length: Window length.
-        stride: Window overlap (the head's ``doc_stride``).
+        head: The export's head (its stride, answer rules and question limit: candidates answer as served).
         batch_sizes: Batch sizes the scoring cycles through.
         min_agreement: The INT8 gate (best-answer agreement).
         max_f1_drop: Largest SQuAD-F1 loss against ``reference``.
         margin: What the expected agreement must add to ``min_agreement``.
     """
 
-    def __init__(self, reference: Path, tokenizer_file: Path, rows: SearchRows, max_length: int, stride: int,
+    def __init__(self, reference: Path, tokenizer_file: Path, rows: SearchRows, max_length: int, head: QuestionAnswering,
                  batch_sizes: Sequence[int], min_agreement: float, max_f1_drop: float, margin: float = 0.0) -> None:
         self.reference_path, self.tokenizer_file, self.rows = Path(reference), Path(tokenizer_file), rows
-        self.max_length, self.stride, self.batch_sizes = max_length, stride, list(batch_sizes)
+        self.max_length, self.head, self.batch_sizes = max_length, head, list(batch_sizes)
         self.min_agreement, self.max_f1_drop = min_agreement, max_f1_drop
         self.target = min(1.0, min_agreement + margin)
         self.count_floor = min_agreement
@@ -82,7 +83,7 @@ class Scorer:
 
     def runtime(self, path: Path) -> Runtime:
         """The candidate loaded as served: the runtime's own windows, padding and feeds."""
-        return Runtime.of_graph(path, self.tokenizer_file, self.max_length, stride=self.stride)
+        return Runtime.of_graph(path, self.tokenizer_file, self.max_length, head=self.head)
 
     def _score(self, path: Path, desc: str = "") -> tuple[list[np.ndarray], list[list[dict[str, Any]]]]:
         """(each question's [2, tokens] logits over its windows, its best answer) of the search rows."""

@@ -40,8 +40,13 @@ class Data:
                           "--max-length share (training, evaluation and the served default; the pipeline's "
                           "doc_stride).")
 
+    max_question_len: int = opt(64, "question-answering: the longest question, in tokens (the pipeline's "
+                                "max_question_len; training, evaluation, export and the service refuse a longer "
+                                "one, or skip it with --skip-bad-rows).")
+
     def validate(self) -> None:
         require(self.doc_stride >= 0, "doc_stride", "must be >= 0 tokens")
+        require(self.max_question_len >= 1, "max_question_len", "must be at least 1 token")
 
 
 @dataclass

@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from deploykit.config import PredictConfig
+from deploykit.errors import BadInputError
 from deploykit.manifest import Manifest
 from deploykit.predict import TextSource
-from deploykit.tasks.question_answering.runtime import Runtime
+from deploykit.tasks.question_answering.runtime import PairError, Runtime
 
 QUESTION, CONTEXT = "question", "context"
 
@@ -49,5 +50,8 @@ class Scorer:
         self.name, self.variant = self.runtime.name, self.runtime.variant
 
     def __call__(self, texts: list[tuple[str, str]], keys: list[int]) -> list[dict[str, Any]]:
-        found = self.runtime.predict([q for q, _ in texts], [c for _, c in texts])
+        try:
+            found = self.runtime.predict([q for q, _ in texts], [c for _, c in texts])
+        except PairError as exc:  # named by its place in the chunk: name its row in the file instead
+            raise BadInputError(f"row {keys[exc.index] + 1}: the question {exc.problem}") from None
         return [{k: f[0][k] for k in ("answer", "score", "start", "end")} for f in found]

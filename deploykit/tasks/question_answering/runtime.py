@@ -38,6 +38,20 @@ from deploykit.tasks.windows import Window, by_text, set_windows
 MAX_TOP_K = 20  # the most answers one question may ask for
 
 
+class PairError(BadInputError):
+    """A (question, context) pair the model cannot take, by its position in the call (``index``), so a
+    caller that knows where the pairs came from (``predict``: the file rows) can name it.
+
+    Attributes:
+        index: The pair's position in the call.
+        problem: What is wrong with it, after "question N".
+    """
+
+    def __init__(self, index: int, problem: str) -> None:
+        super().__init__(f"question {index} {problem}")
+        self.index, self.problem = index, problem
+
+
 class Runtime(ClassifierRuntime):
     """A question-answering artifact loaded for inference (the arguments are the classifier runtime's:
     ``artifact``, ``variant``, ``threads``, ``providers``, ``max_batch_tokens``, ``max_batch_size``,
@@ -72,20 +86,24 @@ class Runtime(ClassifierRuntime):
 
     @classmethod
     def of_graph(cls, model_file: str | Path, tokenizer_file: str | Path, max_length: int, *,
-                 threads: int | None = None, spin: bool = False, stride: int | None = None) -> Runtime:
+                 threads: int | None = None, spin: bool = False, stride: int | None = None,
+                 head: QuestionAnswering | None = None) -> Runtime:
         """A graph that is not (yet) an artifact's variant (the classifier runtime's ``of_graph``), with
-        a default head whose windows share ``stride`` tokens (default: a quarter window, at most 32).
+        ``head`` (the export's: its stride, answer rules and question limit), else a default head whose
+        windows share ``stride`` tokens (default: a quarter window, at most 32).
 
         Raises:
             BadInputError: As the constructor.
         """
         runtime = super().of_graph(model_file, tokenizer_file, max_length, threads=threads, spin=spin)
-        if stride is not None and stride != runtime.head.doc_stride:
+        if head is None and stride is not None:
+            head = QuestionAnswering(doc_stride=stride)
+        if head is not None:
             try:
-                set_windows(runtime.tokenizer, runtime.max_length, stride, pair=True)
+                set_windows(runtime.tokenizer, runtime.max_length, head.doc_stride, pair=True)
             except ValueError as exc:
                 raise BadInputError(f"--doc-stride: {exc}") from None
-            runtime.head = QuestionAnswering(doc_stride=stride)
+            runtime.head = head
         return runtime
 
     def probe_shape(self) -> tuple[int, ...]:
@@ -96,7 +114,7 @@ class Runtime(ClassifierRuntime):
     def question_limit(self) -> int:
         """The most question tokens served: the head's ``max_question_len``, within what a window leaves
         beside the special tokens, the stride and one new context token."""
-        return min(self.head.max_question_len, self.max_length - self.specials - self.head.doc_stride - 1)
+        return answers.question_limit(self.head.max_question_len, self.max_length, self.head.doc_stride, self.specials)
 
     # --- tokens ------------------------------------------------------------------------------
 
@@ -112,7 +130,7 @@ class Runtime(ClassifierRuntime):
         for i, (question, context) in enumerate(zip(questions, contexts)):
             for name, value in (("question", question), ("context", context)):
                 if not isinstance(value, str) or not value.strip():
-                    raise BadInputError(f"the {name} of question {i} is empty or not text; send a non-empty string")
+                    raise PairError(i, f"has its {name} empty or not text; send a non-empty string")
         try:
             counts = [len(e.ids) for e in self.questions.encode_batch(list(questions), add_special_tokens=False)]
         except Exception:  # tokenizers says not which text
@@ -121,13 +139,13 @@ class Runtime(ClassifierRuntime):
                 try:
                     counts.append(len(self.questions.encode(text, add_special_tokens=False).ids))
                 except Exception as exc:
-                    raise BadInputError(f"question {i} cannot be tokenized ({exc}); send valid Unicode strings") from None
+                    raise PairError(i, f"cannot be tokenized ({exc}); send valid Unicode strings") from None
         limit = self.question_limit
         for i, count in enumerate(counts):
             if count > limit:
-                raise BadInputError(f"question {i} has {count} tokens; this model answers questions of at most {limit} "
-                                    f"tokens (max_question_len {self.head.max_question_len}, windows of "
-                                    f"{self.max_length}); shorten it")
+                raise PairError(i, f"has {count} tokens; this model answers questions of at most {limit} tokens "
+                                   f"(max_question_len {self.head.max_question_len}, windows of {self.max_length}); "
+                                   "shorten it")
         try:
             return answers.pair_windows(self.tokenizer, questions, contexts, self.max_length, self.head.doc_stride)
         except Exception:
@@ -135,7 +153,8 @@ class Runtime(ClassifierRuntime):
                 try:
                     self.questions.encode(context)
                 except Exception as exc:
-                    raise BadInputError(f"context {i} cannot be tokenized ({exc}); send valid Unicode strings") from None
+                    raise PairError(i, f"has a context that cannot be tokenized ({exc}); send valid Unicode "
+                                       "strings") from None
             raise
 
     def run(self, rows: Sequence[Window]) -> np.ndarray:
@@ -169,29 +188,37 @@ class Runtime(ClassifierRuntime):
         return answers.Rules(top_k, self.head.max_answer_len, self.head.align_to_words, impossible)
 
     def decoded(self, contexts: Sequence[str], rows: Sequence[Window], logits: Sequence[np.ndarray],
-                rules: answers.Rules) -> list[answers.Decoded]:
-        """Each question's answers as the pipeline ranks them, from its windows' logits."""
+                rules: answers.Rules | Sequence[answers.Rules]) -> list[answers.Decoded]:
+        """Each question's answers as the pipeline ranks them, from its windows' logits, under one rule set
+        for all, or each question's own (its top_k: the pipeline's n-best, hence its scores, depend on it)."""
         groups = by_text(rows)
+        each = [rules] * len(contexts) if isinstance(rules, answers.Rules) else rules
         return [answers.decode(context, [rows[j] for j in groups.get(i, [])], [logits[j][0] for j in groups.get(i, [])],
-                               [logits[j][1] for j in groups.get(i, [])], rules, self.cls_id)
+                               [logits[j][1] for j in groups.get(i, [])], each[i], self.cls_id)
                 for i, context in enumerate(contexts)]
 
     def answers(self, contexts: Sequence[str], rows: Sequence[Window], logits: Sequence[np.ndarray],
-                top_k: int = 1, threshold: bool = True) -> list[list[dict[str, Any]]]:
+                top_k: int | Sequence[int] = 1, threshold: bool = True) -> list[list[dict[str, Any]]]:
         """The served answers of each question (``answer``, ``score``, ``start``, ``end``; best first).
 
         Args:
             contexts: The contexts ``rows`` were cut from.
             rows: Their windows (``tokenize``).
             logits: Each window's logits (``run``/``logits_of``).
-            top_k: Answers per question.
+            top_k: Answers per question: one for all, or each question's own (each decoded with its own,
+                as it would be alone).
             threshold: Apply the manifest's tuned null threshold (when it has one); False gives the
                 pipeline's own ranking.
+
+        Raises:
+            BadInputError: A ``top_k`` outside 1..``MAX_TOP_K``.
         """
         tuned = self.head.null_threshold if threshold else None
+        ks = [top_k] * len(contexts) if isinstance(top_k, int) else list(top_k)
         # With a tuned threshold the empty answer is placed by it, not ranked by the pipeline's rule.
-        rules = self.rules(top_k, False if tuned is not None else None)
-        return [answers.with_threshold(d, tuned, top_k) for d in self.decoded(contexts, rows, logits, rules)]
+        rules = {k: self.rules(k, False if tuned is not None else None) for k in set(ks)}
+        decoded = self.decoded(contexts, rows, logits, [rules[k] for k in ks])
+        return [answers.with_threshold(d, tuned, k) for d, k in zip(decoded, ks)]
 
     def predict(self, questions: Sequence[str], contexts: Sequence[str], top_k: int = 1) -> list[list[dict[str, Any]]]:
         """The answers of (question, context) pairs (any number, any length), in the caller's order."""

@@ -88,11 +88,9 @@ class AnswerBackend(ClassificationBackend):
             call.timeline.tokenize = (start, time.perf_counter())
         logits = await batcher.submit_rows(rows, deadline=batcher.deadline(request_timeout(call, timeout_us)),
                                            disconnected=call.disconnected, route=route, timeline=call.timeline)
-        most = max(top_k)
 
         def work() -> list[list[dict[str, Any]]]:
-            found = runtime.answers(contexts, rows, logits, most)
-            return [f[:k] for f, k in zip(found, top_k)]
+            return runtime.answers(contexts, rows, logits, top_k)
 
         if len(rows) <= _INLINE_WINDOWS:
             return work()

@@ -94,7 +94,9 @@ def metrics(golds: Sequence[Sequence[str]], predictions: Sequence[str],
     em, f = question_scores(golds, predictions)
     n = len(predictions)
     out: dict[str, Any] = {"exact_match": sum(em) / max(n, 1), "f1": sum(f) / max(n, 1), "n": n}
-    has = [bool([g for g in gold if normalize(g)]) for gold in golds]
+    # HasAns/NoAns by the raw gold list, as the official v2.0 script (``make_qid_to_has_ans``): a gold
+    # answer that normalises to nothing (".", "the") still makes its question answerable.
+    has = [bool(gold) for gold in golds]
     if not all(has):
         for name, keep in (("has_ans", True), ("no_ans", False)):
             index = [i for i in range(n) if has[i] == keep]

@@ -27,25 +27,46 @@ from deploykit.tasks.windows import Window, set_windows
 log = logging.getLogger(__name__)
 
 
-def encode(tokenizer: Any, split: data.Questions, max_length: int, stride: int) -> list[Window]:
-    """The windows of a split's (question, context) pairs, cut as the runtime cuts them.
+def fit_questions(tokenizer: Any, split: data.Questions, max_length: int, stride: int, max_question_len: int,
+                  skip: bool, where: str) -> tuple[data.Questions, int]:
+    """The questions the model takes: those of at most ``answers.question_limit`` tokens, the limit the
+    runtime serves (the head's ``max_question_len`` within a window), so that training, evaluation,
+    export and serving accept the same questions.
+
+    Returns:
+        (the questions that fit, how many longer ones ``skip`` left out).
 
     Raises:
-        BadInputError: A ``--doc-stride`` that leaves a window no new tokens, or a question too long
-            for a window (named by its row).
+        BadInputError: Without ``skip``, a longer question (named by its id, with the count of others).
+    """
+    specials = backend(tokenizer).num_special_tokens_to_add(True)
+    limit = answers.question_limit(max_question_len, max_length, stride, specials)
+    counts = [len(e.ids) for e in backend(tokenizer).encode_batch(split.questions, add_special_tokens=False)]
+    long = [i for i, count in enumerate(counts) if count > limit]
+    if long and not skip:
+        i = long[0]
+        more = f" (and {len(long) - 1} more)" if len(long) > 1 else ""
+        raise BadInputError(f"{where}: the question with id {split.ids[i]!r} ({split.questions[i][:60]!r}) has "
+                            f"{counts[i]} tokens; the model takes questions of at most {limit} tokens (--max-question-len "
+                            f"{max_question_len}, windows of --max-length {max_length} sharing --doc-stride {stride})"
+                            f"{more}; shorten it, raise --max-question-len, or pass --skip-bad-rows")
+    if long:
+        log.warning("%s: %d question(s) longer than %d tokens skipped (--skip-bad-rows)", where, len(long), limit)
+    return split.pick([i for i in range(len(split)) if i not in set(long)]), len(long)
+
+
+def encode(tokenizer: Any, split: data.Questions, max_length: int, stride: int) -> list[Window]:
+    """The windows of a split's (question, context) pairs, cut as the runtime cuts them (the questions
+    fit: ``fit_questions``).
+
+    Raises:
+        BadInputError: A ``--doc-stride`` that leaves a window no new tokens.
     """
     pairs = backend(tokenizer)
     try:
         set_windows(pairs, max_length, stride, pair=True)
     except ValueError as exc:
         raise BadInputError(f"--doc-stride/--max-length: {exc}") from None
-    specials = pairs.num_special_tokens_to_add(True)
-    question_tokens = backend(tokenizer).encode_batch(split.questions, add_special_tokens=False)
-    for i, encoding in enumerate(question_tokens):
-        if len(encoding.ids) + specials + stride + 1 > max_length:
-            raise BadInputError(f"question {i + 1} ({split.questions[i][:60]!r}) has {len(encoding.ids)} tokens, too "
-                                f"many for a window of --max-length {max_length} with --doc-stride {stride}; raise "
-                                "--max-length or shorten the question")
     return answers.pair_windows(pairs, split.questions, split.contexts, max_length, stride)
 
 
@@ -92,7 +113,15 @@ class Training:
         """Window and label the training questions once; window the validation ones; the padding collator."""
         from transformers import DataCollatorWithPadding
 
-        cfg, split = self.cfg, self.splits.train
+        cfg = self.cfg
+        # The questions the exported model will take (the export's --max-question-len default is the same).
+        self.splits.train, long_train = fit_questions(tokenizer, self.splits.train, cfg.max_length, cfg.doc_stride,
+                                                      cfg.max_question_len, cfg.skip_bad_rows, f"{cfg.data} (train)")
+        self.splits.validation, long_validation = fit_questions(
+            tokenizer, self.splits.validation, cfg.max_length, cfg.doc_stride, cfg.max_question_len,
+            cfg.skip_bad_rows, f"{cfg.data} (validation)")
+        self.splits.skipped += long_train + long_validation
+        split = self.splits.train
         rows = encode(tokenizer, split, cfg.max_length, cfg.doc_stride)
         self.cls_id = tokenizer.cls_token_id
         self.train_rows = []

@@ -94,7 +94,7 @@ class WindowedExport:
                 scheme.write(source, dst)
                 return {**scheme.info(source, dst, []), "fallback": {"mode": "off"}}, None
             return int8_fallback.search(source, dst, scheme, scorer), None
-        calibration = self._calibration(src, folder / "tokenizer.json", self.stride_of(head))
+        calibration = self._calibration(src, folder / "tokenizer.json", head)
         log.info("int8: calibrating on %d training %s of %s (%d unpadded batches)", len(calibration.texts), self.UNITS,
                  calibration.source, len(calibration.feeds))
         scratch = Path(tempfile.mkdtemp(prefix="deploykit-int8-schemes-", dir=folder.parent))
@@ -150,14 +150,14 @@ class Export(WindowedExport):
         return TokenClassification(tuple(self.labels), "logits", dcfg.tag_scheme, self.cfg.aggregation,
                                    min(dcfg.stride, self.max_length - 3))
 
-    def _calibration(self, src: Path, tokenizer_file: Path, stride: int) -> int8_schemes.Calibration:
+    def _calibration(self, src: Path, tokenizer_file: Path, head: TokenClassification) -> int8_schemes.Calibration:
         """The first ``--calibration-samples`` training sentences (never held-out ones), tokenized as
         served (windows), as unpadded calibration feeds."""
         splits = data.load_splits(replace(self.dcfg, max_train_samples=None), self.backend)
         texts = splits.train.texts[:self.cfg.calibration_samples]
         if not texts:
             raise BadInputError(f"the training split of {self.dcfg.data} has no rows to calibrate INT8 on")
-        runtime = Runtime.of_graph(src, tokenizer_file, self.max_length, stride=stride)
+        runtime = Runtime.of_graph(src, tokenizer_file, self.max_length, stride=self.stride_of(head))
         return int8_schemes.Calibration(quantize.calibration_feeds(runtime, texts), parity.source_name(self.dcfg),
                                         "train", list(texts), self.dcfg.text_column if self.dcfg.entities_column else None)
 
