@@ -242,22 +242,15 @@ def test_real_tritonserver_serves_labels_through_the_runtime_model(multi_label_r
 
     from deploykit.config import TritonConfig
     from deploykit.serve import triton_repo
-    from deploykit.serve.launch import stop_process_group
-    from test_triton import launch, readme_command
+    from test_triton import readme_server
 
     repo = triton_repo.run(TritonConfig(artifact=str(multi_label_run[2]), out=str(tmp_path / "repo"), variant="fp32",
                                         max_batch_size=8, threads=1))
     assert sorted(p.name for p in repo.iterdir()) == ["README.md", "topics"]
-    command = readme_command((repo / "README.md").read_text(), "topics")
-    proc, url = launch(pytriton_venv, repo, command[2:], ("topics",), tmp_path / "tritonserver.log")
-    client = httpclient.InferenceServerClient(url)
-    try:
-        tensor = httpclient.InferInput("TEXT", [len(TEXTS), 1], "BYTES")
-        tensor.set_data_from_numpy(np.array(TEXTS, dtype=np.object_).reshape(-1, 1))
+    tensor = httpclient.InferInput("TEXT", [len(TEXTS), 1], "BYTES")
+    tensor.set_data_from_numpy(np.array(TEXTS, dtype=np.object_).reshape(-1, 1))
+    with readme_server(pytriton_venv, repo, "topics") as client:
         result = client.infer("topics", [tensor])
-    finally:
-        client.close()
-        stop_process_group(proc, timeout=60)
     expected = runtime.predict(TEXTS)
     assert [json.loads(x) for x in result.as_numpy("LABELS").reshape(-1)] == [e["labels"] for e in expected]
     want = [[e["scores"][label] for label in runtime.labels] for e in expected]

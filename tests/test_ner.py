@@ -18,11 +18,10 @@ import numpy as np
 import pytest
 
 from deploykit.manifest import Manifest
-from deploykit.serve.launch import stop_process_group
 from deploykit.tasks.token_classification.head import AGGREGATIONS
 from deploykit.tasks.token_classification.runtime import Runtime
 from test_serve import http, post_json, start_server, stop_server
-from test_triton import launch, readme_command
+from test_triton import readme_server
 
 ROOT = Path(__file__).resolve().parents[1]
 FILLER = ["road", "sun", "tree", "we", "saw", "it", "today", "car", "blue", "quiet", "night", "green", "house",
@@ -372,21 +371,13 @@ def test_bench_online_drives_ner_and_its_v2_route(server, trained, tmp_path):
 @pytest.fixture(scope="module")
 def triton_ner(trained, tmp_path_factory, pytriton_venv):
     """tritonserver on the repository ``deploykit triton`` writes, started with its README's command line."""
-    import tritonclient.http as httpclient
-
     from deploykit.config import TritonConfig
     from deploykit.serve import triton_repo
 
     repo = triton_repo.run(TritonConfig(artifact=str(trained["artifact"]), out=str(tmp_path_factory.mktemp("t") / "repo"),
                                         max_batch_size=16))
-    command = readme_command((repo / "README.md").read_text(), "ner")
-    proc, url = launch(pytriton_venv, repo, command[2:], ("ner",), repo.parent / "tritonserver.log")
-    client = httpclient.InferenceServerClient(url)
-    try:
+    with readme_server(pytriton_venv, repo, "ner") as client:
         yield client
-    finally:
-        client.close()
-        stop_process_group(proc, timeout=60)
 
 
 def _infer(client, texts: list, **options):

@@ -267,8 +267,7 @@ def test_real_tritonserver_serves_pairs_through_the_runtime_model(pair_run, runt
 
     from deploykit.config import TritonConfig
     from deploykit.serve import triton_repo
-    from deploykit.serve.launch import stop_process_group
-    from test_triton import launch, readme_command
+    from test_triton import readme_server
 
     repo = triton_repo.run(TritonConfig(artifact=str(pair_run[2]), out=str(tmp_path / "repo"), variant="fp32",
                                         max_batch_size=8, threads=1))
@@ -284,17 +283,11 @@ def test_real_tritonserver_serves_pairs_through_the_runtime_model(pair_run, runt
             inputs.append(tensor)
         return client.infer("reranker", inputs).as_numpy("SCORES")[:, 0]
 
-    command = readme_command((repo / "README.md").read_text(), "reranker")
-    proc, url = launch(pytriton_venv, repo, command[2:], ("reranker",), tmp_path / "tritonserver.log")
-    client = httpclient.InferenceServerClient(url)
-    try:
+    with readme_server(pytriton_venv, repo, "reranker") as client:
         scores = infer([QUERY] * len(DOCS), DOCS)
         with pytest.raises(InferenceServerException):
             infer([QUERY] * len(DOCS), DOCS[:2])
         again = infer([QUERY] * len(DOCS), DOCS)
-    finally:
-        client.close()
-        stop_process_group(proc, timeout=60)
     want = [r["score"] for r in runtime.predict([(QUERY, d) for d in DOCS])]
     np.testing.assert_allclose(scores, want, atol=1e-6)
     np.testing.assert_allclose(again, want, atol=1e-6)

@@ -536,23 +536,14 @@ def test_bench_offline_and_online_drive_the_reader(trained, server, tmp_path):
 @pytest.fixture(scope="module")
 def triton_qa(trained, tmp_path_factory, pytriton_venv):
     """tritonserver on the repository ``deploykit triton`` writes, started with its README's command line."""
-    import tritonclient.http as httpclient
-
     from deploykit.config import TritonConfig
     from deploykit.serve import triton_repo
-    from deploykit.serve.launch import stop_process_group
-    from test_triton import launch, readme_command
+    from test_triton import readme_server
 
     repo = triton_repo.run(TritonConfig(artifact=str(trained["artifact"]), out=str(tmp_path_factory.mktemp("t") / "repo"),
                                         max_batch_size=16))
-    command = readme_command((repo / "README.md").read_text(), "qa")
-    proc, url = launch(pytriton_venv, repo, command[2:], ("qa",), repo.parent / "tritonserver.log")
-    client = httpclient.InferenceServerClient(url)
-    try:
+    with readme_server(pytriton_venv, repo, "qa") as client:
         yield client
-    finally:
-        client.close()
-        stop_process_group(proc, timeout=60)
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ elsewhere (tests/outside_tools.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -327,6 +329,22 @@ def server(repo, tmp_path_factory, pytriton_venv):
         yield {"url": url, "readme": readme, "log": served.parent / "tritonserver.log"}
     finally:
         # Stop exactly the server this fixture started (its own process group).
+        stop_process_group(proc, timeout=60)
+
+
+@contextlib.contextmanager
+def readme_server(venv: Path, repo: Path, model: str) -> Iterator[Any]:
+    """tritonserver on ``repo`` started with its README's command line for ``model`` (on free loopback
+    ports); yields a tritonclient HTTP client and stops the server by its process group after."""
+    import tritonclient.http as httpclient
+
+    command = readme_command((repo / "README.md").read_text(), model)
+    proc, url = launch(venv, repo, command[2:], (model,), repo.parent / "tritonserver.log")
+    client = httpclient.InferenceServerClient(url)
+    try:
+        yield client
+    finally:
+        client.close()
         stop_process_group(proc, timeout=60)
 
 
