@@ -138,12 +138,12 @@ def test_bad_rows_are_named_with_row_and_column(tmp_path, content, name, expecte
         assert text in str(caught.value)
 
 
-def test_a_bad_row_exits_2_before_anything_is_written(tmp_path):
+def test_a_bad_row_exits_2_before_anything_is_written(tmp_path, decoder_dirs):
     data_file = tmp_path / "pairs.csv"
     data_file.write_text("prompt,completion\n" + "".join(f"{p},{c}\n" for p, c in translation_rows(40))
                          + "translate: red =,\n")
     done = subprocess.run([sys.executable, "-m", "deploykit", "train", "--task", "text-generation", "--data",
-                           str(data_file), "--model", str(tmp_path), "--out", str(tmp_path / "run")],
+                           str(data_file), "--model", str(decoder_dirs["llama"]), "--out", str(tmp_path / "run")],
                           env=ENV, capture_output=True, text=True)
     assert done.returncode == 2
     assert "row 41 of column 'completion' is empty" in done.stderr
