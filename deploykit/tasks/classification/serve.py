@@ -22,8 +22,7 @@ from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
 from deploykit.config import ServiceConfig
 from deploykit.errors import BadInputError
-from deploykit.manifest import Manifest
-from deploykit.serve import v2
+from deploykit.serve import backend, v2
 from deploykit.serve.app import Call, HTTPError, Reply, Route, json_reply, request_timeout
 from deploykit.serve.batcher import DynamicBatcher
 from deploykit.serve.quoting import quote, shorten
@@ -200,20 +199,9 @@ def load(artifact: str, settings: ServiceConfig, metrics: Any) -> Classification
     return ClassificationBackend(artifact, settings, metrics)
 
 
-def preflight(artifact: str, variant: str, settings: ServiceConfig) -> None:
-    """Load the artifact as a worker will (``Runtime``: inputs, output width, a ``max_length`` row),
-    so that ``deploykit serve`` fails before anything listens.
-
-    Raises:
-        BadInputError: The graph contradicts the manifest.
-    """
-    Runtime(artifact, variant, threads=1, providers=settings.provider_list(),
-            max_batch_tokens=settings.max_batch_tokens, max_batch_size=settings.max_batch_size)
-
-
-def deployment_values(manifest: Manifest, variant: str) -> dict[str, str]:
-    """A classifier needs no settings beyond the shared ones (``deploykit.deploy.k8s``)."""
-    return {}
+# The serve contract's hooks a batched task shares (deploykit.serve.backend).
+preflight = backend.runtime_preflight(Runtime)
+deployment_values = backend.no_deployment_values
 
 
 def bento_apis(settings: ServiceConfig) -> dict[str, Any]:
