@@ -14,7 +14,7 @@ from typing import Any
 from deploykit.options import opt, require
 from deploykit.tasks.classification.options import INT8_SCHEMES
 # The request/response load generator's options, as token classification declares them.
-from deploykit.tasks.token_classification.options import BenchOnline
+from deploykit.tasks.token_classification.options import BenchOnline, fp32_score_atol_option
 
 
 @dataclass
@@ -74,9 +74,7 @@ class Answers:
 
 @dataclass
 class Parity:
-    fp32_score_atol: float = opt(1e-4, "token-classification, question-answering: largest difference of an "
-                                 "entity's or answer's score from the transformers pipeline's allowed for the fp32 "
-                                 "and fused variants (which must find the very same entities or answers).")
+    fp32_score_atol: float = fp32_score_atol_option()
     int8_min_answer_agreement: float = opt(0.99, "question-answering: smallest share of questions whose answer "
                                            "(text, start, end) an INT8 variant must reproduce.")
     int8_max_qa_f1_drop: float = opt(0.005, "question-answering: largest SQuAD-F1 loss (0.005 = half a point) "

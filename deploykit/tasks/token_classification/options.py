@@ -67,11 +67,17 @@ class HeldOut:
     entities_column: str | None = opt(None, "token-classification: entities column (default: the checkpoint's).")
 
 
+def fp32_score_atol_option() -> Any:
+    """``--fp32-score-atol``, the one option of both span tasks (token classification and question
+    answering declare it alike, so the configs built from either see the same field)."""
+    return opt(1e-4, "token-classification, question-answering: largest difference of an entity's or "
+               "answer's score from the transformers pipeline's allowed for the fp32 and fused variants "
+               "(which must find the very same entities or answers).")
+
+
 @dataclass
 class Parity:
-    fp32_score_atol: float = opt(1e-4, "token-classification, question-answering: largest difference of an "
-                                 "entity's or answer's score from the transformers pipeline's allowed for the fp32 "
-                                 "and fused variants (which must find the very same entities or answers).")
+    fp32_score_atol: float = fp32_score_atol_option()
     int8_min_span_agreement: float = opt(0.99, "token-classification: smallest share of sentences whose "
                                          "entity set (type, start, end) an INT8 variant must reproduce.")
     int8_max_entity_f1_drop: float = opt(0.005, "token-classification: largest entity-F1 loss (0.005 = half a "
