@@ -60,6 +60,28 @@ def test_unknown_label_names_the_row_or_is_skipped(tmp_path):
     assert rows.texts == ["one", "three"] and rows.labels == [(0,), ()]
 
 
+def test_an_empty_label_list_where_min_labels_forbids_one_names_the_row_or_is_skipped(tmp_path):
+    from deploykit.errors import ConfigError
+
+    rows = [(f"text {i}", "a" if i % 2 else "a|b") for i in range(30)]
+    rows[7] = ("the empty one", "")
+    file = _write(tmp_path / "min.csv", rows)
+    dcfg = dict(data=str(file), label_column="topics", problem_type="multi-label", label_separator="|")
+    assert len(data.load_splits(DataConfig(**dcfg)).train) + 1 > 20  # 0 (the default) allows it
+    with pytest.raises(BadInputError, match=r"min.csv: row 8 has 0 label\(s\) in column 'topics' and --min-labels is 1"
+                                            r".*--skip-bad-rows") as info:
+        data.load_splits(DataConfig(**dcfg, min_labels=1))
+    assert info.value.exit_code == 2
+    with pytest.raises(BadInputError, match=r"row 8 has 0 label\(s\)"):
+        data.held_out(DataConfig(**dcfg, min_labels=1), "all", ["a", "b"])
+    kept, _ = data.held_out(DataConfig(**dcfg, min_labels=1, skip_bad_rows=True), "all", ["a", "b"])
+    assert len(kept) == 29 and "the empty one" not in kept.texts and () not in kept.labels
+    splits = data.load_splits(DataConfig(**dcfg, min_labels=2, skip_bad_rows=True))
+    assert all(len(labels) == 2 for labels in splits.train.labels + splits.test.labels)
+    with pytest.raises(ConfigError, match="--min-labels: applies to --problem-type multi-label"):
+        DataConfig(data="x", min_labels=1)
+
+
 def test_thresholds_option_is_checked():
     from deploykit.config import TrainConfig
     from deploykit.errors import ConfigError

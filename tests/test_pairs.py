@@ -96,12 +96,37 @@ def test_fp32_scores_and_rankings_match_crossencoder_predict(pair_run, runtime):
                     assert got[i] > got[j]
 
 
-def test_int8_is_judged_by_spearman_and_is_batch_independent(pair_run):
+def test_int8_is_gated_on_the_queries_ndcg_and_is_batch_independent(pair_run):
     manifest = Manifest.verify(pair_run[2])
     int8 = manifest.variants["int8"]
     assert int8.batch_independent
-    assert set(int8.metrics) == {"spearman", "pearson"} and set(manifest.reference_metrics) == {"spearman", "pearson"}
+    ranked = {"spearman", "pearson", "ndcg_at_10", "mrr_at_10"}  # the test rows keep their query ids
+    assert set(int8.metrics) == ranked and set(manifest.reference_metrics) == ranked
     assert -1 <= int8.parity["label_agreement"] <= 1  # Spearman of the INT8 scores against fp32's
+    assert int8.parity["bounds"]["max_macro_f1_drop"] == 0.005  # --int8-max-ndcg-drop, not the F1 bound
+    drop = manifest.reference_metrics["ndcg_at_10"] - int8.metrics["ndcg_at_10"]
+    assert any(f["check"] == "ndcg_at_10_drop" for f in int8.parity["failures"]) == (drop > 0.005)
+
+
+def test_the_int8_gate_ranks_per_query_and_a_reversed_ranking_misses_it():
+    from deploykit.config import ParityConfig
+    from deploykit.tasks.classification import parity
+    from deploykit.tasks.classification.decisions import Decisions
+
+    rerank = Decisions(("score",), activation="sigmoid")
+    gold = [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    groups = parity.ranking_groups(["a", "a", "a", "b", "b", "b"])
+    good, reversed_ = np.array([[3.0], [0.0], [-1.0], [2.0], [1.0], [0.5]]), -np.array([[3.0], [0.0], [-1.0], [2.0], [1.0], [0.5]])
+    best = parity.classification_metrics(good, gold, 1, rerank, groups)
+    worst = parity.classification_metrics(reversed_, gold, 1, rerank, groups)
+    assert best["ndcg_at_10"] == pytest.approx(1.0) and best["mrr_at_10"] == 1.0
+    assert worst["ndcg_at_10"] < 0.6 and worst["mrr_at_10"] == pytest.approx(1 / 3)
+    cfg = ParityConfig()
+    assert parity.gated_f1(rerank, groups) == "ndcg_at_10" and parity.max_f1_drop(cfg, rerank, groups) == 0.005
+    # One candidate per query ranks nothing: the gate falls back to the scores' Spearman correlation.
+    assert parity.ranking_groups(["a", "b", "c"]) is None and parity.gated_f1(rerank, None) == "spearman"
+    assert parity.max_f1_drop(cfg, rerank, None) == cfg.int8_max_f1_drop
+    assert "ndcg_at_10" not in parity.classification_metrics(good, gold, 1, rerank, None)
 
 
 def test_evaluate_reports_ndcg_and_mrr_and_predict_scores_pairs(pair_run, runtime, tmp_path):

@@ -132,6 +132,32 @@ def _names(label: Any, multi: bool) -> tuple[str, ...]:
     return label if multi else (label,)
 
 
+def _row_names(split: str, n: int) -> list[str]:
+    """How messages name a source's rows: "row 8" of a file without splits, "test row 8" of a split."""
+    return [f"row {i + 1}" if split == "all" else f"{split} row {i + 1}" for i in range(n)]
+
+
+def _enough_labels(rows: list[tuple], where: str, cfg: DataConfig) -> list[tuple]:
+    """Multi-label rows with at least --min-labels labels: a row with fewer is an error naming it,
+    or is dropped with --skip-bad-rows (logged)."""
+    if not cfg.min_labels:
+        return rows
+    kept, bad = [], []
+    for row in rows:
+        if len(row[1]) >= cfg.min_labels:
+            kept.append(row)
+        elif not cfg.skip_bad_rows:
+            raise BadInputError(f"{where}: {row[4]} has {len(row[1])} label(s) in column '{cfg.label_column}' and "
+                                f"--min-labels is {cfg.min_labels} (the label set forbids fewer); label the row, "
+                                "or pass --skip-bad-rows to leave such rows out")
+        else:
+            bad.append(row[4])
+    if bad:
+        log.warning("%s: skipped %d row(s) with fewer than %d label(s) (--skip-bad-rows): %s", where, len(bad),
+                    cfg.min_labels, ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else ""))
+    return kept
+
+
 def _known_rows(rows: list[tuple], label_names: list[str], where: str, cfg: DataConfig) -> list[tuple]:
     """Multi-label rows whose labels the label map knows: a row with another label is an error
     naming it, or is dropped with --skip-bad-rows (logged)."""
@@ -142,7 +168,7 @@ def _known_rows(rows: list[tuple], label_names: list[str], where: str, cfg: Data
             kept.append(row)
             continue
         if not cfg.skip_bad_rows:
-            raise BadInputError(f"{where}: row {row[4]} has label(s) {unknown} that the training split lacks "
+            raise BadInputError(f"{where}: {row[4]} has label(s) {unknown} that the training split lacks "
                                 f"(it has {label_names}); fix the row, add training rows for them, or pass "
                                 "--skip-bad-rows to leave such rows out")
         bad.append(row[4])
@@ -188,8 +214,10 @@ def load_splits(cfg: DataConfig, slice_column: str | None = None) -> LabelledSpl
     # (text, label, slice, group, "split row N" for messages)
     raw = {name: list(zip(_text_cells(f, text_column, f"{where} ({name})", cfg),
                           _label_cells(f, label_column, f"{where} ({name})", cfg), slice_cells(f, slice_column),
-                          group_cells(f, cfg.group_column), [f"{name} row {i + 1}" for i in range(len(f))]))
+                          group_cells(f, cfg.group_column), _row_names(name, len(f))))
            for name, f in frames.items()}
+    if multi:
+        raw = {name: _enough_labels(split, where, cfg) for name, split in raw.items()}
     rows = three_splits(raw, cfg, where, stratum=None if multi or score else (lambda row: row[1]),
                         group=lambda row: row[3])
     if score:
@@ -244,9 +272,9 @@ def load_labelled(dcfg: DataConfig, label_names: list[str], slice_column: str | 
     for name, frame in frames.items():
         rows += zip(_text_cells(frame, text_column, f"{where} ({name})", dcfg),
                     _label_cells(frame, label_column, f"{where} ({name})", dcfg), slice_cells(frame, slice_column),
-                    group_cells(frame, dcfg.group_column), [f"{name} row {i + 1}" for i in range(len(frame))])
+                    group_cells(frame, dcfg.group_column), _row_names(name, len(frame)))
     if multi:
-        rows = _known_rows(rows, label_names, where, dcfg)
+        rows = _known_rows(_enough_labels(rows, where, dcfg), label_names, where, dcfg)
         labels: list[Any] = [tuple(sorted(label_names.index(n) for n in row[1])) for row in rows]
     elif dcfg.problem_type in SCORE_PROBLEMS:
         labels = [row[1] for row in rows]

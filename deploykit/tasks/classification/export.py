@@ -119,7 +119,7 @@ class Export:
         logits = parity.reference_logits(self.model, self.tokenizer, self.rows.texts, max_length,
                                          truncation=head.truncation or "longest_first")
         return Reference(logits, parity.classification_metrics(logits, self.rows.labels, len(self.labels),
-                                                               Decisions.of(head, head.labels)))
+                                                               Decisions.of(head, head.labels), self.rows.groups))
 
     def check(self, folder: Path, manifest: Manifest, variant: str, reference: Reference) -> ParityResult:
         return parity.check_variant(folder, manifest, variant, self.rows, reference.logits, reference.metrics,
@@ -205,12 +205,13 @@ def _search_rows(cfg: ExportConfig, train_cfg: Any, head: Classification, held: 
     try:
         rows = parity.load_held_out(replace(cfg, split="validation", max_eval_samples=cfg.int8_search_samples),
                                     train_cfg, list(head.labels))
-        return int8_fallback.SearchRows(rows.texts, rows.labels, "validation")
+        return int8_fallback.SearchRows(rows.texts, rows.labels, "validation", rows.groups)
     except BadInputError as exc:
         log.warning("the int8 search scores the %s rows themselves (%s); the INT8 gate on them is "
                     "then no independent check", held.split, exc)
         n = cfg.int8_search_samples
-        return int8_fallback.SearchRows(held.texts[:n], held.labels[:n], held.split)
+        return int8_fallback.SearchRows(held.texts[:n], held.labels[:n], held.split,
+                                        parity.ranking_groups(held.groups[:n] if held.groups else None))
 
 
 def _scorer(cfg: ExportConfig, reference: Path, tokenizer_file: Path, train_cfg: Any, head: Classification,
@@ -224,16 +225,16 @@ def _scorer(cfg: ExportConfig, reference: Path, tokenizer_file: Path, train_cfg:
     if margin is None:  # the gate's own count on the parity rows wanders this far around the truth
         margin = int8_fallback.sampling_slack(cfg.int8_min_agreement, len(held.texts))
     return int8_fallback.Scorer(reference, tokenizer_file, rows, max_length, cfg.batch_size_list,
-                                cfg.int8_min_agreement, target_f1_drop(cfg, head), margin=margin,
+                                cfg.int8_min_agreement, target_f1_drop(cfg, head, rows.groups), margin=margin,
                                 decisions=Decisions.of(head, head.labels))
 
 
-def target_f1_drop(cfg: ExportConfig, head: Classification | None = None) -> float:
-    """The F1 loss (``parity.gated_f1``) an INT8 scheme may show on validation rows to be chosen:
+def target_f1_drop(cfg: ExportConfig, head: Classification | None = None, groups: Any = None) -> float:
+    """The quality loss (``parity.gated_f1``) an INT8 scheme may show on validation rows to be chosen:
     --int8-target-f1-drop, else half the gate's bound."""
     if cfg.int8_target_f1_drop is not None:
         return cfg.int8_target_f1_drop
-    return parity.max_f1_drop(cfg, Decisions.of(head, head.labels) if head is not None else None) / 2
+    return parity.max_f1_drop(cfg, Decisions.of(head, head.labels) if head is not None else None, groups) / 2
 
 
 def _quantize_dynamic(cfg: ExportConfig, src: Path, dst: Path, reduce_range: bool, train_cfg: Any,

@@ -64,6 +64,7 @@ class SearchRows:
     texts: list[str]
     labels: list[int]
     split: str
+    groups: list[Any] | None = None  # a ranked score head's query ids (``parity.ranking_groups``)
 
 
 class Quantizer(Protocol):
@@ -223,8 +224,9 @@ class Scorer:
 
     def f1(self, logits: np.ndarray) -> float:
         """The gated F1 (``parity.gated_f1``) of logits of the search rows."""
-        metrics = parity.classification_metrics(logits, self.rows.labels, self.num_labels, self.decisions)
-        return metrics[parity.gated_f1(self.decisions)]
+        metrics = parity.classification_metrics(logits, self.rows.labels, self.num_labels, self.decisions,
+                                                self.rows.groups)
+        return metrics[parity.gated_f1(self.decisions, self.rows.groups)]
 
     def runtime(self, path: Path) -> Any:
         """The candidate loaded as served: the runtime's own tokenization, padding and feeds."""

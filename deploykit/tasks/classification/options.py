@@ -34,6 +34,9 @@ class Data:
                             "and thresholds).", choices=PROBLEM_TYPES)
     label_separator: str = opt(",", "text-classification, multi-label: what separates the labels of a "
                                "label cell that is a string (a JSON/Parquet list needs none).")
+    min_labels: int = opt(0, "text-classification, multi-label: the fewest labels a row may have. 0 (the "
+                          "default) allows a text with no label; 1 says the label set forbids an empty "
+                          "list, so such a row is an error naming it (or skipped with --skip-bad-rows).")
     text_pair_column: str | None = opt(None, "text-classification: a second text column; each row's two "
                                        "texts are encoded together as a pair (query and document, two "
                                        "sentences, claim and evidence).")
@@ -42,12 +45,16 @@ class Data:
                           "query is kept whole).", choices=TRUNCATIONS)
     skip_bad_rows: bool = opt(False, "Skip rows that cannot be used (token-classification: overlapping "
                               "spans, a span outside the text, tags and tokens of different lengths; "
-                              "multi-label: a held-out row with a label the training split lacks) and "
+                              "multi-label: a held-out row with a label the training split lacks, or "
+                              "fewer labels than --min-labels) and "
                               "log their count, instead of exit 2.")
 
     def validate(self) -> None:
         require(self.problem_type in PROBLEM_TYPES, "problem_type", f"choose one of {', '.join(PROBLEM_TYPES)}")
         require(bool(self.label_separator), "label_separator", "must be a non-empty string")
+        require(self.min_labels >= 0, "min_labels", "must be 0 or more")
+        require(self.min_labels == 0 or self.problem_type == "multi-label", "min_labels",
+                "applies to --problem-type multi-label (a single-label row always has exactly one label)")
         require(self.truncation in TRUNCATIONS, "truncation", f"choose one of {', '.join(TRUNCATIONS)}")
 
 
@@ -90,9 +97,13 @@ class Parity:
     int8_max_micro_f1_drop: float = opt(0.005, "multi-label: largest micro-F1 loss (0.005 = half a point) "
                                         "allowed for INT8 variants against PyTorch (their agreement is "
                                         "per label).")
+    int8_max_ndcg_drop: float = opt(0.005, "relevance/regression with a query id (--group-column): largest "
+                                    "NDCG@10 loss (0.005 = half a point) allowed for INT8 variants against "
+                                    "PyTorch (their agreement is the Spearman correlation of the scores).")
 
     def validate(self) -> None:
         require(self.fp32_atol > 0, "fp32_atol", "must be positive")
+        require(0 <= self.int8_max_ndcg_drop <= 1, "int8_max_ndcg_drop", "must be in [0, 1]")
         require(0 <= self.int8_min_agreement <= 1, "int8_min_agreement", "must be a fraction in [0, 1]")
         require(0 <= self.int8_max_f1_drop <= 1, "int8_max_f1_drop", "must be in [0, 1]")
         require(0 <= self.int8_max_micro_f1_drop <= 1, "int8_max_micro_f1_drop", "must be in [0, 1]")

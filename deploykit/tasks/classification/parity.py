@@ -28,7 +28,7 @@ from deploykit.manifest import Manifest, ParityRows, rows_sha256
 from deploykit.tasks.classification import data as cls_data
 from deploykit.tasks.classification.decisions import Decisions
 from deploykit.tasks.classification.runtime import Runtime
-from deploykit.tasks.classification.scoring import multi_label_metrics, score_metrics
+from deploykit.tasks.classification.scoring import multi_label_metrics, ranking_metrics, score_metrics
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ class HeldOut:
     data_sha256: str
     text_column: str | None = None
     label_column: str | None = None
+    # Each row's query id (--group-column of a score head): INT8 is then gated on NDCG@10 too.
+    groups: list[Any] | None = None
 
     def record(self, batch_sizes: Sequence[int]) -> ParityRows:
         """What the manifest records of these rows (``evaluation``), so verify re-checks them."""
@@ -85,12 +87,22 @@ def load_held_out(cfg: ParityConfig, train_cfg: TrainConfig | None, labels: list
     """
     dcfg = _data_config(cfg, train_cfg)
     rows, sha = cls_data.held_out(dcfg, cfg.split, labels)
-    texts, gold = rows.texts, rows.labels
-    if cfg.max_eval_samples is not None:
-        texts, gold = texts[:cfg.max_eval_samples], gold[:cfg.max_eval_samples]
+    n = len(rows.texts) if cfg.max_eval_samples is None else cfg.max_eval_samples
+    texts, gold = rows.texts[:n], rows.labels[:n]
     if not texts:
         raise BadInputError(f"the {cfg.split} split of {dcfg.data} has no rows to check parity on")
-    return HeldOut(list(texts), list(gold), _source(dcfg), cfg.split, sha, dcfg.text_column, dcfg.label_column)
+    ranked = dcfg.problem_type in cls_data.SCORE_PROBLEMS and rows.groups is not None
+    groups = ranking_groups(rows.groups[:n]) if ranked else None
+    return HeldOut(list(texts), list(gold), _source(dcfg), cfg.split, sha, dcfg.text_column, dcfg.label_column,
+                   groups)
+
+
+def ranking_groups(groups: list[Any] | None) -> list[Any] | None:
+    """The query ids a score head's rows are ranked by, or None where they rank nothing (no group
+    column, or no query with two candidates: NDCG of one candidate is 1 whatever the scores)."""
+    if groups is None or len(set(groups)) == len(groups):
+        return None
+    return list(groups)
 
 
 def training_rows(cfg: ParityConfig, train_cfg: TrainConfig | None, n: int) -> HeldOut:
@@ -111,7 +123,7 @@ def training_rows(cfg: ParityConfig, train_cfg: TrainConfig | None, n: int) -> H
 # --- scoring ---------------------------------------------------------------------------------
 
 def classification_metrics(logits: np.ndarray, gold: Sequence[Any], num_labels: int,
-                           decisions: Decisions | None = None) -> dict[str, float]:
+                           decisions: Decisions | None = None, groups: Sequence[Any] | None = None) -> dict[str, float]:
     """Held-out metrics of logits by the head's rule (the metric keys of docs/architecture.md).
 
     Args:
@@ -119,17 +131,24 @@ def classification_metrics(logits: np.ndarray, gold: Sequence[Any], num_labels: 
         gold: Label ids (single-label) or tuples of label ids (multi-label).
         num_labels: The number of labels.
         decisions: The head's rule (None: single-label).
+        groups: A score head's query id per row (``ranking_groups``), or None.
 
     Returns:
         Single-label: ``accuracy`` and ``macro_f1`` of the top labels. Multi-label: ``micro_f1``,
         ``macro_f1``, ``samples_f1``, ``subset_accuracy`` and ``hamming_loss`` at the thresholds. A
-        score head: ``spearman`` and ``pearson`` with the gold scores.
+        score head: ``spearman`` and ``pearson`` with the gold scores, and with ``groups`` the
+        ranking's ``ndcg_at_10`` and ``mrr_at_10``.
     """
     from sklearn.metrics import accuracy_score, f1_score
 
     if decisions is not None and decisions.score_head:
-        metrics = score_metrics(list(gold), decisions.predicted(logits))
-        return {k: metrics[k] for k in ("spearman", "pearson")}
+        predicted = decisions.predicted(logits)
+        metrics = score_metrics(list(gold), predicted)
+        out = {k: metrics[k] for k in ("spearman", "pearson")}
+        if groups is not None:
+            ranking = ranking_metrics(groups, np.asarray(gold, dtype=np.float64), predicted)
+            out.update(ndcg_at_10=ranking["ndcg_at_10"], mrr_at_10=ranking["mrr_at_10"])
+        return out
     if decisions is not None and decisions.multi_label:
         metrics = multi_label_metrics(cls_data.multi_hot(list(gold), num_labels), decisions.predicted(logits),
                                       list(decisions.labels))
@@ -140,12 +159,13 @@ def classification_metrics(logits: np.ndarray, gold: Sequence[Any], num_labels: 
                                        average="macro", zero_division=0))}
 
 
-def gated_f1(decisions: Decisions | None) -> str:
+def gated_f1(decisions: Decisions | None, groups: Sequence[Any] | None = None) -> str:
     """The quality whose loss the INT8 gate bounds: macro-F1 of the top labels, micro-F1 of
     multi-label decisions (rare labels' few rows would make a macro loss noise), a score head's
-    Spearman correlation with the gold scores."""
+    NDCG@10 when its rows have query ids (``groups``: the ranking is what a reranker serves), else
+    its Spearman correlation with the gold scores."""
     if decisions is not None and decisions.score_head:
-        return "spearman"
+        return "ndcg_at_10" if groups is not None else "spearman"
     return "micro_f1" if decisions is not None and decisions.multi_label else "macro_f1"
 
 
@@ -240,17 +260,21 @@ def batch_independence(runtime: Any, texts: Sequence[str], batched: np.ndarray |
             "label_flips": int(flips.sum()), "rows": len(rows), "mixed_batch_size": batch_size}
 
 
-def max_f1_drop(cfg: ParityConfig, decisions: Decisions | None) -> float:
-    """The INT8 gate's bound on the loss of ``gated_f1``: --int8-max-f1-drop, or for multi-label
-    decisions --int8-max-micro-f1-drop."""
+def max_f1_drop(cfg: ParityConfig, decisions: Decisions | None, groups: Sequence[Any] | None = None) -> float:
+    """The INT8 gate's bound on the loss of ``gated_f1``: --int8-max-f1-drop, for multi-label
+    decisions --int8-max-micro-f1-drop, for a ranked score head --int8-max-ndcg-drop."""
+    if gated_f1(decisions, groups) == "ndcg_at_10":
+        return cfg.int8_max_ndcg_drop
     return cfg.int8_max_micro_f1_drop if decisions is not None and decisions.multi_label else cfg.int8_max_f1_drop
 
 
-def bounds_for(precision: str, cfg: ParityConfig, decisions: Decisions | None = None) -> dict[str, float]:
+def bounds_for(precision: str, cfg: ParityConfig, decisions: Decisions | None = None,
+               groups: Sequence[Any] | None = None) -> dict[str, float]:
     """The tolerances of a precision (fp32 and fused graphs vs INT8) for a head's rule. The F1
-    bound keeps its historical name, ``max_macro_f1_drop``, whichever F1 ``gated_f1`` names."""
+    bound keeps its historical name, ``max_macro_f1_drop``, whichever quality ``gated_f1`` names."""
     if precision in INT8_PRECISIONS:
-        return {"min_label_agreement": cfg.int8_min_agreement, "max_macro_f1_drop": max_f1_drop(cfg, decisions)}
+        return {"min_label_agreement": cfg.int8_min_agreement,
+                "max_macro_f1_drop": max_f1_drop(cfg, decisions, groups)}
     return {"max_abs_diff": cfg.fp32_atol, "min_label_agreement": cfg.fp32_min_agreement}
 
 
@@ -275,7 +299,8 @@ def check_variant(folder: Path, manifest: Manifest, name: str, held: HeldOut, re
     # The numbers' order is the manifest's (a failed interface leaves them not a number).
     result = ParityResult(name, precision, {"max_abs_diff": float("nan"), "mean_abs_diff": float("nan"),
                                             "label_agreement": 0.0},
-                          bounds=bounds_for(precision, cfg, Decisions.of(manifest.head, manifest.head.labels)))
+                          bounds=bounds_for(precision, cfg, Decisions.of(manifest.head, manifest.head.labels),
+                                            held.groups))
     try:
         runtime = Runtime.of_variant(folder, manifest, name)
     except BadInputError as exc:  # no point comparing values of a graph with the wrong interface
@@ -291,7 +316,7 @@ def check_variant(folder: Path, manifest: Manifest, name: str, held: HeldOut, re
     # Top-1 agreement, or per-label agreement of the thresholded decisions (multi-label).
     n.update(max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()),
              label_agreement=decisions.agreement(reference, logits))
-    result.metrics = classification_metrics(logits, held.labels, reference.shape[1], decisions)
+    result.metrics = classification_metrics(logits, held.labels, reference.shape[1], decisions, held.groups)
     result.batch_independence = batch_independence(runtime, held.texts, logits, progress=True)
     b = result.bounds
     if "max_abs_diff" in b and not n["max_abs_diff"] <= b["max_abs_diff"]:
@@ -300,7 +325,7 @@ def check_variant(folder: Path, manifest: Manifest, name: str, held: HeldOut, re
         result.fail("label_agreement", n["label_agreement"], b["min_label_agreement"],
                     b["min_label_agreement"] - n["label_agreement"])
     if "max_macro_f1_drop" in b:
-        key = gated_f1(decisions)
+        key = gated_f1(decisions, held.groups)
         drop = reference_metrics[key] - result.metrics[key]
         if drop > b["max_macro_f1_drop"]:
             result.fail(f"{key}_drop", drop, b["max_macro_f1_drop"], drop - b["max_macro_f1_drop"])
@@ -316,7 +341,7 @@ def columns(reference_metrics: dict[str, float]) -> list[Column]:
     def metric(key: str):
         return lambda r: fmt(r.metrics.get(key))
 
-    shown = [key for key in ("accuracy", "subset_accuracy", "micro_f1", "macro_f1", "spearman", "pearson")
+    shown = [key for key in ("accuracy", "subset_accuracy", "micro_f1", "macro_f1", "spearman", "pearson", "ndcg_at_10")
              if key in reference_metrics]
     return [Column("max_abs_diff", number("max_abs_diff")), Column("mean_abs_diff", number("mean_abs_diff")),
             Column("agreement", number("label_agreement")),
