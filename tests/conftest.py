@@ -26,6 +26,40 @@ sys.path.insert(0, str(Path(__file__).parent))
 # stage configs (which gain its options): the contract test (test_task_contract.py) runs it through
 # every stage, and hands DEPLOYKIT_TASKS=lengthtask to the processes it starts.
 import lengthtask  # noqa: E402,F401
+from quiet import QuietLock  # noqa: E402
+
+_QUIET: QuietLock | None = None  # set on each xdist worker (tests/quiet.py)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """xdist's controller: one lock folder for all workers (removed with the session's temp root)."""
+    import tempfile
+
+    if not hasattr(pytest_configure_node, "folder"):
+        import atexit
+        import shutil
+
+        pytest_configure_node.folder = tempfile.mkdtemp(prefix="deploykit-quiet-")
+        atexit.register(shutil.rmtree, pytest_configure_node.folder, ignore_errors=True)
+    node.workerinput["deploykit_quiet"] = pytest_configure_node.folder
+
+
+def pytest_configure(config):
+    global _QUIET
+    folder = getattr(config, "workerinput", {}).get("deploykit_quiet")
+    if folder:
+        _QUIET = QuietLock(Path(folder))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Under xdist, a ``quiet`` test runs alone and every other test beside at most one other."""
+    if _QUIET is None:
+        yield
+        return
+    with _QUIET.alone() if item.get_closest_marker("quiet") else _QUIET.shared():
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

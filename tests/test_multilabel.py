@@ -78,8 +78,8 @@ def test_an_empty_label_list_where_min_labels_forbids_one_names_the_row_or_is_sk
     assert len(kept) == 29 and "the empty one" not in kept.texts and () not in kept.labels
     splits = data.load_splits(DataConfig(**dcfg, min_labels=2, skip_bad_rows=True))
     assert all(len(labels) == 2 for labels in splits.train.labels + splits.test.labels)
-    with pytest.raises(ConfigError, match="--min-labels: applies to --problem-type multi-label"):
-        DataConfig(data="x", min_labels=1)
+    with pytest.raises(ConfigError, match="--min-labels: above 1 needs --problem-type multi-label"):
+        DataConfig(data="x", min_labels=2)
 
 
 def test_thresholds_option_is_checked():

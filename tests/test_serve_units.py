@@ -200,6 +200,7 @@ class TokenTimed(Slowed):
         self.steps.append((time.perf_counter(), {tuple(r.ids) for r in rows}))  # its last call returned
 
 
+@pytest.mark.quiet  # times steps of 128 ms against the clock
 @pytest.mark.parametrize("bigs", [1, 2, 4])
 def test_small_requests_behind_big_ones_are_admitted_and_answered_within_two_steps(serve_artifact, bigs):
     """Issue 30: while big requests (from ``bigs`` clients) are computed in fair steps, one-text

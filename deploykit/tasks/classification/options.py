@@ -53,8 +53,8 @@ class Data:
         require(self.problem_type in PROBLEM_TYPES, "problem_type", f"choose one of {', '.join(PROBLEM_TYPES)}")
         require(bool(self.label_separator), "label_separator", "must be a non-empty string")
         require(self.min_labels >= 0, "min_labels", "must be 0 or more")
-        require(self.min_labels == 0 or self.problem_type == "multi-label", "min_labels",
-                "applies to --problem-type multi-label (a single-label row always has exactly one label)")
+        require(self.min_labels <= 1 or self.problem_type == "multi-label", "min_labels",
+                "above 1 needs --problem-type multi-label (a single-label row has exactly one label)")
         require(self.truncation in TRUNCATIONS, "truncation", f"choose one of {', '.join(TRUNCATIONS)}")
 
 
