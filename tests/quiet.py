@@ -7,7 +7,7 @@ steps, the Prometheus test reads queue waits. Those are marked ``@pytest.mark.qu
 while no other test runs: a readers-writer lock shared by the workers (``fcntl.flock`` on two
 files in one folder). Every other test holds the lock shared from its setup to its teardown; a
 quiet test waits for the turnstile, which stops new tests from starting, then for the room to
-empty, and holds both until it ends. Without xdist (``-p no:xdist``, ``-n 0``) nothing is locked.
+empty, and holds both until it ends. With ``-n 0`` (one process, no workers) nothing is locked.
 
 Hand-written because pytest-xdist schedules tests but has no exclusive ones (its groups keep
 tests on one worker, beside the other worker's).
