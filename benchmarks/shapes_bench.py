@@ -199,11 +199,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=50, help="In-process requests per measurement.")
     parser.add_argument("--duration", type=float, default=20.0, help="Seconds of the served level.")
     parser.add_argument("--epochs", type=int, default=3, help="Fine-tuning epochs of both models.")
+    # 1.5e-4 (train's default, tuned on the single-label tweets) collapsed the reranker to the base
+    # rate of its 1-in-16 positives (validation loss 0.2338 = that entropy, Spearman 0.05).
+    parser.add_argument("--lr", type=float, default=3e-5, help="Fine-tuning learning rate of both models.")
     parser.add_argument("--quick", action="store_true", help="Smoke-test: a tiny random model, one round.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
-    args.train_args, args.export_args = ["--epochs", str(args.epochs), "--max-length", "128"], []
+    args.train_args = ["--epochs", str(args.epochs), "--max-length", "128", "--lr", str(args.lr), "--warmup-ratio", "0.1"]
+    args.export_args = []
     if args.quick:
         from deploykit.tasks.classification.example import pretrained
 
@@ -224,7 +228,7 @@ def main() -> None:
     served_rate = served(args, artifact, args.out)
     median = {k: statistics.median(v) for k, v in results.items() if not isinstance(v[0], str)}
     summary = {
-        "rounds": args.rounds, "quick": args.quick, "epochs": args.epochs, "data": corpus_sizes(args.data), "load_average": os.getloadavg(), "runs": results, "median": median,
+        "rounds": args.rounds, "quick": args.quick, "epochs": args.epochs, "lr": args.lr, "data": corpus_sizes(args.data), "load_average": os.getloadavg(), "runs": results, "median": median,
         "served_docs_per_s_c8": served_rate,
         "targets": {
             "multilabel_minilm_minus_tfidf_points": 100 * (median["minilm_micro_f1"] - median["tfidf_lr_micro_f1"]),
@@ -235,7 +239,7 @@ def main() -> None:
     t = summary["targets"]
     (args.out / "results.md").write_text("\n".join([
         f"# Issue 26 targets ({args.rounds} round(s), medians; load {summary['load_average'][0]:.2f})", "",
-        f"Rows: {summary['data']}; {args.epochs} epoch(s) of fine-tuning per round.", "",
+        f"Rows: {summary['data']}; {args.epochs} epoch(s) of fine-tuning at lr {args.lr} per round.", "",
         "| target | measured | bound |", "|---|---|---|",
         f"| multi-label micro-F1: MiniLM - TF-IDF+LR | {t['multilabel_minilm_minus_tfidf_points']:+.2f} pt | >= +3 |",
         f"| NDCG@10: reranker - BM25Okapi | {t['rerank_minus_bm25_ndcg_points']:+.2f} pt | >= +5 |",

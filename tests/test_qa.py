@@ -512,6 +512,37 @@ def test_triton_repository_and_kubernetes_overlay(trained, tmp_path):
     assert "DEPLOYKIT_VARIANT" in text and "deploykit.io/model: qa" in text
 
 
+@pytest.mark.slow
+def test_build_packs_the_reader_and_the_bento_answers_as_the_runtime(trained, tmp_path):
+    """``deploykit build`` of a QA artifact: a bento without the training stack that BentoML's own
+    ``bentoml serve`` runs, answering /answer as the runtime does (the container is this bento)."""
+    import os
+    import subprocess
+
+    home = tmp_path / "bentoml"
+    done = subprocess.run([sys.executable, "-m", "deploykit", "build", str(trained["artifact"]), "--bentoml-home",
+                           str(home), "--tag", "deploykit-qa:v1"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "BENTOML_DO_NOT_TRACK": "True"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    bento = home / "bentos" / "deploykit-qa" / "v1"
+    requirements = (bento / "env/python/requirements.txt").read_text().lower()
+    assert "torch" not in requirements and "transformers" not in requirements
+    packed = Manifest.verify(bento / "src/artifact")
+    assert packed.task == "question-answering" and list(packed.variants) == [packed.default_variant]
+    proc, url = start_server(None, tmp_path, argv=[sys.executable, "-m", "bentoml", "serve", "deploykit-qa:v1",
+                                                   "--host", "127.0.0.1"],
+                             env={"BENTOML_HOME": str(home), "DEPLOYKIT_ARTIFACT": ""})
+    question, context = "who won the chess tournament?", "The chess tournament was won by Ann Lee in May."
+    try:
+        status, body = post_json(url + "/answer", {"question": question, "context": context})
+    finally:
+        stop_server(proc)
+    assert status == 200, body
+    want = Runtime(bento / "src/artifact").predict([question], [context])[0][0]
+    assert (body["answer"], body["start"], body["end"]) == (want["answer"], want["start"], want["end"])
+    assert body["score"] == pytest.approx(want["score"], abs=1e-4) and body["model"] == packed.name
+
+
 def test_bench_offline_and_online_drive_the_reader(trained, server, tmp_path):
     from deploykit.bench import offline, online
     from deploykit.config import BenchOfflineConfig, BenchOnlineConfig

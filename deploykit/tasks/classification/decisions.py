@@ -28,6 +28,20 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(logits, dtype=np.float64)))
 
 
+def order_agreement(reference: np.ndarray, scores: np.ndarray, tolerance: float, chunk: int = 1024) -> float:
+    """The share of row pairs (i, j) with ``reference[i] - reference[j] > tolerance`` for which
+    ``scores[i] > scores[j]`` too (1.0 when no pair differs by more than ``tolerance``): a ranking
+    kept "except between scores closer than the tolerance". Compared in chunks of rows, so memory
+    stays ``chunk`` x rows."""
+    a, b = np.asarray(reference, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    compared = kept = 0
+    for start in range(0, len(a), chunk):
+        apart = (a[start:start + chunk, None] - a[None, :]) > tolerance
+        compared += int(apart.sum())
+        kept += int((apart & ((b[start:start + chunk, None] - b[None, :]) > 0)).sum())
+    return 1.0 if compared == 0 else kept / compared
+
+
 @dataclass(frozen=True)
 class Decisions:
     """The rule of one head: how logits become scores and labels.
@@ -76,16 +90,21 @@ class Decisions:
             return self.scores(logits)[:, 0]
         return np.asarray(logits).argmax(axis=-1)
 
-    def agreement(self, reference: np.ndarray, logits: np.ndarray) -> float:
+    def agreement(self, reference: np.ndarray, logits: np.ndarray, tolerance: float | None = None) -> float:
         """How far two sets of logits decide alike: the share of rows' top labels, or of (row, label)
         decisions for multi-label (per-label agreement), that they share; for a score head the
-        Spearman correlation of the scores (the ranking is what a reranker serves)."""
+        Spearman correlation of the scores (the ranking is what a reranker serves), or with a
+        ``tolerance`` the share of the row pairs whose reference scores differ by more than it that
+        keep their order (``order_agreement``: float graphs must keep every such order, while
+        Spearman moves below 1 with any two near-tied rows that swap)."""
         if len(reference) == 0:
             return 1.0
         if self.score_head:
+            a, b = self.predicted(reference), self.predicted(logits)
+            if tolerance is not None:
+                return order_agreement(a, b, tolerance)
             from scipy.stats import spearmanr  # parity and export only; serving never calls this
 
-            a, b = self.predicted(reference), self.predicted(logits)
             return 1.0 if np.array_equal(a, b) else float(spearmanr(a, b).statistic)
         return float((self.predicted(reference) == self.predicted(logits)).mean())
 
