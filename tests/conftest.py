@@ -29,20 +29,21 @@ import lengthtask  # noqa: E402,F401
 from quiet import QuietLock  # noqa: E402
 
 _QUIET: QuietLock | None = None  # set on each xdist worker (tests/quiet.py)
+_QUIET_FOLDER: str | None = None  # the controller's one lock folder for all its workers
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node):
-    """xdist's controller: one lock folder for all workers (removed with the session's temp root)."""
-    import tempfile
-
-    if not hasattr(pytest_configure_node, "folder"):
+    """xdist's controller: hand every worker the same lock folder (removed when the session exits)."""
+    global _QUIET_FOLDER
+    if _QUIET_FOLDER is None:
         import atexit
         import shutil
+        import tempfile
 
-        pytest_configure_node.folder = tempfile.mkdtemp(prefix="deploykit-quiet-")
-        atexit.register(shutil.rmtree, pytest_configure_node.folder, ignore_errors=True)
-    node.workerinput["deploykit_quiet"] = pytest_configure_node.folder
+        _QUIET_FOLDER = tempfile.mkdtemp(prefix="deploykit-quiet-")
+        atexit.register(shutil.rmtree, _QUIET_FOLDER, ignore_errors=True)
+    node.workerinput["deploykit_quiet"] = _QUIET_FOLDER
 
 
 def pytest_configure(config):

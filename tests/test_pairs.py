@@ -116,10 +116,9 @@ def test_float_graphs_may_swap_near_ties_but_no_pair_further_apart():
 
     reference = np.array([0.9, 0.5, 0.50001, 0.1])
     near_tie_swapped = np.array([0.9, 0.50001, 0.5, 0.1])
-    rerank = Decisions(("score",), activation="identity")
-    logits = lambda scores: scores[:, None]  # noqa: E731  (identity: the logit is the score)
-    assert rerank.agreement(logits(reference), logits(near_tie_swapped)) < 1  # Spearman sees the swap
-    assert rerank.agreement(logits(reference), logits(near_tie_swapped), tolerance=2e-4) == 1.0
+    rerank = Decisions(("score",), activation="identity")  # the logit [n, 1] is the score
+    assert rerank.agreement(reference[:, None], near_tie_swapped[:, None]) < 1  # Spearman sees the swap
+    assert rerank.agreement(reference[:, None], near_tie_swapped[:, None], tolerance=2e-4) == 1.0
     swapped = np.array([0.9, 0.1, 0.50001, 0.5])  # 0.5 and 0.1 change places: 4 of the 5 compared pairs kept
     assert order_agreement(reference, swapped, 2e-4) == pytest.approx(4 / 5)
     assert order_agreement(reference, reference, 2e-4, chunk=1) == 1.0 and order_agreement([1.0], [2.0], 1e-4) == 1.0
